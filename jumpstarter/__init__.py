@@ -1,0 +1,27 @@
+"""Jumpstarter: drive lab hardware boards from Python, the CLI and pytest.
+
+`import jumpstarter` stays cheap: the gRPC machinery is imported only when a
+connection is opened.
+
+    with jumpstarter.connect("/run/jumpstarter/boards/rpi4.sock") as board:
+        board.power.on()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from jumpstarter.client.connection import connect, connect_async
+
+__all__ = ["connect", "connect_async", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("connect", "connect_async"):
+        from jumpstarter.client import connection
+
+        return getattr(connection, name)
+    raise AttributeError(f"module 'jumpstarter' has no attribute {name!r}")

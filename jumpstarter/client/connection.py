@@ -1,0 +1,441 @@
+"""Connections to one exporter session: blocking (`Connection`) and asyncio (`AsyncConnection`).
+
+`connect(target)` returns the root client of the board's driver tree:
+
+    with jumpstarter.connect("/run/jumpstarter/boards/rpi4.sock") as board:
+        board.power.on()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from jumpstarter import channels, values
+from jumpstarter.errors import ConnectError, DriverError, error_for
+from jumpstarter.v1 import jumpstarter_pb2, router_pb2
+
+if TYPE_CHECKING:
+    from jumpstarter.client.base import DriverClient
+
+_SERVICE = "/jumpstarter.v1.ExporterService/"
+_EMPTY = b""
+DATA = router_pb2.FRAME_TYPE_DATA
+GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
+RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
+
+
+def _empty(_: Any) -> bytes:
+    return _EMPTY
+
+
+def translate(exc: grpc.RpcError, what: str) -> DriverError:
+    """A failed RPC as the matching Python exception (ValueError, TimeoutError, ...)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
+        return ConnectError(f"{what}: exporter unreachable: {details}")  # type: ignore[return-value]
+    return error_for(code, details)
+
+
+def default_target() -> str:
+    target = os.environ.get("JUMPSTARTER_HOST")
+    if not target:
+        raise ConnectError("no target: pass a socket path or set JUMPSTARTER_HOST")
+    return target
+
+
+class Connection:
+    """A blocking connection to one exporter session."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel, self.metadata = channels.open_channel(target)
+        md = tuple(self.metadata) or None
+        self._md = md
+        ch = self.channel
+        self._report = ch.unary_unary(
+            _SERVICE + "GetReport",
+            request_serializer=_empty,
+            response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
+        )
+        self._call = ch.unary_unary(
+            _SERVICE + "DriverCall",
+            request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
+        )
+        self._streaming = ch.unary_stream(
+            _SERVICE + "StreamingDriverCall",
+            request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
+        )
+        self._status = ch.unary_unary(
+            _SERVICE + "GetStatus",
+            request_serializer=jumpstarter_pb2.GetStatusRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.GetStatusResponse.FromString,
+        )
+        self._end = ch.unary_unary(
+            _SERVICE + "EndSession",
+            request_serializer=jumpstarter_pb2.EndSessionRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.EndSessionResponse.FromString,
+        )
+        self._logs = ch.unary_stream(
+            _SERVICE + "LogStream",
+            request_serializer=_empty,
+            response_deserializer=jumpstarter_pb2.LogStreamResponse.FromString,
+        )
+        self._router = ch.stream_stream(
+            "/jumpstarter.v1.RouterService/Stream",
+            request_serializer=router_pb2.StreamRequest.SerializeToString,
+            response_deserializer=router_pb2.StreamResponse.FromString,
+        )
+
+    # -- session-level RPCs ------------------------------------------------
+
+    def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
+        try:
+            return self._report(None, metadata=self._md, timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ConnectError(
+                    f"cannot reach the exporter at {channels.describe(self.target)}: {exc.details()}"
+                ) from None
+            raise translate(exc, "GetReport") from None
+
+    def status(self) -> jumpstarter_pb2.GetStatusResponse:
+        try:
+            return self._status(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
+        except grpc.RpcError as exc:
+            raise translate(exc, "GetStatus") from None
+
+    def end_session(self) -> jumpstarter_pb2.EndSessionResponse:
+        try:
+            return self._end(jumpstarter_pb2.EndSessionRequest(), metadata=self._md, timeout=5)
+        except grpc.RpcError as exc:
+            raise translate(exc, "EndSession") from None
+
+    def logs(self) -> Iterator[jumpstarter_pb2.LogStreamResponse]:
+        """Every log record of the exporter from now on (until the iterator is closed)."""
+        call = self._logs(None, metadata=self._md)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise translate(exc, "LogStream") from None
+        finally:
+            call.cancel()
+
+    # -- driver calls ------------------------------------------------------
+
+    def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
+        request = jumpstarter_pb2.DriverCallRequest(uuid=uuid, method=method, args=[values.encode(a) for a in args])
+        try:
+            response = self._call(request, metadata=self._md)
+        except grpc.RpcError as exc:
+            raise translate(exc, method) from None
+        return values.decode(response.result)
+
+    def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> Iterator[Any]:
+        request = jumpstarter_pb2.StreamingDriverCallRequest(
+            uuid=uuid, method=method, args=[values.encode(a) for a in args]
+        )
+        call = self._streaming(request, metadata=self._md)
+        try:
+            for response in call:
+                yield values.decode(response.result)
+        except grpc.RpcError as exc:
+            raise translate(exc, method) from None
+        finally:
+            call.cancel()
+
+    def open_stream(self, request: dict[str, Any]) -> BlockingStream:
+        return BlockingStream(self, request)
+
+    @contextlib.contextmanager
+    def upload(self, uuid: str, source: Iterable[bytes], encoding: str | None = None) -> Iterator[dict[str, Any]]:
+        """Stream `source` chunks to driver `uuid` as a resource; yields the handle to pass to a call.
+
+        The chunks are sent while the caller's driver call runs; leaving the
+        block waits until everything was sent.
+        """
+        stream = BlockingStream(self, {"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
+        handle = stream.resource_handle()
+        failure: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                for chunk in source:
+                    stream.send(chunk)
+                stream.send_eof()
+            except BaseException as exc:  # reported after the call
+                failure.append(exc)
+
+        sender = threading.Thread(target=feed, daemon=True, name="upload")
+        sender.start()
+        try:
+            yield handle
+        finally:
+            stream.close()
+            sender.join()
+        if failure and not isinstance(failure[0], (BrokenPipeError, ConnectionError)):
+            raise failure[0]
+
+    @contextlib.contextmanager
+    def download(self, uuid: str, encoding: str | None = None) -> Iterator[tuple[dict[str, Any], BlockingStream]]:
+        """A resource the driver writes into; read it from the yielded stream while the call runs."""
+        stream = BlockingStream(self, {"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
+        try:
+            yield stream.resource_handle(), stream
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class BlockingStream:
+    """A byte stream over a session-level `RouterService.Stream` (blocking API)."""
+
+    def __init__(self, connection: Connection, request: dict[str, Any], depth: int = 8) -> None:
+        self._outgoing: queue.Queue[router_pb2.StreamRequest | None] = queue.Queue(depth)
+        metadata = (("request", json.dumps(request)),) + tuple(connection.metadata)
+        self._call = connection._router(self._frames(), metadata=metadata)
+        self._eof_sent = False
+        self._eof_seen = False
+        self._closed = False
+        what = request.get("method") or request.get("kind", "stream")
+        try:
+            self.initial_metadata = dict(self._call.initial_metadata())
+        except grpc.RpcError as exc:
+            raise translate(exc, str(what)) from None
+        if self._call.done() and self._call.code() != grpc.StatusCode.OK:
+            raise error_for(self._call.code(), self._call.details())
+
+    def _frames(self) -> Iterator[router_pb2.StreamRequest]:
+        while (frame := self._outgoing.get()) is not None:
+            yield frame
+
+    def resource_handle(self) -> dict[str, Any]:
+        text = self.initial_metadata.get("resource")
+        if not text:
+            raise DriverError("the exporter did not return a resource handle")
+        return dict(json.loads(text))
+
+    def send(self, data: bytes) -> None:
+        if self._eof_sent or self._closed:
+            raise BrokenPipeError("send after end of stream")
+        if self._call.done():
+            raise BrokenPipeError("the stream was closed by the exporter")
+        self._outgoing.put(router_pb2.StreamRequest(payload=bytes(data)))
+
+    def send_eof(self) -> None:
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._outgoing.put(router_pb2.StreamRequest(frame_type=GOAWAY))
+            self._outgoing.put(None)
+
+    def receive(self) -> bytes:
+        """The next chunk, or b"" at end of stream."""
+        while not self._eof_seen:
+            try:
+                frame = next(self._call)
+            except StopIteration:
+                break
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
+                    break
+                raise translate(exc, "stream") from None
+            if frame.frame_type == DATA:
+                if frame.payload:
+                    return frame.payload
+            elif frame.frame_type == GOAWAY:
+                break
+            elif frame.frame_type == RST_STREAM:
+                raise ConnectionResetError("the exporter reset the stream")
+        self._eof_seen = True
+        return b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.receive():
+            yield data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._eof_sent:
+            self._eof_sent = True
+            with contextlib.suppress(queue.Full):
+                self._outgoing.put_nowait(None)
+        if not self._call.done():
+            self._call.cancel()
+
+    def __enter__(self) -> BlockingStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncConnection:
+    """An asyncio connection to one exporter session."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel, self.metadata = channels.open_aio_channel(target)
+        ch = self.channel
+        self._md = tuple(self.metadata) or None
+        self._report = ch.unary_unary(
+            _SERVICE + "GetReport",
+            request_serializer=_empty,
+            response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
+        )
+        self._call = ch.unary_unary(
+            _SERVICE + "DriverCall",
+            request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
+        )
+        self._streaming = ch.unary_stream(
+            _SERVICE + "StreamingDriverCall",
+            request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
+        )
+        self._router = ch.stream_stream(
+            "/jumpstarter.v1.RouterService/Stream",
+            request_serializer=router_pb2.StreamRequest.SerializeToString,
+            response_deserializer=router_pb2.StreamResponse.FromString,
+        )
+
+    async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
+        try:
+            return await self._report(None, metadata=self._md, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ConnectError(
+                    f"cannot reach the exporter at {channels.describe(self.target)}: {exc.details()}"
+                ) from None
+            raise translate(exc, "GetReport") from None
+
+    async def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
+        request = jumpstarter_pb2.DriverCallRequest(uuid=uuid, method=method, args=[values.encode(a) for a in args])
+        try:
+            response = await self._call(request, metadata=self._md)
+        except grpc.RpcError as exc:
+            raise translate(exc, method) from None
+        return values.decode(response.result)
+
+    async def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> AsyncIterator[Any]:
+        request = jumpstarter_pb2.StreamingDriverCallRequest(
+            uuid=uuid, method=method, args=[values.encode(a) for a in args]
+        )
+        call = self._streaming(request, metadata=self._md)
+        try:
+            async for response in call:
+                yield values.decode(response.result)
+        except grpc.RpcError as exc:
+            raise translate(exc, method) from None
+        finally:
+            call.cancel()
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncStream]:
+        metadata = (("request", json.dumps(request)),) + tuple(self.metadata)
+        call = self._router(metadata=metadata)
+        try:
+            initial = await call.initial_metadata()
+        except grpc.RpcError as exc:
+            raise translate(exc, str(request.get("method", "stream"))) from None
+        if call.done():
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                raise error_for(code, await call.details())
+        stream = AsyncStream(call, dict(initial or ()))
+        try:
+            yield stream
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class AsyncStream:
+    """A `ByteStream` over a session-level `RouterService.Stream` (asyncio API)."""
+
+    def __init__(self, call: Any, initial_metadata: dict[str, Any]) -> None:
+        self._call = call
+        self.initial_metadata = initial_metadata
+        self._eof_seen = False
+        self._eof_sent = False
+
+    async def receive(self) -> bytes:
+        while not self._eof_seen:
+            try:
+                frame = await self._call.read()
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    break
+                raise translate(exc, "stream") from None
+            if frame is grpc.aio.EOF:
+                break
+            if frame.frame_type == DATA:
+                if frame.payload:
+                    return frame.payload  # type: ignore[no-any-return]
+            elif frame.frame_type == GOAWAY:
+                break
+            elif frame.frame_type == RST_STREAM:
+                raise ConnectionResetError("the exporter reset the stream")
+        self._eof_seen = True
+        return b""
+
+    async def send(self, data: bytes) -> None:
+        if self._eof_sent:
+            raise BrokenPipeError("send after end of stream")
+        await self._call.write(router_pb2.StreamRequest(payload=bytes(data)))
+
+    async def send_eof(self) -> None:
+        if not self._eof_sent:
+            self._eof_sent = True
+            with contextlib.suppress(grpc.RpcError):
+                await self._call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
+                await self._call.done_writing()
+
+    async def aclose(self) -> None:
+        self._call.cancel()
+
+    def resource_handle(self) -> dict[str, Any]:
+        text = self.initial_metadata.get("resource")
+        if not text:
+            raise DriverError("the exporter did not return a resource handle")
+        return dict(json.loads(text))
+
+
+@contextlib.contextmanager
+def connect(target: str | None = None) -> Iterator[DriverClient]:
+    """Connect to an exporter session (socket path or JUMPSTARTER_HOST); yields the root client."""
+    from jumpstarter.client.tree import build_tree
+
+    connection = Connection(target or default_target())
+    try:
+        yield build_tree(connection.report(), connection)
+    finally:
+        connection.close()
+
+
+@contextlib.asynccontextmanager
+async def connect_async(target: str | None = None) -> AsyncIterator[DriverClient]:
+    """asyncio flavour of `connect`: the clients' `*_async` methods use this connection."""
+    from jumpstarter.client.tree import build_tree
+
+    connection = AsyncConnection(target or default_target())
+    try:
+        yield build_tree(await connection.report(), None, connection)
+    finally:
+        await connection.close()

@@ -1,0 +1,1 @@
+"""Client classes for the standard driver interfaces (each adds its CLI commands)."""

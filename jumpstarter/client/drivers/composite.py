@@ -1,0 +1,40 @@
+"""`CompositeClient`: a group of drivers reached by name (`board.power`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from jumpstarter.client.base import DriverClient
+
+
+class CompositeClient(DriverClient):
+    """A group of drivers."""
+
+    def add_cli(self, parser: argparse.ArgumentParser) -> None:
+        add_children_cli(self, parser)
+
+
+def add_children_cli(client: DriverClient, parser: argparse.ArgumentParser, reserved: frozenset[str] = frozenset()) -> None:
+    """One subcommand per child, named after it, with the child's own commands below."""
+    if not client.children:
+        return
+    sub = parser.add_subparsers(title="drivers", metavar="DRIVER")
+    for name, child in client.children.items():
+        if name in reserved:
+            continue
+        child_parser = sub.add_parser(
+            name,
+            help=child.help_text(),
+            description=child.help_text(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        child_parser.set_defaults(func=_usage(child_parser))
+        child.add_cli(child_parser)
+
+
+def _usage(parser: argparse.ArgumentParser):  # type: ignore[no-untyped-def]
+    def show(_: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return show

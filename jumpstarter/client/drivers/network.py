@@ -1,0 +1,94 @@
+"""Network client: byte streams to a TCP/UDP/unix service near the board, and port forwarding."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+
+from jumpstarter.client.base import DriverClient
+
+
+class NetworkClient(DriverClient):
+    """A network service reachable from the exporter: connect, forward a local port, address."""
+
+    def address(self) -> str:
+        """The service address as the exporter sees it, e.g. tcp://192.0.2.10:22."""
+        return str(self.call("address"))
+
+    def open(self):  # type: ignore[no-untyped-def]
+        """One connection to the service as a byte stream."""
+        return self.stream("connect")
+
+    @contextlib.contextmanager
+    def forward(self, local_port: int = 0, local_host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+        """Listen on a local TCP port; every connection is tunnelled to the service.
+
+        Yields the bound (host, port); stops listening when the block ends.
+        """
+        from jumpstarter.client.pipes import bridge_socket
+
+        listener = socket.create_server((local_host, local_port), reuse_port=False)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    stream = self.open()
+                except Exception as exc:
+                    print(f"port-forward: cannot connect: {exc}", file=sys.stderr)
+                    conn.close()
+                    continue
+                threading.Thread(target=bridge_socket, args=(conn, stream), daemon=True).start()
+
+        acceptor = threading.Thread(target=accept, daemon=True, name="port-forward")
+        acceptor.start()
+        try:
+            host, port = listener.getsockname()[:2]
+            yield host, port
+        finally:
+            stop.set()
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            acceptor.join(timeout=5)
+
+    def add_cli(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+        forward = sub.add_parser("forward", aliases=["forward-tcp"], help="forward a local TCP port to the service")
+        add_forward_arguments(forward)
+        forward.set_defaults(func=lambda a: run_forward(self, a))
+        address = sub.add_parser("address", help="print the service address as seen by the exporter")
+        address.set_defaults(func=lambda a: print(self.address()))
+        pipe = sub.add_parser("pipe", help="connect stdin/stdout to one connection to the service")
+
+        def run_pipe(a: argparse.Namespace) -> int:
+            from jumpstarter.client.pipes import pipe_stdio
+
+            with self.open() as stream:
+                return pipe_stdio(stream, send_input=True)
+
+        pipe.set_defaults(func=run_pipe)
+
+
+def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("local_port", type=int, metavar="LOCAL_PORT", help="local TCP port (0 = pick one)")
+    parser.add_argument("--address", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+
+
+def run_forward(client: NetworkClient, args: argparse.Namespace) -> int:
+    with client.forward(args.local_port, args.address) as (host, port):
+        print(f"forwarding {host}:{port} -> {client.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
+        print(port, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -1,0 +1,72 @@
+"""Power clients: `board.power.on()`, `off()`, `cycle()`, `read()`."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from jumpstarter.client.base import DriverClient
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    voltage: float
+    current: float
+
+    @property
+    def power(self) -> float:
+        return self.voltage * self.current
+
+
+class PowerClient(DriverClient):
+    """Power switch: on, off, cycle, read."""
+
+    def on(self) -> None:
+        """Switch the board on."""
+        self.call("on")
+
+    def off(self) -> None:
+        """Switch the board off."""
+        self.call("off")
+
+    def cycle(self, wait: float = 2) -> None:
+        """Off, wait `wait` seconds, on."""
+        self.off()
+        time.sleep(wait)
+        self.on()
+
+    def read(self) -> Iterator[PowerReading]:
+        """Voltage/current readings, as the switch reports them."""
+        for item in self.streamingcall("read"):
+            yield PowerReading(float(item["voltage"]), float(item["current"]))
+
+    def add_cli(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+        sub.add_parser("on", help=self.method_help("on", "switch the board on")).set_defaults(
+            func=lambda a: self.on()
+        )
+        sub.add_parser("off", help=self.method_help("off", "switch the board off")).set_defaults(
+            func=lambda a: self.off()
+        )
+        cycle = sub.add_parser("cycle", help=self.method_help("cycle", "switch off, wait, switch on"))
+        cycle.add_argument("-w", "--wait", type=float, default=2.0, metavar="SECONDS", help="pause while off (default 2)")
+        cycle.set_defaults(func=lambda a: self.cycle(a.wait))
+        read = sub.add_parser("read", help=self.method_help("read", "print voltage and current readings"))
+        read.add_argument("-n", "--count", type=int, default=1, help="number of readings (default 1, 0 = forever)")
+
+        def run_read(a: argparse.Namespace) -> None:
+            readings = self.read() if a.count == 0 else itertools.islice(self.read(), a.count)
+            for r in readings:
+                print(f"{r.voltage:.3f} V  {r.current:.3f} A  {r.power:.3f} W", flush=True)
+
+        read.set_defaults(func=run_read)
+
+
+class VirtualPowerClient(PowerClient):
+    """Power of a virtual board: `off(destroy)` may also discard its state."""
+
+    def off(self, destroy: bool = False) -> None:  # type: ignore[override]
+        self.call("off", destroy)

@@ -1,0 +1,1 @@
+"""Configuration files: exporter configs, inventories, client configs (YAML, errors with file:line)."""

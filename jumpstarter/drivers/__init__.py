@@ -1,0 +1,1 @@
+"""The standard drivers (exporter side). Config `type:` names resolve in `registry`."""

@@ -1,0 +1,176 @@
+"""Network drivers: a TCP/UDP/unix service near the board, reached through the exporter.
+
+Also `EchoNetwork` (echoes what it receives) and `DiscardNetwork` (swallows it),
+for testing links and measuring throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from jumpstarter.driver import Driver, export, exportstream
+from jumpstarter.streams import PipeEnd, SocketStream
+
+CONNECT_TIMEOUT = 10.0
+
+
+class NetworkInterface(Driver):
+    client = "jumpstarter_driver_network.client.NetworkClient"
+    kind = "network"
+
+
+class TcpNetwork(NetworkInterface):
+    """A TCP service (SSH on the board, a web UI, a debugger port).
+
+    Config: `host`, `port`, `enable_address` (allow clients to learn the address, default true).
+    """
+
+    def __init__(self, *, host: str, port: int, enable_address: bool = True, **base: Any) -> None:
+        super().__init__(**base)
+        self.host = str(host)
+        self.port = int(port)
+        self.enable_address = bool(enable_address)
+
+    @exportstream
+    async def connect(self) -> AsyncIterator[SocketStream]:
+        """Open one TCP connection to the service."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"connecting to {self.host}:{self.port} timed out") from None
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+        stream = SocketStream(reader, writer)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+    @export
+    async def address(self) -> str:
+        """tcp://HOST:PORT of the service, as the exporter resolves it."""
+        if not self.enable_address:
+            raise ValueError("this exporter does not publish the service address")
+        infos = await asyncio.get_running_loop().getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        host = infos[0][4][0] if infos else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+class UnixNetwork(NetworkInterface):
+    """A unix socket service on the lab host. Config: `path`."""
+
+    def __init__(self, *, path: str, **base: Any) -> None:
+        super().__init__(**base)
+        self.path = str(path)
+
+    @exportstream
+    async def connect(self) -> AsyncIterator[SocketStream]:
+        """Open one connection to the socket."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.path)
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        stream = SocketStream(reader, writer)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+
+class _DatagramStream(asyncio.DatagramProtocol):
+    """One chunk = one datagram, both ways."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(256)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.queue.full() and data:
+            self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        return None  # ICMP errors on a connected UDP socket: the next datagram may work
+
+    async def receive(self) -> bytes:
+        return await self.queue.get()
+
+    async def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
+
+    async def send_eof(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(b"")
+
+
+class UdpNetwork(NetworkInterface):
+    """A UDP service; datagram boundaries are kept. Config: `host`, `port`."""
+
+    def __init__(self, *, host: str, port: int, **base: Any) -> None:
+        super().__init__(**base)
+        self.host = str(host)
+        self.port = int(port)
+
+    @exportstream
+    async def connect(self) -> AsyncIterator[_DatagramStream]:
+        """A connected UDP socket to the service."""
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_datagram_endpoint(_DatagramStream, remote_addr=(self.host, self.port))
+        try:
+            yield protocol
+        finally:
+            await protocol.aclose()
+
+    @export
+    async def address(self) -> str:
+        """udp://HOST:PORT of the service."""
+        return f"udp://{self.host}:{self.port}"
+
+
+class EchoNetwork(NetworkInterface):
+    """A loopback service: every connection echoes back what it receives."""
+
+    @exportstream
+    async def connect(self) -> AsyncIterator[PipeEnd]:
+        """Open an echoing stream."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue(16)
+        yield PipeEnd(queue, queue)
+
+
+class _Discard:
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    async def receive(self) -> bytes:
+        await self.done.wait()
+        return b""
+
+    async def send(self, data: bytes) -> None:
+        return None
+
+    async def send_eof(self) -> None:
+        self.done.set()
+
+    async def aclose(self) -> None:
+        self.done.set()
+
+
+class DiscardNetwork(NetworkInterface):
+    """A sink: swallows everything sent to it; ends its side when the client does."""
+
+    @exportstream
+    async def connect(self) -> AsyncIterator[_Discard]:
+        """Open a stream into the void."""
+        yield _Discard()

@@ -1,0 +1,111 @@
+"""The one table between Python exceptions and gRPC status codes (PROTOCOL.md §4).
+
+Driver side: `status_for(exc)` picks the code a driver exception travels as.
+Client side: `error_for(code, details)` turns a status back into a Python
+exception of the matching builtin kind, so `except ValueError` works on both
+sides of the wire.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class JumpstarterError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(JumpstarterError):
+    """A configuration file or value is invalid; the message names file:line: key."""
+
+
+class ConnectError(JumpstarterError, ConnectionError):
+    """The exporter could not be reached."""
+
+
+class DriverError(JumpstarterError):
+    """A driver call failed on the exporter; `code` is the gRPC status code name."""
+
+    code: str = "UNKNOWN"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class DriverMethodNotFound(DriverError, AttributeError):
+    code = "NOT_FOUND"
+
+
+class DriverNotImplemented(DriverError, NotImplementedError):
+    code = "UNIMPLEMENTED"
+
+
+class DriverInvalidArgument(DriverError, ValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class DriverTimeout(DriverError, TimeoutError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class DriverUnavailable(DriverError, ConnectionError):
+    code = "UNAVAILABLE"
+
+
+class DriverInternalError(DriverError, OSError):
+    code = "INTERNAL"
+
+
+class ExporterNotReady(DriverError):
+    code = "FAILED_PRECONDITION"
+
+
+class MethodNotFound(LookupError):
+    """Raised on the exporter for an unknown driver or method: travels as NOT_FOUND."""
+
+
+class NotReady(RuntimeError):
+    """Raised on the exporter when the session does not accept calls: FAILED_PRECONDITION."""
+
+
+# Order matters: subclasses before their bases (ConnectionError is an OSError).
+_EXCEPTION_TO_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (MethodNotFound, grpc.StatusCode.NOT_FOUND),
+    (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ConnectionError, grpc.StatusCode.UNAVAILABLE),
+    (OSError, grpc.StatusCode.INTERNAL),
+)
+
+_STATUS_TO_EXCEPTION: dict[grpc.StatusCode, type[DriverError]] = {
+    grpc.StatusCode.NOT_FOUND: DriverMethodNotFound,
+    grpc.StatusCode.UNIMPLEMENTED: DriverNotImplemented,
+    grpc.StatusCode.INVALID_ARGUMENT: DriverInvalidArgument,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DriverTimeout,
+    grpc.StatusCode.UNAVAILABLE: DriverUnavailable,
+    grpc.StatusCode.INTERNAL: DriverInternalError,
+    grpc.StatusCode.FAILED_PRECONDITION: ExporterNotReady,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and one-line human message for an exception raised by a driver."""
+    code = grpc.StatusCode.UNKNOWN
+    for kind, status in _EXCEPTION_TO_STATUS:
+        if isinstance(exc, kind):
+            code = status
+            break
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        message = f"{exc.strerror}: {exc.filename}"
+    return code, message
+
+
+def error_for(code: grpc.StatusCode, details: str | None) -> DriverError:
+    """The client-side exception for a failed call."""
+    kind = _STATUS_TO_EXCEPTION.get(code, DriverError)
+    return kind(details or code.name, code.name)

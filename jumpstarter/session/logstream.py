@@ -1,0 +1,102 @@
+"""`LogStream`: every subscriber gets every log record (PROTOCOL.md §4).
+
+A logging handler on the root logger turns records into `LogStreamResponse`
+messages and fans them out to one bounded queue per subscriber; a slow
+subscriber loses its oldest records, never blocks the exporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2
+
+QUEUE_DEPTH = 1024
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _source(name: str) -> int:
+    if name.startswith("driver."):
+        return common_pb2.LOG_SOURCE_DRIVER
+    if name.startswith("hook.before"):
+        return common_pb2.LOG_SOURCE_BEFORE_LEASE_HOOK
+    if name.startswith("hook.after"):
+        return common_pb2.LOG_SOURCE_AFTER_LEASE_HOOK
+    return common_pb2.LOG_SOURCE_SYSTEM
+
+
+def to_message(record: logging.LogRecord) -> jumpstarter_pb2.LogStreamResponse:
+    fields: dict[str, Any]
+    if isinstance(record.msg, dict):  # a structlog event dict
+        fields = dict(record.msg)
+        message = str(fields.pop("event", ""))
+    else:
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        message = record.getMessage()
+    for key in ("level", "timestamp", "logger", "_record", "_from_structlog"):
+        fields.pop(key, None)
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(record.created * 1e9))
+    msg = jumpstarter_pb2.LogStreamResponse(
+        uuid="",
+        severity=record.levelname,
+        message=message,
+        source=_source(record.name),
+        timestamp=stamp,
+        structured_fields={str(k): str(v) for k, v in fields.items()},
+    )
+    if "driver_type" in fields:
+        msg.driver_type = str(fields["driver_type"])
+    if "operation" in fields:
+        msg.operation = str(fields["operation"])
+    return msg
+
+
+class LogBroadcaster(logging.Handler):
+    """Fans log records out to every `subscribe()`r; safe to emit from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.loop = loop
+        self._subscribers: set[asyncio.Queue[jumpstarter_pb2.LogStreamResponse]] = set()
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._subscribers:
+            return
+        try:
+            message = to_message(record)
+        except Exception:  # a record we cannot render must not break the caller
+            return
+        if threading.get_ident() == getattr(self.loop, "_thread_id", None):
+            self._deliver(message)
+        else:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self.loop.call_soon_threadsafe(self._deliver, message)
+
+    def _deliver(self, message: jumpstarter_pb2.LogStreamResponse) -> None:
+        for queue in list(self._subscribers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(message)
+
+    async def subscribe(self) -> AsyncIterator[jumpstarter_pb2.LogStreamResponse]:
+        queue: asyncio.Queue[jumpstarter_pb2.LogStreamResponse] = asyncio.Queue(QUEUE_DEPTH)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,337 @@
+"""The session server: one driver tree served as `ExporterService` + `RouterService`.
+
+Used by exporterd (one per board, on its unix socket) and by the CLI's local
+mode (`--config`, `--env`), so there is exactly one implementation of the
+session side of the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import stat
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from jumpstarter import compression, values
+from jumpstarter.driver.base import Driver
+from jumpstarter.driver.decorators import BYTESTREAM, STREAMING, UNARY
+from jumpstarter.errors import MethodNotFound, NotReady, status_for
+from jumpstarter.session.logstream import LogBroadcaster
+from jumpstarter.streams import ByteStream, memory_pipe
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2, router_pb2_grpc
+
+log = structlog.get_logger("session")
+
+#: Accept messages up to 4 MiB of payload from anyone (PROTOCOL.md §5), plus framing.
+MAX_MESSAGE = 4 * 1024 * 1024 + 64 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+]
+CALLABLE_STATES = frozenset(
+    {
+        common_pb2.EXPORTER_STATUS_LEASE_READY,
+        common_pb2.EXPORTER_STATUS_BEFORE_LEASE_HOOK,
+        common_pb2.EXPORTER_STATUS_AFTER_LEASE_HOOK,
+    }
+)
+DATA = router_pb2.FRAME_TYPE_DATA
+GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
+RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
+
+
+class Session:
+    """A driver tree plus its status; the state behind one session server."""
+
+    def __init__(
+        self,
+        root: Driver,
+        *,
+        labels: dict[str, str] | None = None,
+        motd: str = "",
+        status: int = common_pb2.EXPORTER_STATUS_LEASE_READY,
+    ) -> None:
+        self.uuid = str(uuidlib.uuid4())
+        self.root = root
+        self.labels = dict(labels or {})
+        self.motd = motd
+        self.drivers: dict[str, Driver] = {}
+        for driver, _, _ in root.enumerate():
+            self.drivers.setdefault(driver.uuid, driver)
+        self.status = status
+        self.status_message = "Ready for commands" if status in CALLABLE_STATES else ""
+        self.status_version = 1
+        self.previous_status: int | None = None
+        self.status_changed = asyncio.Event()
+        self.on_end_session: Callable[[], Any] | None = None
+        self.logs: LogBroadcaster | None = None
+        self._report: jumpstarter_pb2.GetReportResponse | None = None
+
+    def set_status(self, status: int, message: str = "") -> None:
+        if status == self.status and message == self.status_message:
+            return
+        self.previous_status = self.status
+        self.status = status
+        self.status_message = message
+        self.status_version += 1
+        self.status_changed.set()
+        self.status_changed = asyncio.Event()
+
+    def report(self) -> jumpstarter_pb2.GetReportResponse:
+        if self._report is None:
+            response = jumpstarter_pb2.GetReportResponse(uuid=self.uuid, labels=self.labels, motd=self.motd)
+            for driver, parent, name in self.root.enumerate():
+                entry = response.reports.add(uuid=driver.uuid, labels=driver.report_labels(name))
+                if parent is not None:
+                    entry.parent_uuid = parent.uuid
+                if driver.description:
+                    entry.description = driver.description
+                methods = dict(driver.methods_description)
+                for method_name, exported in driver.exported_methods().items():
+                    if exported.doc and method_name not in methods:
+                        methods[method_name] = exported.doc.splitlines()[0]
+                entry.methods_description.update(methods)
+            self._report = response
+        return self._report
+
+    def driver(self, uuid: str) -> Driver:
+        driver = self.drivers.get(uuid)
+        if driver is None:
+            raise MethodNotFound(f"no driver with uuid {uuid!r} in this session (call GetReport again)")
+        return driver
+
+    def check_ready(self) -> None:
+        if self.status not in CALLABLE_STATES:
+            name = common_pb2.ExporterStatus.Name(self.status)
+            raise NotReady(f"exporter not ready for driver calls (status: {name}: {self.status_message})")
+
+    async def start(self) -> None:
+        """Reset the drivers (children first) and start forwarding logs."""
+        loop = asyncio.get_running_loop()
+        self.logs = LogBroadcaster(loop)
+        logging.getLogger().addHandler(self.logs)
+        await self.root.reset()
+
+    async def stop(self) -> None:
+        """Close every driver; never raises."""
+        if self.logs is not None:
+            logging.getLogger().removeHandler(self.logs)
+        with contextlib.suppress(Exception):
+            await self.root.close()
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
+    code, message = status_for(exc)
+    if code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+        log.warning("driver call failed", call=what, code=code.name, error=message)
+    await context.abort(code, message)
+
+
+class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def GetReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.session.report()
+
+    def _prepare(self, request: Any, kind: str) -> tuple[Callable[..., Any], list[Any]]:
+        session = self.session
+        session.check_ready()
+        driver = session.driver(request.uuid)
+        exported, function = driver.method(request.method, kind)
+        args = exported.binder(type(driver)).bind([values.decode(a) for a in request.args])
+        return function, args
+
+    async def DriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            function, args = self._prepare(request, UNARY)
+            if inspect.iscoroutinefunction(function):
+                result = await function(*args)
+            else:
+                result = await asyncio.to_thread(function, *args)
+            return jumpstarter_pb2.DriverCallResponse(uuid=str(uuidlib.uuid4()), result=values.encode(result))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, request.method)
+
+    async def StreamingDriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            function, args = self._prepare(request, STREAMING)
+            if inspect.isasyncgenfunction(function):
+                async for item in function(*args):
+                    await context.write(self._item(item))
+            else:
+                iterator = iter(await asyncio.to_thread(function, *args))
+                done = object()
+                while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+                    await context.write(self._item(item))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, request.method)
+
+    @staticmethod
+    def _item(item: Any) -> Any:
+        return jumpstarter_pb2.StreamingDriverCallResponse(uuid=str(uuidlib.uuid4()), result=values.encode(item))
+
+    async def LogStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if self.session.logs is None:
+            return
+        async for message in self.session.logs.subscribe():
+            yield message
+
+    async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Reset is not implemented; end the session instead")
+
+    async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        s = self.session
+        response = jumpstarter_pb2.GetStatusResponse(
+            status=s.status, message=s.status_message, status_version=s.status_version
+        )
+        if s.previous_status is not None:
+            response.previous_status = s.previous_status
+        return response
+
+    async def EndSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        callback = self.session.on_end_session
+        if callback is None:
+            return jumpstarter_pb2.EndSessionResponse(success=False, message="No active lease context")
+        result = callback()
+        if inspect.isawaitable(result):
+            await result
+        return jumpstarter_pb2.EndSessionResponse(success=True, message="Session ending; afterLease hook runs now")
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """Session-level byte streams: driver streams and resources (PROTOCOL.md §5)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            request = self._request(context)
+            driver = self.session.driver(str(request.get("uuid", "")))
+            kind = request.get("kind")
+            if kind == "driver":
+                self.session.check_ready()
+                _, opener = driver.method(str(request.get("method", "connect")), BYTESTREAM)
+                async with opener() as stream:
+                    await context.send_initial_metadata(())
+                    await pump(context, stream)
+            elif kind == "resource":
+                await self._resource(driver, request, context)
+            else:
+                raise ValueError(f"unknown stream kind {kind!r} (driver or resource)")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, "Stream")
+
+    @staticmethod
+    def _request(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        for key, value in context.invocation_metadata() or ():
+            if key == "request":
+                text = value.decode() if isinstance(value, bytes) else value
+                try:
+                    request = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"stream 'request' metadata is not JSON: {exc}") from exc
+                if not isinstance(request, dict):
+                    raise ValueError("stream 'request' metadata must be a JSON object")
+                return request
+        raise ValueError("stream needs a 'request' metadata entry (PROTOCOL.md §5)")
+
+    async def _resource(self, driver: Driver, request: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
+        encoding = compression.check(request.get("x_jmp_content_encoding"))
+        accepted = encoding if encoding in compression.supported() else None
+        if encoding and not accepted:
+            raise ValueError(f"this exporter cannot decompress {encoding}; send the data uncompressed")
+        key = str(uuidlib.uuid4())
+        ours, theirs = memory_pipe(32)
+        driver.resources[key] = theirs
+        handle = {"kind": "client_stream", "uuid": key, "x_jmp_content_encoding": encoding}
+        try:
+            await context.send_initial_metadata(
+                (("resource", json.dumps(handle)), ("x_jmp_accept_encoding", accepted or ""))
+            )
+            await pump(context, ours)
+        finally:
+            driver.resources.pop(key, None)
+
+
+async def pump(context: grpc.aio.ServicerContext, stream: ByteStream) -> None:
+    """Move frames between a server-side `RouterService.Stream` call and a byte stream."""
+
+    async def inbound() -> None:
+        while True:
+            frame = await context.read()
+            if frame is grpc.aio.EOF:
+                break
+            if frame.frame_type == DATA:
+                if frame.payload:
+                    await stream.send(frame.payload)
+            elif frame.frame_type == GOAWAY:
+                break
+            elif frame.frame_type == RST_STREAM:
+                raise ConnectionAbortedError("peer reset the stream")
+            # PING and unknown frame types are ignored.
+        await stream.send_eof()
+
+    async def outbound() -> None:
+        while data := await stream.receive():
+            await context.write(router_pb2.StreamResponse(payload=data))
+        await context.write(router_pb2.StreamResponse(frame_type=GOAWAY))
+
+    tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
+    try:
+        for finished in asyncio.as_completed(tasks):
+            await finished
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+def build_server(session: Session) -> grpc.aio.Server:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(ExporterServicer(session), server)
+    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(session), server)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def serve_unix(session: Session, path: str, mode: int = 0o660) -> AsyncIterator[grpc.aio.Server]:
+    """Serve `session` on a unix socket (created with `mode`), removed again on exit."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket from a crashed run
+    server = build_server(session)
+    old_umask = os.umask(0o777 & ~mode)  # the socket is born with the right mode: no window
+    try:
+        server.add_insecure_port(f"unix:{path}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    try:
+        yield server
+    finally:
+        await server.stop(grace=1)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

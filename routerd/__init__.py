@@ -1,0 +1,1 @@
+"""routerd: placeholder package; the central service lands with the controller/router issue."""
