@@ -48,10 +48,13 @@ def _fill(value: Value, obj: Any) -> None:
     elif isinstance(obj, enum.Enum):
         _fill(value, obj.value)
     elif isinstance(obj, Mapping):
+        value.struct_value.SetInParent()  # an empty mapping is still a mapping
         _fill_struct(value.struct_value, obj)
     elif isinstance(obj, (list, tuple, set, frozenset)):
+        value.list_value.SetInParent()
         _fill_list(value.list_value, obj)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        value.struct_value.SetInParent()
         _fill_struct(value.struct_value, dataclasses.asdict(obj))
     else:
         # UUID, Path, datetime and friends travel as their text form.

@@ -32,6 +32,8 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
     mapping.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
+            key = key_node.value  # `on:`/`off:`/`yes:` are names here, not YAML 1.1 booleans
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise yaml.constructor.ConstructorError(None, None, "mapping keys must be plain values", key_node.start_mark)
         if key in mapping:

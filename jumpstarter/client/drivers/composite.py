@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from jumpstarter.client.base import DriverClient
 
@@ -11,14 +14,12 @@ class CompositeClient(DriverClient):
     """A group of drivers."""
 
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
-        add_children_cli(self, parser)
+        if self.children:
+            add_children_cli(self, parser.add_subparsers(title="drivers", metavar="DRIVER"))
 
 
-def add_children_cli(client: DriverClient, parser: argparse.ArgumentParser, reserved: frozenset[str] = frozenset()) -> None:
+def add_children_cli(client: DriverClient, sub: Any, reserved: frozenset[str] = frozenset()) -> None:
     """One subcommand per child, named after it, with the child's own commands below."""
-    if not client.children:
-        return
-    sub = parser.add_subparsers(title="drivers", metavar="DRIVER")
     for name, child in client.children.items():
         if name in reserved:
             continue
@@ -32,9 +33,9 @@ def add_children_cli(client: DriverClient, parser: argparse.ArgumentParser, rese
         child.add_cli(child_parser)
 
 
-def _usage(parser: argparse.ArgumentParser):  # type: ignore[no-untyped-def]
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(_: argparse.Namespace) -> int:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
 
     return show

@@ -1,0 +1,80 @@
+"""The exporterd main loop: serve sessions on the board's socket, handle signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import structlog
+
+from jumpstarter.config.exporter import BoardConfig
+from jumpstarter.errors import ConfigError
+from jumpstarter.session import Session, serve_unix
+
+log = structlog.get_logger("exporterd")
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace, config: BoardConfig, path: str) -> None:
+        self.args = args
+        self.config = config
+        self.path = path
+        self.stop = asyncio.Event()
+        self.reload = asyncio.Event()
+
+    def _signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+
+    async def run(self) -> int:
+        self._signals()
+        structlog.contextvars.bind_contextvars(board=self.config.name)
+        while True:
+            session = Session(self.config.build(), labels=self.config.labels, motd=self.config.motd)
+            await session.start()
+            try:
+                async with serve_unix(session, self.path, self.args.socket_mode) as server:
+                    log.info("serving", socket=self.path, drivers=len(session.drivers), pid=_pid())
+                    await self._wait()
+                    if self.reload.is_set() and not self.stop.is_set():
+                        await self._drain(server)
+            finally:
+                await session.stop()
+            if self.stop.is_set():
+                log.info("stopped")
+                return 0
+            self.reload.clear()
+            self._reload_config()
+
+    async def _wait(self) -> None:
+        waiters = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self.reload.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _drain(self, server: Any) -> None:
+        """SIGHUP: stop accepting new calls, let the running ones finish (or SIGTERM)."""
+        log.info("reload requested: finishing the current session")
+        stopping = asyncio.ensure_future(server.stop(grace=None))
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait([stopping, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+
+    def _reload_config(self) -> None:
+        from exporterd.main import load
+
+        try:
+            self.config = load(self.args)
+            log.info("config reloaded", source=self.config.source)
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the previous config", error=str(exc))
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

@@ -1,0 +1,90 @@
+"""`jumpstarter-exporterd`: serve one board on its unix socket.
+
+    jumpstarter-exporterd --config /etc/jumpstarter/exporters/rpi4.yaml
+    jumpstarter-exporterd --inventory /etc/jumpstarter/inventory.yaml --board rpi4-01
+
+SIGTERM/SIGINT: stop now (socket removed, drivers closed). SIGHUP: finish the
+current session, then reload the config (a bad config keeps the old one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jumpstarter-exporterd",
+        description="Serve one board's hardware as drivers over gRPC on a unix socket.",
+        epilog="Signals: SIGTERM/SIGINT stop; SIGHUP finishes the current session and reloads the config.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="an ExporterConfig YAML file (upstream format)")
+    source.add_argument("--inventory", metavar="FILE", help="the lab inventory (use with --board)")
+    parser.add_argument("--board", metavar="NAME", help="the inventory board to serve")
+    parser.add_argument("--socket", metavar="PATH", help=f"socket path (default {DEFAULT_SOCKET_DIR}/NAME.sock)")
+    parser.add_argument("--socket-mode", default="0660", help="socket permissions, octal (default 0660)")
+    parser.add_argument("--log-level", default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    args = parser.parse_args(argv)
+    if args.inventory and not args.board:
+        parser.error("--inventory needs --board NAME")
+    if args.config and args.board:
+        parser.error("--board goes with --inventory, not --config")
+    try:
+        args.socket_mode = int(args.socket_mode, 8)
+    except ValueError:
+        parser.error(f"--socket-mode: not an octal mode: {args.socket_mode}")
+    return args
+
+
+def load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from jumpstarter.config.exporter import load_config
+
+    return load_config(args.inventory or args.config, args.board)
+
+
+def socket_path(args: argparse.Namespace, name: str) -> str:
+    if args.socket:
+        return str(args.socket)
+    directory = os.environ.get("JUMPSTARTER_BOARDS_DIR", DEFAULT_SOCKET_DIR)
+    if args.inventory:
+        from jumpstarter.config.inventory import load_inventory
+
+        directory = load_inventory(args.inventory).socket_dir
+    return os.path.join(directory, f"{name}.sock")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.log import configure
+
+    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        print(f"jumpstarter-exporterd: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{config.source}: board {config.name}: ok")
+        return 0
+    from exporterd.daemon import Daemon
+
+    daemon = Daemon(args, config, socket_path(args, config.name))
+    try:
+        return asyncio.run(daemon.run())
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

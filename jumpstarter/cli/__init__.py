@@ -1,0 +1,1 @@
+"""The `jumpstarter` command line."""

@@ -1,0 +1,59 @@
+"""`jumpstarter demo`: start the demo lab and walk through it like a lab engineer would."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+from jumpstarter.demo.lab import DemoLab
+
+
+def _step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def run_demo(keep: bool = False) -> int:
+    import jumpstarter
+
+    started = time.monotonic()
+    _step("starting the demo lab: a fake board on a pseudo-terminal, its HTTP power switch, and exporterd")
+    with DemoLab() as lab:
+        print(f"    exporterd socket: {lab.socket}")
+        print(f"    serial port:      {lab.tty} -> {os.path.realpath(lab.tty)}")
+        print(f"    power switch:     http://127.0.0.1:{lab.port}/power")
+        with jumpstarter.connect(lab.socket) as board:
+            _step("the board's drivers (jumpstarter describe)")
+            for client in board.walk():
+                if client.path:
+                    print(f"    {client.path:<8} {type(client).__name__:<15} {client.description or ''}")
+            with board.serial.console() as console:
+                _step("power on (jumpstarter power on)")
+                board.power.on()
+                _step("reading the boot banner from the serial console")
+                console.expect("login:", timeout=30)
+                for line in (console.before + console.after).splitlines():
+                    if line.strip():
+                        print(f"    | {line}")
+                _step("logging in and running a command on the board")
+                console.sendline("root")
+                console.expect("# ", timeout=10)
+                console.sendline("uname -a")
+                console.expect(re.compile(r"Linux .*GNU/Linux"), timeout=10)
+                print(f"    | root@demo:~# uname -a\n    | {console.after}")
+                _step("power off (jumpstarter power off)")
+                board.power.off()
+                print(f"    switch reports the board is {'on' if board.power.call('is_on') else 'off'}")
+        if keep:
+            _step("the demo lab keeps running; this shell has JUMPSTARTER_HOST set. Try:")
+            print("    jumpstarter describe\n    jumpstarter power on\n    jumpstarter serial console")
+            env = dict(os.environ, JUMPSTARTER_HOST=lab.socket)
+            subprocess.call([os.environ.get("SHELL") or "/bin/sh"], env=env)
+    _step(f"done in {time.monotonic() - started:.2f}s; everything stopped and cleaned up")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo())

@@ -1,0 +1,60 @@
+"""Logging for daemons and the CLI: structlog, JSON lines unless on a terminal (DESIGN.md §1).
+
+Every record (structlog or plain `logging`) is rendered once, with `timestamp`
+(ISO 8601 UTC), `level`, `event`, `logger` and bound context. Values of keys
+that look like secrets are replaced before rendering: tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+SECRET_KEYS = ("token", "authorization", "passphrase", "password", "secret")
+
+
+def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if any(s in key.lower() for s in SECRET_KEYS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure(level: str | int = "INFO", *, json: bool | None = None, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging through one handler on `stream` (stdout for daemons)."""
+    stream = stream or sys.stdout
+    if json is None:
+        json = not stream.isatty()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.set_name("jumpstarter")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "jumpstarter"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
