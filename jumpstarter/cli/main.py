@@ -131,7 +131,7 @@ def run(argv: list[str]) -> int:
     from jumpstarter.errors import JumpstarterError
 
     try:
-        with open_target(choice) as socket:
+        with open_target(choice, verbose=ns.logs) as socket:
             from jumpstarter.client.connection import Connection
             from jumpstarter.client.tree import build_tree
 

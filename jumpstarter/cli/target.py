@@ -68,13 +68,21 @@ def resolve_socket(choice: TargetChoice) -> str | None:
 
 
 @contextlib.contextmanager
-def open_target(choice: TargetChoice) -> Iterator[str]:
-    """Yields a socket path for the chosen target, serving it in-process when needed."""
+def open_target(choice: TargetChoice, verbose: bool = False) -> Iterator[str]:
+    """Yields a socket path for the chosen target, serving it in-process when needed.
+
+    Drivers served in-process log to stderr (warnings only, unless `verbose`).
+    """
     socket = resolve_socket(choice)
     if socket is not None:
         yield socket
         return
+    import sys
+
+    from jumpstarter.log import configure
     from jumpstarter.session.local import LocalServer
+
+    configure("INFO" if verbose else "WARNING", json=False, stream=sys.stderr)
 
     if choice.config:
         from jumpstarter.config.exporter import load_config

@@ -229,11 +229,17 @@ class BlockingStream:
         return dict(json.loads(text))
 
     def send(self, data: bytes) -> None:
-        if self._eof_sent or self._closed:
-            raise BrokenPipeError("send after end of stream")
-        if self._call.done():
-            raise BrokenPipeError("the stream was closed by the exporter")
-        self._outgoing.put(router_pb2.StreamRequest(payload=bytes(data)))
+        frame = router_pb2.StreamRequest(payload=bytes(data))
+        while True:
+            if self._eof_sent or self._closed:
+                raise BrokenPipeError("send after end of stream")
+            if self._call.done():
+                raise BrokenPipeError("the stream was closed by the exporter")
+            try:
+                self._outgoing.put(frame, timeout=0.2)  # re-check liveness while backpressured
+                return
+            except queue.Full:
+                continue
 
     def send_eof(self) -> None:
         if not self._eof_sent:

@@ -22,12 +22,15 @@ KNOWN: dict[str, str] = {
     "jumpstarter_driver_pyserial.client.PySerialClient": _D + "serial:SerialClient",
     "jumpstarter_driver_network.client.NetworkClient": _D + "network:NetworkClient",
     "jumpstarter_driver_shell.client.ShellClient": _D + "shell:ShellClient",
+    "jumpstarter_driver_opendal.client.FlasherClient": _D + "storage:FlasherClient",
+    "jumpstarter.client.flasher.FlasherClient": _D + "storage:FlasherClient",
     # our own
     _D + "composite.CompositeClient": _D + "composite:CompositeClient",
     _D + "power.PowerClient": _D + "power:PowerClient",
     _D + "serial.SerialClient": _D + "serial:SerialClient",
     _D + "network.NetworkClient": _D + "network:NetworkClient",
     _D + "shell.ShellClient": _D + "shell:ShellClient",
+    _D + "storage.FlasherClient": _D + "storage:FlasherClient",
     _D + "generic.GenericClient": _D + "generic:GenericClient",
 }
 

@@ -27,6 +27,7 @@ SHORT: dict[str, str] = {
     "network.echo": _M + "network:EchoNetwork",
     "network.discard": _M + "network:DiscardNetwork",
     "shell": _M + "shell:Shell",
+    "storage.file": _M + "storage:FileFlasher",
 }
 UPSTREAM: dict[str, str] = {
     "jumpstarter_driver_composite.driver.Composite": "composite",

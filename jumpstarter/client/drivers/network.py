@@ -13,7 +13,7 @@ from jumpstarter.client.base import DriverClient
 
 
 class NetworkClient(DriverClient):
-    """A network service reachable from the exporter: connect, forward a local port, address."""
+    """A network service near the board: forward a local port, pipe, address."""
 
     def address(self) -> str:
         """The service address as the exporter sees it, e.g. tcp://192.0.2.10:22."""

@@ -18,7 +18,10 @@ class ShellResult:
 
 
 class ShellClient(DriverClient):
-    """Named commands configured on the lab host: `board.tools.run("flash", "image.bin")`."""
+    """Commands configured on the lab host.
+
+    `board.tools.run("flash", "image.bin")` or `board.tools.flash("image.bin")`.
+    """
 
     def methods(self) -> list[str]:
         """The command names this shell driver offers."""
