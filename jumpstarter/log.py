@@ -58,3 +58,31 @@ def configure(level: str | int = "INFO", *, json: bool | None = None, stream: Te
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def ensure_configured() -> None:
+    """Route structlog through stdlib logging (so sessions can stream driver logs) if nobody did.
+
+    Used when a session runs inside someone else's process (tests, the CLI's
+    local mode): no output handler is added, only the routing and the level
+    of our own loggers.
+    """
+    if not structlog.is_configured():
+        structlog.configure(
+            processors=[
+                structlog.stdlib.filter_by_level,
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                redact,
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+            cache_logger_on_first_use=True,
+        )
+    for name in ("driver", "hook", "session", "exporterd"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)

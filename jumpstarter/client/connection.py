@@ -30,6 +30,7 @@ _EMPTY = b""
 DATA = router_pb2.FRAME_TYPE_DATA
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
+UNMARKED_STREAM_GRACE = 0.05
 
 
 def _empty(_: Any) -> bytes:
@@ -127,7 +128,7 @@ class Connection:
         try:
             yield from call
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
+            if exc.code() != grpc.StatusCode.CANCELLED and "Cancelling all calls" not in (exc.details() or ""):
                 raise translate(exc, "LogStream") from None
         finally:
             call.cancel()
@@ -215,8 +216,13 @@ class BlockingStream:
             self.initial_metadata = dict(self._call.initial_metadata())
         except grpc.RpcError as exc:
             raise translate(exc, str(what)) from None
-        if self._call.done() and self._call.code() != grpc.StatusCode.OK:
-            raise error_for(self._call.code(), self._call.details())
+        if not self.initial_metadata:
+            # Our exporters mark an opened stream. Empty metadata is a trailers-only
+            # error, or an upstream exporter's success: give the status a moment.
+            finished = threading.Event()
+            self._call.add_done_callback(lambda *_: finished.set())
+            if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
+                raise error_for(self._call.code(), self._call.details())
 
     def _frames(self) -> Iterator[router_pb2.StreamRequest]:
         while (frame := self._outgoing.get()) is not None:

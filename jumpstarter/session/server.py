@@ -46,6 +46,9 @@ CALLABLE_STATES = frozenset(
     }
 )
 DATA = router_pb2.FRAME_TYPE_DATA
+#: Initial metadata of an opened driver stream is never empty, so a client can tell
+#: success from a trailers-only error without racing the call's completion.
+OPEN_MARKER = "x-jumpstarter-stream-open"
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 
@@ -117,6 +120,9 @@ class Session:
 
     async def start(self) -> None:
         """Reset the drivers (children first) and start forwarding logs."""
+        from jumpstarter.log import ensure_configured
+
+        ensure_configured()
         loop = asyncio.get_running_loop()
         self.logs = LogBroadcaster(loop)
         logging.getLogger().addHandler(self.logs)
@@ -228,7 +234,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self.session.check_ready()
                 _, opener = driver.method(str(request.get("method", "connect")), BYTESTREAM)
                 async with opener() as stream:
-                    await context.send_initial_metadata(())
+                    await context.send_initial_metadata(((OPEN_MARKER, "1"),))  # see OPEN_MARKER
                     await pump(context, stream)
             elif kind == "resource":
                 await self._resource(driver, request, context)
