@@ -46,6 +46,7 @@ def configure(level: str | int = "INFO", *, json: bool | None = None, stream: Te
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.setLevel(level if isinstance(level, int) else level.upper())
     handler.set_name("jumpstarter")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "jumpstarter"]:

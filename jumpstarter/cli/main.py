@@ -21,6 +21,7 @@ from jumpstarter.cli.target import TargetChoice
 
 BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version")
 NO_TARGET = frozenset({"boards", "demo", "version"})
+SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
 or the only board of this host (sockets in $JUMPSTARTER_BOARDS_DIR, default /run/jumpstarter/boards).
@@ -131,7 +132,7 @@ def run(argv: list[str]) -> int:
     from jumpstarter.errors import JumpstarterError
 
     try:
-        with open_target(choice, verbose=ns.logs) as socket:
+        with open_target(choice) as socket:
             from jumpstarter.client.connection import Connection
             from jumpstarter.client.tree import build_tree
 
@@ -168,7 +169,9 @@ def _follow_logs(connection: Any) -> None:
     def follow() -> None:
         try:
             for record in connection.logs():
-                sys.stderr.write(f"[{record.severity.lower()}] {record.message}\n")
+                fields = " ".join(f"{k}={v}" for k, v in sorted(record.structured_fields.items()))
+                source = SOURCES.get(record.source, "exporter")
+                sys.stderr.write(f"[{source}] {record.severity:<7} {record.message} {fields}".rstrip() + "\n")
                 sys.stderr.flush()
         except Exception:
             pass

@@ -68,10 +68,10 @@ def resolve_socket(choice: TargetChoice) -> str | None:
 
 
 @contextlib.contextmanager
-def open_target(choice: TargetChoice, verbose: bool = False) -> Iterator[str]:
+def open_target(choice: TargetChoice) -> Iterator[str]:
     """Yields a socket path for the chosen target, serving it in-process when needed.
 
-    Drivers served in-process log to stderr (warnings only, unless `verbose`).
+    Drivers served in-process print their warnings and errors on stderr.
     """
     socket = resolve_socket(choice)
     if socket is not None:
@@ -82,7 +82,7 @@ def open_target(choice: TargetChoice, verbose: bool = False) -> Iterator[str]:
     from jumpstarter.log import configure
     from jumpstarter.session.local import LocalServer
 
-    configure("INFO" if verbose else "WARNING", json=False, stream=sys.stderr)
+    configure("WARNING", json=False, stream=sys.stderr)  # --logs follows LogStream like for any exporter
 
     if choice.config:
         from jumpstarter.config.exporter import load_config

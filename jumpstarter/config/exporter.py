@@ -211,7 +211,7 @@ def _labels(doc: Located, where: Where) -> dict[str, str]:
 def load_exporter_config(path: str) -> BoardConfig:
     """Load an upstream-style `ExporterConfig` file and validate its driver tree."""
     doc = load_yaml(path)
-    where = Where(path)
+    where = Where(path, (), getattr(doc, "line", 1))
     _expect(where, doc, dict, "a mapping (an ExporterConfig document)")
     if doc.get("kind", "ExporterConfig") != "ExporterConfig":
         raise where.child(doc, "kind").error(f"expected ExporterConfig, got {doc.get('kind')!r}")

@@ -63,7 +63,7 @@ class Inventory:
 
 def load_inventory(path: str) -> Inventory:
     doc = load_yaml(path)
-    where = Where(path)
+    where = Where(path, (), getattr(doc, "line", 1))
     _expect(where, doc, dict, "a mapping with 'boards'")
     unknown = sorted(set(doc) - TOP_KEYS)
     if unknown:
