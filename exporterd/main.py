@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
@@ -28,10 +27,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--config", metavar="FILE", help="an ExporterConfig YAML file (upstream format)")
     source.add_argument("--inventory", metavar="FILE", help="the lab inventory (use with --board)")
     parser.add_argument("--board", metavar="NAME", help="the inventory board to serve")
-    parser.add_argument("--socket", metavar="PATH", help=f"socket path (default {DEFAULT_SOCKET_DIR}/NAME.sock)")
+    parser.add_argument(
+        "--socket", metavar="PATH", help=f"socket path (default {DEFAULT_SOCKET_DIR}/NAME.sock)"
+    )
     parser.add_argument("--socket-mode", default="0660", help="socket permissions, octal (default 0660)")
-    parser.add_argument("--log-level", default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+    )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     args = parser.parse_args(argv)

@@ -52,11 +52,16 @@ def _tcp_setup(target: str) -> tuple[grpc.ChannelCredentials | None, list[tuple[
     passphrase = os.environ.get("JMP_GRPC_PASSPHRASE")
     if passphrase:
         metadata.append((PASSPHRASE_HEADER, passphrase))
-    insecure = os.environ.get("JMP_GRPC_INSECURE") == "1" or os.environ.get("JUMPSTARTER_GRPC_INSECURE") == "1"
+    insecure = (
+        os.environ.get("JMP_GRPC_INSECURE") == "1" or os.environ.get("JUMPSTARTER_GRPC_INSECURE") == "1"
+    )
     if insecure:
         return None, metadata
     ca = os.environ.get("JMP_GRPC_CA")
-    roots = open(ca, "rb").read() if ca else None
+    roots = None
+    if ca:
+        with open(ca, "rb") as handle:
+            roots = handle.read()
     return grpc.ssl_channel_credentials(root_certificates=roots), metadata
 
 

@@ -34,14 +34,24 @@ def detect_hardware() -> list[Hardware]:
         model = props.get("ID_MODEL_FROM_DATABASE") or props.get("ID_MODEL", "")
         vendor = props.get("ID_VENDOR_FROM_DATABASE") or props.get("ID_VENDOR", "")
         port = props.get("ID_USB_INTERFACE_NUM", "")
-        desc = f"{vendor} {model}".strip() + (f" serial {serial}" if serial else "") + (f" if{port}" if port else "")
-        found.append(Hardware("serial", device.device_node, desc, _name(serial or device.sys_name, port), props))
+        desc = (
+            f"{vendor} {model}".strip()
+            + (f" serial {serial}" if serial else "")
+            + (f" if{port}" if port else "")
+        )
+        found.append(
+            Hardware("serial", device.device_node, desc, _name(serial or device.sys_name, port), props)
+        )
     for device in context.list_devices(subsystem="usb", DEVTYPE="usb_device"):
         props = dict(device.properties)
         key = (props.get("ID_VENDOR_ID", ""), props.get("ID_MODEL_ID", ""))
         if key in SD_MUXES:
             node = device.device_node or device.sys_path
-            found.append(Hardware("sdmux", node, SD_MUXES[key], _name(props.get("ID_SERIAL_SHORT", "sdmux"), ""), props))
+            found.append(
+                Hardware(
+                    "sdmux", node, SD_MUXES[key], _name(props.get("ID_SERIAL_SHORT", "sdmux"), ""), props
+                )
+            )
     return found
 
 

@@ -21,8 +21,14 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("jumpstarter", "drive a lab board")
     group.addoption("--jumpstarter-host", metavar="PATH", help="exporter socket (default: $JUMPSTARTER_HOST)")
-    group.addoption("--jumpstarter-board", metavar="NAME", help="a board of this host (/run/jumpstarter/boards)")
-    group.addoption("--jumpstarter-console", metavar="PATH", help="driver path of the console (default: the serial driver)")
+    group.addoption(
+        "--jumpstarter-board", metavar="NAME", help="a board of this host (/run/jumpstarter/boards)"
+    )
+    group.addoption(
+        "--jumpstarter-console",
+        metavar="PATH",
+        help="driver path of the console (default: the serial driver)",
+    )
 
 
 def _target(config: pytest.Config) -> str:
@@ -65,7 +71,9 @@ def _find_console(root: Any, path: str | None) -> Any:
         return client
     serials = [c for c in root.walk() if isinstance(c, SerialClient)]
     if not serials:
-        raise pytest.UsageError("jumpstarter: the board has no serial driver; pass --jumpstarter-console PATH")
+        raise pytest.UsageError(
+            "jumpstarter: the board has no serial driver; pass --jumpstarter-console PATH"
+        )
     named = [c for c in serials if c.name in ("serial", "console")]
     return (named or serials)[0]
 

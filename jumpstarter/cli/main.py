@@ -12,7 +12,6 @@ Exit codes: 0 ok, 1 driver or connection error, 2 usage or config error;
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -89,11 +88,17 @@ def add_board_commands(sub: Any, root: Any, socket: str) -> None:
 
     describe = sub.add_parser("describe", help="show the board's drivers, labels and methods")
     describe.set_defaults(func=lambda a: commands.describe(root, socket))
-    for name, helptext in (("shell", "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board"),
-                           ("run", "run CMD with JUMPSTARTER_HOST set; exit with its code")):
+    for name, helptext in (
+        ("shell", "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board"),
+        ("run", "run CMD with JUMPSTARTER_HOST set; exit with its code"),
+    ):
         cmd = sub.add_parser(name, help=helptext, description=helptext)
-        cmd.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
-        cmd.set_defaults(func=lambda a, name=name: commands.subshell(socket, a.cmd, interactive=name == "shell"))
+        cmd.add_argument(
+            "cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments"
+        )
+        cmd.set_defaults(
+            func=lambda a, name=name: commands.subshell(socket, a.cmd, interactive=name == "shell")
+        )
     forward = sub.add_parser("port-forward", help="forward a local TCP port to a network driver")
     forward.add_argument("driver", metavar="NAME", help="network driver path, e.g. ssh or dut.ssh")
     from jumpstarter.client.drivers.network import add_forward_arguments

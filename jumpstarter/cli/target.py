@@ -38,7 +38,9 @@ class TargetChoice:
         return bool(self.host or self.board or self.config or self.env or self.detect)
 
     def label(self) -> str:
-        return self.host or self.board or self.config or self.env or ("detected hardware" if self.detect else "")
+        return (
+            self.host or self.board or self.config or self.env or ("detected hardware" if self.detect else "")
+        )
 
 
 def resolve_socket(choice: TargetChoice) -> str | None:

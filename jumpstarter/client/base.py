@@ -80,7 +80,9 @@ class DriverClient:
         """Open an exported byte stream (a context manager with send/receive)."""
         return self.link.sync.open_stream({"kind": "driver", "uuid": self.uuid, "method": method})
 
-    def upload(self, source: Iterable[bytes], encoding: str | None = None) -> contextlib.AbstractContextManager[Any]:
+    def upload(
+        self, source: Iterable[bytes], encoding: str | None = None
+    ) -> contextlib.AbstractContextManager[Any]:
         """Send bulk data as a resource; yields the handle to pass to a driver call."""
         return self.link.sync.upload(self.uuid, source, encoding)
 
@@ -118,7 +120,9 @@ class DriverClient:
         return sorted(set(super().__dir__()) | set(self.children))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path or '(root)'} {self.labels.get('jumpstarter.dev/client', '')}>"
+        return (
+            f"<{type(self).__name__} {self.path or '(root)'} {self.labels.get('jumpstarter.dev/client', '')}>"
+        )
 
     def walk(self) -> Iterator[DriverClient]:
         yield self

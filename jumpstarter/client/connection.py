@@ -128,7 +128,9 @@ class Connection:
         try:
             yield from call
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED and "Cancelling all calls" not in (exc.details() or ""):
+            if exc.code() != grpc.StatusCode.CANCELLED and "Cancelling all calls" not in (
+                exc.details() or ""
+            ):
                 raise translate(exc, "LogStream") from None
         finally:
             call.cancel()
@@ -136,7 +138,9 @@ class Connection:
     # -- driver calls ------------------------------------------------------
 
     def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
-        request = jumpstarter_pb2.DriverCallRequest(uuid=uuid, method=method, args=[values.encode(a) for a in args])
+        request = jumpstarter_pb2.DriverCallRequest(
+            uuid=uuid, method=method, args=[values.encode(a) for a in args]
+        )
         try:
             response = self._call(request, metadata=self._md)
         except grpc.RpcError as exc:
@@ -160,7 +164,9 @@ class Connection:
         return BlockingStream(self, request)
 
     @contextlib.contextmanager
-    def upload(self, uuid: str, source: Iterable[bytes], encoding: str | None = None) -> Iterator[dict[str, Any]]:
+    def upload(
+        self, uuid: str, source: Iterable[bytes], encoding: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Stream `source` chunks to driver `uuid` as a resource; yields the handle to pass to a call.
 
         The chunks are sent while the caller's driver call runs; leaving the
@@ -189,7 +195,9 @@ class Connection:
             raise failure[0]
 
     @contextlib.contextmanager
-    def download(self, uuid: str, encoding: str | None = None) -> Iterator[tuple[dict[str, Any], BlockingStream]]:
+    def download(
+        self, uuid: str, encoding: str | None = None
+    ) -> Iterator[tuple[dict[str, Any], BlockingStream]]:
         """A resource the driver writes into; read it from the yielded stream while the call runs."""
         stream = BlockingStream(self, {"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
         try:
@@ -336,7 +344,9 @@ class AsyncConnection:
             raise translate(exc, "GetReport") from None
 
     async def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
-        request = jumpstarter_pb2.DriverCallRequest(uuid=uuid, method=method, args=[values.encode(a) for a in args])
+        request = jumpstarter_pb2.DriverCallRequest(
+            uuid=uuid, method=method, args=[values.encode(a) for a in args]
+        )
         try:
             response = await self._call(request, metadata=self._md)
         except grpc.RpcError as exc:

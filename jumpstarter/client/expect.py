@@ -86,7 +86,9 @@ class Console:
                     self.buffer = self.buffer[found.end() :]
                     return index
                 if self._closed:
-                    raise ConsoleClosed(f"console closed before {self._describe(patterns)} appeared") from self._error
+                    raise ConsoleClosed(
+                        f"console closed before {self._describe(patterns)} appeared"
+                    ) from self._error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     tail = self.buffer[-300:]

@@ -15,7 +15,9 @@ CLIENT_LABEL = "jumpstarter.dev/client"
 NAME_LABEL = "jumpstarter.dev/name"
 
 
-def build_tree(report: Any, connection: Connection | None, aconnection: AsyncConnection | None = None) -> DriverClient:
+def build_tree(
+    report: Any, connection: Connection | None, aconnection: AsyncConnection | None = None
+) -> DriverClient:
     """The root client; children are reachable as attributes (`root.power`)."""
     if not report.reports:
         raise JumpstarterError("the exporter reported no drivers")

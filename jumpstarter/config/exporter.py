@@ -86,7 +86,9 @@ def _substitute(value: Any, devices: dict[str, dict[str, str]], where: Where) ->
     return value
 
 
-def _build_node(node: Any, where: Where, devices: dict[str, dict[str, str]], refs: list[tuple[Any, str, Where]]) -> Driver:
+def _build_node(
+    node: Any, where: Where, devices: dict[str, dict[str, str]], refs: list[tuple[Any, str, Where]]
+) -> Driver:
     from jumpstarter.drivers.registry import driver_class
 
     node = _expect(where, node, dict, "a driver (a mapping with 'type', 'children' or 'ref')")
@@ -150,7 +152,9 @@ class _Placeholder(Driver):
     """Stands in for a `ref:` until the whole tree exists."""
 
 
-def build_root(export: Any, where: Where, description: str | None, devices: dict[str, dict[str, str]]) -> Driver:
+def build_root(
+    export: Any, where: Where, description: str | None, devices: dict[str, dict[str, str]]
+) -> Driver:
     from jumpstarter.drivers.composite import Composite, Proxy
 
     export = _expect(where, export, dict, "a mapping of names to drivers")
@@ -166,7 +170,9 @@ def build_root(export: Any, where: Where, description: str | None, devices: dict
         target: Driver = root
         for part in path.split("."):
             if part not in target.children:
-                raise here.error(f"ref {path!r}: no driver {part!r} (has: {', '.join(target.children) or 'none'})")
+                raise here.error(
+                    f"ref {path!r}: no driver {part!r} (has: {', '.join(target.children) or 'none'})"
+                )
             target = target.children[part]
         if isinstance(target, _Placeholder):
             raise here.error(f"ref {path!r} points at another ref")
@@ -190,7 +196,9 @@ def _hooks(doc: Located, where: Where) -> dict[str, HookConfig]:
         _expect(here, value, dict, "a mapping with 'script'")
         unknown = sorted(set(value) - HOOK_KEYS)
         if unknown:
-            raise here.child(value, unknown[0]).error(f"unknown key (accepted: {', '.join(sorted(HOOK_KEYS))})")
+            raise here.child(value, unknown[0]).error(
+                f"unknown key (accepted: {', '.join(sorted(HOOK_KEYS))})"
+            )
         script = _expect(here.child(value, "script"), value.get("script"), str, "a script")
         timeout = value.get("timeout", 120)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -198,7 +206,9 @@ def _hooks(doc: Located, where: Where) -> dict[str, HookConfig]:
         on_failure = value.get("onFailure", "warn")
         if on_failure not in ON_FAILURE:
             raise here.child(value, "onFailure").error(f"expected one of {', '.join(ON_FAILURE)}")
-        hooks[key] = HookConfig(script=script, exec=value.get("exec"), timeout=float(timeout), on_failure=on_failure)
+        hooks[key] = HookConfig(
+            script=script, exec=value.get("exec"), timeout=float(timeout), on_failure=on_failure
+        )
     return hooks
 
 
@@ -217,8 +227,22 @@ def load_exporter_config(path: str) -> BoardConfig:
         raise where.child(doc, "kind").error(f"expected ExporterConfig, got {doc.get('kind')!r}")
     if doc.get("apiVersion", API_VERSION) != API_VERSION:
         raise where.child(doc, "apiVersion").error(f"expected {API_VERSION}")
-    known = {"apiVersion", "kind", "metadata", "endpoint", "token", "tls", "grpcOptions", "description",
-             "motd", "export", "hooks", "failureDetection", "exitOnLeaseEnd", "labels"}
+    known = {
+        "apiVersion",
+        "kind",
+        "metadata",
+        "endpoint",
+        "token",
+        "tls",
+        "grpcOptions",
+        "description",
+        "motd",
+        "export",
+        "hooks",
+        "failureDetection",
+        "exitOnLeaseEnd",
+        "labels",
+    }
     unknown = sorted(set(doc) - known)
     if unknown:
         raise where.child(doc, unknown[0]).error("unknown key")

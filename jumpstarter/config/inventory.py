@@ -1,14 +1,14 @@
 """The lab host inventory: every board of this host in one YAML file (DESIGN.md §4).
 
-    controller: {endpoint: ctl.lab:443, namespace: lab, token_dir: /etc/jumpstarter/tokens}
-    socket_dir: /run/jumpstarter/boards
-    boards:
-      - name: rpi4-01
-        labels: {board: rpi4}
-        match:
-          serial: {ID_SERIAL_SHORT: A10KJ3XY, SUBSYSTEM: tty}
-        export:
-          serial: {type: serial, config: {url: "${serial.devnode}"}}
+controller: {endpoint: ctl.lab:443, namespace: lab, token_dir: /etc/jumpstarter/tokens}
+socket_dir: /run/jumpstarter/boards
+boards:
+  - name: rpi4-01
+    labels: {board: rpi4}
+    match:
+      serial: {ID_SERIAL_SHORT: A10KJ3XY, SUBSYSTEM: tty}
+    export:
+      serial: {type: serial, config: {url: "${serial.devnode}"}}
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def load_inventory(path: str) -> Inventory:
         seen[name] = raw.line
         unknown = sorted(set(raw) - BOARD_KEYS)
         if unknown:
-            raise here.child(raw, unknown[0]).error(f"unknown key (accepted: {', '.join(sorted(BOARD_KEYS))})")
+            raise here.child(raw, unknown[0]).error(
+                f"unknown key (accepted: {', '.join(sorted(BOARD_KEYS))})"
+            )
         if "export" not in raw:
             raise here.error("missing 'export' (the driver tree)")
         match = raw.get("match") or {}
@@ -166,7 +168,9 @@ def load_board(path: str, name: str) -> BoardConfig:
     devices = resolve_devices(rules)
     missing = [d for d in rules if d not in devices]
     if missing:
-        raise ConfigError(f"{path}: board {name}: device {missing[0]!r} is not present (match: {rules[missing[0]]})")
+        raise ConfigError(
+            f"{path}: board {name}: device {missing[0]!r} is not present (match: {rules[missing[0]]})"
+        )
     board.devices = devices
     board.build()
     return board

@@ -35,7 +35,9 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
         if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
             key = key_node.value  # `on:`/`off:`/`yes:` are names here, not YAML 1.1 booleans
         if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise yaml.constructor.ConstructorError(None, None, "mapping keys must be plain values", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be plain values", key_node.start_mark
+            )
         if key in mapping:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)

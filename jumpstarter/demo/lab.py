@@ -85,7 +85,9 @@ def socket_answers(path: str) -> bool:
 class DemoLab:
     """`with DemoLab() as lab:` runs the fake board and its exporterd in a temporary directory."""
 
-    def __init__(self, directory: str | None = None, boot_delay: float = 0.05, log: IO[bytes] | None = None) -> None:
+    def __init__(
+        self, directory: str | None = None, boot_delay: float = 0.05, log: IO[bytes] | None = None
+    ) -> None:
         self.owns_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="jumpstarter-demo-")
         self.boot_delay = boot_delay
@@ -102,8 +104,19 @@ class DemoLab:
         if os.path.exists(self.port_file):
             os.unlink(self.port_file)
         self.board = subprocess.Popen(
-            [sys.executable, "-m", "jumpstarter.demo.fakeboard", "--link", self.tty, "--http", "127.0.0.1:0",
-             "--port-file", self.port_file, "--boot-delay", str(self.boot_delay)],
+            [
+                sys.executable,
+                "-m",
+                "jumpstarter.demo.fakeboard",
+                "--link",
+                self.tty,
+                "--http",
+                "127.0.0.1:0",
+                "--port-file",
+                self.port_file,
+                "--boot-delay",
+                str(self.boot_delay),
+            ],
             stdin=subprocess.DEVNULL,
         )
         wait_for(lambda: os.path.exists(self.port_file), 10, "fake board", self.board)
@@ -113,14 +126,13 @@ class DemoLab:
     def start_exporter(self) -> None:
         with open(self.config, "w") as handle:
             handle.write(DEMO_CONFIG.format(port=self.port, tty=self.tty))
-        log = open(self.exporter_log, "ab")
-        self.exporter = subprocess.Popen(
-            [sys.executable, "-m", "exporterd.main", "--config", self.config, "--socket", self.socket],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.exporter_log, "ab") as log:
+            self.exporter = subprocess.Popen(
+                [sys.executable, "-m", "exporterd.main", "--config", self.config, "--socket", self.socket],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             wait_for(lambda: socket_answers(self.socket), 15, "exporterd", self.exporter)
         except (RuntimeError, TimeoutError) as exc:

@@ -101,7 +101,11 @@ class Driver:
         yield self, None, None
         for name, child in self.children.items():
             for node, parent, child_name in child.enumerate():
-                yield node, (parent if parent is not None else self), (child_name if parent is not None else name)
+                yield (
+                    node,
+                    (parent if parent is not None else self),
+                    (child_name if parent is not None else name),
+                )
 
     def report_labels(self, name: str | None) -> dict[str, str]:
         labels = dict(self.labels)
@@ -119,9 +123,7 @@ class Driver:
         if exported is None or exported.kind != kind:
             wanted = [m for m, e in self._exported.items() if e.kind == kind]
             if exported is not None:
-                raise MethodNotFound(
-                    f"{type(self).__name__}.{name} is a {exported.kind} method, not {kind}"
-                )
+                raise MethodNotFound(f"{type(self).__name__}.{name} is a {exported.kind} method, not {kind}")
             raise MethodNotFound(
                 f"{type(self).__name__} has no {kind} method {name!r}"
                 f" (it has: {', '.join(sorted(wanted)) or 'none'})"
@@ -152,7 +154,9 @@ class Driver:
                 accepted.add(name)
                 if p.default is inspect.Parameter.empty:
                     required.add(name)
-            if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()):
+            if not any(
+                p.kind == p.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()
+            ):
                 break  # this __init__ does not pass keywords further up
         return accepted, required
 

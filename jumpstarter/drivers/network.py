@@ -39,11 +39,15 @@ class TcpNetwork(NetworkInterface):
     async def connect(self) -> AsyncIterator[SocketStream]:
         """Open one TCP connection to the service."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT
+            )
+        except TimeoutError:
             raise TimeoutError(f"connecting to {self.host}:{self.port} timed out") from None
         except OSError as exc:
-            raise ConnectionError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+            raise ConnectionError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         stream = SocketStream(reader, writer)
         try:
             yield stream

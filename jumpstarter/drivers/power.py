@@ -118,7 +118,9 @@ class HttpPower(PowerInterface):
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return str(response.read(64 * 1024).decode("utf-8", "replace"))
         except urllib.error.HTTPError as exc:
-            raise ConnectionError(f"power switch answered HTTP {exc.code} to {spec['method']} {safe_url}") from None
+            raise ConnectionError(
+                f"power switch answered HTTP {exc.code} to {spec['method']} {safe_url}"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConnectionError(f"power switch unreachable at {safe_url}: {reason}") from None
@@ -167,13 +169,15 @@ class CommandPower(PowerInterface):
         )
         try:
             output, _ = await asyncio.wait_for(process.communicate(), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await process.wait()
             raise TimeoutError(f"power command did not finish within {self.timeout:g}s: {command}") from None
         if process.returncode != 0:
             tail = output.decode("utf-8", "replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"power command exited with {process.returncode}: {command}: {' / '.join(tail)}")
+            raise RuntimeError(
+                f"power command exited with {process.returncode}: {command}: {' / '.join(tail)}"
+            )
 
     @export
     async def on(self) -> None:

@@ -138,7 +138,9 @@ class Serial(Driver):
                     self._open()
                 except Exception as exc:
                     if not getattr(self, "_told_missing", False):
-                        self.log.warning("serial port not available; will retry", url=self.url, error=str(exc))
+                        self.log.warning(
+                            "serial port not available; will retry", url=self.url, error=str(exc)
+                        )
                         self._told_missing = True
                 else:
                     self._told_missing = False

@@ -21,7 +21,9 @@ from jumpstarter.driver import Driver, export
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-BLOCKED = re.compile(r"^(LD_.*|DYLD_.*|PATH|HOME|SHELL|IFS|ENV|BASH_ENV|BASH_FUNC_.*|PYTHON.*|PERL5.*|RUBY.*|NODE_OPTIONS|PS4|GCONV_PATH)$")
+BLOCKED = re.compile(
+    r"^(LD_.*|DYLD_.*|PATH|HOME|SHELL|IFS|ENV|BASH_ENV|BASH_FUNC_.*|PYTHON.*|PERL5.*|RUBY.*|NODE_OPTIONS|PS4|GCONV_PATH)$"
+)
 MAX_ENV = 64
 MAX_VALUE = 4096
 MAX_ARGS = 256
@@ -62,7 +64,11 @@ class Shell(Driver):
             raise ValueError("env must be a mapping of variable names to values")
         if len(extra) > MAX_ENV:
             raise ValueError(f"at most {MAX_ENV} environment variables")
-        env = {"PATH": BASE_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": os.environ.get("HOME", "/")}
+        env = {
+            "PATH": BASE_PATH,
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": os.environ.get("HOME", "/"),
+        }
         env.update(self.env)
         for key, value in extra.items():
             if not NAME_RE.match(key):
@@ -127,7 +133,7 @@ class Shell(Driver):
                     yield [item[1], "", None] if item[0] == 0 else ["", item[1], None]
             code = await asyncio.wait_for(process.wait(), max(0.1, deadline - loop.time()))
             yield ["", "", code]
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"command {method!r} did not finish within {self.timeout:g}s") from None
         finally:
             if process.returncode is None:

@@ -32,7 +32,9 @@ class FileFlasher(FlasherInterface):
     `sync` (fsync when done, default true).
     """
 
-    def __init__(self, *, path: str, targets: dict[str, str] | None = None, sync: bool = True, **base: Any) -> None:
+    def __init__(
+        self, *, path: str, targets: dict[str, str] | None = None, sync: bool = True, **base: Any
+    ) -> None:
         super().__init__(**base)
         self.path = str(path)
         self.targets = {str(k): str(v) for k, v in (targets or {}).items()}

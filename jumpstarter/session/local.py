@@ -21,7 +21,9 @@ from jumpstarter.driver.base import Driver
 class LocalServer:
     """`with LocalServer(build) as socket_path:` serves until the block ends."""
 
-    def __init__(self, build: Callable[[], Driver], *, labels: dict[str, str] | None = None, motd: str = "") -> None:
+    def __init__(
+        self, build: Callable[[], Driver], *, labels: dict[str, str] | None = None, motd: str = ""
+    ) -> None:
         self.build = build
         self.labels = labels or {}
         self.motd = motd
@@ -34,7 +36,11 @@ class LocalServer:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> str:
-        base = os.environ.get("XDG_RUNTIME_DIR") if os.path.isdir(os.environ.get("XDG_RUNTIME_DIR", "")) else None
+        base = (
+            os.environ.get("XDG_RUNTIME_DIR")
+            if os.path.isdir(os.environ.get("XDG_RUNTIME_DIR", ""))
+            else None
+        )
         self.directory = tempfile.mkdtemp(prefix="jumpstarter-", dir=base)
         self.path = os.path.join(self.directory, "session.sock")
         self._thread = threading.Thread(target=self._run, daemon=True, name="local-exporter")

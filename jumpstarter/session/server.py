@@ -189,7 +189,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
 
     @staticmethod
     def _item(item: Any) -> Any:
-        return jumpstarter_pb2.StreamingDriverCallResponse(uuid=str(uuidlib.uuid4()), result=values.encode(item))
+        return jumpstarter_pb2.StreamingDriverCallResponse(
+            uuid=str(uuidlib.uuid4()), result=values.encode(item)
+        )
 
     async def LogStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if self.session.logs is None:
@@ -198,7 +200,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
             yield message
 
     async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Reset is not implemented; end the session instead")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "Reset is not implemented; end the session instead"
+        )
 
     async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         s = self.session
@@ -216,7 +220,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
         result = callback()
         if inspect.isawaitable(result):
             await result
-        return jumpstarter_pb2.EndSessionResponse(success=True, message="Session ending; afterLease hook runs now")
+        return jumpstarter_pb2.EndSessionResponse(
+            success=True, message="Session ending; afterLease hook runs now"
+        )
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -259,7 +265,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 return request
         raise ValueError("stream needs a 'request' metadata entry (PROTOCOL.md §5)")
 
-    async def _resource(self, driver: Driver, request: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
+    async def _resource(
+        self, driver: Driver, request: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> None:
         encoding = compression.check(request.get("x_jmp_content_encoding"))
         accepted = encoding if encoding in compression.supported() else None
         if encoding and not accepted:

@@ -78,5 +78,7 @@ def test_expect_timeout_fails_the_test_and_shows_the_last_console_output(demo_la
 def test_no_board_given_is_a_usage_error_not_a_test_failure(workdir, inner_env):
     result = inner_pytest(workdir, BOOTS_AND_LOGS_IN, env=inner_env)  # empty boards dir, no host
 
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert "jumpstarter: no board" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert "jumpstarter: no board" in output
+    assert "pytest_plugin.py" not in output  # a message for the user, not the plugin's traceback

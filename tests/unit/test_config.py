@@ -21,7 +21,9 @@ def write(tmp_path, text: str, name: str = "exporter.yaml") -> str:
 
 
 def test_upstream_exporter_config_loads_with_upstream_type_names(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         apiVersion: jumpstarter.dev/v1alpha1
         kind: ExporterConfig
         metadata: {namespace: lab, name: rpi4-01}
@@ -41,9 +43,15 @@ def test_upstream_exporter_config_loads_with_upstream_type_names(tmp_path):
               console: {ref: serial}
         hooks:
           beforeLease: {script: "j power on", timeout: 60, onFailure: endLease}
-        """)
+        """,
+    )
     config = load_exporter_config(path)
-    assert (config.name, config.namespace, config.endpoint, config.motd) == ("rpi4-01", "lab", "grpc.lab.example:443", "hello")
+    assert (config.name, config.namespace, config.endpoint, config.motd) == (
+        "rpi4-01",
+        "lab",
+        "grpc.lab.example:443",
+        "hello",
+    )
     assert config.hooks["beforeLease"].on_failure == "endLease" and config.hooks["beforeLease"].timeout == 60
     root = config.build()
     assert isinstance(root, Composite)
@@ -61,14 +69,17 @@ def test_each_build_makes_fresh_driver_instances(tmp_path):
 
 
 def test_on_and_off_keys_are_names_not_booleans(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         export:
           power:
             type: power.http
             config:
               on: http://127.0.0.1:1/on
               off: http://127.0.0.1:1/off
-        """)
+        """,
+    )
     power = load_exporter_config(path).build().children["power"]
     assert isinstance(power, HttpPower) and power.on_request["url"].endswith("/on")
 
@@ -76,21 +87,37 @@ def test_on_and_off_keys_are_names_not_booleans(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("export:\n  power:\n    type: power.bogus\n", ":3: export.power.type: unknown driver type 'power.bogus' (known: "),
-        ("export:\n  serial:\n    type: serial\n    config:\n      url: /dev/x\n      baud: 9\n",
-         ":6: export.serial.config.baud: unknown setting for serial (accepted: baudrate,"),
-        ("export:\n  serial:\n    type: serial\n", ":3: export.serial.config: serial needs the setting 'url'"),
+        (
+            "export:\n  power:\n    type: power.bogus\n",
+            ":3: export.power.type: unknown driver type 'power.bogus' (known: ",
+        ),
+        (
+            "export:\n  serial:\n    type: serial\n    config:\n      url: /dev/x\n      baud: 9\n",
+            ":6: export.serial.config.baud: unknown setting for serial (accepted: baudrate,",
+        ),
+        (
+            "export:\n  serial:\n    type: serial\n",
+            ":3: export.serial.config: serial needs the setting 'url'",
+        ),
         ("export:\n  p:\n    type: power.mock\n    colour: red\n", ":4: export.p.colour: unknown key"),
         ("metadata: {name: x}\n", ":1: missing 'export'"),
         ("export:\n  a: {type: power.mock}\n  a: {type: power.mock}\n", ":3: duplicate key 'a'"),
         ("export:\n  - power\n", ":1: export: expected a mapping of names to drivers, got list"),
         ("export: {p: {type: power.mock\n", ":2: "),
         ("kind: ClientConfig\nexport: {}\n", ":1: kind: expected ExporterConfig"),
-        ("export:\n  dut:\n    children:\n      c: {ref: nowhere}\n", ":4: export.dut.children.c.ref: ref 'nowhere': no driver 'nowhere'"),
+        (
+            "export:\n  dut:\n    children:\n      c: {ref: nowhere}\n",
+            ":4: export.dut.children.c.ref: ref 'nowhere': no driver 'nowhere'",
+        ),
         ("export:\n  9bad: {type: power.mock}\n", ":2: export.9bad: driver names start with a letter"),
-        ("export:\n  s:\n    type: shell\n    config: {methods: {}}\n", ":4: export.s.config: shell: methods: expected a mapping"),
-        ("export: {}\nhooks:\n  beforeLease: {script: x, onFailure: explode}\n",
-         ":3: hooks.beforeLease.onFailure: expected one of warn, endLease, exit"),
+        (
+            "export:\n  s:\n    type: shell\n    config: {methods: {}}\n",
+            ":4: export.s.config: shell: methods: expected a mapping",
+        ),
+        (
+            "export: {}\nhooks:\n  beforeLease: {script: x, onFailure: explode}\n",
+            ":3: hooks.beforeLease.onFailure: expected one of warn, endLease, exit",
+        ),
     ],
 )
 def test_mistakes_are_reported_with_file_line_and_key(tmp_path, text, message):
@@ -139,9 +166,18 @@ def test_inventory_board_without_match_loads_through_load_config(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        (INVENTORY + "  - name: sim\n    export: {}\n", "board sim: duplicate board name (first defined on line 10)"),
-        (INVENTORY.replace("${serial.devnode}", "${sd.devnode}"), "unknown substitution ${sd.devnode}: no matched device 'sd'"),
-        (INVENTORY.replace("labels: {board: rpi4}", "lables: {board: rpi4}"), ":5: board rpi4-01.lables: unknown key"),
+        (
+            INVENTORY + "  - name: sim\n    export: {}\n",
+            "board sim: duplicate board name (first defined on line 10)",
+        ),
+        (
+            INVENTORY.replace("${serial.devnode}", "${sd.devnode}"),
+            "unknown substitution ${sd.devnode}: no matched device 'sd'",
+        ),
+        (
+            INVENTORY.replace("labels: {board: rpi4}", "lables: {board: rpi4}"),
+            ":5: board rpi4-01.lables: unknown key",
+        ),
         ("boards:\n  - {name: x}\n", "board x: missing 'export'"),
     ],
 )

@@ -28,7 +28,10 @@ def test_exception_maps_to_status(exc, code):
 
 
 def test_os_error_message_names_the_file():
-    assert errors.status_for(FileNotFoundError(2, "No such file", "/dev/ttyUSB9"))[1] == "No such file: /dev/ttyUSB9"
+    assert (
+        errors.status_for(FileNotFoundError(2, "No such file", "/dev/ttyUSB9"))[1]
+        == "No such file: /dev/ttyUSB9"
+    )
 
 
 def test_exception_without_text_still_has_a_message():

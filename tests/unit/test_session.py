@@ -50,8 +50,13 @@ class Gadget(Driver):
 
     @export
     async def fail(self, kind: str) -> None:
-        raise {"value": ValueError, "timeout": TimeoutError, "conn": ConnectionError,
-               "nie": NotImplementedError, "other": RuntimeError}[kind](f"failed with {kind}")
+        raise {
+            "value": ValueError,
+            "timeout": TimeoutError,
+            "conn": ConnectionError,
+            "nie": NotImplementedError,
+            "other": RuntimeError,
+        }[kind](f"failed with {kind}")
 
     @export
     async def count(self, n: int) -> AsyncIterator[int]:
@@ -133,13 +138,20 @@ def test_unknown_client_label_gets_a_generic_client(board):
 def test_integers_stay_integers_and_bytes_stay_bytes(board):
     result = board.gadget.call("add", 2, 3)
     assert result == 5 and type(result) is int
-    assert jumpstarter.values.b64decode(board.gadget.call("blocking_echo", b"\x00\x01\xff")) == b"\xff\x01\x00"
+    assert (
+        jumpstarter.values.b64decode(board.gadget.call("blocking_echo", b"\x00\x01\xff")) == b"\xff\x01\x00"
+    )
 
 
 @pytest.mark.parametrize(
     "kind, error",
-    [("value", DriverInvalidArgument), ("timeout", DriverTimeout), ("conn", DriverUnavailable),
-     ("nie", DriverNotImplemented), ("other", DriverError)],
+    [
+        ("value", DriverInvalidArgument),
+        ("timeout", DriverTimeout),
+        ("conn", DriverUnavailable),
+        ("nie", DriverNotImplemented),
+        ("other", DriverError),
+    ],
 )
 def test_driver_exceptions_come_back_as_matching_exceptions_with_the_message(board, kind, error):
     with pytest.raises(error, match=f"failed with {kind}"):
@@ -203,8 +215,13 @@ def test_stream_open_failure_surfaces_at_open(board):
 
 @pytest.mark.parametrize(
     "encoding, compress",
-    [(None, lambda b: b), ("gzip", gzip.compress), ("xz", lzma.compress), ("bz2", bz2.compress),
-     ("zstd", lambda b: zstandard.ZstdCompressor().compress(b))],
+    [
+        (None, lambda b: b),
+        ("gzip", gzip.compress),
+        ("xz", lzma.compress),
+        ("bz2", bz2.compress),
+        ("zstd", lambda b: zstandard.ZstdCompressor().compress(b)),
+    ],
 )
 def test_resource_upload_is_decompressed_by_the_exporter(board, tmp_path, encoding, compress):
     payload = bytes(range(256)) * 8192  # 2 MiB

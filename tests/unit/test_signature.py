@@ -30,9 +30,13 @@ def test_annotations_convert_wire_values():
 
 @pytest.mark.parametrize(
     "args, message",
-    [([2.5, 1, True, "", "a"], "expected an integer"), ([1, "x", True, "", "a"], "expected a number"),
-     ([1, 1, 1, "", "a"], "expected true or false"), ([1, 1, True, 5, "a"], "expected bytes"),
-     ([1, 1, True, "", 3], "expected text")],
+    [
+        ([2.5, 1, True, "", "a"], "expected an integer"),
+        ([1, "x", True, "", "a"], "expected a number"),
+        ([1, 1, 1, "", "a"], "expected true or false"),
+        ([1, 1, True, 5, "a"], "expected bytes"),
+        ([1, 1, True, "", 3], "expected text"),
+    ],
 )
 def test_wrong_types_are_rejected_with_the_argument_name(args, message):
     def f(self, n: int, x: float, flag: bool, data: bytes, name: str): ...

@@ -12,7 +12,23 @@ from jumpstarter import values
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, False, 0, 7, -3, 2**53, 1.5, -0.25, "", "text", [], [1, "a", None], {}, {"a": {"b": [1, 2.5]}}],
+    [
+        None,
+        True,
+        False,
+        0,
+        7,
+        -3,
+        2**53,
+        1.5,
+        -0.25,
+        "",
+        "text",
+        [],
+        [1, "a", None],
+        {},
+        {"a": {"b": [1, 2.5]}},
+    ],
 )
 def test_round_trip_keeps_json_values(value):
     decoded = values.decode(values.encode(value))

@@ -62,7 +62,9 @@ class NetworkClient(DriverClient):
 
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-        forward = sub.add_parser("forward", aliases=["forward-tcp"], help="forward a local TCP port to the service")
+        forward = sub.add_parser(
+            "forward", aliases=["forward-tcp"], help="forward a local TCP port to the service"
+        )
         add_forward_arguments(forward)
         forward.set_defaults(func=lambda a: run_forward(self, a))
         address = sub.add_parser("address", help="print the service address as seen by the exporter")
@@ -80,7 +82,9 @@ class NetworkClient(DriverClient):
 
 def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("local_port", type=int, metavar="LOCAL_PORT", help="local TCP port (0 = pick one)")
-    parser.add_argument("--address", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--address", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)"
+    )
 
 
 def run_forward(client: NetworkClient, args: argparse.Namespace) -> int:

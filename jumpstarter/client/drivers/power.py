@@ -52,10 +52,14 @@ class PowerClient(DriverClient):
             func=lambda a: self.off()
         )
         cycle = sub.add_parser("cycle", help=self.method_help("cycle", "switch off, wait, switch on"))
-        cycle.add_argument("-w", "--wait", type=float, default=2.0, metavar="SECONDS", help="pause while off (default 2)")
+        cycle.add_argument(
+            "-w", "--wait", type=float, default=2.0, metavar="SECONDS", help="pause while off (default 2)"
+        )
         cycle.set_defaults(func=lambda a: self.cycle(a.wait))
         read = sub.add_parser("read", help=self.method_help("read", "print voltage and current readings"))
-        read.add_argument("-n", "--count", type=int, default=1, help="number of readings (default 1, 0 = forever)")
+        read.add_argument(
+            "-n", "--count", type=int, default=1, help="number of readings (default 1, 0 = forever)"
+        )
 
         def run_read(a: argparse.Namespace) -> None:
             readings = self.read() if a.count == 0 else itertools.islice(self.read(), a.count)

@@ -60,7 +60,9 @@ class ShellClient(DriverClient):
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
         for name in names:
             cmd = sub.add_parser(name, help=self.method_help(name, f"run {name} on the lab host"))
-            cmd.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment")
+            cmd.add_argument(
+                "-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment"
+            )
             cmd.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the command")
             cmd.set_defaults(func=lambda a, name=name: self._run_cli(name, a))
 

@@ -55,8 +55,13 @@ def _chunks(handle: IO[bytes], progress: Progress) -> Iterator[bytes]:
 class FlasherClient(DriverClient):
     """Flash images to the board's storage and dump them back."""
 
-    def flash(self, path: str, target: str | None = None, compression_name: str | None = "auto",
-              progress: bool | None = None) -> dict[str, Any]:
+    def flash(
+        self,
+        path: str,
+        target: str | None = None,
+        compression_name: str | None = "auto",
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
         """Write a local image (or an http(s) URL the exporter downloads itself) to the target.
 
         Compressed images (.gz .xz .bz2 .zst) travel compressed and are unpacked by the exporter.
@@ -64,7 +69,9 @@ class FlasherClient(DriverClient):
         if path.startswith(("http://", "https://")):
             handle = {"kind": "presigned_request", "url": path, "method": "GET", "headers": {}}
             return dict(self.call("flash", handle, target) or {})
-        encoding = compression.guess(path) if compression_name == "auto" else compression.check(compression_name)
+        encoding = (
+            compression.guess(path) if compression_name == "auto" else compression.check(compression_name)
+        )
         size = os.path.getsize(path)
         meter = Progress(f"flashing {os.path.basename(path)}", size, progress)
         with open(path, "rb") as handle, self.upload(_chunks(handle, meter), encoding) as resource:
@@ -100,11 +107,17 @@ class FlasherClient(DriverClient):
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
         flash = sub.add_parser("flash", help="write an image to the board's storage")
-        flash.add_argument("image", help="local image file (.gz/.xz/.bz2/.zst are unpacked on the exporter) or URL")
+        flash.add_argument(
+            "image", help="local image file (.gz/.xz/.bz2/.zst are unpacked on the exporter) or URL"
+        )
         flash.add_argument("-t", "--target", help="storage target name (default: the default target)")
         flash.add_argument("--compression", choices=["auto", "none", *compression.ENCODINGS], default="auto")
-        flash.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                           help="show progress (default: when stderr is a terminal)")
+        flash.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="show progress (default: when stderr is a terminal)",
+        )
 
         def run_flash(a: argparse.Namespace) -> None:
             name = None if a.compression == "none" else a.compression
