@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -16,7 +17,7 @@ import structlog
 SECRET_KEYS = ("token", "authorization", "passphrase", "password", "secret")
 
 
-def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
         if any(s in key.lower() for s in SECRET_KEYS):
             event[key] = "[redacted]"

@@ -98,7 +98,7 @@ class DriverClient:
 
     # -- tree access ---------------------------------------------------------
 
-    def __getattr__(self, name: str) -> DriverClient:
+    def __getattr__(self, name: str) -> Any:  # children: `board.power`
         children = self.__dict__.get("children")
         if children is not None and name in children:
             return children[name]  # type: ignore[no-any-return]

@@ -155,7 +155,8 @@ class Driver:
                 if p.default is inspect.Parameter.empty:
                     required.add(name)
             if not any(
-                p.kind == p.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()
+                p.kind == p.VAR_KEYWORD
+                for p in inspect.signature(klass.__init__).parameters.values()  # type: ignore[misc]
             ):
                 break  # this __init__ does not pass keywords further up
         return accepted, required

@@ -22,7 +22,7 @@ QUEUE_DEPTH = 1024
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-def _source(name: str) -> int:
+def _source(name: str) -> common_pb2.LogSource:
     if name.startswith("driver."):
         return common_pb2.LOG_SOURCE_DRIVER
     if name.startswith("hook.before"):

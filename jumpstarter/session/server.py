@@ -16,7 +16,7 @@ import os
 import stat
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -30,6 +30,7 @@ from jumpstarter.streams import ByteStream, memory_pipe
 from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2, router_pb2_grpc
 
 log = structlog.get_logger("session")
+Status: TypeAlias = common_pb2.ExporterStatus
 
 #: Accept messages up to 4 MiB of payload from anyone (PROTOCOL.md §5), plus framing.
 MAX_MESSAGE = 4 * 1024 * 1024 + 64 * 1024
@@ -62,7 +63,7 @@ class Session:
         *,
         labels: dict[str, str] | None = None,
         motd: str = "",
-        status: int = common_pb2.EXPORTER_STATUS_LEASE_READY,
+        status: Status = common_pb2.EXPORTER_STATUS_LEASE_READY,
     ) -> None:
         self.uuid = str(uuidlib.uuid4())
         self.root = root
@@ -74,13 +75,13 @@ class Session:
         self.status = status
         self.status_message = "Ready for commands" if status in CALLABLE_STATES else ""
         self.status_version = 1
-        self.previous_status: int | None = None
+        self.previous_status: Status | None = None
         self.status_changed = asyncio.Event()
         self.on_end_session: Callable[[], Any] | None = None
         self.logs: LogBroadcaster | None = None
         self._report: jumpstarter_pb2.GetReportResponse | None = None
 
-    def set_status(self, status: int, message: str = "") -> None:
+    def set_status(self, status: Status, message: str = "") -> None:
         if status == self.status and message == self.status_message:
             return
         self.previous_status = self.status

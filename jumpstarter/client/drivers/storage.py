@@ -67,8 +67,8 @@ class FlasherClient(DriverClient):
         Compressed images (.gz .xz .bz2 .zst) travel compressed and are unpacked by the exporter.
         """
         if path.startswith(("http://", "https://")):
-            handle = {"kind": "presigned_request", "url": path, "method": "GET", "headers": {}}
-            return dict(self.call("flash", handle, target) or {})
+            request = {"kind": "presigned_request", "url": path, "method": "GET", "headers": {}}
+            return dict(self.call("flash", request, target) or {})
         encoding = (
             compression.guess(path) if compression_name == "auto" else compression.check(compression_name)
         )
