@@ -133,6 +133,13 @@ def _build_node(
     config = _substitute(config, devices, config_where)
     accepted, required = cls.config_keys()
     accepted -= {"children", "description", "methods_description", "labels"}
+    if "log_level" in config:  # accepted by every driver, as upstream
+        level = config.pop("log_level")
+        if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise config_where.child(config, "log_level").error(
+                "expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
+        base["log_level"] = str(level).upper()
     for key in config:
         if key not in accepted:
             raise config_where.child(config, str(key)).error(

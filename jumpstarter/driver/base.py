@@ -71,6 +71,7 @@ class Driver:
         description: str | None = None,
         methods_description: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        log_level: str | None = None,
     ) -> None:
         self.uuid = str(uuidlib.uuid4())
         self.children: dict[str, Driver] = dict(children or {})
@@ -79,7 +80,12 @@ class Driver:
         self.labels = dict(labels or {})
         #: Resource streams opened by clients for this driver, by resource uuid (set by the session).
         self.resources: dict[str, Any] = {}
-        self.log = structlog.get_logger(f"driver.{type(self).__name__}").bind(driver_type=self.kind)
+        logger_name = f"driver.{type(self).__name__}"
+        self.log = structlog.get_logger(logger_name).bind(driver_type=self.kind)
+        if log_level is not None:  # upstream's per-driver `config: {log_level: DEBUG}`
+            import logging
+
+            logging.getLogger(logger_name).setLevel(str(log_level).upper())
 
     # -- lifecycle -------------------------------------------------------
 

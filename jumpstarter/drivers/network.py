@@ -120,12 +120,13 @@ class _DatagramStream(asyncio.DatagramProtocol):
 
 
 class UdpNetwork(NetworkInterface):
-    """A UDP service; datagram boundaries are kept. Config: `host`, `port`."""
+    """A UDP service; datagram boundaries are kept. Config: `host`, `port`, `enable_address`."""
 
-    def __init__(self, *, host: str, port: int, **base: Any) -> None:
+    def __init__(self, *, host: str, port: int, enable_address: bool = True, **base: Any) -> None:
         super().__init__(**base)
         self.host = str(host)
         self.port = int(port)
+        self.enable_address = bool(enable_address)
 
     @exportstream
     async def connect(self) -> AsyncIterator[_DatagramStream]:
@@ -140,6 +141,8 @@ class UdpNetwork(NetworkInterface):
     @export
     async def address(self) -> str:
         """udp://HOST:PORT of the service."""
+        if not self.enable_address:
+            raise ValueError("this exporter does not publish the service address")
         return f"udp://{self.host}:{self.port}"
 
 

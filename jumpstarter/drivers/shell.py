@@ -32,7 +32,11 @@ CHUNK = 16 * 1024
 
 
 class Shell(Driver):
-    """Configured commands: `methods: {name: script}`, `shell` (["bash", "-c"]), `timeout` (300 s), `cwd`, `env`."""
+    """Configured commands run on the lab host.
+
+    Config: `methods` (name -> script, or upstream's {command, description, timeout}),
+    `shell` (["bash", "-c"]), `timeout` (300 s), `cwd`, `env`.
+    """
 
     client = "jumpstarter_driver_shell.client.ShellClient"
     kind = "shell"
@@ -50,10 +54,24 @@ class Shell(Driver):
         super().__init__(**base)
         if not isinstance(methods, dict) or not methods:
             raise ValueError("methods: expected a mapping of command name to script")
-        for name, script in methods.items():
-            if not isinstance(script, str):
+        self.methods: dict[str, str] = {}
+        self.method_timeouts: dict[str, float] = {}
+        for name, spec in methods.items():
+            if isinstance(spec, dict):  # upstream form: {command, description?, timeout?}
+                if set(spec) - {"command", "description", "timeout"} or not isinstance(
+                    spec.get("command"), str
+                ):
+                    raise ValueError(
+                        f"methods: {name}: expected a script or {{command, description, timeout}}"
+                    )
+                if "description" in spec:
+                    self.methods_description.setdefault(str(name), str(spec["description"]))
+                if "timeout" in spec:
+                    self.method_timeouts[str(name)] = float(spec["timeout"])
+                spec = spec["command"]
+            if not isinstance(spec, str):
                 raise ValueError(f"methods: {name}: expected a script (text)")
-        self.methods = {str(k): v for k, v in methods.items()}
+            self.methods[str(name)] = spec
         self.shell = list(shell or ["bash", "-c"])
         self.timeout = float(timeout)
         self.cwd = cwd
@@ -122,7 +140,8 @@ class Shell(Driver):
         assert process.stdout is not None and process.stderr is not None
         readers = [asyncio.create_task(read(0, process.stdout)), asyncio.create_task(read(1, process.stderr))]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        timeout = self.method_timeouts.get(method, self.timeout)
+        deadline = loop.time() + timeout
         try:
             open_pipes = 2
             while open_pipes:
@@ -134,7 +153,7 @@ class Shell(Driver):
             code = await asyncio.wait_for(process.wait(), max(0.1, deadline - loop.time()))
             yield ["", "", code]
         except TimeoutError:
-            raise TimeoutError(f"command {method!r} did not finish within {self.timeout:g}s") from None
+            raise TimeoutError(f"command {method!r} did not finish within {timeout:g}s") from None
         finally:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -21,7 +21,7 @@ READ_BLOCK = 1024 * 1024
 class FlasherInterface(Driver):
     """Flash images to the board's storage: `flash(handle, target)`, `dump(handle, target)`."""
 
-    client = "jumpstarter_driver_opendal.client.FlasherClient"
+    client = "jumpstarter.client.flasher.FlasherClient"  # upstream's generic flasher client (core package)
     kind = "storage"
 
 

@@ -300,7 +300,6 @@ out = {}
 with env() as client:
     out["clients"] = {name: type(child).__name__ for name, child in client.children.items()}
     echo = client.children["echo"]
-    out["address"] = None
     with echo.stream() as stream:
         out["echo"] = []
         for payload in (b"hello from upstream", bytes(range(256)) * 1024):
