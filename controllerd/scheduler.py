@@ -1,0 +1,394 @@
+"""The lease scheduler: a real queue, and never two active leases on one exporter.
+
+Pending leases wait in order of (policy priority desc, request time asc). On
+every change (lease created or ended, exporter online/offline/ready, timer)
+one pass walks the queue and gives each lease the best free, online, ready
+exporter it may use. All state changes happen in this process under one lock,
+and the SQLite store refuses a second active lease per exporter as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from controllerd.hub import Hub
+from controllerd.records import AccessPolicy, Client, Exporter, Lease
+from controllerd.store import Conflict, NotFound, Store
+from jumpstarter.selectors import SelectorError, parse
+
+log = structlog.get_logger("scheduler")
+
+UNSPECIFIED, OFFLINE, AVAILABLE = 0, 1, 2
+BEFORE_LEASE_HOOK, LEASE_READY, AFTER_LEASE_HOOK = 3, 4, 5
+GRANTABLE_STATUS = frozenset({UNSPECIFIED, AVAILABLE})
+MAX_TICK = 5.0  # re-check liveness at least this often
+
+
+class LeaseRequestError(ValueError):
+    """A lease request that can never be valid (bad selector, times, limits)."""
+
+
+def resolve_times(
+    duration: float | None, begin: float | None, end: float | None
+) -> tuple[float | None, float | None, float | None]:
+    """Complete (duration, begin, end) as upstream does (reference §2.3)."""
+    if duration is not None and duration <= 0:
+        raise LeaseRequestError("duration must be positive")
+    if begin is not None and end is not None:
+        if end <= begin:
+            raise LeaseRequestError("end_time must be after begin_time")
+        if duration is not None and abs((end - begin) - duration) > 1e-3:
+            raise LeaseRequestError("duration conflicts with begin_time and end_time")
+        return end - begin, begin, end
+    if end is not None:
+        if duration is None:
+            raise LeaseRequestError(
+                "duration is required (must specify Duration, or both BeginTime and EndTime)"
+            )
+        begin = end - duration
+        return duration, (begin if begin > time.time() else None), end
+    if duration is None:
+        raise LeaseRequestError("duration is required (must specify Duration, or both BeginTime and EndTime)")
+    return duration, begin, None
+
+
+@dataclass
+class Decision:
+    """What one pass concluded for one pending lease."""
+
+    lease: Lease
+    priority: int = 0
+    candidates: list[tuple[int, Exporter]] = field(default_factory=list)  # approved (priority, exporter)
+    verdict: tuple[str, str, str] | None = None  # (condition type, reason, message) when not grantable
+
+
+class LeaseScheduler:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        *,
+        offline_after: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[str, Lease], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.offline_after = offline_after
+        self.clock = clock
+        self.lock = asyncio.Lock()
+        self.on_event = on_event or (lambda kind, lease: None)
+
+    # -- liveness --------------------------------------------------------------
+
+    def online(self, exporter: Exporter) -> bool:
+        if exporter.status == OFFLINE:
+            return False
+        if self.hub.connected(exporter.namespace, exporter.name):
+            return True
+        return exporter.last_seen is not None and self.clock() - exporter.last_seen < self.offline_after
+
+    # -- requests ----------------------------------------------------------------
+
+    async def submit(self, lease: Lease) -> Lease:
+        """Validate and queue a new lease, then try to grant at once."""
+        if not lease.selector and not lease.exporter_name:
+            raise LeaseRequestError("a lease needs a selector or an exporter name")
+        try:
+            parse(lease.selector)
+        except SelectorError as exc:
+            raise LeaseRequestError(str(exc)) from None
+        lease.duration, lease.begin_time, lease.end_time = resolve_times(
+            lease.duration, lease.begin_time, lease.end_time
+        )
+        async with self.lock:
+            lease.created = self.clock()
+            lease.set_condition("Pending", "True", "Queued", "waiting for the scheduler")
+            await self.store.create_lease(lease)
+            self.on_event("created", lease)
+            await self._pass()
+        return await self.store.get_lease(lease.namespace, lease.name)
+
+    async def release(self, lease: Lease, reason: str = "Released", message: str = "released") -> Lease:
+        async with self.lock:
+            lease = await self.store.get_lease(lease.namespace, lease.name)
+            if lease.ended:
+                return lease
+            lease.released = reason == "Released"
+            await self._end(lease, "Ready", "False", reason, message)
+            await self._pass()
+        return lease
+
+    async def update(self, lease: Lease) -> Lease:
+        """Save changed times/owner of a lease and re-plan."""
+        async with self.lock:
+            lease.duration, lease.begin_time, lease.end_time = resolve_times(
+                lease.duration, lease.begin_time, lease.end_time
+            )
+            await self.store.save_lease(lease)
+            if lease.exporter:
+                self.hub.exporter_changed(lease.namespace, lease.exporter)
+            await self._pass()
+        return lease
+
+    async def poke(self) -> None:
+        """Something changed (an exporter registered, came online, became ready): re-plan."""
+        async with self.lock:
+            await self._pass()
+
+    # -- the pass --------------------------------------------------------------
+
+    async def _end(self, lease: Lease, ctype: str, status: str, reason: str, message: str) -> None:
+        lease.ended = True
+        lease.paused = False
+        lease.effective_end = self.clock()
+        lease.remove_condition("Pending")
+        lease.remove_condition("Paused")
+        lease.set_condition(ctype, status, reason, message)
+        await self.store.save_lease(lease)
+        if lease.exporter:
+            self.hub.exporter_changed(lease.namespace, lease.exporter)
+        self.on_event(reason.lower(), lease)
+        log.info(
+            "lease ended", lease=lease.name, namespace=lease.namespace, reason=reason, exporter=lease.exporter
+        )
+
+    async def _pass(self) -> float | None:
+        """Expire, pause/resume, then grant in queue order. Returns the next timer deadline."""
+        now = self.clock()
+        next_deadline: float | None = None
+
+        def later(when: float | None) -> None:
+            nonlocal next_deadline
+            if when is not None and (next_deadline is None or when < next_deadline):
+                next_deadline = when
+
+        exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters()}
+        leases = await self.store.list_leases(only_active=True)
+        busy: set[tuple[str, str]] = set()
+        pending: list[Lease] = []
+        for lease in leases:
+            deadline = lease.deadline()
+            if lease.active:
+                if deadline is not None and deadline <= now:
+                    await self._end(lease, "Ready", "False", "Expired", "the lease reached its end time")
+                    continue
+                later(deadline)
+                busy.add((lease.namespace, lease.exporter or ""))
+                exporter = exporters.get((lease.namespace, lease.exporter or ""))
+                await self._pause_or_resume(lease, exporter)
+            else:
+                if lease.end_time is not None and lease.end_time <= now:
+                    await self._end(
+                        lease, "Ready", "False", "Expired", "the lease ended before an exporter was free"
+                    )
+                    continue
+                pending.append(lease)
+        if not pending:
+            return next_deadline
+        policies = await self.store.list_policies()
+        clients: dict[tuple[str, str], Client | None] = {}
+        decisions = []
+        for lease in pending:
+            key = (lease.namespace, lease.client)
+            if key not in clients:
+                try:
+                    clients[key] = await self.store.get_client(*key)
+                except NotFound:
+                    clients[key] = None
+            decisions.append(self._evaluate(lease, exporters, policies, clients[key], now))
+        decisions.sort(key=lambda d: (-d.priority, d.lease.seq))
+        waiting: list[Decision] = []
+        for decision in decisions:
+            lease = decision.lease
+            if lease.begin_time is not None and lease.begin_time > now:
+                later(lease.begin_time)
+                await self._set_pending(lease, "Scheduled", f"starts at {_iso(lease.begin_time)}")
+                continue
+            if decision.verdict is not None and decision.verdict[0] in ("Unsatisfiable", "Invalid"):
+                await self._end(lease, *decision.verdict[:1], "True", *decision.verdict[1:])
+                continue
+            choice = self._choose(decision, busy)
+            if choice is None:
+                waiting.append(decision)
+                continue
+            priority, exporter = choice
+            lease.exporter = exporter.name
+            lease.priority = priority
+            lease.effective_begin = now
+            lease.remove_condition("Pending")
+            lease.set_condition("Ready", "True", "Ready", f"exporter {exporter.name} acquired")
+            try:
+                await self.store.save_lease(lease)
+            except Conflict:  # the store caught what we must never do: reload next pass
+                log.error(
+                    "refused a second active lease on one exporter", lease=lease.name, exporter=exporter.name
+                )
+                continue
+            busy.add((lease.namespace, exporter.name))
+            self.hub.exporter_changed(lease.namespace, exporter.name)
+            self.on_event("granted", lease)
+            log.info(
+                "lease granted",
+                lease=lease.name,
+                exporter=exporter.name,
+                client=lease.client,
+                waited=round(now - lease.created, 3),
+            )
+            later(lease.deadline())
+        for position, decision in enumerate(waiting):
+            await self._report_wait(decision, waiting[:position], busy, exporters)
+        return next_deadline
+
+    def _evaluate(
+        self,
+        lease: Lease,
+        exporters: dict[tuple[str, str], Exporter],
+        policies: list[AccessPolicy],
+        client: Client | None,
+        now: float,
+    ) -> Decision:
+        decision = Decision(lease)
+        selector = parse(lease.selector)
+        ns_exporters = [e for (ns, _), e in exporters.items() if ns == lease.namespace]
+        if lease.exporter_name:
+            exporter = exporters.get((lease.namespace, lease.exporter_name))
+            if exporter is None:
+                decision.verdict = (
+                    "Unsatisfiable",
+                    "ExporterNotFound",
+                    f"exporter {lease.exporter_name} not found",
+                )
+                return decision
+            if not selector.empty and not selector.matches(exporter.labels):
+                decision.verdict = (
+                    "Unsatisfiable",
+                    "SelectorMismatch",
+                    f"exporter {exporter.name} does not match selector {lease.selector}",
+                )
+                return decision
+            if not exporter.enabled and not lease.allow_disabled:
+                decision.verdict = (
+                    "Unsatisfiable",
+                    "ExporterDisabled",
+                    f"exporter {exporter.name} is disabled (use --allow-disabled)",
+                )
+                return decision
+            candidates = [exporter]
+        else:
+            matching = [e for e in ns_exporters if selector.matches(e.labels)]
+            candidates = [e for e in matching if e.enabled or lease.allow_disabled]
+            if matching and not candidates:
+                decision.verdict = (
+                    "Unsatisfiable",
+                    "AllDisabled",
+                    f"all {len(matching)} exporters matching {lease.selector} are disabled",
+                )
+                return decision
+        ns_policies = [p for p in policies if p.namespace == lease.namespace]
+        requested = lease.duration or 0.0
+        for exporter in candidates:
+            if not ns_policies:
+                decision.candidates.append((0, exporter))
+                continue
+            best: int | None = None
+            for policy in ns_policies:
+                if not parse(policy.exporter_selector).matches(exporter.labels):
+                    continue
+                if client is None or not parse(policy.client_selector).matches(client.labels):
+                    continue
+                if policy.maximum_duration is not None and requested > policy.maximum_duration:
+                    continue
+                best = policy.priority if best is None else max(best, policy.priority)
+            if best is not None:
+                decision.candidates.append((best, exporter))
+        if not decision.candidates:
+            decision.verdict = (
+                "Unsatisfiable",
+                "NoAccess" if candidates else "ExporterNotFound",
+                f"{len(candidates)} exporters match, none is approved by a policy for your client"
+                if candidates
+                else f"no exporter matches selector {lease.selector!r}",
+            )
+            return decision
+        decision.priority = max(p for p, _ in decision.candidates)
+        return decision
+
+    def _choose(self, decision: Decision, busy: set[tuple[str, str]]) -> tuple[int, Exporter] | None:
+        usable = [
+            (p, e)
+            for p, e in decision.candidates
+            if (e.namespace, e.name) not in busy and self.online(e) and e.status in GRANTABLE_STATUS
+        ]
+        if not usable:
+            return None
+        usable.sort(key=lambda pe: (-pe[0], pe[1].name))
+        return usable[0]
+
+    async def _report_wait(
+        self,
+        decision: Decision,
+        ahead: list[Decision],
+        busy: set[tuple[str, str]],
+        exporters: dict[tuple[str, str], Exporter],
+    ) -> None:
+        candidates = [e for _, e in decision.candidates]
+        mine = {(e.namespace, e.name) for e in candidates}
+        competing = sum(1 for d in ahead if mine & {(e.namespace, e.name) for _, e in d.candidates})
+        online = [e for e in candidates if self.online(e)]
+        if not online:
+            reason, message = "Offline", f"all {len(candidates)} matching exporters are offline"
+        elif all((e.namespace, e.name) in busy for e in online):
+            reason, message = "NotAvailable", f"all {len(online)} matching online exporters are leased"
+        else:
+            reason, message = "NotReady", "the matching exporters are still cleaning up after a lease"
+        await self._set_pending(decision.lease, reason, f"{message}; queue position {competing + 1}")
+
+    async def _set_pending(self, lease: Lease, reason: str, message: str) -> None:
+        current = lease.condition("Pending")
+        if current is None or (current.reason, current.message) != (reason, message):
+            lease.set_condition("Pending", "True", reason, message)
+            await self.store.save_lease(lease)
+
+    async def _pause_or_resume(self, lease: Lease, exporter: Exporter | None) -> None:
+        online = exporter is not None and self.online(exporter)
+        if not online and not lease.paused:
+            lease.paused = True
+            lease.set_condition(
+                "Paused",
+                "True",
+                "ExporterOffline",
+                "the exporter went offline; the lease resumes when it returns",
+            )
+            await self.store.save_lease(lease)
+            self.on_event("paused", lease)
+            log.warning("lease paused: exporter offline", lease=lease.name, exporter=lease.exporter)
+        elif online and lease.paused:
+            lease.paused = False
+            lease.remove_condition("Paused")
+            await self.store.save_lease(lease)
+            self.on_event("resumed", lease)
+            log.info("lease resumed", lease=lease.name, exporter=lease.exporter)
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Re-plan on every wake-up and at every timer deadline (and every few seconds for liveness)."""
+        while True:
+            async with self.lock:
+                self.hub.scheduler_wakeup.clear()
+                deadline = await self._pass()
+            delay = MAX_TICK if deadline is None else max(0.0, min(MAX_TICK, deadline - self.clock()))
+            try:
+                await asyncio.wait_for(self.hub.scheduler_wakeup.wait(), delay)
+            except TimeoutError:
+                pass
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

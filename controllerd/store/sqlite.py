@@ -1,0 +1,222 @@
+"""SQLite store: WAL, one transaction per state change, schema migrations from v1.
+
+No exporter is ever granted to two leases: a partial unique index allows at
+most one not-ended lease per assigned exporter, so even a buggy caller gets a
+`Conflict` instead of a double grant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import asdict
+from typing import Any
+
+from controllerd.records import AccessPolicy, Client, Condition, Exporter, Lease, TokenRecord
+from controllerd.store.base import Conflict, NotFound
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE exporters (
+        namespace TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL, labels TEXT NOT NULL,
+        enabled INTEGER NOT NULL, status INTEGER NOT NULL, status_message TEXT NOT NULL,
+        last_seen REAL, registered INTEGER NOT NULL, devices TEXT NOT NULL, created REAL NOT NULL,
+        PRIMARY KEY (namespace, name));
+    CREATE TABLE clients (
+        namespace TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL, labels TEXT NOT NULL,
+        created REAL NOT NULL, PRIMARY KEY (namespace, name));
+    CREATE TABLE leases (
+        namespace TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL, client TEXT NOT NULL,
+        selector TEXT NOT NULL, exporter_name TEXT, duration REAL, begin_time REAL, end_time REAL,
+        tags TEXT NOT NULL, context TEXT NOT NULL, allow_disabled INTEGER NOT NULL, created REAL NOT NULL,
+        seq INTEGER NOT NULL, exporter TEXT, priority INTEGER NOT NULL, effective_begin REAL,
+        effective_end REAL, released INTEGER NOT NULL, ended INTEGER NOT NULL, paused INTEGER NOT NULL,
+        conditions TEXT NOT NULL, PRIMARY KEY (namespace, name));
+    CREATE UNIQUE INDEX leases_one_active_per_exporter ON leases (namespace, exporter)
+        WHERE exporter IS NOT NULL AND ended = 0;
+    CREATE INDEX leases_not_ended ON leases (ended, seq);
+    CREATE TABLE policies (
+        namespace TEXT NOT NULL, name TEXT NOT NULL, exporter_selector TEXT NOT NULL,
+        client_selector TEXT NOT NULL, priority INTEGER NOT NULL, maximum_duration REAL,
+        created REAL NOT NULL, PRIMARY KEY (namespace, name));
+    CREATE TABLE tokens (
+        jti TEXT PRIMARY KEY, subject TEXT NOT NULL, namespace TEXT NOT NULL, kind TEXT NOT NULL,
+        name TEXT NOT NULL, issued REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL);
+    CREATE INDEX tokens_subject ON tokens (subject);
+    """,
+]
+
+_JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions"}
+_BOOL_FIELDS = {"enabled", "registered", "allow_disabled", "released", "ended", "paused", "revoked"}
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+        if path != ":memory:":
+            os.chmod(path, 0o600)  # holds token metadata: the controller's user only
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path}: schema v{version} is newer than this controllerd (v{len(MIGRATIONS)})"
+            )
+        for index in range(version, len(MIGRATIONS)):
+            self.db.executescript(f"BEGIN; {MIGRATIONS[index]} PRAGMA user_version = {index + 1}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- row <-> record ------------------------------------------------------
+
+    @staticmethod
+    def _encode(record: Any) -> dict[str, Any]:
+        row = asdict(record)
+        for key in list(row):
+            if key in _JSON_FIELDS:
+                row[key] = json.dumps(row[key], sort_keys=True)
+            elif key in _BOOL_FIELDS:
+                row[key] = int(row[key])
+        return row
+
+    @staticmethod
+    def _decode(cls: Any, row: sqlite3.Row) -> Any:
+        data = dict(row)
+        for key in list(data):
+            if key in _JSON_FIELDS:
+                data[key] = json.loads(data[key])
+            elif key in _BOOL_FIELDS:
+                data[key] = bool(data[key])
+        if cls is Lease:
+            data["conditions"] = [Condition(**c) for c in data["conditions"]]
+        return cls(**data)
+
+    def _upsert(self, table: str, record: Any) -> None:
+        # A true upsert: INSERT OR REPLACE would silently delete a row that collides
+        # on another unique index (another exporter's active lease), never that.
+        row = self._encode(record)
+        columns = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        key = "jti" if table == "tokens" else "namespace, name"
+        updates = ", ".join(f"{k}=excluded.{k}" for k in row if k not in ("namespace", "name", "jti"))
+        try:
+            self.db.execute(
+                f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {updates}",
+                row,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from None
+
+    def _get(self, cls: Any, table: str, namespace: str, name: str) -> Any:
+        row = self.db.execute(
+            f"SELECT * FROM {table} WHERE namespace=? AND name=?", (namespace, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"{table[:-1]} {namespace}/{name} not found")
+        return self._decode(cls, row)
+
+    def _list(
+        self, cls: Any, table: str, namespace: str | None, extra: str = "", order: str = "name"
+    ) -> list[Any]:
+        where = "WHERE namespace=?" if namespace is not None else "WHERE 1=1"
+        args: tuple[Any, ...] = (namespace,) if namespace is not None else ()
+        rows = self.db.execute(f"SELECT * FROM {table} {where} {extra} ORDER BY {order}", args).fetchall()
+        return [self._decode(cls, r) for r in rows]
+
+    def _delete(self, table: str, namespace: str, name: str) -> None:
+        cursor = self.db.execute(f"DELETE FROM {table} WHERE namespace=? AND name=?", (namespace, name))
+        if cursor.rowcount == 0:
+            raise NotFound(f"{table[:-1]} {namespace}/{name} not found")
+
+    # -- exporters -------------------------------------------------------------
+
+    async def get_exporter(self, namespace: str, name: str) -> Exporter:
+        return self._get(Exporter, "exporters", namespace, name)  # type: ignore[no-any-return]
+
+    async def list_exporters(self, namespace: str | None = None) -> list[Exporter]:
+        return self._list(Exporter, "exporters", namespace)
+
+    async def save_exporter(self, exporter: Exporter) -> None:
+        self._upsert("exporters", exporter)
+
+    async def delete_exporter(self, namespace: str, name: str) -> None:
+        self._delete("exporters", namespace, name)
+
+    # -- clients ---------------------------------------------------------------
+
+    async def get_client(self, namespace: str, name: str) -> Client:
+        return self._get(Client, "clients", namespace, name)  # type: ignore[no-any-return]
+
+    async def list_clients(self, namespace: str | None = None) -> list[Client]:
+        return self._list(Client, "clients", namespace)
+
+    async def save_client(self, client: Client) -> None:
+        self._upsert("clients", client)
+
+    async def delete_client(self, namespace: str, name: str) -> None:
+        self._delete("clients", namespace, name)
+
+    # -- leases ----------------------------------------------------------------
+
+    async def get_lease(self, namespace: str, name: str) -> Lease:
+        return self._get(Lease, "leases", namespace, name)  # type: ignore[no-any-return]
+
+    async def list_leases(self, namespace: str | None = None, *, only_active: bool = False) -> list[Lease]:
+        return self._list(Lease, "leases", namespace, "AND ended = 0" if only_active else "", order="seq")
+
+    async def create_lease(self, lease: Lease) -> Lease:
+        exists = self.db.execute(
+            "SELECT 1 FROM leases WHERE namespace=? AND name=?", (lease.namespace, lease.name)
+        ).fetchone()
+        if exists:
+            raise Conflict(f"lease {lease.namespace}/{lease.name} already exists")
+        lease.seq = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM leases").fetchone()[0])
+        self._upsert("leases", lease)
+        return lease
+
+    async def save_lease(self, lease: Lease) -> None:
+        self._upsert("leases", lease)
+
+    # -- policies ----------------------------------------------------------------
+
+    async def list_policies(self, namespace: str | None = None) -> list[AccessPolicy]:
+        return self._list(AccessPolicy, "policies", namespace)
+
+    async def save_policy(self, policy: AccessPolicy) -> None:
+        self._upsert("policies", policy)
+
+    async def delete_policy(self, namespace: str, name: str) -> None:
+        self._delete("policies", namespace, name)
+
+    # -- tokens ------------------------------------------------------------------
+
+    async def save_token(self, token: TokenRecord) -> None:
+        self._upsert("tokens", token)
+
+    async def list_tokens(self, subject: str | None = None) -> list[TokenRecord]:
+        if subject is None:
+            rows = self.db.execute("SELECT * FROM tokens ORDER BY issued").fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM tokens WHERE subject=? ORDER BY issued", (subject,)
+            ).fetchall()
+        return [self._decode(TokenRecord, r) for r in rows]
+
+    async def revoked_tokens(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT jti FROM tokens WHERE revoked = 1").fetchall()}

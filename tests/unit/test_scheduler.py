@@ -1,0 +1,293 @@
+"""The lease scheduler against the real SQLite store (in a temp file)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controllerd.hub import Hub
+from controllerd.records import AccessPolicy, Client, Exporter, Lease
+from controllerd.scheduler import (
+    AVAILABLE,
+    LEASE_READY,
+    OFFLINE,
+    LeaseRequestError,
+    LeaseScheduler,
+    resolve_times,
+)
+from controllerd.store import Conflict, open_store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/c.db")
+    clock = Clock()
+    hub = Hub()
+    scheduler = LeaseScheduler(store, hub, clock=clock, offline_after=60)
+    yield store, scheduler, clock, hub
+    store.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def add_exporter(store, clock, name, labels=None, status=AVAILABLE, enabled=True, online=True):
+    exporter = Exporter(
+        "lab",
+        name,
+        labels=labels or {"board": "rpi4"},
+        status=status,
+        enabled=enabled,
+        last_seen=clock.now if online else None,
+        registered=True,
+    )
+    await store.save_exporter(exporter)
+    return exporter
+
+
+async def add_client(store, name, labels=None):
+    await store.save_client(Client("lab", name, labels=labels or {}))
+
+
+def lease(name, client="alice", selector="board=rpi4", duration=600.0, **kw):
+    return Lease("lab", name, client, selector=selector, duration=duration, **kw)
+
+
+def test_first_lease_gets_the_free_exporter_and_the_second_waits_in_queue(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        a = await scheduler.submit(lease("a"))
+        b = await scheduler.submit(lease("b", client="bob"))
+        assert a.exporter == "e1" and a.condition("Ready").status == "True"
+        assert b.exporter is None and b.condition("Pending").reason == "NotAvailable"
+        assert "queue position 1" in b.condition("Pending").message
+        c = await scheduler.submit(lease("c", client="carol"))
+        assert "queue position 2" in c.condition("Pending").message
+        await scheduler.release(a)
+        # the exporter must report AVAILABLE again (cleanup done) before the next grant
+        b = await store.get_lease("lab", "b")
+        assert b.exporter == "e1" and b.condition("Ready").status == "True"
+        c = await store.get_lease("lab", "c")
+        assert c.exporter is None and "queue position 1" in c.condition("Pending").message
+
+    run(scenario())
+
+
+def test_released_lease_ends_with_ready_false_released(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        a = await scheduler.release(await scheduler.submit(lease("a")))
+        assert a.ended and a.released and a.condition("Ready").reason == "Released"
+        assert a.condition("Pending") is None
+
+    run(scenario())
+
+
+def test_lease_expires_at_its_end_time(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        a = await scheduler.submit(lease("a", duration=30))
+        assert a.deadline() == clock.now + 30
+        clock.now += 31
+        await scheduler.poke()
+        a = await store.get_lease("lab", "a")
+        assert a.ended and a.condition("Ready").status == "False" and a.condition("Ready").reason == "Expired"
+
+    run(scenario())
+
+
+def test_policy_priority_orders_the_queue_before_request_time(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_client(store, "intern", {"team": "interns"})
+        await add_client(store, "ci", {"team": "ci"})
+        await store.save_policy(AccessPolicy("lab", "interns", client_selector="team=interns", priority=1))
+        await store.save_policy(AccessPolicy("lab", "ci", client_selector="team=ci", priority=10))
+        await add_exporter(store, clock, "e1", status=LEASE_READY)  # busy cleaning up: nobody gets it yet
+        await scheduler.submit(lease("slow", client="intern"))
+        await scheduler.submit(lease("fast", client="ci"))
+        exporter = await store.get_exporter("lab", "e1")
+        exporter.status = AVAILABLE
+        await store.save_exporter(exporter)
+        await scheduler.poke()
+        assert (await store.get_lease("lab", "fast")).exporter == "e1"
+        assert (await store.get_lease("lab", "slow")).exporter is None
+
+    run(scenario())
+
+
+def test_policies_deny_by_default_and_limit_duration(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_client(store, "alice", {"team": "a"})
+        await store.save_policy(AccessPolicy("lab", "short", client_selector="team=a", maximum_duration=60))
+        await add_exporter(store, clock, "e1")
+        long = await scheduler.submit(lease("long", duration=600))
+        assert long.ended and long.condition("Unsatisfiable").reason == "NoAccess"
+        short = await scheduler.submit(lease("short", duration=60))
+        assert short.exporter == "e1"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"selector": "board=nope"}, "ExporterNotFound"),
+        ({"selector": "", "exporter_name": "ghost"}, "ExporterNotFound"),
+        ({"selector": "board=x", "exporter_name": "e1"}, "SelectorMismatch"),
+    ],
+)
+def test_unsatisfiable_leases_end_at_once(env, kwargs, reason):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        result = await scheduler.submit(lease("x", **kwargs))
+        assert result.ended and result.condition("Unsatisfiable").reason == reason
+
+    run(scenario())
+
+
+def test_disabled_exporters_are_skipped_unless_allowed(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1", enabled=False)
+        refused = await scheduler.submit(lease("a"))
+        assert refused.condition("Unsatisfiable").reason == "AllDisabled"
+        allowed = await scheduler.submit(lease("b", allow_disabled=True))
+        assert allowed.exporter == "e1"
+
+    run(scenario())
+
+
+def test_offline_exporter_keeps_lease_waiting_then_pauses_an_active_lease(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1", online=False)
+        a = await scheduler.submit(lease("a", duration=3600))
+        assert a.condition("Pending").reason == "Offline"
+        exporter = await store.get_exporter("lab", "e1")
+        exporter.last_seen = clock.now
+        await store.save_exporter(exporter)
+        await scheduler.poke()
+        a = await store.get_lease("lab", "a")
+        assert a.exporter == "e1"
+        clock.now += 61  # silence
+        await scheduler.poke()
+        a = await store.get_lease("lab", "a")
+        assert a.paused and a.condition("Paused").reason == "ExporterOffline" and not a.ended
+        exporter.last_seen = clock.now
+        await store.save_exporter(exporter)
+        await scheduler.poke()
+        a = await store.get_lease("lab", "a")
+        assert not a.paused and a.condition("Paused") is None and a.exporter == "e1"
+
+    run(scenario())
+
+
+def test_graceful_offline_status_means_offline(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1", status=OFFLINE)
+        assert (await scheduler.submit(lease("a"))).condition("Pending").reason == "Offline"
+
+    run(scenario())
+
+
+def test_scheduled_lease_waits_for_its_begin_time(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        a = await scheduler.submit(lease("a", duration=60, begin_time=clock.now + 100))
+        assert a.exporter is None and a.condition("Pending").reason == "Scheduled"
+        clock.now += 101
+        await add_exporter(store, clock, "e1")  # still heartbeating
+        await scheduler.poke()
+        a = await store.get_lease("lab", "a")
+        assert a.exporter == "e1" and a.deadline() == a.begin_time + 60
+
+    run(scenario())
+
+
+def test_many_concurrent_requests_never_share_an_exporter(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        for i in range(5):
+            await add_exporter(store, clock, f"e{i}")
+        results = await asyncio.gather(*(scheduler.submit(lease(f"l{i}", client=f"c{i}")) for i in range(40)))
+        granted = [r.exporter for r in results if r.exporter]
+        assert len(granted) == 5 and len(set(granted)) == 5
+        active = [le for le in await store.list_leases(only_active=True) if le.exporter]
+        assert sorted(le.exporter for le in active) == [f"e{i}" for i in range(5)]
+
+    run(scenario())
+
+
+def test_store_refuses_a_second_active_lease_on_one_exporter(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        a = await scheduler.submit(lease("a"))
+        b = await store.create_lease(lease("b"))
+        b.exporter = a.exporter
+        with pytest.raises(Conflict):
+            await store.save_lease(b)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ((None, None, None), "duration is required"),
+        ((None, None, 5.0), "duration is required"),
+        ((10.0, 0.0, 5.0), "duration conflicts"),
+        ((-1.0, None, None), "must be positive"),
+        ((None, 10.0, 5.0), "end_time must be after begin_time"),
+    ],
+)
+def test_time_field_rules(args, error):
+    with pytest.raises(LeaseRequestError, match=error):
+        resolve_times(*args)
+
+
+def test_time_fields_are_completed():
+    assert resolve_times(None, 100.0, 160.0) == (60.0, 100.0, 160.0)
+    assert resolve_times(60.0, None, None) == (60.0, None, None)
+
+
+def test_schema_is_versioned_and_reopening_keeps_data(tmp_path):
+    from controllerd.store.sqlite import MIGRATIONS, SqliteStore
+
+    store = SqliteStore(str(tmp_path / "c.db"))
+    assert store.schema_version == len(MIGRATIONS)
+    asyncio.run(store.save_client(Client("lab", "alice")))
+    store.close()
+    again = SqliteStore(str(tmp_path / "c.db"))
+    assert [c.name for c in asyncio.run(again.list_clients())] == ["alice"]
+    again.close()
