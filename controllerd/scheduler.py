@@ -83,6 +83,7 @@ class LeaseScheduler:
         self.clock = clock
         self.lock = asyncio.Lock()
         self.on_event = on_event or (lambda kind, lease: None)
+        self.stats = {"pending": 0, "active": 0, "online": 0}
 
     # -- liveness --------------------------------------------------------------
 
@@ -170,6 +171,9 @@ class LeaseScheduler:
 
         exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters()}
         leases = await self.store.list_leases(only_active=True)
+        self.stats["online"] = sum(1 for e in exporters.values() if self.online(e))
+        self.stats["active"] = sum(1 for le in leases if le.active)
+        self.stats["pending"] = sum(1 for le in leases if le.pending)
         busy: set[tuple[str, str]] = set()
         pending: list[Lease] = []
         for lease in leases:

@@ -1,0 +1,253 @@
+"""Administration over a unix socket on the controller host.
+
+Who may administer is decided by the filesystem: the socket is mode 0600 (or
+0660 with an admin group), so root or the controller's user on that host. The
+calls are JSON documents carried by one gRPC method, `jumpstarter.admin.v1.Admin/Call`
+(`{"op": "...", "args": {...}}`), used by `jumpstarter admin …`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from controllerd.auth import TokenAuthority, subject
+from controllerd.records import AccessPolicy, Client, Exporter
+from controllerd.scheduler import LeaseScheduler
+from controllerd.store import Conflict, NotFound, Store
+from jumpstarter.selectors import parse
+
+log = structlog.get_logger("controllerd.admin")
+METHOD = "/jumpstarter.admin.v1.Admin/Call"
+MAX_REQUEST = 1024 * 1024
+KINDS = {"clients", "exporters", "leases", "policies", "tokens"}
+
+
+class AdminError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _labels(args: dict[str, Any]) -> dict[str, str]:
+    labels = args.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "labels must be a mapping")
+    parse(",".join(f"{k}={v}" for k, v in labels.items()))  # validates keys and values
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+class Admin:
+    def __init__(
+        self, store: Store, scheduler: LeaseScheduler, auth: TokenAuthority, ca_pem: bytes, token_ttl: float
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.auth = auth
+        self.ca_pem = ca_pem
+        self.token_ttl = token_ttl
+        self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "info": self.info,
+            "create_client": self.create_client,
+            "create_exporter": self.create_exporter,
+            "get": self.get,
+            "delete": self.delete,
+            "enable_exporter": self.enable_exporter,
+            "label_exporter": self.label_exporter,
+            "set_policy": self.set_policy,
+            "delete_policy": self.delete_policy,
+            "release_lease": self.release_lease,
+            "revoke": self.revoke,
+            "rotate": self.rotate,
+        }
+
+    async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            if len(request) > MAX_REQUEST:
+                raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "request too large")
+            body = json.loads(request)
+            op = self.ops.get(body.get("op", ""))
+            if op is None:
+                raise AdminError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"unknown op {body.get('op')!r} (ops: {', '.join(sorted(self.ops))})",
+                )
+            args = body.get("args") or {}
+            result = await op(args)
+            log.info("admin", op=body.get("op"), namespace=args.get("namespace"), name=args.get("name"))
+            return json.dumps({"result": result}).encode()
+        except AdminError as exc:
+            await context.abort(exc.code, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except Conflict as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
+        raise AssertionError("unreachable")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "jumpstarter.admin.v1.Admin",
+            {"Call": grpc.unary_unary_rpc_method_handler(self.handle)},
+        )
+
+    # -- ops -------------------------------------------------------------------------
+
+    async def info(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"endpoint": self.auth.endpoint, "ca": self.ca_pem.decode()}
+
+    async def _issue(self, kind: str, namespace: str, name: str, uid: str) -> dict[str, Any]:
+        token, expiry = await self.auth.issue(kind, namespace, name, uid, self.token_ttl)
+        return {
+            "namespace": namespace,
+            "name": name,
+            "token": token,
+            "expiry": expiry,
+            "endpoint": self.auth.endpoint,
+            "ca": self.ca_pem.decode(),
+        }
+
+    async def create_client(self, args: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        try:
+            await self.store.get_client(namespace, name)
+            raise AdminError(
+                grpc.StatusCode.ALREADY_EXISTS, f"client {namespace}/{name} exists (rotate its token instead)"
+            )
+        except NotFound:
+            pass
+        client = Client(namespace, name, labels=_labels(args))
+        await self.store.save_client(client)
+        return await self._issue("Client", namespace, name, client.uid)
+
+    async def create_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        try:
+            await self.store.get_exporter(namespace, name)
+            raise AdminError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"exporter {namespace}/{name} exists (rotate its token instead)",
+            )
+        except NotFound:
+            pass
+        exporter = Exporter(namespace, name, labels=_labels(args))
+        await self.store.save_exporter(exporter)
+        self.scheduler.hub.wake_scheduler()
+        return await self._issue("Exporter", namespace, name, exporter.uid)
+
+    async def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = args.get("kind")
+        namespace = args.get("namespace")
+        if kind not in KINDS:
+            raise AdminError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(sorted(KINDS))}"
+            )
+        records: list[Any]
+        if kind == "clients":
+            records = await self.store.list_clients(namespace)
+        elif kind == "exporters":
+            records = await self.store.list_exporters(namespace)
+        elif kind == "leases":
+            records = await self.store.list_leases(namespace, only_active=not args.get("all"))
+        elif kind == "policies":
+            records = await self.store.list_policies(namespace)
+        else:
+            records = await self.store.list_tokens()
+        out = []
+        for record in records:
+            row = dataclasses.asdict(record)
+            if kind == "exporters":
+                row["online"] = self.scheduler.online(record)
+                row.pop("devices", None)
+            out.append(row)
+        return out
+
+    async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        kind, namespace, name = args.get("kind"), str(args.get("namespace") or "default"), str(args["name"])
+        if kind == "clients":
+            await self.store.get_client(namespace, name)
+            for lease in await self.store.list_leases(namespace, only_active=True):
+                if lease.client == name:
+                    await self.scheduler.release(lease, "Released", "client deleted")
+            await self.store.delete_client(namespace, name)
+            revoked = await self.auth.revoke(subject_prefix=f"client:{namespace}:{name}:")
+        elif kind == "exporters":
+            await self.store.get_exporter(namespace, name)
+            for lease in await self.store.list_leases(namespace, only_active=True):
+                if lease.exporter == name:
+                    await self.scheduler.release(lease, "Released", "exporter deleted")
+            await self.store.delete_exporter(namespace, name)
+            revoked = await self.auth.revoke(subject_prefix=f"exporter:{namespace}:{name}:")
+            await self.scheduler.poke()
+        else:
+            raise AdminError(
+                grpc.StatusCode.INVALID_ARGUMENT, "delete clients or exporters (policies: delete_policy)"
+            )
+        return {"deleted": f"{namespace}/{name}", "tokens_revoked": revoked}
+
+    async def enable_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
+        exporter = await self.store.get_exporter(str(args.get("namespace") or "default"), str(args["name"]))
+        exporter.enabled = bool(args.get("enabled", True))
+        await self.store.save_exporter(exporter)
+        await self.scheduler.poke()
+        return {"name": exporter.name, "enabled": exporter.enabled}
+
+    async def label_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
+        exporter = await self.store.get_exporter(str(args.get("namespace") or "default"), str(args["name"]))
+        system = {k: v for k, v in exporter.labels.items() if k.startswith("jumpstarter.dev/")}
+        exporter.labels = {**_labels(args), **system}
+        await self.store.save_exporter(exporter)
+        await self.scheduler.poke()
+        return {"name": exporter.name, "labels": exporter.labels}
+
+    async def set_policy(self, args: dict[str, Any]) -> dict[str, Any]:
+        policy = AccessPolicy(
+            str(args.get("namespace") or "default"),
+            str(args["name"]),
+            exporter_selector=str(parse(str(args.get("exporter_selector") or ""))),
+            client_selector=str(parse(str(args.get("client_selector") or ""))),
+            priority=int(args.get("priority") or 0),
+            maximum_duration=float(args["maximum_duration"]) if args.get("maximum_duration") else None,
+        )
+        await self.store.save_policy(policy)
+        await self.scheduler.poke()
+        return dataclasses.asdict(policy)
+
+    async def delete_policy(self, args: dict[str, Any]) -> dict[str, Any]:
+        await self.store.delete_policy(str(args.get("namespace") or "default"), str(args["name"]))
+        await self.scheduler.poke()
+        return {"deleted": args["name"]}
+
+    async def release_lease(self, args: dict[str, Any]) -> dict[str, Any]:
+        lease = await self.store.get_lease(str(args.get("namespace") or "default"), str(args["name"]))
+        lease = await self.scheduler.release(lease, "Released", "released by an administrator")
+        return {"name": lease.name, "ended": lease.ended}
+
+    async def revoke(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("jti"):
+            return {"revoked": await self.auth.revoke(jti=str(args["jti"]))}
+        kind = str(args.get("kind", "")).rstrip("s")
+        if kind not in ("client", "exporter"):
+            raise AdminError(
+                grpc.StatusCode.INVALID_ARGUMENT, "revoke needs jti, or kind (client/exporter) and name"
+            )
+        prefix = f"{kind}:{args.get('namespace') or 'default'}:{args['name']}:"
+        return {"revoked": await self.auth.revoke(subject_prefix=prefix)}
+
+    async def rotate(self, args: dict[str, Any]) -> dict[str, Any]:
+        kind = str(args.get("kind", "")).rstrip("s")
+        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        if kind == "client":
+            record: Any = await self.store.get_client(namespace, name)
+        elif kind == "exporter":
+            record = await self.store.get_exporter(namespace, name)
+        else:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "rotate needs kind client or exporter")
+        await self.auth.revoke(subject_prefix=subject(kind, namespace, name, ""))  # every older token
+        return await self._issue(kind.capitalize(), namespace, name, record.uid)

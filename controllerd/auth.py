@@ -1,0 +1,203 @@
+"""Identities and tokens (PROTOCOL.md §3, DESIGN.md §5).
+
+The controller signs ES256 JWTs for clients and exporters with a key kept on
+disk. A token's audience is the controller's gRPC endpoint, so a token alone
+tells a client where to connect, and tokens minted for another endpoint are
+refused. Every token has a `jti`; revoking it takes effect at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from controllerd.records import TokenRecord
+from controllerd.store import NotFound, Store
+
+ALGORITHM = "ES256"
+DEFAULT_TTL = 365 * 24 * 3600.0
+KINDS = ("Client", "Exporter")
+MAX_TOKEN = 16 * 1024
+
+
+class AuthError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: str  # Client | Exporter
+    namespace: str
+    name: str
+    uid: str
+    jti: str
+
+    @property
+    def resource(self) -> str:
+        return f"namespaces/{self.namespace}/{self.kind.lower()}s/{self.name}"
+
+
+def load_or_create_key(path: str) -> ec.EllipticCurvePrivateKey:
+    """The signing key: created (P-256, mode 0600) on first start."""
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            key = serialization.load_pem_private_key(handle.read(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path}: not an EC private key")
+        return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    os.replace(tmp, path)
+    return key
+
+
+def subject(kind: str, namespace: str, name: str, uid: str) -> str:
+    return f"{kind.lower()}:{namespace}:{name}:{uid}"
+
+
+class TokenAuthority:
+    """Mints and checks the controller's own tokens."""
+
+    def __init__(
+        self, store: Store, key: ec.EllipticCurvePrivateKey, endpoint: str, audiences: list[str] | None = None
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.public = key.public_key()
+        self.endpoint = endpoint
+        self.issuer = f"https://{endpoint}"
+        self.audiences = [endpoint, *(audiences or [])]
+        self.revoked: set[str] = set()
+
+    async def load(self) -> None:
+        self.revoked = await self.store.revoked_tokens()
+
+    async def issue(
+        self, kind: str, namespace: str, name: str, uid: str, ttl: float = DEFAULT_TTL
+    ) -> tuple[str, float]:
+        now = time.time()
+        jti = str(uuid.uuid4())
+        expires = now + ttl
+        claims = {
+            "iss": self.issuer,
+            "sub": subject(kind, namespace, name, uid),
+            "aud": self.endpoint,
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(expires),
+            "jti": jti,
+        }
+        token = jwt.encode(claims, self.key, algorithm=ALGORITHM)
+        await self.store.save_token(TokenRecord(jti, claims["sub"], namespace, kind, name, now, expires))
+        return token, expires
+
+    async def revoke(self, *, jti: str | None = None, subject_prefix: str | None = None) -> int:
+        """Revoke one token, or every token of a subject (`client:ns:name:`); returns how many."""
+        count = 0
+        for record in await self.store.list_tokens():
+            if record.revoked:
+                continue
+            if (jti and record.jti == jti) or (subject_prefix and record.subject.startswith(subject_prefix)):
+                record.revoked = True
+                await self.store.save_token(record)
+                self.revoked.add(record.jti)
+                count += 1
+        return count
+
+    def verify(self, token: str) -> dict[str, Any]:
+        if len(token) > MAX_TOKEN:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token too long")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.public,
+                algorithms=[ALGORITHM],
+                audience=self.audiences,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "aud", "jti"]},
+            )
+        except jwt.InvalidAudienceError:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"token was issued for another controller (this is {self.endpoint})",
+            ) from None
+        except jwt.ExpiredSignatureError:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED, "token expired; ask an admin for a new one"
+            ) from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
+        if claims["jti"] in self.revoked:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+        return claims
+
+    async def authenticate(self, metadata: Any, kind: str | None = None) -> Identity:
+        """Check the call metadata (PROTOCOL.md §3) and return who is calling."""
+        values: dict[str, list[str]] = {}
+        for key, value in metadata or ():
+            values.setdefault(key.lower(), []).append(value if isinstance(value, str) else value.decode())
+        auth = values.get("authorization", [])
+        if not auth:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "missing authorization metadata (Bearer token)")
+        if len(auth) > 1:
+            raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "more than one authorization header")
+        scheme, _, token = auth[0].partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "authorization must be 'Bearer <token>'")
+        for header in ("jumpstarter-kind", "jumpstarter-namespace", "jumpstarter-name"):
+            if len(values.get(header, [])) != 1:
+                raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, f"missing or repeated {header} metadata")
+        md_kind = values["jumpstarter-kind"][0]
+        namespace = values["jumpstarter-namespace"][0]
+        name = values["jumpstarter-name"][0]
+        if md_kind not in KINDS:
+            raise AuthError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"jumpstarter-kind must be Client or Exporter, not {md_kind!r}",
+            )
+        claims = self.verify(token.strip())
+        parts = str(claims["sub"]).split(":")
+        if len(parts) != 4:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token subject has the wrong shape")
+        sub_kind, sub_ns, sub_name, uid = parts
+        if sub_kind != md_kind.lower():
+            raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "object kind mismatch")
+        if kind is not None and md_kind != kind:
+            raise AuthError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"this call is for {kind.lower()}s, not {md_kind.lower()}s"
+            )
+        if (sub_ns, sub_name) != (namespace, name):
+            raise AuthError(grpc.StatusCode.PERMISSION_DENIED, "token does not belong to the named object")
+        try:
+            record = await (
+                self.store.get_client(namespace, name)
+                if md_kind == "Client"
+                else self.store.get_exporter(namespace, name)
+            )
+        except NotFound:
+            raise AuthError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{md_kind.lower()} {namespace}/{name} does not exist"
+            ) from None
+        if record.uid != uid:
+            raise AuthError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{md_kind.lower()} {namespace}/{name} was re-created; this token is stale",
+            )
+        return Identity(md_kind, namespace, name, uid, str(claims["jti"]))

@@ -1,0 +1,221 @@
+"""`jumpstarter.client.v1.ClientService`: exporters and leases for clients (PROTOCOL.md §7)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from controllerd.auth import Identity, TokenAuthority
+from controllerd.convert import exporter_message, lease_message, split_name, split_parent, timestamp
+from controllerd.records import Lease, uuid7
+from controllerd.rpc import RpcError, unary
+from controllerd.scheduler import LeaseScheduler
+from controllerd.store import NotFound, Store
+from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
+from jumpstarter.selectors import Selector, parse
+
+MAX_TAGS = 10
+MAX_CONTEXT = 8
+MAX_CONTEXT_KEY = 32
+MAX_CONTEXT_VALUE = 64
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+LEASE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _page(items: list[Any], size: int, token: str) -> tuple[list[Any], str]:
+    """Opaque offset pagination; complete pages, `next_page_token` empty at the end."""
+    size = DEFAULT_PAGE if size <= 0 else min(size, MAX_PAGE)
+    start = 0
+    if token:
+        try:
+            start = int(base64.urlsafe_b64decode(token.encode()).decode())
+        except (ValueError, UnicodeDecodeError):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token") from None
+    chunk = items[start : start + size]
+    end = start + len(chunk)
+    return chunk, (base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else "")
+
+
+def _selector(text: str, what: str) -> Selector:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {exc}") from None
+
+
+class ClientService(client_pb2_grpc.ClientServiceServicer):
+    def __init__(self, store: Store, scheduler: LeaseScheduler, auth: TokenAuthority) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.auth = auth
+
+    async def _client(self, context: grpc.aio.ServicerContext, namespace: str | None = None) -> Identity:
+        who = await self.auth.authenticate(context.invocation_metadata(), "Client")
+        if namespace is not None and namespace != who.namespace:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "namespace mismatch")
+        return who
+
+    # -- exporters ------------------------------------------------------------------
+
+    @unary
+    async def GetExporter(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace, _, name = split_name(request.name, "exporters")
+        await self._client(context, namespace)
+        exporter = await self.store.get_exporter(namespace, name)
+        return exporter_message(exporter, self.scheduler.online(exporter))
+
+    @unary
+    async def ListExporters(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace = split_parent(request.parent)
+        await self._client(context, namespace)
+        selector = _selector(request.filter, "filter")
+        exporters = [e for e in await self.store.list_exporters(namespace) if selector.matches(e.labels)]
+        chunk, token = _page(exporters, request.page_size, request.page_token)
+        return client_pb2.ListExportersResponse(
+            exporters=[exporter_message(e, self.scheduler.online(e)) for e in chunk], next_page_token=token
+        )
+
+    # -- leases ------------------------------------------------------------------------
+
+    @unary
+    async def GetLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace, _, name = split_name(request.name, "leases")
+        await self._client(context, namespace)
+        return lease_message(await self.store.get_lease(namespace, name))
+
+    @unary
+    async def ListLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace = split_parent(request.parent)
+        await self._client(context, namespace)
+        only_active = request.only_active if request.HasField("only_active") else True
+        selector = _selector(request.filter, "filter")
+        tags = _selector(request.tag_filter, "tag_filter")
+        leases = [
+            le
+            for le in await self.store.list_leases(namespace, only_active=only_active)
+            if selector.matches(parse(le.selector).match_labels()) and tags.matches(le.tags)
+        ]
+        chunk, token = _page(leases, request.page_size, request.page_token)
+        return client_pb2.ListLeasesResponse(
+            leases=[lease_message(le) for le in chunk], next_page_token=token
+        )
+
+    @unary
+    async def CreateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace = split_parent(request.parent)
+        who = await self._client(context, namespace)
+        spec = request.lease
+        if not spec.selector and not spec.exporter_name:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "a lease needs a selector or an exporter_name")
+        name = request.lease_id or uuid7()
+        if not LEASE_ID_RE.match(name):
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid lease_id {name!r} (lowercase letters, digits, '-', '.')",
+            )
+        if len(spec.tags) > MAX_TAGS:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_TAGS} tags")
+        for key, value in spec.tags.items():
+            if not TAG_KEY_RE.match(key) or len(value) > 63:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid tag {key}={value}")
+        if len(spec.context) > MAX_CONTEXT:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_CONTEXT} context entries")
+        for key, value in spec.context.items():
+            if not key or len(key) > MAX_CONTEXT_KEY or len(value) > MAX_CONTEXT_VALUE:
+                raise RpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"context keys are 1-{MAX_CONTEXT_KEY} and values at most {MAX_CONTEXT_VALUE} characters",
+                )
+        lease = Lease(
+            namespace,
+            name,
+            who.name,
+            selector=spec.selector,
+            exporter_name=spec.exporter_name or None,
+            duration=spec.duration.ToNanoseconds() / 1e9 if spec.HasField("duration") else None,
+            begin_time=spec.begin_time.ToNanoseconds() / 1e9 if spec.HasField("begin_time") else None,
+            end_time=spec.end_time.ToNanoseconds() / 1e9 if spec.HasField("end_time") else None,
+            tags=dict(spec.tags),
+            context=dict(spec.context),
+            allow_disabled=spec.allow_disabled,
+        )
+        try:
+            return lease_message(await self.scheduler.submit(lease))
+        except Exception as exc:
+            if type(exc).__name__ == "Conflict":
+                raise RpcError(grpc.StatusCode.ALREADY_EXISTS, f"lease {name} already exists") from None
+            raise
+
+    @unary
+    async def UpdateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace, _, name = split_name(request.lease.name, "leases")
+        who = await self._client(context, namespace)
+        lease = await self.store.get_lease(namespace, name)
+        if lease.client != who.name:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
+        if lease.ended:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} has ended")
+        spec = request.lease
+        paths = (
+            set(request.update_mask.paths)
+            if request.HasField("update_mask") and request.update_mask.paths
+            else None
+        )
+
+        def wanted(field: str, present: bool) -> bool:
+            return field in paths if paths is not None else present
+
+        if wanted("begin_time", spec.HasField("begin_time")):
+            new_begin = spec.begin_time.ToNanoseconds() / 1e9 if spec.HasField("begin_time") else None
+            if lease.exporter is not None and new_begin != lease.begin_time:
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION, "begin_time can only change before the lease starts"
+                )
+            lease.begin_time = new_begin
+        if wanted("duration", spec.HasField("duration")):
+            lease.duration = spec.duration.ToNanoseconds() / 1e9 if spec.HasField("duration") else None
+            if not wanted("end_time", spec.HasField("end_time")):
+                lease.end_time = None
+        if wanted("end_time", spec.HasField("end_time")):
+            lease.end_time = spec.end_time.ToNanoseconds() / 1e9 if spec.HasField("end_time") else None
+        if wanted("client", spec.HasField("client") and bool(spec.client)):
+            target_ns, _, target = split_name(spec.client, "clients")
+            if target_ns != namespace:
+                raise RpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "a lease can only move to a client of the same namespace",
+                )
+            try:
+                await self.store.get_client(namespace, target)
+            except NotFound:
+                raise RpcError(grpc.StatusCode.NOT_FOUND, f"client {target} not found") from None
+            lease.client = target
+        return lease_message(await self.scheduler.update(lease))
+
+    @unary
+    async def DeleteLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace, _, name = split_name(request.name, "leases")
+        who = await self._client(context, namespace)
+        lease = await self.store.get_lease(namespace, name)
+        if lease.client != who.name:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
+        if lease.ended:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} is already released")
+        await self.scheduler.release(lease, "Released", f"released by client {who.name}")
+        return empty_pb2.Empty()
+
+    @unary
+    async def RotateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        namespace = (
+            split_parent(request.parent) if request.parent.count("/") == 1 else split_name(request.parent)[0]
+        )
+        who = await self._client(context, namespace)
+        token, expiry = await self.auth.issue("Client", who.namespace, who.name, who.uid)
+        await self.auth.revoke(jti=who.jti)  # the old token stops working now
+        return client_pb2.RotateTokenResponse(token=token, expiry=timestamp(expiry))

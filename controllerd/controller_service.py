@@ -1,0 +1,334 @@
+"""`jumpstarter.v1.ControllerService`: exporters register and listen, clients dial (PROTOCOL.md §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import empty_pb2
+
+from controllerd.auth import Identity, TokenAuthority
+from controllerd.hub import Hub
+from controllerd.records import Exporter, Lease, now
+from controllerd.rpc import RpcError, streaming, unary
+from controllerd.scheduler import (
+    AFTER_LEASE_HOOK,
+    AVAILABLE,
+    BEFORE_LEASE_HOOK,
+    LEASE_READY,
+    OFFLINE,
+    UNSPECIFIED,
+    LeaseScheduler,
+)
+from controllerd.store import NotFound, Store
+from jumpstarter import routertoken
+from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc, kubernetes_pb2
+
+log = structlog.get_logger("controllerd")
+
+DIALABLE = frozenset({UNSPECIFIED, LEASE_READY, BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK})
+HOOK_FAILED = frozenset({6, 7})
+DIAL_READY_WAIT = 30.0
+HEARTBEAT = 10.0
+SYSTEM_LABEL_PREFIX = "jumpstarter.dev/"
+
+
+class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        scheduler: LeaseScheduler,
+        auth: TokenAuthority,
+        routers: list[str],
+        router_key: bytes,
+        dial_ready_wait: float = DIAL_READY_WAIT,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.scheduler = scheduler
+        self.auth = auth
+        self.routers = itertools.cycle(routers) if routers else None
+        self.router_key = router_key
+        self.dial_ready_wait = dial_ready_wait
+
+    async def _exporter(self, context: grpc.aio.ServicerContext) -> tuple[Identity, Exporter]:
+        who = await self.auth.authenticate(context.invocation_metadata(), "Exporter")
+        return who, await self.store.get_exporter(who.namespace, who.name)
+
+    # -- exporter lifecycle ------------------------------------------------------
+
+    @unary
+    async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who, exporter = await self._exporter(context)
+        labels = {k: v for k, v in exporter.labels.items() if not k.startswith(SYSTEM_LABEL_PREFIX)}
+        labels.update({k: v for k, v in request.labels.items() if k.startswith(SYSTEM_LABEL_PREFIX)})
+        exporter.labels = labels
+        exporter.devices = [
+            {
+                "uuid": r.uuid,
+                "parent_uuid": r.parent_uuid if r.HasField("parent_uuid") else None,
+                "labels": dict(r.labels),
+            }
+            for r in request.reports[:10_000]
+        ]
+        exporter.registered = True
+        exporter.last_seen = now()
+        await self.store.save_exporter(exporter)
+        log.info(
+            "exporter registered", exporter=who.name, namespace=who.namespace, devices=len(exporter.devices)
+        )
+        self.hub.wake_scheduler()
+        return jumpstarter_pb2.RegisterResponse(uuid=exporter.uid)
+
+    @unary
+    async def Unregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who, exporter = await self._exporter(context)
+        exporter.registered = False
+        exporter.devices = []
+        exporter.status = OFFLINE
+        exporter.status_message = request.reason or "Exporter unregistered"
+        await self.store.save_exporter(exporter)
+        self.hub.exporter_changed(who.namespace, who.name)
+        self.hub.wake_scheduler()
+        log.info("exporter unregistered", exporter=who.name, reason=exporter.status_message)
+        return jumpstarter_pb2.UnregisterResponse()
+
+    @unary
+    async def ReportStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who, exporter = await self._exporter(context)
+        changed = exporter.status != request.status
+        exporter.status = request.status
+        exporter.status_message = request.message if request.HasField("message") else ""
+        exporter.last_seen = now()
+        await self.store.save_exporter(exporter)
+        if changed:
+            self.hub.exporter_changed(who.namespace, who.name)
+            self.hub.wake_scheduler()
+        if request.HasField("release_lease") and request.release_lease:
+            lease = await self._held_lease(who)
+            if lease is not None:
+                await self.scheduler.release(lease, "Released", "released by the exporter")
+        return jumpstarter_pb2.ReportStatusResponse()
+
+    async def _held_lease(self, who: Identity) -> Lease | None:
+        for lease in await self.store.list_leases(who.namespace, only_active=True):
+            if lease.exporter == who.name:
+                return lease
+        return None
+
+    def _status_message(self, lease: Lease | None) -> Any:
+        if lease is None:
+            return jumpstarter_pb2.StatusResponse(leased=False)
+        return jumpstarter_pb2.StatusResponse(
+            leased=True, lease_name=lease.name, client_name=lease.client, context=lease.context
+        )
+
+    @streaming
+    async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        who, exporter = await self._exporter(context)
+        key = (who.namespace, who.name)
+        self.hub.status_streams[key] += 1
+        exporter.last_seen = now()
+        if exporter.status == OFFLINE:  # it is back: a stale graceful-offline no longer applies
+            exporter.status, exporter.status_message = UNSPECIFIED, ""
+        await self.store.save_exporter(exporter)
+        self.hub.wake_scheduler()
+        log.info("exporter online", exporter=who.name)
+        watch = self.hub.exporters[key]
+        last: Any = None
+        try:
+            while True:
+                seen = watch.version
+                message = self._status_message(await self._held_lease(who))
+                if message != last:
+                    yield message
+                    last = message
+                if not await watch.wait_newer(seen, HEARTBEAT):
+                    exporter = await self.store.get_exporter(who.namespace, who.name)
+                    exporter.last_seen = now()
+                    await self.store.save_exporter(exporter)
+        finally:
+            self.hub.status_streams[key] -= 1
+            try:
+                exporter = await self.store.get_exporter(who.namespace, who.name)
+                exporter.last_seen = now()
+                await self.store.save_exporter(exporter)
+            except NotFound:
+                pass
+            self.hub.wake_scheduler()
+            log.info("exporter status stream closed", exporter=who.name)
+
+    @streaming
+    async def Listen(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        who, _ = await self._exporter(context)
+        if not request.lease_name:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "empty lease name")
+        lease = await self.store.get_lease(who.namespace, request.lease_name)
+        if lease.exporter != who.name or lease.ended:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"permission denied: lease {lease.name} is not held by {who.name}",
+            )
+        queue = self.hub.listen(who.namespace, lease.name)
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.queue.get())
+                stopper = asyncio.ensure_future(queue.superseded.wait())
+                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not queue.queue.empty():  # superseded: deliver what was already promised
+                    yield queue.queue.get_nowait()
+                return
+        finally:
+            self.hub.unlisten(who.namespace, lease.name, queue)
+
+    # -- client side -----------------------------------------------------------------
+
+    @unary
+    async def Dial(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who = await self.auth.authenticate(context.invocation_metadata(), "Client")
+        if not request.lease_name:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "empty lease name")
+        lease = await self.store.get_lease(who.namespace, request.lease_name)
+        if lease.client != who.name:
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"permission denied: lease {lease.name} belongs to another client",
+            )
+        if lease.ended or lease.exporter is None:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease.name} is not active")
+        exporter = await self._wait_dialable(lease)
+        if self.routers is None:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "no router configured on the controller")
+        endpoint = next(self.routers)
+        token = routertoken.mint(self.router_key)
+        if not self.hub.push(
+            who.namespace,
+            lease.name,
+            jumpstarter_pb2.ListenResponse(router_endpoint=endpoint, router_token=token),
+        ):
+            raise RpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"exporter {exporter.name} is not listening on lease {lease.name}",
+            )
+        log.info("dial", lease=lease.name, client=who.name, exporter=exporter.name, router=endpoint)
+        return jumpstarter_pb2.DialResponse(router_endpoint=endpoint, router_token=token)
+
+    async def _wait_dialable(self, lease: Lease) -> Exporter:
+        assert lease.exporter is not None
+        key = (lease.namespace, lease.exporter)
+        deadline = asyncio.get_running_loop().time() + self.dial_ready_wait
+        while True:
+            seen = self.hub.exporters[key].version
+            exporter = await self.store.get_exporter(*key)
+            if not self.scheduler.online(exporter):
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"exporter {exporter.name} is offline (the lease is paused; not ready until it returns)",
+                )
+            if exporter.status in HOOK_FAILED:
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"exporter {exporter.name}: lease hook failed: {exporter.status_message}",
+                )
+            if exporter.status in DIALABLE:
+                return exporter
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or not await self.hub.exporters[key].wait_newer(seen, remaining):
+                status = "Available" if exporter.status == AVAILABLE else str(exporter.status)
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"exporter is not ready (status: {status})"
+                )
+
+    # -- legacy lease RPCs ---------------------------------------------------------------
+
+    @unary
+    async def GetLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who = await self.auth.authenticate(context.invocation_metadata(), "Client")
+        lease = await self.store.get_lease(who.namespace, request.name)
+        if lease.client != who.name:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "GetLease permission denied")
+        from controllerd.convert import condition_message, duration, timestamp
+        from jumpstarter.selectors import parse
+
+        response = jumpstarter_pb2.GetLeaseResponse(
+            selector=kubernetes_pb2.LabelSelector(match_labels=parse(lease.selector).match_labels()),
+            conditions=[condition_message(c) for c in lease.conditions],
+        )
+        if lease.duration is not None:
+            response.duration.CopyFrom(duration(lease.duration))
+        if lease.effective_begin is not None:
+            response.begin_time.CopyFrom(timestamp(lease.effective_begin))
+        if lease.effective_end is not None:
+            response.end_time.CopyFrom(timestamp(lease.effective_end))
+        if lease.exporter:
+            response.exporter_uuid = (await self.store.get_exporter(lease.namespace, lease.exporter)).uid
+        return response
+
+    @unary
+    async def RequestLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who = await self.auth.authenticate(context.invocation_metadata(), "Client")
+        from controllerd.records import uuid7
+        from jumpstarter.selectors import from_labels
+
+        selector = str(from_labels(dict(request.selector.match_labels)))
+        lease = Lease(
+            who.namespace,
+            uuid7(),
+            who.name,
+            selector=selector,
+            duration=request.duration.ToNanoseconds() / 1e9 if request.HasField("duration") else None,
+        )
+        lease = await self.scheduler.submit(lease)
+        return jumpstarter_pb2.RequestLeaseResponse(name=lease.name)
+
+    @unary
+    async def ReleaseLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who = await self.auth.authenticate(context.invocation_metadata())
+        lease = await self.store.get_lease(who.namespace, request.name)
+        if who.kind == "Exporter":
+            if lease.exporter != who.name:
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"lease {lease.name} is not held by exporter {who.name}",
+                )
+        elif lease.client != who.name:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "ReleaseLease permission denied")
+        if not lease.ended:
+            await self.scheduler.release(lease, "Released", f"released by {who.kind.lower()} {who.name}")
+        return jumpstarter_pb2.ReleaseLeaseResponse()
+
+    @unary
+    async def ListLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        who = await self.auth.authenticate(context.invocation_metadata(), "Client")
+        leases = await self.store.list_leases(who.namespace, only_active=True)
+        return jumpstarter_pb2.ListLeasesResponse(names=[le.name for le in leases if le.client == who.name])
+
+    @unary
+    async def GetServiceEndpoints(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._exporter(context)
+        return jumpstarter_pb2.GetServiceEndpointsResponse()
+
+    async def AuditStream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            who = await self.auth.authenticate(context.invocation_metadata(), "Exporter")
+        except Exception as exc:
+            await context.abort(getattr(exc, "code", grpc.StatusCode.UNAUTHENTICATED), str(exc))
+        async for entry in request_iterator:
+            log.info(
+                "audit",
+                exporter=who.name,
+                driver=entry.driver_instance_uuid[:64],
+                severity=entry.severity[:16],
+                message=entry.message[:1024],
+            )
+        return empty_pb2.Empty()

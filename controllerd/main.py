@@ -1,0 +1,166 @@
+"""`jumpstarter-controllerd`: leases, inventory, identities and tokens (DESIGN.md §5).
+
+jumpstarter-controllerd --config /etc/jumpstarter/controllerd.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+import structlog
+
+from controllerd.config import DEFAULT_CONFIG
+
+log = structlog.get_logger("controllerd")
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jumpstarter-controllerd",
+        description="The Jumpstarter controller: exporters register, clients lease boards and dial them through routers.",
+    )
+    parser.add_argument("--config", default=os.environ.get("JUMPSTARTER_CONTROLLERD_CONFIG", DEFAULT_CONFIG))
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    return parser.parse_args(argv)
+
+
+async def serve(config) -> int:  # type: ignore[no-untyped-def]
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from controllerd.admin import Admin
+    from controllerd.auth import TokenAuthority, load_or_create_key
+    from controllerd.client_service import ClientService
+    from controllerd.controller_service import ControllerService
+    from controllerd.hub import Hub
+    from controllerd.scheduler import LeaseScheduler
+    from controllerd.store import open_store
+    from jumpstarter import routertoken, tls
+    from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
+    from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
+
+    host = config.endpoint.rpartition(":")[0]
+    cert_pem, key_pem = tls.load_or_create(config.tls_cert, config.tls_key, [host])
+    log.info(
+        "tls", certificate=config.tls_cert, note="give clients this file as their CA unless it is CA-signed"
+    )
+    if not os.path.exists(config.router_key_file):
+        routertoken.generate_key(config.router_key_file)
+        log.info("generated the router key; copy it to every routerd", path=config.router_key_file)
+    router_key = routertoken.load_key(config.router_key_file)
+    store = open_store(config.store)
+    hub = Hub()
+    scheduler = LeaseScheduler(store, hub, offline_after=config.offline_after)
+    auth = TokenAuthority(store, load_or_create_key(config.signing_key), config.endpoint, config.audiences)
+    await auth.load()
+
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(
+        ControllerService(store, hub, scheduler, auth, config.routers, router_key, config.dial_ready_wait),
+        server,
+    )
+    client_pb2_grpc.add_ClientServiceServicer_to_server(ClientService(store, scheduler, auth), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (
+        jumpstarter_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+        client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(services, server)
+    server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
+
+    admin_server = grpc.aio.server()
+    admin_server.add_generic_rpc_handlers(
+        (Admin(store, scheduler, auth, cert_pem, config.token_ttl_days * 86400).handler(),)
+    )
+    os.makedirs(os.path.dirname(config.admin_socket), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(config.admin_socket)
+    old = os.umask(0o177)
+    try:
+        admin_server.add_insecure_port(f"unix:{config.admin_socket}")
+        await admin_server.start()
+    finally:
+        os.umask(old)
+
+    metrics_server = None
+    if config.metrics:
+        from controllerd.metrics import ControllerMetrics
+
+        metrics_server = ControllerMetrics(store, scheduler).serve(config.metrics)
+
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving",
+        listen=config.listen,
+        endpoint=config.endpoint,
+        store=config.store,
+        admin_socket=config.admin_socket,
+        routers=config.routers,
+    )
+    scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    scheduler_task.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=2)
+    await admin_server.stop(grace=1)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(config.admin_socket)
+    if metrics_server is not None:
+        metrics_server.close()
+    store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from controllerd import config as config_module
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.log import configure
+
+    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+    try:
+        config = config_module.load(args.config)
+        config_module.check(config)
+    except ConfigError as exc:
+        print(f"jumpstarter-controllerd: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: ok (endpoint {config.endpoint})")
+        return 0
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"jumpstarter-controllerd: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""What every controller RPC shares: authentication and turning our errors into statuses."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from controllerd.auth import AuthError
+from controllerd.convert import BadName
+from controllerd.scheduler import LeaseRequestError
+from controllerd.store import Conflict, NotFound
+
+log = structlog.get_logger("controllerd.rpc")
+
+
+class RpcError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    if isinstance(exc, (AuthError, RpcError)):
+        return exc.code, str(exc)
+    if isinstance(exc, (BadName, LeaseRequestError, ValueError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, Conflict):
+        return grpc.StatusCode.ALREADY_EXISTS, str(exc)
+    return None
+
+
+def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            status = _status(exc)
+            if status is None:
+                log.exception("internal error", rpc=fn.__name__)
+                status = (grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}")
+            await context.abort(*status)
+
+    return wrapper
+
+
+def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            status = _status(exc)
+            if status is None:
+                log.exception("internal error", rpc=fn.__name__)
+                status = (grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}")
+            await context.abort(*status)
+
+    return wrapper
