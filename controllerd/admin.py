@@ -20,7 +20,7 @@ from controllerd.auth import TokenAuthority, subject
 from controllerd.records import AccessPolicy, Client, Exporter
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import Conflict, NotFound, Store
-from jumpstarter.selectors import parse
+from jumpstarter.selector import parse
 
 log = structlog.get_logger("controllerd.admin")
 METHOD = "/jumpstarter.admin.v1.Admin/Call"

@@ -16,7 +16,7 @@ from controllerd.rpc import RpcError, unary
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, Store
 from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
-from jumpstarter.selectors import Selector, parse
+from jumpstarter.selector import Selector, parse
 
 MAX_TAGS = 10
 MAX_CONTEXT = 8

@@ -258,7 +258,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         if lease.client != who.name:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "GetLease permission denied")
         from controllerd.convert import condition_message, duration, timestamp
-        from jumpstarter.selectors import parse
+        from jumpstarter.selector import parse
 
         response = jumpstarter_pb2.GetLeaseResponse(
             selector=kubernetes_pb2.LabelSelector(match_labels=parse(lease.selector).match_labels()),
@@ -278,7 +278,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     async def RequestLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
         from controllerd.records import uuid7
-        from jumpstarter.selectors import from_labels
+        from jumpstarter.selector import from_labels
 
         selector = str(from_labels(dict(request.selector.match_labels)))
         lease = Lease(

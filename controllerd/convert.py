@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controllerd.records import Exporter, Lease
 from jumpstarter.client.v1 import client_pb2
-from jumpstarter.selectors import parse
+from jumpstarter.selector import parse
 from jumpstarter.v1 import kubernetes_pb2
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")

@@ -19,7 +19,7 @@ import structlog
 from controllerd.hub import Hub
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from controllerd.store import Conflict, NotFound, Store
-from jumpstarter.selectors import SelectorError, parse
+from jumpstarter.selector import SelectorError, parse
 
 log = structlog.get_logger("scheduler")
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from jumpstarter.cli.target import TargetChoice
 
-BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version")
-NO_TARGET = frozenset({"boards", "demo", "version"})
+BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version", "admin")
+NO_TARGET = frozenset({"boards", "demo", "version", "admin"})
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
@@ -72,6 +72,9 @@ def add_static_commands(sub: Any) -> None:
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo lab running and open a shell in it")
     demo.set_defaults(func=lambda a: _demo(a), needs_board=False)
+    from jumpstarter.cli.admin import add_admin_parser
+
+    add_admin_parser(sub)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda a: print(_version()), needs_board=False)
 

@@ -1,0 +1,201 @@
+"""`jumpstarter admin …`: manage the controller from the controller host.
+
+Talks to controllerd's admin socket (`--admin-socket`, default
+/run/jumpstarter/controllerd-admin.sock); access is whoever may open that
+socket (root or the controller's user). Created clients and exporters come
+out as ready-to-use upstream-format configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from jumpstarter.errors import JumpstarterError
+
+DEFAULT_SOCKET = "/run/jumpstarter/controllerd-admin.sock"
+
+
+def call(socket: str, op: str, **args: Any) -> Any:
+    import grpc
+
+    if not os.path.exists(socket):
+        raise JumpstarterError(f"no controller admin socket at {socket} (is jumpstarter-controllerd running here?)")
+    if not os.access(socket, os.R_OK | os.W_OK):
+        raise JumpstarterError(f"permission denied on {socket}: run as root or the controller's user")
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        method = channel.unary_unary("/jumpstarter.admin.v1.Admin/Call")
+        try:
+            reply = method(json.dumps({"op": op, "args": args}).encode(), timeout=30)
+        except grpc.RpcError as exc:
+            raise JumpstarterError(f"{op}: {exc.details()}") from None
+    return json.loads(reply)["result"]
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JumpstarterError(f"labels are KEY=VALUE, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+def _duration(text: str | None) -> float | None:
+    if not text:
+        return None
+    from jumpstarter.cli.durations import parse_duration
+
+    return parse_duration(text)
+
+
+def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
+    from jumpstarter.config.client import ClientConfig, exporter_document, write_private
+
+    ca = base64.b64encode(result["ca"].encode()).decode()
+    if kind == "client":
+        document = ClientConfig(result["namespace"], result["name"], result["endpoint"], result["token"], ca).to_document()
+    else:
+        document = exporter_document(result["namespace"], result["name"], result["endpoint"], result["token"], ca)
+    if output:
+        write_private(output, document)
+        print(f"wrote {output} (mode 0600; it holds the {kind}'s token)", file=sys.stderr)
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+    if isinstance(value, float) and value > 1e9:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+COLUMNS = {
+    "clients": ["namespace", "name", "labels"],
+    "exporters": ["namespace", "name", "online", "enabled", "status", "labels"],
+    "leases": ["namespace", "name", "client", "exporter", "selector", "ended"],
+    "policies": ["namespace", "name", "exporter_selector", "client_selector", "priority", "maximum_duration"],
+    "tokens": ["kind", "namespace", "name", "issued", "expires", "revoked", "jti"],
+}
+
+
+def add_admin_parser(sub: Any) -> None:
+    admin = sub.add_parser("admin", help="manage the controller (on the controller host)",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    admin.add_argument("--admin-socket", default=os.environ.get("JUMPSTARTER_ADMIN_SOCKET", DEFAULT_SOCKET))
+    admin.add_argument("-n", "--namespace", default="default")
+    commands = admin.add_subparsers(title="commands", metavar="COMMAND")
+    admin.set_defaults(func=lambda a: (admin.print_help(sys.stderr), 2)[1], needs_board=False)
+
+    create = commands.add_parser("create", help="create a client or an exporter; prints its config")
+    create.add_argument("kind", choices=["client", "exporter"])
+    create.add_argument("name")
+    create.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument("-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout")
+
+    def run_create(a: argparse.Namespace) -> int:
+        result = call(a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=_labels(a.label))
+        _emit_config(a.kind, result, a.output)
+        return 0
+
+    create.set_defaults(func=run_create, needs_board=False)
+
+    get = commands.add_parser("get", help="list clients, exporters, leases, policies or tokens")
+    get.add_argument("kind", choices=sorted(COLUMNS))
+    get.add_argument("--all", action="store_true", help="leases: include ended ones")
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    def run_get(a: argparse.Namespace) -> int:
+        rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
+        if a.output == "json":
+            print(json.dumps(rows, indent=2))
+        else:
+            _table(rows, COLUMNS[a.kind])
+        return 0
+
+    get.set_defaults(func=run_get, needs_board=False)
+
+    delete = commands.add_parser("delete", help="delete a client or an exporter (its leases end, its tokens are revoked)")
+    delete.add_argument("kind", choices=["client", "exporter"])
+    delete.add_argument("name")
+    delete.set_defaults(func=lambda a: print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)) or 0,
+                        needs_board=False)
+
+    for verb, enabled in (("enable", True), ("disable", False)):
+        cmd = commands.add_parser(verb, help=f"{verb} an exporter for new leases")
+        cmd.add_argument("kind", choices=["exporter"])
+        cmd.add_argument("name")
+        cmd.set_defaults(func=lambda a, enabled=enabled: print(call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled)) or 0,
+                         needs_board=False)
+
+    label = commands.add_parser("label", help="set an exporter's selector labels (replaces them)")
+    label.add_argument("kind", choices=["exporter"])
+    label.add_argument("name")
+    label.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
+    label.set_defaults(func=lambda a: print(call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=_labels(a.label))) or 0,
+                       needs_board=False)
+
+    policy = commands.add_parser("policy", help="access policies: who may lease which exporters, priority, max duration")
+    policy_cmds = policy.add_subparsers(title="commands", metavar="COMMAND")
+    policy.set_defaults(func=lambda a: (policy.print_help(sys.stderr), 2)[1], needs_board=False)
+    pset = policy_cmds.add_parser("set", help="create or replace a policy")
+    pset.add_argument("name")
+    pset.add_argument("--exporters", default="", metavar="SELECTOR", help="exporter label selector (empty = all)")
+    pset.add_argument("--clients", default="", metavar="SELECTOR", help="client label selector (empty = all)")
+    pset.add_argument("--priority", type=int, default=0, help="higher goes first in the lease queue")
+    pset.add_argument("--max-duration", metavar="DURATION", help="longest lease allowed (e.g. 2h)")
+    pset.set_defaults(func=lambda a: print(json.dumps(call(
+        a.admin_socket, "set_policy", namespace=a.namespace, name=a.name, exporter_selector=a.exporters,
+        client_selector=a.clients, priority=a.priority, maximum_duration=_duration(a.max_duration)))) or 0, needs_board=False)
+    pdel = policy_cmds.add_parser("delete", help="delete a policy")
+    pdel.add_argument("name")
+    pdel.set_defaults(func=lambda a: print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)) or 0,
+                      needs_board=False)
+
+    revoke = commands.add_parser("revoke", help="revoke every token of a client or exporter (takes effect at once)")
+    revoke.add_argument("kind", choices=["client", "exporter"])
+    revoke.add_argument("name")
+    revoke.set_defaults(func=lambda a: print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)) or 0,
+                        needs_board=False)
+
+    rotate = commands.add_parser("rotate", help="issue a new token (older ones are revoked); prints the new config")
+    rotate.add_argument("kind", choices=["client", "exporter"])
+    rotate.add_argument("name")
+    rotate.add_argument("-o", "--output", metavar="FILE")
+
+    def run_rotate(a: argparse.Namespace) -> int:
+        _emit_config(a.kind, call(a.admin_socket, "rotate", kind=a.kind, namespace=a.namespace, name=a.name), a.output)
+        return 0
+
+    rotate.set_defaults(func=run_rotate, needs_board=False)
+
+    release = commands.add_parser("release", help="end a lease now")
+    release.add_argument("kind", choices=["lease"])
+    release.add_argument("name")
+    release.set_defaults(func=lambda a: print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)) or 0,
+                         needs_board=False)

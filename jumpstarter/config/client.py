@@ -1,0 +1,174 @@
+"""Client configs (`~/.config/jumpstarter/clients/NAME.yaml`, upstream `ClientConfig` format).
+
+    apiVersion: jumpstarter.dev/v1alpha1
+    kind: ClientConfig
+    metadata: {namespace: lab, name: alice}
+    endpoint: controller.lab.example:8082
+    token: <JWT>
+    tls: {ca: <base64 PEM>, insecure: false}
+    drivers: {allow: ["jumpstarter_driver_*", "jumpstarter.client.*"], unsafe: false}
+
+Written with mode 0600 (they hold a token). `config.yaml` beside the
+`clients/` folder names the current one (`config: {current-client: NAME}`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from jumpstarter.config.yamlload import Where, load_yaml
+from jumpstarter.errors import ConfigError
+
+API_VERSION = "jumpstarter.dev/v1alpha1"
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DEFAULT_ALLOW = ["jumpstarter_driver_*", "jumpstarter.client.*"]
+
+
+def config_home() -> str:
+    base = os.environ.get("JMP_CLIENT_CONFIG_HOME") or os.path.join(
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "jumpstarter"
+    )
+    return base
+
+
+@dataclass
+class ClientConfig:
+    namespace: str
+    name: str
+    endpoint: str
+    token: str
+    ca: str = ""  # base64 PEM
+    insecure: bool = False
+    allow: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOW))
+    unsafe: bool = False
+    alias: str = ""
+    path: str = ""
+
+    def ca_pem(self) -> bytes | None:
+        return base64.b64decode(self.ca) if self.ca else None
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "ClientConfig",
+            "metadata": {"namespace": self.namespace, "name": self.name},
+            "endpoint": self.endpoint,
+            "token": self.token,
+            "tls": {"ca": self.ca, "insecure": self.insecure},
+            "drivers": {"allow": self.allow, "unsafe": self.unsafe},
+        }
+
+
+def exporter_document(namespace: str, name: str, endpoint: str, token: str, ca: str) -> dict[str, Any]:
+    """An upstream-format ExporterConfig for a new exporter (its `export:` is filled in by the lab)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ExporterConfig",
+        "metadata": {"namespace": namespace, "name": name},
+        "endpoint": endpoint,
+        "token": token,
+        "tls": {"ca": ca, "insecure": False},
+        "export": {},
+    }
+
+
+def write_private(path: str, document: dict[str, Any]) -> None:
+    """Write YAML atomically with mode 0600 (configs hold tokens)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(document, handle, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def decode_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, unverified (to learn the endpoint and expiry a token is for)."""
+    try:
+        payload = token.split(".")[1]
+        return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+    except (IndexError, ValueError) as exc:
+        raise ConfigError(f"not a JWT token: {exc}") from None
+
+
+def load_client_config(path: str) -> ClientConfig:
+    doc = load_yaml(path)
+    where = Where(path, (), getattr(doc, "line", 1))
+    if not isinstance(doc, dict):
+        raise where.error("expected a ClientConfig mapping")
+    if doc.get("kind") != "ClientConfig":
+        raise where.child(doc, "kind").error("expected kind: ClientConfig")
+    metadata = doc.get("metadata") or {}
+    for key in ("endpoint", "token"):
+        if not isinstance(doc.get(key), str) or not doc.get(key):
+            raise where.child(doc, key).error("required")
+    tls = doc.get("tls") or {}
+    drivers = doc.get("drivers") or {}
+    return ClientConfig(
+        namespace=str(metadata.get("namespace") or "default"),
+        name=str(metadata.get("name") or ""),
+        endpoint=doc["endpoint"],
+        token=doc["token"],
+        ca=str(tls.get("ca") or ""),
+        insecure=bool(tls.get("insecure", False)),
+        allow=list(drivers.get("allow") or DEFAULT_ALLOW),
+        unsafe=bool(drivers.get("unsafe", False)),
+        alias=os.path.splitext(os.path.basename(path))[0],
+        path=path,
+    )
+
+
+def client_path(alias: str) -> str:
+    if not ALIAS_RE.match(alias):
+        raise ConfigError(f"invalid client name {alias!r}")
+    return os.path.join(config_home(), "clients", f"{alias}.yaml")
+
+
+def list_clients() -> list[str]:
+    folder = os.path.join(config_home(), "clients")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
+def current_client() -> str | None:
+    path = os.path.join(config_home(), "config.yaml")
+    if not os.path.exists(path):
+        return None
+    doc = load_yaml(path) or {}
+    value = (doc.get("config") or {}).get("current-client") if isinstance(doc, dict) else None
+    return str(value) if value else None
+
+
+def use_client(alias: str | None) -> None:
+    path = os.path.join(config_home(), "config.yaml")
+    write_private(path, {"apiVersion": API_VERSION, "kind": "UserConfig", "config": {"current-client": alias}})
+
+
+def save_client(config: ClientConfig, alias: str, make_current: bool = True) -> str:
+    path = client_path(alias)
+    write_private(path, config.to_document())
+    if make_current or current_client() is None:
+        use_client(alias)
+    return path
+
+
+def find_client_config(explicit: str | None = None) -> ClientConfig | None:
+    """The client config to use: an explicit alias or path, $JMP_CLIENT_CONFIG, or the current one."""
+    choice = explicit or os.environ.get("JMP_CLIENT_CONFIG")
+    if choice:
+        path = choice if (os.sep in choice or choice.endswith(".yaml")) else client_path(choice)
+        if not os.path.exists(path):
+            raise ConfigError(f"no client config {choice!r} (have: {', '.join(list_clients()) or 'none'})")
+        return load_client_config(path)
+    alias = current_client()
+    if alias and os.path.exists(client_path(alias)):
+        return load_client_config(client_path(alias))
+    return None
