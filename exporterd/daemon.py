@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from typing import Any
 
@@ -12,6 +13,8 @@ import structlog
 from jumpstarter.config.exporter import BoardConfig
 from jumpstarter.errors import ConfigError
 from jumpstarter.session import Session, serve_unix
+from jumpstarter.session.server import SessionSlot
+from jumpstarter.v1 import common_pb2
 
 log = structlog.get_logger("exporterd")
 
@@ -34,21 +37,56 @@ class Daemon:
         self._signals()
         structlog.contextvars.bind_contextvars(board=self.config.name)
         while True:
-            session = Session(self.config.build(), labels=self.config.labels, motd=self.config.motd)
-            await session.start()
+            distributed = bool(self.config.endpoint and self.config.token)
+            status = (
+                common_pb2.EXPORTER_STATUS_AVAILABLE
+                if distributed
+                else common_pb2.EXPORTER_STATUS_LEASE_READY
+            )
+            slot = SessionSlot(self.new_session(status))
+            await slot.current.start()
+            link_task: asyncio.Task[int] | None = None
             try:
-                async with serve_unix(session, self.path, self.args.socket_mode) as server:
-                    log.info("serving", socket=self.path, drivers=len(session.drivers), pid=_pid())
+                async with serve_unix(slot, self.path, self.args.socket_mode) as server:
+                    log.info(
+                        "serving",
+                        socket=self.path,
+                        drivers=len(slot.current.drivers),
+                        pid=_pid(),
+                        controller=self.config.endpoint if distributed else None,
+                    )
+                    if distributed:
+                        from exporterd.controller_link import ControllerLink
+
+                        link = ControllerLink(self, slot)
+                        link_task = asyncio.create_task(link.run(), name="controller-link")
+                        link_task.add_done_callback(lambda t: self.stop.set())
                     await self._wait()
+                    if link_task is not None:
+                        code = await self._stop_link(link_task)
+                        if code:
+                            return code
                     if self.reload.is_set() and not self.stop.is_set():
                         await self._drain(server)
+                    await slot.current.stop()  # end driver streams cleanly before the server goes
             finally:
-                await session.stop()
+                await slot.current.stop()
             if self.stop.is_set():
                 log.info("stopped")
                 return 0
             self.reload.clear()
             self._reload_config()
+
+    def new_session(self, status: int) -> Session:
+        return Session(self.config.build(), labels=self.config.labels, motd=self.config.motd, status=status)  # type: ignore[arg-type]
+
+    async def _stop_link(self, task: asyncio.Task[int]) -> int:
+        if task.done():
+            return task.result() if not task.cancelled() and task.exception() is None else 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            return await task
+        return 0
 
     async def _wait(self) -> None:
         waiters = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self.reload.wait())]

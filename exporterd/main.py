@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(daemon.run())
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        print(f"jumpstarter-exporterd: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

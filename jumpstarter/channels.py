@@ -87,3 +87,41 @@ def open_aio_channel(target: str) -> tuple[grpc.aio.Channel, list[tuple[str, str
     if creds is None:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS), metadata
     return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS), metadata
+
+
+def _fetch_server_certificate(endpoint: str) -> bytes:
+    """Trust on first use (`tls.insecure`): the chain the server presents becomes the trusted root."""
+    import ssl
+
+    host, _, port = endpoint.rpartition(":")
+    return ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=5).encode()
+
+
+def controller_credentials(
+    endpoint: str, ca_b64: str = "", insecure: bool = False
+) -> grpc.ChannelCredentials:
+    """TLS credentials for a controller or router: the configured CA, else system roots."""
+    import base64
+
+    if ca_b64:
+        return grpc.ssl_channel_credentials(root_certificates=base64.b64decode(ca_b64))
+    if insecure:
+        return grpc.ssl_channel_credentials(root_certificates=_fetch_server_certificate(endpoint))
+    return grpc.ssl_channel_credentials()
+
+
+CONTROLLER_OPTIONS: list[tuple[str, Any]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 180000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def open_controller_aio(endpoint: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(endpoint, credentials, options=CONTROLLER_OPTIONS)
+
+
+def open_controller(endpoint: str, credentials: grpc.ChannelCredentials) -> grpc.Channel:
+    return grpc.secure_channel(endpoint, credentials, options=CONTROLLER_OPTIONS)

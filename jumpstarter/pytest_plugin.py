@@ -47,7 +47,7 @@ def _target(config: pytest.Config) -> str:
         else:
             socket = resolve_socket(TargetChoice())
     except JumpstarterError as exc:
-        raise pytest.UsageError(f"jumpstarter: {exc}") from None
+        pytest.exit(f"jumpstarter: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     assert socket is not None
     return socket
 

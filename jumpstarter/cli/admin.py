@@ -25,7 +25,9 @@ def call(socket: str, op: str, **args: Any) -> Any:
     import grpc
 
     if not os.path.exists(socket):
-        raise JumpstarterError(f"no controller admin socket at {socket} (is jumpstarter-controllerd running here?)")
+        raise JumpstarterError(
+            f"no controller admin socket at {socket} (is jumpstarter-controllerd running here?)"
+        )
     if not os.access(socket, os.R_OK | os.W_OK):
         raise JumpstarterError(f"permission denied on {socket}: run as root or the controller's user")
     with grpc.insecure_channel(f"unix:{socket}") as channel:
@@ -60,9 +62,13 @@ def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
 
     ca = base64.b64encode(result["ca"].encode()).decode()
     if kind == "client":
-        document = ClientConfig(result["namespace"], result["name"], result["endpoint"], result["token"], ca).to_document()
+        document = ClientConfig(
+            result["namespace"], result["name"], result["endpoint"], result["token"], ca
+        ).to_document()
     else:
-        document = exporter_document(result["namespace"], result["name"], result["endpoint"], result["token"], ca)
+        document = exporter_document(
+            result["namespace"], result["name"], result["endpoint"], result["token"], ca
+        )
     if output:
         write_private(output, document)
         print(f"wrote {output} (mode 0600; it holds the {kind}'s token)", file=sys.stderr)
@@ -105,8 +111,12 @@ COLUMNS = {
 
 
 def add_admin_parser(sub: Any) -> None:
-    admin = sub.add_parser("admin", help="manage the controller (on the controller host)",
-                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    admin = sub.add_parser(
+        "admin",
+        help="manage the controller (on the controller host)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     admin.add_argument("--admin-socket", default=os.environ.get("JUMPSTARTER_ADMIN_SOCKET", DEFAULT_SOCKET))
     admin.add_argument("-n", "--namespace", default="default")
     commands = admin.add_subparsers(title="commands", metavar="COMMAND")
@@ -116,10 +126,14 @@ def add_admin_parser(sub: Any) -> None:
     create.add_argument("kind", choices=["client", "exporter"])
     create.add_argument("name")
     create.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
-    create.add_argument("-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout")
+    create.add_argument(
+        "-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout"
+    )
 
     def run_create(a: argparse.Namespace) -> int:
-        result = call(a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=_labels(a.label))
+        result = call(
+            a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=_labels(a.label)
+        )
         _emit_config(a.kind, result, a.output)
         return 0
 
@@ -140,56 +154,117 @@ def add_admin_parser(sub: Any) -> None:
 
     get.set_defaults(func=run_get, needs_board=False)
 
-    delete = commands.add_parser("delete", help="delete a client or an exporter (its leases end, its tokens are revoked)")
+    delete = commands.add_parser(
+        "delete", help="delete a client or an exporter (its leases end, its tokens are revoked)"
+    )
     delete.add_argument("kind", choices=["client", "exporter"])
     delete.add_argument("name")
-    delete.set_defaults(func=lambda a: print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)) or 0,
-                        needs_board=False)
+    delete.set_defaults(
+        func=lambda a: (
+            print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)) or 0
+        ),
+        needs_board=False,
+    )
 
     for verb, enabled in (("enable", True), ("disable", False)):
         cmd = commands.add_parser(verb, help=f"{verb} an exporter for new leases")
         cmd.add_argument("kind", choices=["exporter"])
         cmd.add_argument("name")
-        cmd.set_defaults(func=lambda a, enabled=enabled: print(call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled)) or 0,
-                         needs_board=False)
+        cmd.set_defaults(
+            func=lambda a, enabled=enabled: (
+                print(
+                    call(
+                        a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled
+                    )
+                )
+                or 0
+            ),
+            needs_board=False,
+        )
 
     label = commands.add_parser("label", help="set an exporter's selector labels (replaces them)")
     label.add_argument("kind", choices=["exporter"])
     label.add_argument("name")
     label.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
-    label.set_defaults(func=lambda a: print(call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=_labels(a.label))) or 0,
-                       needs_board=False)
+    label.set_defaults(
+        func=lambda a: (
+            print(
+                call(
+                    a.admin_socket,
+                    "label_exporter",
+                    namespace=a.namespace,
+                    name=a.name,
+                    labels=_labels(a.label),
+                )
+            )
+            or 0
+        ),
+        needs_board=False,
+    )
 
-    policy = commands.add_parser("policy", help="access policies: who may lease which exporters, priority, max duration")
+    policy = commands.add_parser(
+        "policy", help="access policies: who may lease which exporters, priority, max duration"
+    )
     policy_cmds = policy.add_subparsers(title="commands", metavar="COMMAND")
     policy.set_defaults(func=lambda a: (policy.print_help(sys.stderr), 2)[1], needs_board=False)
     pset = policy_cmds.add_parser("set", help="create or replace a policy")
     pset.add_argument("name")
-    pset.add_argument("--exporters", default="", metavar="SELECTOR", help="exporter label selector (empty = all)")
+    pset.add_argument(
+        "--exporters", default="", metavar="SELECTOR", help="exporter label selector (empty = all)"
+    )
     pset.add_argument("--clients", default="", metavar="SELECTOR", help="client label selector (empty = all)")
     pset.add_argument("--priority", type=int, default=0, help="higher goes first in the lease queue")
     pset.add_argument("--max-duration", metavar="DURATION", help="longest lease allowed (e.g. 2h)")
-    pset.set_defaults(func=lambda a: print(json.dumps(call(
-        a.admin_socket, "set_policy", namespace=a.namespace, name=a.name, exporter_selector=a.exporters,
-        client_selector=a.clients, priority=a.priority, maximum_duration=_duration(a.max_duration)))) or 0, needs_board=False)
+    pset.set_defaults(
+        func=lambda a: (
+            print(
+                json.dumps(
+                    call(
+                        a.admin_socket,
+                        "set_policy",
+                        namespace=a.namespace,
+                        name=a.name,
+                        exporter_selector=a.exporters,
+                        client_selector=a.clients,
+                        priority=a.priority,
+                        maximum_duration=_duration(a.max_duration),
+                    )
+                )
+            )
+            or 0
+        ),
+        needs_board=False,
+    )
     pdel = policy_cmds.add_parser("delete", help="delete a policy")
     pdel.add_argument("name")
-    pdel.set_defaults(func=lambda a: print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)) or 0,
-                      needs_board=False)
+    pdel.set_defaults(
+        func=lambda a: print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)) or 0,
+        needs_board=False,
+    )
 
-    revoke = commands.add_parser("revoke", help="revoke every token of a client or exporter (takes effect at once)")
+    revoke = commands.add_parser(
+        "revoke", help="revoke every token of a client or exporter (takes effect at once)"
+    )
     revoke.add_argument("kind", choices=["client", "exporter"])
     revoke.add_argument("name")
-    revoke.set_defaults(func=lambda a: print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)) or 0,
-                        needs_board=False)
+    revoke.set_defaults(
+        func=lambda a: (
+            print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)) or 0
+        ),
+        needs_board=False,
+    )
 
-    rotate = commands.add_parser("rotate", help="issue a new token (older ones are revoked); prints the new config")
+    rotate = commands.add_parser(
+        "rotate", help="issue a new token (older ones are revoked); prints the new config"
+    )
     rotate.add_argument("kind", choices=["client", "exporter"])
     rotate.add_argument("name")
     rotate.add_argument("-o", "--output", metavar="FILE")
 
     def run_rotate(a: argparse.Namespace) -> int:
-        _emit_config(a.kind, call(a.admin_socket, "rotate", kind=a.kind, namespace=a.namespace, name=a.name), a.output)
+        _emit_config(
+            a.kind, call(a.admin_socket, "rotate", kind=a.kind, namespace=a.namespace, name=a.name), a.output
+        )
         return 0
 
     rotate.set_defaults(func=run_rotate, needs_board=False)
@@ -197,5 +272,7 @@ def add_admin_parser(sub: Any) -> None:
     release = commands.add_parser("release", help="end a lease now")
     release.add_argument("kind", choices=["lease"])
     release.add_argument("name")
-    release.set_defaults(func=lambda a: print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)) or 0,
-                         needs_board=False)
+    release.set_defaults(
+        func=lambda a: print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)) or 0,
+        needs_board=False,
+    )

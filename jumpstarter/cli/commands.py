@@ -90,10 +90,14 @@ def subshell(socket: str, command: list[str], interactive: bool) -> int:
 
 def port_forward(root: Any, args: argparse.Namespace) -> int:
     from jumpstarter.client.drivers.network import NetworkClient, run_forward
+    from jumpstarter.errors import ConfigError
 
     client = root
     for part in args.driver.split("."):
-        client = client[part]
+        try:
+            client = client[part]
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0])) from None
     if not isinstance(client, NetworkClient):
         raise JumpstarterError(f"{args.driver} is not a network driver ({type(client).__name__})")
     return run_forward(client, args)

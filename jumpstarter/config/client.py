@@ -149,7 +149,9 @@ def current_client() -> str | None:
 
 def use_client(alias: str | None) -> None:
     path = os.path.join(config_home(), "config.yaml")
-    write_private(path, {"apiVersion": API_VERSION, "kind": "UserConfig", "config": {"current-client": alias}})
+    write_private(
+        path, {"apiVersion": API_VERSION, "kind": "UserConfig", "config": {"current-client": alias}}
+    )
 
 
 def save_client(config: ClientConfig, alias: str, make_current: bool = True) -> str:

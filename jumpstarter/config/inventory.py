@@ -1,7 +1,9 @@
 """The lab host inventory: every board of this host in one YAML file (DESIGN.md §4).
 
 controller: {endpoint: ctl.lab:443, namespace: lab, token_dir: /etc/jumpstarter/tokens}
-socket_dir: /run/jumpstarter/boards
+socket_dir: /run/jumpstarter/boards      # NAME.sock per board
+device_dir: /run/jumpstarter/devices     # NAME.json: the devices jumpstarter-hotplug matched
+log_dir: /var/log/jumpstarter            # board-NAME.log (supervisord rotates them)
 boards:
   - name: rpi4-01
     labels: {board: rpi4}
@@ -9,11 +11,18 @@ boards:
       serial: {ID_SERIAL_SHORT: A10KJ3XY, SUBSYSTEM: tty}
     export:
       serial: {type: serial, config: {url: "${serial.devnode}"}}
+
+Errors read `file:line: board NAME: key: problem`. Two boards whose `match` rules
+could pick the same device are refused, as are duplicate names, unknown driver
+types and unknown substitutions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +37,12 @@ from jumpstarter.config.yamlload import Located, Where, load_yaml
 from jumpstarter.errors import ConfigError
 
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
+DEFAULT_DEVICE_DIR = "/run/jumpstarter/devices"
+DEFAULT_LOG_DIR = "/var/log/jumpstarter"
 BOARD_KEYS = {"name", "labels", "description", "motd", "match", "export", "hooks", "endpoint", "token_file"}
-TOP_KEYS = {"controller", "socket_dir", "boards"}
+TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "boards"}
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # usable in `${NAME.prop}`
+PROPERTY_RE = re.compile(r"^@?[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _AnyProperty(dict):  # type: ignore[type-arg]
@@ -46,12 +59,28 @@ class _AnyProperty(dict):  # type: ignore[type-arg]
         return f"/dev/unresolved-{self.device}-{key}"
 
 
+class _BoardWhere(Where):
+    """Errors inside a board read `file:line: board NAME: key.path: problem`."""
+
+    def child(self, mapping: Any, key: str) -> Where:
+        child = super().child(mapping, key)
+        return _BoardWhere(child.path, child.keys, child.line)
+
+    def error(self, problem: str) -> ConfigError:
+        board, *keys = self.keys
+        key = ".".join(keys)
+        return ConfigError(f"{self.path}:{self.line}: {board}: {key + ': ' if key else ''}{problem}")
+
+
 @dataclass
 class Inventory:
     path: str
     socket_dir: str
+    device_dir: str = DEFAULT_DEVICE_DIR
+    log_dir: str = DEFAULT_LOG_DIR
     boards: list[BoardConfig] = field(default_factory=list)
     matches: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # changes whenever the board's config does
 
     def board(self, name: str) -> BoardConfig:
         for board in self.boards:
@@ -60,8 +89,12 @@ class Inventory:
         names = ", ".join(b.name for b in self.boards) or "none"
         raise ConfigError(f"{self.path}: no board {name!r} (boards: {names})")
 
+    def socket_path(self, name: str) -> str:
+        return os.path.join(self.socket_dir, f"{name}.sock")
+
 
 def load_inventory(path: str) -> Inventory:
+    """Parse and validate the whole inventory (every board's driver tree is built once)."""
     doc = load_yaml(path)
     where = Where(path, (), getattr(doc, "line", 1))
     _expect(where, doc, dict, "a mapping with 'boards'")
@@ -70,18 +103,27 @@ def load_inventory(path: str) -> Inventory:
         raise where.child(doc, unknown[0]).error(f"unknown key (accepted: {', '.join(sorted(TOP_KEYS))})")
     controller = doc.get("controller") or {}
     _expect(where.child(doc, "controller"), controller, dict, "a mapping")
-    inventory = Inventory(path=path, socket_dir=str(doc.get("socket_dir") or DEFAULT_SOCKET_DIR))
+    dirs = {}
+    for key, default in (
+        ("socket_dir", DEFAULT_SOCKET_DIR),
+        ("device_dir", DEFAULT_DEVICE_DIR),
+        ("log_dir", DEFAULT_LOG_DIR),
+    ):
+        value = doc.get(key) or default
+        dirs[key] = _expect(where.child(doc, key), value, str, "a directory path")
+    inventory = Inventory(path=path, **dirs)
     boards = doc.get("boards")
     bw = where.child(doc, "boards")
     _expect(bw, boards, list, "a list of boards")
     seen: dict[str, int] = {}
+    rule_places: list[tuple[str, str, dict[str, str], Where]] = []
     for index, raw in enumerate(boards):
-        here = Where(path, ("boards", str(index)), getattr(raw, "line", bw.line))
+        here: Where = Where(path, ("boards", str(index)), getattr(raw, "line", bw.line))
         _expect(here, raw, dict, "a board (a mapping with name and export)")
         name = raw.get("name")
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise here.child(raw, "name").error("each board needs a 'name' (letters, digits, '.', '_', '-')")
-        here = Where(path, (f"board {name}",), raw.line)
+        here = _BoardWhere(path, (f"board {name}",), raw.line)
         if name in seen:
             raise here.error(f"duplicate board name (first defined on line {seen[name]})")
         seen[name] = raw.line
@@ -92,17 +134,9 @@ def load_inventory(path: str) -> Inventory:
             )
         if "export" not in raw:
             raise here.error("missing 'export' (the driver tree)")
-        match = raw.get("match") or {}
-        mw = here.child(raw, "match")
-        _expect(mw, match, dict, "a mapping of device names to udev properties")
-        rules: dict[str, dict[str, str]] = {}
-        for device, props in match.items():
-            dw = mw.child(match, str(device))
-            _expect(dw, props, dict, "a mapping of udev properties to values")
-            if not props:
-                raise dw.error("needs at least one udev property")
-            rules[str(device)] = {str(k): str(v) for k, v in props.items()}
+        rules = _match_rules(raw, here, rule_places)
         inventory.matches[name] = rules
+        inventory.digests[name] = _digest(raw, doc)
         token_file = raw.get("token_file")
         if token_file is None and controller.get("token_dir"):
             token_file = os.path.join(str(controller["token_dir"]), f"{name}.token")
@@ -123,7 +157,69 @@ def load_inventory(path: str) -> Inventory:
         board.build()  # validate now, with placeholders for the devices
         board.devices = {}
         inventory.boards.append(board)
+    _refuse_shared_devices(rule_places)
     return inventory
+
+
+def _match_rules(
+    raw: Located, here: Where, places: list[tuple[str, str, dict[str, str], Where]]
+) -> dict[str, dict[str, str]]:
+    match = raw.get("match") or {}
+    mw = here.child(raw, "match")
+    _expect(mw, match, dict, "a mapping of device names to udev properties")
+    rules: dict[str, dict[str, str]] = {}
+    for device, props in match.items():
+        dw = mw.child(match, str(device))
+        if not isinstance(device, str) or not DEVICE_NAME_RE.match(device):
+            raise dw.error("device names start with a letter and use letters, digits or '_'")
+        _expect(dw, props, dict, "a mapping of udev properties to values")
+        if not props:
+            raise dw.error("needs at least one udev property")
+        for key, value in props.items():
+            kw = dw.child(props, str(key))
+            if not isinstance(key, str) or not PROPERTY_RE.match(key):
+                raise kw.error(
+                    "not a udev property name (e.g. ID_SERIAL_SHORT, or @ID_SERIAL_SHORT for an ancestor)"
+                )
+            if not isinstance(value, str):
+                raise kw.error(
+                    f"quote the value: YAML read it as {type(value).__name__} {value!r}, "
+                    'and udev values are text (write "0403", not 0403)'
+                )
+        rules[device] = {str(k): str(v) for k, v in props.items()}
+        places.append((here.keys[0][len("board ") :], device, rules[device], dw))
+    return rules
+
+
+def _covers(broad: dict[str, str], narrow: dict[str, str]) -> bool:
+    """True when every device matching `narrow` also matches `broad` (`KEY` implies `@KEY`)."""
+    for key, value in broad.items():
+        if narrow.get(key) == value:
+            continue
+        if key.startswith("@") and narrow.get(key[1:]) == value:
+            continue
+        return False
+    return True
+
+
+def _refuse_shared_devices(places: list[tuple[str, str, dict[str, str], Where]]) -> None:
+    """Two `match` rules that can pick the same device (equal, or one a subset of the other)."""
+    for index, (board, _device, rules, where) in enumerate(places):
+        for other_board, other_device, other_rules, other_where in places[:index]:
+            if _covers(rules, other_rules) or _covers(other_rules, rules):
+                owner = "this board" if other_board == board else f"board {other_board}"
+                raise where.error(
+                    f"matches the same device as {owner}'s match.{other_device} "
+                    f"({other_where.path}:{other_where.line}); tell them apart with a property "
+                    "only one of them has (ID_SERIAL_SHORT, ID_PATH, ID_USB_INTERFACE_NUM)"
+                )
+
+
+def _digest(raw: Located, doc: Located) -> str:
+    """A fingerprint of everything that shapes this board's exporterd (its entry and the lab-wide keys)."""
+    shared = {k: v for k, v in doc.items() if k != "boards"}
+    text = json.dumps({"board": raw, "lab": shared}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _read_token(path: Any) -> str:
@@ -161,15 +257,26 @@ def resolve_devices(rules: dict[str, dict[str, str]]) -> dict[str, dict[str, str
 
 
 def load_board(path: str, name: str) -> BoardConfig:
-    """One board of an inventory, with its matched devices resolved (it must be plugged in)."""
+    """One board of an inventory, with its matched devices resolved (they must be plugged in).
+
+    The devices jumpstarter-hotplug recorded for the board (`device_dir/NAME.json`,
+    from the udev events it saw) come first; whatever is not recorded there is
+    looked up among the devices udev knows now (pyudev).
+    """
+    from jumpstarter.lab.devices import recorded_devices
+
     inventory = load_inventory(path)
     board = inventory.board(name)
     rules = inventory.matches.get(name, {})
-    devices = resolve_devices(rules)
+    devices = {dev: d.properties for dev, d in recorded_devices(inventory.device_dir, name, rules).items()}
+    unrecorded = {dev: wanted for dev, wanted in rules.items() if dev not in devices}
+    if unrecorded:
+        devices.update(resolve_devices(unrecorded))
     missing = [d for d in rules if d not in devices]
     if missing:
         raise ConfigError(
-            f"{path}: board {name}: device {missing[0]!r} is not present (match: {rules[missing[0]]})"
+            f"{path}: board {name}: device {missing[0]!r} is not present (match: {rules[missing[0]]}); "
+            "plug it in: jumpstarter-hotplug starts the board when all its devices are there"
         )
     board.devices = devices
     board.build()

@@ -130,7 +130,10 @@ class Session:
         await self.root.reset()
 
     async def stop(self) -> None:
-        """Close every driver; never raises."""
+        """Close every driver (once); never raises."""
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         if self.logs is not None:
             logging.getLogger().removeHandler(self.logs)
         with contextlib.suppress(Exception):
@@ -144,9 +147,20 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, what: st
     await context.abort(code, message)
 
 
-class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
+class SessionSlot:
+    """The session a server serves now; exporterd swaps in a fresh one for every lease."""
+
     def __init__(self, session: Session) -> None:
-        self.session = session
+        self.current = session
+
+
+class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
+    def __init__(self, slot: SessionSlot) -> None:
+        self.slot = slot
+
+    @property
+    def session(self) -> Session:
+        return self.slot.current
 
     async def GetReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return self.session.report()
@@ -229,8 +243,12 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """Session-level byte streams: driver streams and resources (PROTOCOL.md §5)."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self, slot: SessionSlot) -> None:
+        self.slot = slot
+
+    @property
+    def session(self) -> Session:
+        return self.slot.current
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         try:
@@ -321,25 +339,51 @@ async def pump(context: grpc.aio.ServicerContext, stream: ByteStream) -> None:
             await stream.aclose()
 
 
-def build_server(session: Session) -> grpc.aio.Server:
+def build_server(session: Session | SessionSlot) -> grpc.aio.Server:
+    slot = session if isinstance(session, SessionSlot) else SessionSlot(session)
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(ExporterServicer(session), server)
-    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(session), server)
+    jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(ExporterServicer(slot), server)
+    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(slot), server)
     return server
 
 
+def _claim_socket_path(path: str) -> None:
+    """Remove a stale socket left by a crashed run, but never take over a live one."""
+    import errno
+    import socket
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another exporter is serving on {path}")
+
+
 @contextlib.asynccontextmanager
-async def serve_unix(session: Session, path: str, mode: int = 0o660) -> AsyncIterator[grpc.aio.Server]:
+async def serve_unix(
+    session: Session | SessionSlot, path: str, mode: int = 0o660
+) -> AsyncIterator[grpc.aio.Server]:
     """Serve `session` on a unix socket (created with `mode`), removed again on exit."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)  # a stale socket from a crashed run
+    _claim_socket_path(path)
     server = build_server(session)
     old_umask = os.umask(0o777 & ~mode)  # the socket is born with the right mode: no window
     try:
-        server.add_insecure_port(f"unix:{path}")
+        try:
+            server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as exc:
+            raise OSError(f"{path}: cannot listen ({exc})") from None
         await server.start()
     finally:
         os.umask(old_umask)

@@ -63,7 +63,9 @@ def read_until(stream, needle: str, timeout: float) -> str:  # type: ignore[no-u
     while needle.encode() not in seen:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"{needle!r} not seen within {timeout:g}s; got {seen.decode(errors='replace')!r}")
+            raise TimeoutError(
+                f"{needle!r} not seen within {timeout:g}s; got {seen.decode(errors='replace')!r}"
+            )
         ready, _, _ = select.select([fd], [], [], remaining)
         if ready:
             chunk = os.read(fd, 65536)
@@ -71,6 +73,23 @@ def read_until(stream, needle: str, timeout: float) -> str:  # type: ignore[no-u
                 raise EOFError(f"pipe closed before {needle!r}; got {seen.decode(errors='replace')!r}")
             seen += chunk
     return seen.decode(errors="replace")
+
+
+class PipeCollector:
+    """Collects everything a subprocess writes to one pipe, in a background thread."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
+        while chunk := os.read(stream.fileno(), 65536):
+            self.chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
 
 
 @pytest.fixture
@@ -99,8 +118,9 @@ def cli_env(workdir: str) -> dict[str, str]:
 def cli(cli_env: dict[str, str], workdir: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `jumpstarter ARGS...` to completion; returns the CompletedProcess (text)."""
 
-    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 20
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*CLI, *args],
             env={**cli_env, **(env or {})},
@@ -137,8 +157,15 @@ class ExporterdFactory:
     workdir: str
     started: list[Exporterd] = field(default_factory=list)
 
-    def spawn(self, config_text: str, *, name: str = "board", socket_path: str | None = None,
-              args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Exporterd:
+    def spawn(
+        self,
+        config_text: str,
+        *,
+        name: str = "board",
+        socket_path: str | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Exporterd:
         """Start exporterd without waiting for it."""
         config = os.path.join(self.workdir, f"{name}.yaml")
         with open(config, "w") as handle:
@@ -148,7 +175,9 @@ class ExporterdFactory:
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [*EXPORTERD, "--config", config, "--socket", path, "--log-format", "json", *args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
         exporter = Exporterd(process, path, config, log_path)
@@ -157,7 +186,9 @@ class ExporterdFactory:
 
     def start(self, config_text: str, **kwargs) -> Exporterd:  # type: ignore[no-untyped-def]
         """Start exporterd and wait until its socket answers GetReport."""
-        exporter = self.spawn(config_text, **kwargs)
+        return self.wait_ready(self.spawn(config_text, **kwargs))
+
+    def wait_ready(self, exporter: Exporterd) -> Exporterd:
         try:
             wait_for(lambda: socket_answers(exporter.socket), 15, "exporterd", exporter.process)
         except (RuntimeError, TimeoutError) as exc:
@@ -172,6 +203,9 @@ def exporterd(workdir: str) -> Iterator[ExporterdFactory]:
     try:
         yield factory
     finally:
+        for exporter in factory.started:  # signal all first: they shut down in parallel
+            if exporter.process.poll() is None:
+                exporter.process.terminate()
         for exporter in factory.started:
             stop(exporter.process)
 

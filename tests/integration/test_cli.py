@@ -9,13 +9,17 @@ import textwrap
 
 import pytest
 
-from .conftest import CLI, exporter_config, read_until, stop
+import jumpstarter
+from jumpstarter.demo.lab import wait_for
+
+from .conftest import CLI, PipeCollector, exporter_config, read_until, stop
 
 
 def command_board(workdir: str, tag: str = "board") -> str:
     """A board whose power switch creates/removes the file `<workdir>/<tag>.powered`."""
     flag = os.path.join(workdir, f"{tag}.powered")
-    return exporter_config(f"""
+    return exporter_config(
+        f"""
         power:
           type: power.command
           description: relay of {tag}
@@ -28,7 +32,9 @@ def command_board(workdir: str, tag: str = "board") -> str:
             methods:
               both: 'echo "out $1"; echo "err $1" >&2; exit 3'
               wait_for_file: 'echo waiting; while [ ! -e "$1" ]; do sleep 0.02; done; echo done'
-    """, name=tag)
+    """,
+        name=tag,
+    )
 
 
 @pytest.fixture
@@ -90,7 +96,9 @@ def test_debug_shows_the_traceback_of_a_driver_error(cli, board):
 def test_run_and_shell_exit_with_the_command_code_and_set_jumpstarter_host(cli, board, workdir, command):
     seen = os.path.join(workdir, "seen-host")
 
-    result = cli("--host", board.socket, command, "--", "sh", "-c", f'printf %s "$JUMPSTARTER_HOST" > {seen}; exit 7')
+    result = cli(
+        "--host", board.socket, command, "--", "sh", "-c", f'printf %s "$JUMPSTARTER_HOST" > {seen}; exit 7'
+    )
 
     assert result.returncode == 7, result.stderr
     with open(seen) as handle:
@@ -130,11 +138,31 @@ def test_in_process_driver_logs_go_to_stderr_never_stdout(cli, workdir):
     assert "running command" in result.stderr  # the driver's log record was produced, on stderr
 
 
-def test_remote_driver_logs_are_not_printed_on_stdout(cli, board):
-    result = cli("--logs", "--host", board.socket, "power", "on")
+def test_remote_driver_logs_follow_on_stderr_and_never_reach_stdout(board, cli_env, workdir, processes):
+    release = os.path.join(workdir, "release")
+    process = subprocess.Popen(
+        [*CLI, "--logs", "--host", board.socket, "tools", "wait_for_file", release],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli_env,
+    )
+    processes.append(process)
+    stdout, stderr = PipeCollector(process.stdout), PipeCollector(process.stderr)
+    wait_for(lambda: "waiting" in stdout.text, 10, "command started", process)
 
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    def switch_until_logged() -> bool:  # another client makes the exporter log a record
+        with jumpstarter.connect(board.socket) as other:
+            other.power.on()
+        return "power on" in stderr.text
+
+    wait_for(switch_until_logged, 10, "the exporter's log record on stderr", process)
+    open(release, "w").close()
+
+    assert process.wait(timeout=10) == 0
+    stdout.thread.join(timeout=5)
+    assert stdout.text == "waiting\ndone\n"
+    assert "power on" not in stdout.text
 
 
 def test_shell_driver_command_streams_stdout_and_stderr_separately_and_exits_with_its_code(cli, board):
@@ -147,8 +175,12 @@ def test_shell_driver_command_streams_stdout_and_stderr_separately_and_exits_wit
 
 def test_shell_driver_output_arrives_while_the_command_still_runs(board, cli_env, workdir, processes):
     release = os.path.join(workdir, "release")
-    process = subprocess.Popen([*CLI, "--host", board.socket, "tools", "wait_for_file", release],
-                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env)
+    process = subprocess.Popen(
+        [*CLI, "--host", board.socket, "tools", "wait_for_file", release],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli_env,
+    )
     processes.append(process)
 
     read_until(process.stdout, "waiting\n", timeout=10)  # printed before the command can finish
@@ -159,17 +191,27 @@ def test_shell_driver_output_arrives_while_the_command_still_runs(board, cli_env
     assert process.wait(timeout=10) == 0
 
 
-@pytest.mark.parametrize("form", [["port-forward", "ssh", "0"], ["ssh", "forward", "0"]],
-                         ids=["port-forward", "driver-forward"])
-def test_port_forward_tunnels_a_local_port_to_the_tcp_service(exporterd, echo_server, cli_env, processes, form):
+@pytest.mark.parametrize(
+    "form", [["port-forward", "ssh", "0"], ["ssh", "forward", "0"]], ids=["port-forward", "driver-forward"]
+)
+def test_port_forward_tunnels_a_local_port_to_the_tcp_service(
+    exporterd, echo_server, cli_env, processes, form
+):
     host, port = echo_server
-    exporter = exporterd.start(exporter_config(f"""
+    exporter = exporterd.start(
+        exporter_config(f"""
         ssh:
           type: network.tcp
           config: {{host: {host}, port: {port}}}
-    """))
-    process = subprocess.Popen([*CLI, "--host", exporter.socket, *form], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env)
+    """)
+    )
+    process = subprocess.Popen(
+        [*CLI, "--host", exporter.socket, *form],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli_env,
+    )
     processes.append(process)
 
     local_port = int(read_until(process.stdout, "\n", timeout=10).strip())
@@ -188,15 +230,34 @@ def test_port_forward_tunnels_a_local_port_to_the_tcp_service(exporterd, echo_se
         socket.create_connection(("127.0.0.1", local_port), timeout=2).close()
 
 
+def test_port_forward_to_an_unknown_driver_exits_2_naming_the_drivers(cli, board):
+    result = cli("--host", board.socket, "port-forward", "nosuch", "0")
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "nosuch" in result.stderr
+    assert "power" in result.stderr and "tools" in result.stderr
+
+
+def test_forward_to_a_port_out_of_range_exits_2_without_a_traceback(cli, exporterd):
+    exporter = exporterd.start(exporter_config("echo:\n  type: network.echo\n"))
+
+    result = cli("--host", exporter.socket, "echo", "forward", "99999")
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "99999" in result.stderr
+
+
 # -- choosing the board --------------------------------------------------------
 
 
 @pytest.fixture
 def two_boards(exporterd, workdir):
     boards_dir = os.path.join(workdir, "boards")
-    first = exporterd.start(command_board(workdir, "alpha"), name="alpha")
-    second = exporterd.start(command_board(workdir, "beta"), name="beta")
-    return boards_dir, first, second
+    first = exporterd.spawn(command_board(workdir, "alpha"), name="alpha")
+    second = exporterd.spawn(command_board(workdir, "beta"), name="beta")
+    return boards_dir, exporterd.wait_ready(first), exporterd.wait_ready(second)
 
 
 def test_board_option_picks_that_board_from_the_boards_dir(cli, two_boards, workdir):
@@ -301,7 +362,8 @@ def test_env_option_serves_a_python_environment_file(cli, workdir):
     flag = os.path.join(workdir, "env.powered")
     env_file = os.path.join(workdir, "bench.py")
     with open(env_file, "w") as handle:
-        handle.write(textwrap.dedent(f"""
+        handle.write(
+            textwrap.dedent(f"""
             from jumpstarter.drivers.composite import Composite
             from jumpstarter.drivers.network import EchoNetwork
             from jumpstarter.drivers.power import CommandPower
@@ -310,7 +372,8 @@ def test_env_option_serves_a_python_environment_file(cli, workdir):
                 "power": CommandPower(on="touch {flag}", off="rm {flag}"),
                 "echo": EchoNetwork(description="loopback"),
             }})
-        """))
+        """)
+        )
 
     on = cli("--env", env_file, "power", "on")
     described = cli("--env", env_file, "describe")

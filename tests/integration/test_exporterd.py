@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 import jumpstarter
-from jumpstarter.errors import JumpstarterError
 from jumpstarter.demo.lab import socket_answers, wait_for
+from jumpstarter.errors import JumpstarterError
 
 from .conftest import EXPORTERD, PY, exporter_config, read_until
 
@@ -65,12 +65,24 @@ def test_stop_signal_removes_the_socket_and_exits_0(exporterd, sig):
     ("name", "text", "line", "key_and_problem"),
     [
         ("bad-yaml", "export:\n  power: [\n", None, r".+"),
-        ("unknown-type", exporter_config("power:\n  type: power.teleport\n"), 6,
-         r"export\.power\.type: unknown driver type 'power\.teleport' \(known: .*power\.mock.*\)"),
-        ("unknown-setting", exporter_config("power:\n  type: power.mock\n  config:\n    volts: 5\n"), 8,
-         r"export\.power\.config\.volts: unknown setting for power\.mock"),
-        ("unknown-node-key", exporter_config("power:\n  type: power.mock\n  colour: red\n"), 7,
-         r"export\.power\.colour: unknown key"),
+        (
+            "unknown-type",
+            exporter_config("power:\n  type: power.teleport\n"),
+            6,
+            r"export\.power\.type: unknown driver type 'power\.teleport' \(known: .*power\.mock.*\)",
+        ),
+        (
+            "unknown-setting",
+            exporter_config("power:\n  type: power.mock\n  config:\n    volts: 5\n"),
+            8,
+            r"export\.power\.config\.volts: unknown setting for power\.mock",
+        ),
+        (
+            "unknown-node-key",
+            exporter_config("power:\n  type: power.mock\n  colour: red\n"),
+            7,
+            r"export\.power\.colour: unknown key",
+        ),
     ],
 )
 def test_malformed_config_exits_nonzero_with_one_file_line_message_and_no_socket(
@@ -81,8 +93,13 @@ def test_malformed_config_exits_nonzero_with_one_file_line_message_and_no_socket
         handle.write(text)
     path = os.path.join(workdir, "boards", "board.sock")
 
-    result = subprocess.run([*EXPORTERD, "--config", config, "--socket", path],
-                            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*EXPORTERD, "--config", config, "--socket", path],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
 
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -102,10 +119,15 @@ def test_check_accepts_a_valid_config_and_rejects_a_bad_one_without_serving(work
         handle.write(exporter_config("power:\n  type: power.mock\n  config: {volts: 5}\n"))
     path = os.path.join(workdir, "boards", "board.sock")
 
-    ok = subprocess.run([*EXPORTERD, "--config", good, "--socket", path, "--check"],
-                        capture_output=True, text=True, timeout=20)
-    failed = subprocess.run([*EXPORTERD, "--config", bad, "--socket", path, "--check"],
-                            capture_output=True, text=True, timeout=20)
+    ok = subprocess.run(
+        [*EXPORTERD, "--config", good, "--socket", path, "--check"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    failed = subprocess.run(
+        [*EXPORTERD, "--config", bad, "--socket", path, "--check"], capture_output=True, text=True, timeout=20
+    )
 
     assert ok.returncode == 0, ok.stderr
     assert "ok" in ok.stdout
@@ -158,8 +180,9 @@ ECHO_CLIENT = textwrap.dedent("""
 
 def test_exporterd_keeps_serving_after_a_client_is_killed_mid_stream(exporterd, processes):
     exporter = exporterd.start(MOCK_BOARD)
-    client = subprocess.Popen([PY, "-c", ECHO_CLIENT, exporter.socket], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL)
+    client = subprocess.Popen(
+        [PY, "-c", ECHO_CLIENT, exporter.socket], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
     processes.append(client)
     read_until(client.stdout, "streaming\nstreaming\n", timeout=10)
 
@@ -170,3 +193,37 @@ def test_exporterd_keeps_serving_after_a_client_is_killed_mid_stream(exporterd, 
     assert echo_round_trip(exporter.socket) == b"still serving"
     with jumpstarter.connect(exporter.socket) as board:
         board.power.on()
+
+
+def test_second_exporterd_on_a_live_socket_refuses_to_start_and_the_first_keeps_serving(exporterd):
+    first = exporterd.start(MOCK_BOARD)
+    intruder_config = MOCK_BOARD + "  intruder:\n    type: power.mock\n"
+
+    second = exporterd.spawn(intruder_config, name="intruder", socket_path=first.socket)
+    wait_for(lambda: second.process.poll() is not None or '"serving"' in second.log(), 15, "second exporterd")
+
+    assert second.process.poll() is not None, "a second exporterd took over the live socket of the first"
+    assert second.process.returncode != 0
+    assert first.socket in second.log()
+    assert driver_names(first.socket) == {"power", "echo"}
+
+
+def test_unusable_socket_path_exits_nonzero_with_a_one_line_message(workdir):
+    config = os.path.join(workdir, "board.yaml")
+    with open(config, "w") as handle:
+        handle.write(MOCK_BOARD)
+    path = os.path.join(config, "board.sock")  # its "directory" is a regular file
+
+    result = subprocess.run(
+        [*EXPORTERD, "--config", config, "--socket", path],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert path in lines[0] or config in lines[0]

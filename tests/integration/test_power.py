@@ -17,7 +17,9 @@ def http_power_board(base_url: str, *extra: str) -> str:
         "timeout: 5",
         *extra,
     ]
-    return exporter_config("power:\n  type: power.http\n  config:\n" + "".join(f"    {s}\n" for s in settings))
+    return exporter_config(
+        "power:\n  type: power.http\n  config:\n" + "".join(f"    {s}\n" for s in settings)
+    )
 
 
 def test_http_power_sends_the_configured_requests_with_basic_auth(cli, exporterd, http_switch):
@@ -86,4 +88,7 @@ def test_http_power_config_with_a_non_http_url_is_rejected_at_load(cli, workdir)
     result = cli("--config", config, "power", "on")
 
     assert result.returncode == 2
-    assert f"{config}:7: export.power.config: power.http: on: url must start with http:// or https://" in result.stderr
+    assert (
+        f"{config}:7: export.power.config: power.http: on: url must start with http:// or https://"
+        in result.stderr
+    )

@@ -32,13 +32,20 @@ WAITS_FOR_TEXT_THAT_NEVER_COMES = textwrap.dedent("""
 """)
 
 
-def inner_pytest(directory: str, source: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def inner_pytest(
+    directory: str, source: str, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     path = os.path.join(directory, "test_inner_board.py")
     with open(path, "w") as handle:
         handle.write(source)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", path, *args],
-        cwd=directory, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -65,8 +72,9 @@ def test_board_and_console_fixtures_drive_the_board_named_by_the_host_option(dem
 
 
 def test_expect_timeout_fails_the_test_and_shows_the_last_console_output(demo_lab, workdir, inner_env):
-    result = inner_pytest(workdir, WAITS_FOR_TEXT_THAT_NEVER_COMES, "--jumpstarter-host", demo_lab.socket,
-                          env=inner_env)
+    result = inner_pytest(
+        workdir, WAITS_FOR_TEXT_THAT_NEVER_COMES, "--jumpstarter-host", demo_lab.socket, env=inner_env
+    )
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 failed" in result.stdout

@@ -67,8 +67,12 @@ def test_serial_pipe_sends_piped_stdin_and_prints_the_console_output(shared_lab,
     with jumpstarter.connect(shared_lab.socket) as board, board.serial.console() as console:
         fresh_boot(board)
         console.expect("login:", timeout=10)
-        pipe = subprocess.Popen([*CLI, "--host", shared_lab.socket, "serial", "pipe"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=cli_env)
+        pipe = subprocess.Popen(
+            [*CLI, "--host", shared_lab.socket, "serial", "pipe"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=cli_env,
+        )
         processes.append(pipe)
         assert pipe.stdin is not None
         pipe.stdin.write(b"root\nuname -a\n")
@@ -90,8 +94,9 @@ def test_exporterd_keeps_serving_after_a_console_client_is_killed(shared_lab, pr
                 sys.stdout.buffer.write(data)
                 sys.stdout.flush()
     """)
-    client = subprocess.Popen([PY, "-c", script, shared_lab.socket], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL)
+    client = subprocess.Popen(
+        [PY, "-c", script, shared_lab.socket], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
     processes.append(client)
     read_until(client.stdout, "attached", timeout=10)
     with jumpstarter.connect(shared_lab.socket) as board:
@@ -109,21 +114,35 @@ def test_exporterd_keeps_serving_after_a_console_client_is_killed(shared_lab, pr
 
 
 def test_serial_device_that_disappears_and_returns_is_reopened(demo_lab, processes):
-    def opened_count() -> int:
+    def exporter_log() -> str:
         with open(demo_lab.exporter_log, errors="replace") as handle:
-            return handle.read().count("serial port open")
+            return handle.read()
+
+    def opened_count() -> int:
+        return exporter_log().count("serial port open")
 
     wait_for(lambda: opened_count() == 1, 10, "first open of the serial port", demo_lab.exporter)
     demo_lab.stop_process(demo_lab.board)  # the USB adapter is unplugged...
-    wait_for(lambda: "serial port closed" in open(demo_lab.exporter_log).read(), 10, "exporter noticing")
+    wait_for(lambda: "serial port closed" in exporter_log(), 10, "exporter noticing", demo_lab.exporter)
     with jumpstarter.connect(demo_lab.socket) as board:
         with pytest.raises(ConnectionError, match="not present"):
             board.serial.open().close()
 
     port_file = demo_lab.port_file + ".2"
     replacement = subprocess.Popen(  # ...and plugged in again: same path, same switch address
-        [sys.executable, "-m", "jumpstarter.demo.fakeboard", "--link", demo_lab.tty,
-         "--http", f"127.0.0.1:{demo_lab.port}", "--port-file", port_file, "--boot-delay", "0.01"],
+        [
+            sys.executable,
+            "-m",
+            "jumpstarter.demo.fakeboard",
+            "--link",
+            demo_lab.tty,
+            "--http",
+            f"127.0.0.1:{demo_lab.port}",
+            "--port-file",
+            port_file,
+            "--boot-delay",
+            "0.01",
+        ],
         stdin=subprocess.DEVNULL,
     )
     processes.append(replacement)
@@ -139,14 +158,16 @@ def test_serial_device_that_disappears_and_returns_is_reopened(demo_lab, process
 def test_missing_serial_device_gives_a_clear_error_and_other_drivers_keep_working(exporterd, workdir, cli):
     device = os.path.join(workdir, "ttyUSB-unplugged")
     flag = os.path.join(workdir, "powered")
-    exporter = exporterd.start(exporter_config(f"""
+    exporter = exporterd.start(
+        exporter_config(f"""
         serial:
           type: serial
           config: {{url: {device}}}
         power:
           type: power.command
           config: {{on: touch {flag}, off: rm {flag}}}
-    """))
+    """)
+    )
 
     with jumpstarter.connect(exporter.socket) as board:
         with pytest.raises(JumpstarterError, match=re.escape(device)):

@@ -80,8 +80,20 @@ class NetworkClient(DriverClient):
         pipe.set_defaults(func=run_pipe)
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range (0-65535)")
+    return value
+
+
 def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("local_port", type=int, metavar="LOCAL_PORT", help="local TCP port (0 = pick one)")
+    parser.add_argument(
+        "local_port", type=port_number, metavar="LOCAL_PORT", help="local TCP port (0 = pick one)"
+    )
     parser.add_argument(
         "--address", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)"
     )

@@ -1,0 +1,73 @@
+"""beforeLease / afterLease hooks: a script run on the lab host around every lease.
+
+The script runs in a new process group with `JUMPSTARTER_HOST` set to the
+board's own socket (so `jumpstarter power on` works in it), `LEASE_NAME` and
+`CLIENT_NAME`; each output line is logged under `hook.beforeLease` /
+`hook.afterLease`, which clients receive through LogStream. Failure is a
+non-zero exit or the timeout (SIGTERM, then SIGKILL after 5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import structlog
+
+from jumpstarter.config.exporter import HookConfig
+
+KILL_GRACE = 5.0
+
+
+async def run_hook(which: str, hook: HookConfig, env: dict[str, str]) -> tuple[bool, str]:
+    """Run one hook; returns (success, one-line outcome)."""
+    log = structlog.get_logger(f"hook.{which}")
+    script = hook.script
+    if "\n" not in script.strip() and os.path.isfile(script.strip()):
+        interpreter = hook.exec or ("python3" if script.strip().endswith(".py") else "/bin/sh")
+        argv = [interpreter, script.strip()]
+    else:
+        argv = [hook.exec or "/bin/sh", "-c", script]
+    environment = {
+        **os.environ,
+        **env,
+        "TERM": "dumb",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "JMP_DRIVERS_ALLOW": "UNSAFE",
+    }
+    log.info("hook started", hook=which, timeout=hook.timeout)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=environment,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+
+    async def relay() -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            log.info(line.decode("utf-8", "replace").rstrip()[:4096], hook=which)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(relay(), process.wait()), hook.timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), KILL_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        log.warning("hook timed out", hook=which, timeout=hook.timeout)
+        return False, f"{which} hook timed out after {hook.timeout:g}s"
+    if process.returncode != 0:
+        log.warning("hook failed", hook=which, returncode=process.returncode)
+        return False, f"{which} hook exited with {process.returncode}"
+    log.info("hook finished", hook=which)
+    return True, f"{which} hook succeeded"

@@ -1,0 +1,202 @@
+"""TLS material for the central daemons (routerd, controllerd): load it, or create it once.
+
+When the configured certificate and key do not exist yet, a self-signed
+certificate is generated: EC P-256, valid 10 years, subject alternative names
+for the given host names and IP addresses plus `localhost`, `127.0.0.1` and
+`::1`. It is its own CA (basicConstraints CA:TRUE, pathlen 0), so the
+certificate file itself is what clients and exporters put in `tls.ca`.
+Ten years rather than upstream's one: that file is copied into every client and
+exporter config, and a silent yearly expiry would break all of them at once;
+rotate by deleting the pair (or configuring real certificates) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import ipaddress
+import os
+import secrets
+from collections.abc import Iterable
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from jumpstarter.errors import ConfigError
+
+VALIDITY = datetime.timedelta(days=3650)
+ALWAYS_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def load_or_create(cert_path: str, key_path: str, hostnames: Iterable[str]) -> tuple[bytes, bytes]:
+    """The PEM certificate and key at these paths, generating a self-signed pair if both are missing.
+
+    A lone certificate or key is an error (nothing is overwritten); so is a key
+    that does not belong to the certificate.
+    """
+    have_cert, have_key = os.path.exists(cert_path), os.path.exists(key_path)
+    if not have_cert and not have_key:
+        cert_pem, key_pem = generate_self_signed(hostnames)
+        _write_atomic(key_path, key_pem, 0o600)
+        _write_atomic(cert_path, cert_pem, 0o644)
+        return cert_pem, key_pem
+    if have_cert != have_key:
+        present, missing = (cert_path, key_path) if have_cert else (key_path, cert_path)
+        raise ConfigError(
+            f"{missing}: missing while {present} exists; restore it, or remove both to generate a new pair"
+        )
+    cert_pem, key_pem = _read(cert_path), _read(key_path)
+    check_pair(cert_pem, key_pem, cert_path, key_path)
+    return cert_pem, key_pem
+
+
+def generate_self_signed(hostnames: Iterable[str]) -> tuple[bytes, bytes]:
+    """A new self-signed certificate and its private key (PEM, PKCS#8, unencrypted)."""
+    names = _unique([*(h for h in hostnames if h), *ALWAYS_NAMES])
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Jumpstarter (self-signed)"),
+            x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64]),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))  # tolerate clients with slow clocks
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def check_pair(cert_pem: bytes, key_pem: bytes, cert_path: str = "<cert>", key_path: str = "<key>") -> None:
+    """Raise ConfigError unless `key_pem` is the private key of `cert_pem`."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise ConfigError(f"{cert_path}: not a PEM certificate: {exc}") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key_path}: not an unencrypted PEM private key: {exc}") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, spki) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ):
+        raise ConfigError(f"{key_path}: this key does not belong to the certificate {cert_path}")
+
+
+def describe(cert_pem: bytes) -> dict[str, object]:
+    """Facts worth logging about a certificate: names, expiry, SHA-256 fingerprint, self-signed."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return {
+        "names": certificate_names(cert_pem),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        "self_signed": cert.issuer == cert.subject,
+    }
+
+
+def certificate_names(cert_pem: bytes) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for (its SANs)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names: list[str] = list(san.get_values_for_type(x509.DNSName))
+    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return names
+
+
+def covers(cert_pem: bytes, host: str) -> bool:
+    """Whether a client connecting to `host` would accept this certificate's names."""
+    host = host.strip("[]").lower()
+    for name in certificate_names(cert_pem):
+        name = name.lower()
+        if name == host:
+            return True
+        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
+def server_credentials(cert_pem: bytes, key_pem: bytes) -> grpc.ServerCredentials:
+    """gRPC server credentials for this pair (no client certificates)."""
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for name in names:
+        seen.setdefault(name.strip("[]").lower(), None)
+    return list(seen)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1024 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _write_atomic(path: str, data: bytes, mode: int) -> None:
+    """Write `data` to a temporary file born with `mode`, then rename it over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)  # the umask may have narrowed it
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
