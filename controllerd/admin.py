@@ -162,7 +162,7 @@ class Admin:
         out = []
         for record in records:
             row = dataclasses.asdict(record)
-            if kind == "exporters":
+            if isinstance(record, Exporter):
                 row["online"] = self.scheduler.online(record)
                 row.pop("devices", None)
             out.append(row)

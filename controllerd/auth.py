@@ -105,7 +105,7 @@ class TokenAuthority:
             "jti": jti,
         }
         token = jwt.encode(claims, self.key, algorithm=ALGORITHM)
-        await self.store.save_token(TokenRecord(jti, claims["sub"], namespace, kind, name, now, expires))
+        await self.store.save_token(TokenRecord(jti, str(claims["sub"]), namespace, kind, name, now, expires))
         return token, expires
 
     async def revoke(self, *, jti: str | None = None, subject_prefix: str | None = None) -> int:

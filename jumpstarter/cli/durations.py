@@ -20,10 +20,10 @@ def parse_duration(text: str) -> float:
         d, h, m, s = (float(g) if g else 0.0 for g in iso.groups())
         seconds = d * 86400 + h * 3600 + m * 60 + s
     else:
-        parts = _PART.findall(value)
-        if not parts or "".join(n + u for n, u in parts) != value:
+        pieces = [(found.group(1), found.group(2)) for found in _PART.finditer(value)]
+        if not pieces or "".join(number + unit for number, unit in pieces) != value:
             raise ValueError(f"invalid duration {text!r} (examples: 30m, 1h30m, 2d, 90, 01:30:00, PT1H)")
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in pieces)
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
     return seconds

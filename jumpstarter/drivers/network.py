@@ -152,7 +152,7 @@ class EchoNetwork(NetworkInterface):
     @exportstream
     async def connect(self) -> AsyncIterator[PipeEnd]:
         """Open an echoing stream."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue(16)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(2)  # bounded: the sender waits for the reader
         yield PipeEnd(queue, queue)
 
 

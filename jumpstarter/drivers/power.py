@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,6 +106,9 @@ class HttpPower(PowerInterface):
         self.timeout = float(timeout)
 
     def _send(self, spec: dict[str, Any]) -> str:
+        import urllib.error
+        import urllib.request
+
         body = spec.get("body")
         data = body.encode() if isinstance(body, str) else None
         request = urllib.request.Request(

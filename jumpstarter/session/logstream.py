@@ -89,13 +89,17 @@ class LogBroadcaster(logging.Handler):
             queue.put_nowait(message)
 
     async def subscribe(self) -> AsyncIterator[jumpstarter_pb2.LogStreamResponse]:
+        from jumpstarter.log import set_stream_level
+
         queue: asyncio.Queue[jumpstarter_pb2.LogStreamResponse] = asyncio.Queue(QUEUE_DEPTH)
         self._subscribers.add(queue)
+        set_stream_level(True)
         try:
             while True:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
+            set_stream_level(bool(self._subscribers))
 
     @property
     def subscriber_count(self) -> int:

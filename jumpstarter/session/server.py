@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 import grpc
 import structlog
 
-from jumpstarter import compression, values
+from jumpstarter import values
 from jumpstarter.driver.base import Driver
 from jumpstarter.driver.decorators import BYTESTREAM, STREAMING, UNARY
 from jumpstarter.errors import MethodNotFound, NotReady, status_for
@@ -287,12 +287,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _resource(
         self, driver: Driver, request: dict[str, Any], context: grpc.aio.ServicerContext
     ) -> None:
+        from jumpstarter import compression  # bz2/lzma only when bulk data moves
+
         encoding = compression.check(request.get("x_jmp_content_encoding"))
         accepted = encoding if encoding in compression.supported() else None
         if encoding and not accepted:
             raise ValueError(f"this exporter cannot decompress {encoding}; send the data uncompressed")
         key = str(uuidlib.uuid4())
-        ours, theirs = memory_pipe(32)
+        ours, theirs = memory_pipe(4)  # up to 4 chunks (<= 16 MiB) in flight per direction
         driver.resources[key] = theirs
         handle = {"kind": "client_stream", "uuid": key, "x_jmp_content_encoding": encoding}
         try:

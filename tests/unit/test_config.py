@@ -176,7 +176,7 @@ def test_inventory_board_without_match_loads_through_load_config(tmp_path):
         ),
         (
             INVENTORY.replace("labels: {board: rpi4}", "lables: {board: rpi4}"),
-            ":5: board rpi4-01.lables: unknown key",
+            ":5: board rpi4-01: lables: unknown key",
         ),
         ("boards:\n  - {name: x}\n", "board x: missing 'export'"),
     ],
