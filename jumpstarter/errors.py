@@ -8,7 +8,11 @@ sides of the wire.
 
 from __future__ import annotations
 
-import grpc
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 
 class JumpstarterError(Exception):
@@ -70,32 +74,39 @@ class NotReady(RuntimeError):
     """Raised on the exporter when the session does not accept calls: FAILED_PRECONDITION."""
 
 
-# Order matters: subclasses before their bases (ConnectionError is an OSError).
-_EXCEPTION_TO_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (MethodNotFound, grpc.StatusCode.NOT_FOUND),
-    (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
-    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (ConnectionError, grpc.StatusCode.UNAVAILABLE),
-    (OSError, grpc.StatusCode.INTERNAL),
-)
+@cache
+def _tables() -> tuple[tuple[tuple[type[BaseException], Any], ...], dict[Any, type[DriverError]]]:
+    """Built on first use, so that importing this module does not import gRPC."""
+    import grpc
 
-_STATUS_TO_EXCEPTION: dict[grpc.StatusCode, type[DriverError]] = {
-    grpc.StatusCode.NOT_FOUND: DriverMethodNotFound,
-    grpc.StatusCode.UNIMPLEMENTED: DriverNotImplemented,
-    grpc.StatusCode.INVALID_ARGUMENT: DriverInvalidArgument,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DriverTimeout,
-    grpc.StatusCode.UNAVAILABLE: DriverUnavailable,
-    grpc.StatusCode.INTERNAL: DriverInternalError,
-    grpc.StatusCode.FAILED_PRECONDITION: ExporterNotReady,
-}
+    # Order matters: subclasses before their bases (ConnectionError is an OSError).
+    to_status = (
+        (MethodNotFound, grpc.StatusCode.NOT_FOUND),
+        (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
+        (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+        (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+        (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (ConnectionError, grpc.StatusCode.UNAVAILABLE),
+        (OSError, grpc.StatusCode.INTERNAL),
+    )
+    to_exception = {
+        grpc.StatusCode.NOT_FOUND: DriverMethodNotFound,
+        grpc.StatusCode.UNIMPLEMENTED: DriverNotImplemented,
+        grpc.StatusCode.INVALID_ARGUMENT: DriverInvalidArgument,
+        grpc.StatusCode.DEADLINE_EXCEEDED: DriverTimeout,
+        grpc.StatusCode.UNAVAILABLE: DriverUnavailable,
+        grpc.StatusCode.INTERNAL: DriverInternalError,
+        grpc.StatusCode.FAILED_PRECONDITION: ExporterNotReady,
+    }
+    return to_status, to_exception
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and one-line human message for an exception raised by a driver."""
+    import grpc
+
     code = grpc.StatusCode.UNKNOWN
-    for kind, status in _EXCEPTION_TO_STATUS:
+    for kind, status in _tables()[0]:
         if isinstance(exc, kind):
             code = status
             break
@@ -107,5 +118,5 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def error_for(code: grpc.StatusCode, details: str | None) -> DriverError:
     """The client-side exception for a failed call."""
-    kind = _STATUS_TO_EXCEPTION.get(code, DriverError)
+    kind = _tables()[1].get(code, DriverError)
     return kind(details or code.name, code.name)

@@ -18,8 +18,8 @@ from typing import Any
 
 from jumpstarter.cli.target import TargetChoice
 
-BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version", "admin")
-NO_TARGET = frozenset({"boards", "demo", "version", "admin"})
+BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version", "admin", "lab")
+NO_TARGET = frozenset({"boards", "demo", "version", "admin", "lab"})
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
@@ -75,6 +75,9 @@ def add_static_commands(sub: Any) -> None:
     from jumpstarter.cli.admin import add_admin_parser
 
     add_admin_parser(sub)
+    from jumpstarter.lab.cli import add_lab_parser
+
+    add_lab_parser(sub)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda a: print(_version()), needs_board=False)
 

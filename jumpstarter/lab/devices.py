@@ -18,8 +18,11 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
+
+import structlog
 
 from jumpstarter.config.inventory import matches
 
@@ -230,12 +233,26 @@ def write_devices(device_dir: str, board: str, devices: dict[str, Device]) -> No
 
 
 @contextlib.contextmanager
-def locked(device_dir: str) -> Iterator[None]:
-    """One hotplug at a time reads-and-writes the records (udev runs events in parallel)."""
+def locked(device_dir: str, timeout: float = 0.5) -> Iterator[None]:
+    """One hotplug at a time reads-and-writes the records (udev runs events in parallel).
+
+    Never waits more than `timeout`: a hotplug must not block udev, and the
+    records are replaced atomically, so going on unlocked risks at worst a
+    lost record (the next event or coldplug writes it again), never a torn file.
+    """
     os.makedirs(device_dir, mode=0o755, exist_ok=True)
     fd = os.open(os.path.join(device_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    structlog.get_logger("hotplug").warning("device records busy; going on unlocked")
+                    break
+                time.sleep(0.005)
         yield
     finally:
         os.close(fd)

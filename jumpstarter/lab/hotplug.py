@@ -162,7 +162,7 @@ def handle_event(
 
 
 def coldplug(inventory: Inventory, supervisor: Supervisor, lookup: DeviceLookup) -> dict[str, str]:
-    with locked(inventory.device_dir):
+    with locked(inventory.device_dir, timeout=5):
         plan = plan_coldplug(inventory, lookup)
     return carry_out(plan, supervisor)
 

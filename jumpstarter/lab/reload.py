@@ -34,7 +34,7 @@ def reload(inventory_path: str, output: str, supervisor: Supervisor, lookup: Dev
     boards = [
         g[len(PROGRAM_PREFIX) :] for g in changes.added + changes.changed if g.startswith(PROGRAM_PREFIX)
     ]
-    with locked(inventory.device_dir):
+    with locked(inventory.device_dir, timeout=5):
         for group in changes.removed:
             if group.startswith(PROGRAM_PREFIX):
                 write_devices(inventory.device_dir, group[len(PROGRAM_PREFIX) :], {})

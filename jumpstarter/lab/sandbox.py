@@ -28,7 +28,7 @@ import textwrap
 import time
 
 from jumpstarter.demo.lab import socket_answers, wait_for
-from jumpstarter.lab.supervisor import Supervisor, SupervisorError, program_name
+from jumpstarter.lab.supervisor import STOPPED_STATES, Supervisor, SupervisorError, program_name
 
 SUPERVISORD_CONF = """\
 [unix_http_server]
@@ -190,13 +190,18 @@ class LabSandbox:
         return Supervisor(self.url)
 
     def stop(self) -> None:
-        """Shut supervisord down (it stops every exporterd); kill what is left after 15 s."""
+        """Stop every exporterd at once, then shut supervisord down; kill what is left after 15 s."""
         if self.supervisord is None:
             return
         pids: list[int] = []
         if self.supervisord.poll() is None:
-            with contextlib.suppress(SupervisorError), self.client() as client:
+            with contextlib.suppress(SupervisorError, TimeoutError), self.client() as client:
                 pids = [p.pid for p in client.processes().values() if p.pid]
+                client.stop_all()
+                wait_for(
+                    lambda: all(p.state in STOPPED_STATES for p in client.processes().values()), 15, "stop"
+                )
+            with contextlib.suppress(SupervisorError), self.client() as client:
                 client.shutdown()
             try:
                 self.supervisord.wait(timeout=15)

@@ -155,6 +155,10 @@ class Supervisor:
             self._call("addProcessGroup", group)
         return result
 
+    def stop_all(self) -> None:
+        """Signal every program at once (supervisord's own shutdown stops one group per second)."""
+        self._call("stopAllProcesses", False)
+
     def shutdown(self) -> None:
         self._call("shutdown")
 

@@ -446,13 +446,26 @@ asyncio.run(main())
 """
 
 
+def _listening(path: str) -> bool:
+    import socket as socketlib
+
+    probe = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def bench_noop_server(workdir: str, warmup: int, count: int) -> dict[str, float]:
     """The ceiling on this machine: a grpc.aio server whose DriverCall does nothing, same bare stub."""
     socket = os.path.join(workdir, "noop.sock")
     process = spawn([sys.executable, "-c", NOOP_SERVER, socket])
     try:
         deadline = time.perf_counter() + 20
-        while not os.path.exists(socket):
+        while not _listening(socket):  # the file appears at bind(), before listen()
             if process.poll() is not None or time.perf_counter() > deadline:
                 raise RuntimeError("the no-op gRPC server did not start")
             time.sleep(0.001)
