@@ -41,7 +41,7 @@ class ControllerConfig:
     router_key_file: str = "/etc/jumpstarter/router.key"
     routers: list[str] = field(default_factory=list)
     offline_after: float = 60.0
-    admin_socket: str = "/run/jumpstarter/controllerd-admin.sock"
+    admin_socket: str = "/run/jumpstarter-controllerd/admin.sock"
     metrics: str | None = "127.0.0.1:9102"
     token_ttl_days: float = 365.0
     dial_ready_wait: float = 30.0

@@ -1,7 +1,7 @@
 """`jumpstarter admin …`: manage the controller from the controller host.
 
 Talks to controllerd's admin socket (`--admin-socket`, default
-/run/jumpstarter/controllerd-admin.sock); access is whoever may open that
+/run/jumpstarter-controllerd/admin.sock); access is whoever may open that
 socket (root or the controller's user). Created clients and exporters come
 out as ready-to-use upstream-format configs.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from jumpstarter.errors import JumpstarterError
 
-DEFAULT_SOCKET = "/run/jumpstarter/controllerd-admin.sock"
+DEFAULT_SOCKET = "/run/jumpstarter-controllerd/admin.sock"
 
 
 def call(socket: str, op: str, **args: Any) -> Any:
