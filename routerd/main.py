@@ -1,0 +1,173 @@
+"""`jumpstarter-routerd`: splice the client's and the exporter's RouterService streams.
+
+    jumpstarter-routerd --config /etc/jumpstarter/routerd.yaml [--check] [--create-key]
+
+SIGTERM/SIGINT: stop accepting calls, end the running streams, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from routerd.config import DEFAULT_CONFIG, RouterConfig, load_config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jumpstarter-routerd",
+        description="Jumpstarter router: pairs the two callers of a router token and forwards their frames.",
+        epilog="Signals: SIGTERM/SIGINT stop (running streams end with UNAVAILABLE).",
+    )
+    parser.add_argument("--config", metavar="FILE", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
+    parser.add_argument("--check", action="store_true", help="validate the config and key files, then exit")
+    parser.add_argument(
+        "--create-key",
+        action="store_true",
+        help="create router_key_file if it is missing (normally the controller's key is copied there)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+    )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    return parser.parse_args(argv)
+
+
+def check(config: RouterConfig, create_key: bool) -> list[str]:
+    """Everything `--check` verifies beyond the YAML itself; returns what it found (raises ConfigError)."""
+    from jumpstarter import tls
+    from jumpstarter.routertoken import load_key
+
+    notes = []
+    if os.path.exists(config.router_key_file) or not create_key:
+        load_key(config.router_key_file)
+        notes.append(f"router key {config.router_key_file}: ok")
+    else:
+        notes.append(f"router key {config.router_key_file}: missing, will be created")
+    if os.path.exists(config.tls_cert) or os.path.exists(config.tls_key):
+        cert_pem, _ = tls.load_or_create(config.tls_cert, config.tls_key, [])
+        notes.append(
+            f"tls certificate {config.tls_cert}: ok, for {', '.join(tls.certificate_names(cert_pem))}"
+        )
+    else:
+        notes.append(f"tls certificate {config.tls_cert}: missing, a self-signed one will be generated")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.log import configure
+
+    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+    try:
+        config = load_config(args.config)
+        if args.check:
+            for note in check(config, args.create_key):
+                print(f"{config.source}: {note}")
+            print(f"{config.source}: ok")
+            return 0
+    except ConfigError as exc:
+        print(f"jumpstarter-routerd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(config, args.create_key))
+    except ConfigError as exc:
+        print(f"jumpstarter-routerd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def serve(config: RouterConfig, create_key: bool) -> int:
+    import structlog
+
+    from jumpstarter import tls
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.metrics import MetricsServer, new_registry, start_http
+    from jumpstarter.routertoken import generate_key, load_key
+    from routerd.service import Router, RouterMetrics, build_server
+
+    log = structlog.get_logger("routerd")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    if create_key and not os.path.exists(config.router_key_file):
+        try:
+            generate_key(config.router_key_file)
+        except OSError as exc:
+            raise ConfigError(f"{config.router_key_file}: cannot create the router key: {exc}") from None
+        log.warning(
+            "created a new router key; the controller must use the same key file",
+            path=config.router_key_file,
+        )
+    key = load_key(config.router_key_file)
+    generated = not os.path.exists(config.tls_cert) and not os.path.exists(config.tls_key)
+    cert_pem, key_pem = tls.load_or_create(config.tls_cert, config.tls_key, config.hostnames())
+    facts = tls.describe(cert_pem)
+    log.info(
+        "tls certificate",
+        cert=config.tls_cert,
+        generated=generated,
+        hint="give this file to clients and exporters as their CA (tls.ca)" if facts["self_signed"] else None,
+        **facts,
+    )
+    host = config.advertise_host
+    if host and not tls.covers(cert_pem, host):
+        log.warning(
+            "the certificate does not name the advertised host; clients will refuse it", advertise=host
+        )
+
+    registry = new_registry()
+    router = Router(key, config.lone_peer_timeout, config.max_streams, RouterMetrics(registry))
+    server = build_server(router)
+    try:
+        port = server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
+    except RuntimeError as exc:
+        log.error("cannot listen", listen=config.listen, error=str(exc))
+        return 1
+    metrics: MetricsServer | None = None
+    if config.metrics:
+        try:
+            metrics = start_http(registry, config.metrics, allow_remote=config.metrics_allow_remote)
+        except OSError as exc:
+            log.error("cannot serve metrics", metrics=config.metrics, error=str(exc))
+            return 1
+        log.info("metrics", url=f"http://{_join(metrics.host, metrics.port)}/metrics")
+    await server.start()
+    listen_host = config.listen.rpartition(":")[0]
+    log.info(
+        "serving",
+        listen=_join(listen_host.strip("[]"), port),
+        port=port,
+        advertise=config.advertise,
+        lone_peer_timeout=config.lone_peer_timeout,
+        max_streams=config.max_streams,
+        pid=os.getpid(),
+    )
+    try:
+        await stop.wait()
+        log.info("stopping", waiting=len(router.waiting), active=router.active)
+        router.shutdown()
+        await server.stop(grace=2)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    log.info("stopped")
+    return 0
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
