@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from jumpstarter import channels, values
+from jumpstarter import channels, frames, values
 from jumpstarter.errors import ConnectError, DriverError, error_for
 from jumpstarter.v1 import jumpstarter_pb2, router_pb2
 
@@ -94,8 +94,8 @@ class Connection:
         )
         self._router = ch.stream_stream(
             "/jumpstarter.v1.RouterService/Stream",
-            request_serializer=router_pb2.StreamRequest.SerializeToString,
-            response_deserializer=router_pb2.StreamResponse.FromString,
+            request_serializer=frames.encode,
+            response_deserializer=frames.decode,
         )
 
     # -- session-level RPCs ------------------------------------------------
@@ -213,7 +213,7 @@ class BlockingStream:
     """A byte stream over a session-level `RouterService.Stream` (blocking API)."""
 
     def __init__(self, connection: Connection, request: dict[str, Any], depth: int = 8) -> None:
-        self._outgoing: queue.Queue[router_pb2.StreamRequest | None] = queue.Queue(depth)
+        self._outgoing: queue.Queue[frames.Frame | None] = queue.Queue(depth)
         metadata = (("request", json.dumps(request)),) + tuple(connection.metadata)
         self._call = connection._router(self._frames(), metadata=metadata)
         self._eof_sent = False
@@ -232,7 +232,7 @@ class BlockingStream:
             if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
                 raise error_for(self._call.code(), self._call.details())
 
-    def _frames(self) -> Iterator[router_pb2.StreamRequest]:
+    def _frames(self) -> Iterator[frames.Frame]:
         while (frame := self._outgoing.get()) is not None:
             yield frame
 
@@ -243,7 +243,7 @@ class BlockingStream:
         return dict(json.loads(text))
 
     def send(self, data: bytes) -> None:
-        frame = router_pb2.StreamRequest(payload=bytes(data))
+        frame = frames.Frame(bytes(data))
         while True:
             if self._eof_sent or self._closed:
                 raise BrokenPipeError("send after end of stream")
@@ -258,7 +258,7 @@ class BlockingStream:
     def send_eof(self) -> None:
         if not self._eof_sent:
             self._eof_sent = True
-            self._outgoing.put(router_pb2.StreamRequest(frame_type=GOAWAY))
+            self._outgoing.put(frames.Frame(b"", GOAWAY))
             self._outgoing.put(None)
 
     def receive(self) -> bytes:
@@ -329,8 +329,8 @@ class AsyncConnection:
         )
         self._router = ch.stream_stream(
             "/jumpstarter.v1.RouterService/Stream",
-            request_serializer=router_pb2.StreamRequest.SerializeToString,
-            response_deserializer=router_pb2.StreamResponse.FromString,
+            request_serializer=frames.encode,
+            response_deserializer=frames.decode,
         )
 
     async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
@@ -420,13 +420,13 @@ class AsyncStream:
     async def send(self, data: bytes) -> None:
         if self._eof_sent:
             raise BrokenPipeError("send after end of stream")
-        await self._call.write(router_pb2.StreamRequest(payload=bytes(data)))
+        await self._call.write(frames.Frame(bytes(data)))
 
     async def send_eof(self) -> None:
         if not self._eof_sent:
             self._eof_sent = True
             with contextlib.suppress(grpc.RpcError):
-                await self._call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
+                await self._call.write(frames.Frame(b"", GOAWAY))
                 await self._call.done_writing()
 
     async def aclose(self) -> None:

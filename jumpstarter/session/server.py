@@ -21,13 +21,13 @@ from typing import Any, TypeAlias
 import grpc
 import structlog
 
-from jumpstarter import values
+from jumpstarter import frames, values
 from jumpstarter.driver.base import Driver
 from jumpstarter.driver.decorators import BYTESTREAM, STREAMING, UNARY
 from jumpstarter.errors import MethodNotFound, NotReady, status_for
 from jumpstarter.session.logstream import LogBroadcaster
 from jumpstarter.streams import ByteStream, memory_pipe
-from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2, router_pb2_grpc
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2
 
 log = structlog.get_logger("session")
 Status: TypeAlias = common_pb2.ExporterStatus
@@ -240,7 +240,7 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
         )
 
 
-class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+class RouterServicer:
     """Session-level byte streams: driver streams and resources (PROTOCOL.md §5)."""
 
     def __init__(self, slot: SessionSlot) -> None:
@@ -326,8 +326,8 @@ async def pump(context: grpc.aio.ServicerContext, stream: ByteStream) -> None:
 
     async def outbound() -> None:
         while data := await stream.receive():
-            await context.write(router_pb2.StreamResponse(payload=data))
-        await context.write(router_pb2.StreamResponse(frame_type=GOAWAY))
+            await context.write(frames.Frame(data))
+        await context.write(frames.Frame(b"", GOAWAY))
 
     tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
     try:
@@ -345,7 +345,13 @@ def build_server(session: Session | SessionSlot) -> grpc.aio.Server:
     slot = session if isinstance(session, SessionSlot) else SessionSlot(session)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(ExporterServicer(slot), server)
-    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(slot), server)
+    # RouterService.Stream with the fast frame codec (same bytes on the wire as router_pb2).
+    stream = grpc.stream_stream_rpc_method_handler(
+        RouterServicer(slot).Stream, request_deserializer=frames.decode, response_serializer=frames.encode
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("jumpstarter.v1.RouterService", {"Stream": stream}),)
+    )
     return server
 
 
