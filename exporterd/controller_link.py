@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("exporterd.link")
 S = common_pb2
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
-CHUNK = 256 * 1024
+RELEASE_GRACE = 1.0  # after EndSession: clients polling GetStatus see AVAILABLE before the session goes
+CHUNK = 64 * 1024  # tunnel peers may be upstream clients (PROTOCOL.md §5)
 HOOK_WARNING = "[HOOK_WARNING] "
 
 
@@ -256,15 +257,21 @@ class LeaseRun:
                 await call.write(router_pb2.StreamRequest(frame_type=router_pb2.FRAME_TYPE_GOAWAY))
                 await call.done_writing()
 
-            async def down() -> None:  # router -> session
+            async def down() -> None:  # router -> session; read the call to its end so the router ends it OK
                 assert writer is not None
+                eof = False
                 async for frame in call:
+                    if eof:
+                        continue
                     if frame.frame_type == router_pb2.FRAME_TYPE_DATA and frame.payload:
                         writer.write(frame.payload)
                         await writer.drain()
-                    elif frame.frame_type in (router_pb2.FRAME_TYPE_GOAWAY, router_pb2.FRAME_TYPE_RST_STREAM):
+                    elif frame.frame_type == router_pb2.FRAME_TYPE_GOAWAY:
+                        eof = True
+                        writer.write_eof()
+                    elif frame.frame_type == router_pb2.FRAME_TYPE_RST_STREAM:
                         break
-                if writer.can_write_eof():
+                if not eof and writer.can_write_eof():
                     writer.write_eof()
 
             await asyncio.gather(up(), down())
@@ -303,6 +310,13 @@ class LeaseRun:
                 await self.link.report(S.EXPORTER_STATUS_AVAILABLE, HOOK_WARNING + outcome)
         self.finished = True
         if release:
+            # Upstream clients wait for AVAILABLE (or AFTER_LEASE_HOOK_FAILED) on this session after EndSession.
+            if self.link.slot.current.status not in (
+                S.EXPORTER_STATUS_AVAILABLE,
+                S.EXPORTER_STATUS_AFTER_LEASE_HOOK_FAILED,
+            ):
+                await self.link.report(S.EXPORTER_STATUS_AVAILABLE, "Available for new lease")
+            await asyncio.sleep(RELEASE_GRACE)
             await self.link.release(self.name)
 
     async def finish(self, reason: str, run_hook: bool = True) -> None:

@@ -5,6 +5,9 @@ connection is opened.
 
     with jumpstarter.connect("/run/jumpstarter/boards/rpi4.sock") as board:
         board.power.on()
+
+    with jumpstarter.lease(selector="board=rpi4", duration="30m") as board:  # through the controller
+        board.power.on()
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from jumpstarter.client.connection import connect, connect_async
+    from jumpstarter.client.remote import lease
 
-__all__ = ["connect", "connect_async", "__version__"]
+__all__ = ["connect", "connect_async", "lease", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from jumpstarter.client import connection
 
         return getattr(connection, name)
+    if name == "lease":
+        from jumpstarter.client.remote import lease
+
+        return lease
     raise AttributeError(f"module 'jumpstarter' has no attribute {name!r}")

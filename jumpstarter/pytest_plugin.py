@@ -5,6 +5,8 @@
         console.expect("login:", timeout=60)
 
 The board comes from `--jumpstarter-host PATH`, `--jumpstarter-board NAME`,
+`--jumpstarter-selector SELECTOR` (a board leased through the controller for the
+session, with `--jumpstarter-client ALIAS|FILE` and `--jumpstarter-duration 30m`),
 or `$JUMPSTARTER_HOST` (set by `jumpstarter shell` / `jumpstarter run -- pytest`).
 The console is the board's serial driver (`--jumpstarter-console PATH` picks
 another, e.g. `dut.console`).
@@ -23,6 +25,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--jumpstarter-host", metavar="PATH", help="exporter socket (default: $JUMPSTARTER_HOST)")
     group.addoption(
         "--jumpstarter-board", metavar="NAME", help="a board of this host (/run/jumpstarter/boards)"
+    )
+    group.addoption(
+        "--jumpstarter-selector",
+        metavar="SELECTOR",
+        help="lease a board matching this label selector through the controller for the session",
+    )
+    group.addoption(
+        "--jumpstarter-client",
+        metavar="ALIAS|FILE",
+        help="client config for --jumpstarter-selector (default: $JMP_CLIENT_CONFIG, else the current one)",
+    )
+    group.addoption(
+        "--jumpstarter-duration", metavar="DURATION", default="30m", help="lease duration (default 30m)"
     )
     group.addoption(
         "--jumpstarter-console",
@@ -57,8 +72,37 @@ def board(pytestconfig: pytest.Config) -> Iterator[Any]:
     """The root client of the board under test (`board.power.on()`)."""
     import jumpstarter
 
+    selector = pytestconfig.getoption("--jumpstarter-selector")
+    if selector and not (
+        pytestconfig.getoption("--jumpstarter-host") or pytestconfig.getoption("--jumpstarter-board")
+    ):
+        with jumpstarter.lease(**_lease_options(pytestconfig, selector)) as root:
+            yield root
+        return
     with jumpstarter.connect(_target(pytestconfig)) as root:
         yield root
+
+
+def _lease_options(config: pytest.Config, selector: str) -> dict[str, Any]:
+    """`jumpstarter.lease` arguments; a bad duration or a missing client config ends the run (exit 4)."""
+    import sys
+
+    from jumpstarter.cli.durations import parse_duration
+    from jumpstarter.client.remote import resolve_config
+    from jumpstarter.errors import JumpstarterError
+
+    def on_wait(reason: str, message: str) -> None:
+        print(f"jumpstarter: waiting: {message or reason}", file=sys.__stderr__, flush=True)
+
+    try:
+        return {
+            "selector": selector,
+            "duration": parse_duration(config.getoption("--jumpstarter-duration")),
+            "client": resolve_config(config.getoption("--jumpstarter-client") or None),
+            "on_wait": on_wait,
+        }
+    except (JumpstarterError, ValueError) as exc:
+        pytest.exit(f"jumpstarter: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def _find_console(root: Any, path: str | None) -> Any:

@@ -18,13 +18,15 @@ from typing import Any
 
 from jumpstarter.cli.target import TargetChoice
 
-BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version", "admin", "lab")
-NO_TARGET = frozenset({"boards", "demo", "version", "admin", "lab"})
+REMOTE = ("login", "config", "get", "lease")
+BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version", "admin", "lab", *REMOTE)
+NO_TARGET = frozenset({"boards", "demo", "version", "admin", "lab", *REMOTE})
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
 or the only board of this host (sockets in $JUMPSTARTER_BOARDS_DIR, default /run/jumpstarter/boards).
 Run `jumpstarter` with no arguments to list this host's boards and detected USB hardware.
+remote boards: `jumpstarter login --token TOKEN`, then `jumpstarter shell -l board=rpi4 [-- CMD]`.
 exit codes: 0 ok, 1 driver or connection error, 2 usage or config error; run/shell exit with CMD's code."""
 
 
@@ -75,6 +77,9 @@ def add_static_commands(sub: Any) -> None:
     from jumpstarter.cli.admin import add_admin_parser
 
     add_admin_parser(sub)
+    from jumpstarter.cli.remote import add_remote_parsers
+
+    add_remote_parsers(sub)
     from jumpstarter.lab.cli import add_lab_parser
 
     add_lab_parser(sub)
@@ -114,12 +119,16 @@ def add_board_commands(sub: Any, root: Any, socket: str) -> None:
     add_children_cli(root, sub, reserved=frozenset(BUILTINS))
 
 
-def full_parser(root: Any, socket: str) -> argparse.ArgumentParser:
+def full_parser(root: Any, socket: str, remote_shell: bool = False) -> argparse.ArgumentParser:
     parser = global_parser(add_help=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_static_commands(sub)
     if root is not None:
         add_board_commands(sub, root, socket)
+    elif remote_shell:
+        from jumpstarter.cli.remote import add_remote_shell_parsers
+
+        add_remote_shell_parsers(sub)
     return parser
 
 
@@ -138,6 +147,11 @@ def run(argv: list[str]) -> int:
             return list_boards()
         args = full_parser(None, "").parse_args(argv)
         return _dispatch(args)
+    if ns.command in ("shell", "run") and not choice.given:
+        from jumpstarter.cli.remote import wants_remote
+
+        if wants_remote(ns.rest):  # `shell -l SELECTOR`: a leased board, through the controller
+            return _dispatch(full_parser(None, "", remote_shell=True).parse_args(argv))
 
     from jumpstarter.cli.target import open_target
     from jumpstarter.errors import JumpstarterError
