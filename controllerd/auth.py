@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,7 @@ class TokenAuthority:
         self.issuer = f"https://{endpoint}"
         self.audiences = [endpoint, *(audiences or [])]
         self.revoked: set[str] = set()
+        self.on_revoke: Callable[[TokenRecord], None] = lambda record: None  # ends open streams
 
     async def load(self) -> None:
         self.revoked = await self.store.revoked_tokens()
@@ -118,6 +120,7 @@ class TokenAuthority:
                 record.revoked = True
                 await self.store.save_token(record)
                 self.revoked.add(record.jti)
+                self.on_revoke(record)
                 count += 1
         return count
 

@@ -143,6 +143,8 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         last: Any = None
         try:
             while True:
+                if who.jti in self.auth.revoked:
+                    raise RpcError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
                 seen = watch.version
                 message = self._status_message(await self._held_lease(who))
                 if message != last:
@@ -175,16 +177,24 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                 f"permission denied: lease {lease.name} is not held by {who.name}",
             )
         queue = self.hub.listen(who.namespace, lease.name)
+        watch = self.hub.exporters[(who.namespace, who.name)]
         try:
             while True:
+                if who.jti in self.auth.revoked:
+                    raise RpcError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+                seen = watch.version
                 getter = asyncio.ensure_future(queue.queue.get())
                 stopper = asyncio.ensure_future(queue.superseded.wait())
-                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                changed = asyncio.ensure_future(watch.wait_newer(seen))
+                done, _ = await asyncio.wait({getter, stopper, changed}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
+                changed.cancel()
                 if getter in done:
                     yield getter.result()
                     continue
                 getter.cancel()
+                if stopper not in done:
+                    continue  # the exporter changed: re-check its token
                 while not queue.queue.empty():  # superseded: deliver what was already promised
                     yield queue.queue.get_nowait()
                 return

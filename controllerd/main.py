@@ -70,6 +70,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     scheduler = LeaseScheduler(store, hub, offline_after=config.offline_after)
     auth = TokenAuthority(store, load_or_create_key(config.signing_key), config.endpoint, config.audiences)
     await auth.load()
+    auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(

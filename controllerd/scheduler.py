@@ -169,11 +169,13 @@ class LeaseScheduler:
             if when is not None and (next_deadline is None or when < next_deadline):
                 next_deadline = when
 
-        exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters()}
         leases = await self.store.list_leases(only_active=True)
-        self.stats["online"] = sum(1 for e in exporters.values() if self.online(e))
         self.stats["active"] = sum(1 for le in leases if le.active)
         self.stats["pending"] = sum(1 for le in leases if le.pending)
+        if not leases:  # nothing to expire, pause or grant: skip decoding every exporter
+            return None
+        exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters()}
+        self.stats["online"] = sum(1 for e in exporters.values() if self.online(e))
         busy: set[tuple[str, str]] = set()
         pending: list[Lease] = []
         for lease in leases:
@@ -186,6 +188,12 @@ class LeaseScheduler:
                 busy.add((lease.namespace, lease.exporter or ""))
                 exporter = exporters.get((lease.namespace, lease.exporter or ""))
                 await self._pause_or_resume(lease, exporter)
+                if (
+                    exporter is not None
+                    and not lease.paused
+                    and not self.hub.connected(exporter.namespace, exporter.name)
+                ):
+                    later((exporter.last_seen or now) + self.offline_after)  # re-check when it goes offline
             else:
                 if lease.end_time is not None and lease.end_time <= now:
                     await self._end(
