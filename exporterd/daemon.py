@@ -47,7 +47,10 @@ class Daemon:
             await slot.current.start()
             link_task: asyncio.Task[int] | None = None
             try:
-                async with serve_unix(slot, self.path, self.args.socket_mode) as server:
+                async with (
+                    serve_unix(slot, self.path, self.args.socket_mode) as server,
+                    contextlib.AsyncExitStack() as direct,
+                ):
                     log.info(
                         "serving",
                         socket=self.path,
@@ -55,6 +58,7 @@ class Daemon:
                         pid=_pid(),
                         controller=self.config.endpoint if distributed else None,
                     )
+                    await self._serve_direct(slot, direct)
                     if distributed:
                         from exporterd.controller_link import ControllerLink
 
@@ -68,7 +72,7 @@ class Daemon:
                             return code
                     if self.reload.is_set() and not self.stop.is_set():
                         await self._drain(server)
-                    await slot.current.stop()  # end driver streams cleanly before the server goes
+                    await slot.current.stop()  # end driver streams cleanly before the servers go
             finally:
                 await slot.current.stop()
             if self.stop.is_set():
@@ -76,6 +80,33 @@ class Daemon:
                 return 0
             self.reload.clear()
             self._reload_config()
+
+    async def _serve_direct(self, slot: SessionSlot, stack: contextlib.AsyncExitStack) -> None:
+        """`--listen`: the same session on TCP with TLS and a passphrase (closed with `stack`)."""
+        if not self.args.listen:
+            return
+        from jumpstarter import tls
+        from jumpstarter.session.server import serve_tcp
+
+        credentials = None
+        if not self.args.insecure_listener:
+            host = self.args.listen.rpartition(":")[0]
+            cert, key = tls.load_or_create(self.args.tls_cert, self.args.tls_key, [host])
+            credentials = tls.server_credentials(cert, key)
+        passphrase = None
+        if self.args.passphrase_file:
+            with open(self.args.passphrase_file) as handle:
+                passphrase = handle.read().strip()
+            if not passphrase:
+                raise OSError(f"{self.args.passphrase_file}: empty passphrase")
+        await stack.enter_async_context(serve_tcp(slot, self.args.listen, credentials, passphrase))
+        log.info(
+            "serving directly",
+            listen=self.args.listen,
+            tls=credentials is not None,
+            passphrase=passphrase is not None,
+            certificate=self.args.tls_cert,
+        )
 
     def new_session(self, status: int) -> Session:
         return Session(self.config.build(), labels=self.config.labels, motd=self.config.motd, status=status)  # type: ignore[arg-type]

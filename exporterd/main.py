@@ -39,11 +39,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    direct = parser.add_argument_group("direct mode (no controller): serve the session on TCP")
+    direct.add_argument("--listen", metavar="HOST:PORT", help="also serve on TCP, TLS with a passphrase")
+    direct.add_argument(
+        "--tls-cert", metavar="FILE", help="certificate (generated self-signed with --tls-key if missing)"
+    )
+    direct.add_argument("--tls-key", metavar="FILE", help="private key")
+    direct.add_argument(
+        "--passphrase-file", metavar="FILE", help="file holding the passphrase clients must send"
+    )
+    direct.add_argument("--no-passphrase", action="store_true", help="allow TCP clients without a passphrase")
+    direct.add_argument(
+        "--insecure-listener", action="store_true", help="plaintext TCP (only on a trusted network)"
+    )
     args = parser.parse_args(argv)
     if args.inventory and not args.board:
         parser.error("--inventory needs --board NAME")
     if args.config and args.board:
         parser.error("--board goes with --inventory, not --config")
+    if args.listen:
+        if not args.passphrase_file and not args.no_passphrase:
+            parser.error("--listen needs --passphrase-file FILE (or, knowingly, --no-passphrase)")
+        if not args.insecure_listener and not (args.tls_cert and args.tls_key):
+            parser.error(
+                "--listen needs --tls-cert and --tls-key (created if missing), or --insecure-listener"
+            )
     try:
         args.socket_mode = int(args.socket_mode, 8)
     except ValueError:
