@@ -21,12 +21,13 @@ NAME_LABEL = "jumpstarter.dev/name"
 class ExportedMethod:
     """One remotely callable method of a driver class."""
 
-    __slots__ = ("name", "kind", "function", "_binder", "doc")
+    __slots__ = ("name", "kind", "function", "_binder", "doc", "is_async")
 
     def __init__(self, name: str, kind: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.kind = kind
         self.function = function
+        self.is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
         self._binder: Binder | None = None
         self.doc = inspect.getdoc(function) or ""
 

@@ -48,7 +48,7 @@ class MockPower(PowerInterface):
     async def on(self) -> None:
         """Switch the board on."""
         self.state = True
-        self.log.info("power on")
+        self.log.info("power on")  # for a mock, the log line is the observable effect
 
     @export
     async def off(self) -> None:

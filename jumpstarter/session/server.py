@@ -165,18 +165,18 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
     async def GetReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return self.session.report()
 
-    def _prepare(self, request: Any, kind: str) -> tuple[Callable[..., Any], list[Any]]:
+    def _prepare(self, request: Any, kind: str) -> tuple[Callable[..., Any], list[Any], bool]:
         session = self.session
         session.check_ready()
         driver = session.driver(request.uuid)
         exported, function = driver.method(request.method, kind)
         args = exported.binder(type(driver)).bind([values.decode(a) for a in request.args])
-        return function, args
+        return function, args, exported.is_async
 
     async def DriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            function, args = self._prepare(request, UNARY)
-            if inspect.iscoroutinefunction(function):
+            function, args, is_async = self._prepare(request, UNARY)
+            if is_async:
                 result = await function(*args)
             else:
                 result = await asyncio.to_thread(function, *args)
@@ -188,8 +188,8 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
 
     async def StreamingDriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            function, args = self._prepare(request, STREAMING)
-            if inspect.isasyncgenfunction(function):
+            function, args, is_async = self._prepare(request, STREAMING)
+            if is_async:
                 async for item in function(*args):
                     await context.write(self._item(item))
             else:
