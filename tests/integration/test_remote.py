@@ -596,3 +596,38 @@ def test_our_shell_leases_an_upstream_exporter_registered_with_our_controller(la
         assert lab.alice_client.list_leases() == []
     finally:
         stop(exporter)
+
+
+def test_upstream_exporter_and_upstream_jmp_shell_work_through_our_controller_and_router(lab: Lab, tmp_path):
+    """The issue's acceptance: both ends upstream 0.9, only controller and router are ours."""
+    up = upstream()
+    config = lab.stack.create_exporter(
+        "upboth", {"board": "upboth"}, {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
+    )
+    log_path = tmp_path / "upstream-exporter.log"
+    with open(log_path, "wb") as log:
+        exporter = subprocess.Popen(
+            [up.jmp, "run", "--exporter-config", config],
+            env=scrubbed_env(tmp_path),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        lab.stack.wait_available(lab.alice_client, "upboth", timeout=30)
+        result = subprocess.run(
+            [up.jmp, "shell", "--client-config", lab.alice, "-l", "board=upboth", "--", up.j, "power", "on"],
+            env=scrubbed_env(tmp_path),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert result.returncode == 0, explain(result) + log_path.read_text(errors="replace")[-3000:]
+        wait_until(
+            lambda: "power on" in log_path.read_text(errors="replace"), 10, "the upstream exporter's log"
+        )
+    finally:
+        stop(exporter)
