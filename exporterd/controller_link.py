@@ -98,6 +98,12 @@ class ControllerLink:
             await self.report(S.EXPORTER_STATUS_AVAILABLE, "Exporter registered and available")
         log.info("registered with the controller", endpoint=self.config.endpoint)
 
+    def after_lease_done(self, task: asyncio.Task[None]) -> None:
+        """afterLease with `onFailure: exit` failed after EndSession (in its own task): stop with code 1."""
+        if not task.cancelled() and isinstance(task.exception(), HookExit):
+            self.exit_code = 1
+            self.daemon.stop.set()
+
     # -- main loop -----------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -215,6 +221,9 @@ class LeaseRun:
         else:
             await self.link.report(S.EXPORTER_STATUS_BEFORE_LEASE_HOOK_FAILED, outcome)
             self.finished = True  # afterLease is skipped after a failed beforeLease
+            await asyncio.sleep(
+                RELEASE_GRACE
+            )  # clients polling GetStatus see the failure before the session goes
             await self.link.release(self.name)
             if hook.on_failure == "exit":
                 await self.link.report(S.EXPORTER_STATUS_OFFLINE, outcome)
@@ -294,6 +303,7 @@ class LeaseRun:
         """The client called EndSession: run afterLease now, then release the lease."""
         if self.ending is None:
             self.ending = asyncio.create_task(self._after(release=True))
+            self.ending.add_done_callback(self.link.after_lease_done)
 
     async def _after(self, release: bool, run_hook_now: bool = True) -> None:
         hooks = self.link.config.hooks

@@ -67,7 +67,7 @@ class Daemon:
                         link_task.add_done_callback(lambda t: self.stop.set())
                     await self._wait()
                     if link_task is not None:
-                        code = await self._stop_link(link_task)
+                        code = await self._stop_link(link_task) or link.exit_code
                         if code:
                             return code
                     if self.reload.is_set() and not self.stop.is_set():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 
 import structlog
 
@@ -26,7 +27,7 @@ async def run_hook(which: str, hook: HookConfig, env: dict[str, str]) -> tuple[b
     log = structlog.get_logger(f"hook.{which}")
     script = hook.script
     if "\n" not in script.strip() and os.path.isfile(script.strip()):
-        interpreter = hook.exec or ("python3" if script.strip().endswith(".py") else "/bin/sh")
+        interpreter = hook.exec or (sys.executable if script.strip().endswith(".py") else "/bin/sh")
         argv = [interpreter, script.strip()]
     else:
         argv = [hook.exec or "/bin/sh", "-c", script]
