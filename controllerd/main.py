@@ -33,10 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", default=os.environ.get("JUMPSTARTER_CONTROLLERD_CONFIG", DEFAULT_CONFIG))
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
-    parser.add_argument(
-        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    from jumpstarter.log import add_arguments
+
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -142,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from controllerd import config as config_module
     from jumpstarter.errors import ConfigError
-    from jumpstarter.log import configure
+    from jumpstarter.log import configure_from
 
-    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+    configure_from(args)
     try:
         config = config_module.load(args.config)
         config_module.check(config)

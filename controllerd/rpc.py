@@ -35,17 +35,21 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, rpc: str) -> None:
+    status = _status(exc)
+    if status is None:
+        log.exception("internal error", rpc=rpc)
+        status = (grpc.StatusCode.INTERNAL, f"internal error in {rpc}")
+    await context.abort(*status)
+
+
 def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            status = _status(exc)
-            if status is None:
-                log.exception("internal error", rpc=fn.__name__)
-                status = (grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}")
-            await context.abort(*status)
+            await _abort(context, exc, fn.__name__)
 
     return wrapper
 
@@ -57,10 +61,6 @@ def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
             async for item in fn(self, request, context):
                 yield item
         except Exception as exc:
-            status = _status(exc)
-            if status is None:
-                log.exception("internal error", rpc=fn.__name__)
-                status = (grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}")
-            await context.abort(*status)
+            await _abort(context, exc, fn.__name__)
 
     return wrapper

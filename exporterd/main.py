@@ -31,13 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--socket", metavar="PATH", help=f"socket path (default {DEFAULT_SOCKET_DIR}/NAME.sock)"
     )
     parser.add_argument("--socket-mode", default="0660", help="socket permissions, octal (default 0660)")
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-    )
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    from jumpstarter.log import add_arguments
+
+    add_arguments(parser)
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     direct = parser.add_argument_group("direct mode (no controller): serve the session on TCP")
     direct.add_argument("--listen", metavar="HOST:PORT", help="also serve on TCP, TLS with a passphrase")
@@ -91,9 +87,9 @@ def socket_path(args: argparse.Namespace, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jumpstarter.errors import ConfigError
-    from jumpstarter.log import configure
+    from jumpstarter.log import configure_from
 
-    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+    configure_from(args)
     try:
         config = load(args)
     except ConfigError as exc:

@@ -104,3 +104,27 @@ def set_stream_level(streaming: bool) -> None:
     level = min(console, logging.INFO) if streaming else console
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(level)
+
+
+def add_arguments(parser: Any) -> None:
+    """`--log-level` and `--log-format`, the same on every daemon."""
+    import os
+
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="default $JUMPSTARTER_LOG_LEVEL or INFO",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="JSON lines unless stdout is a terminal (auto)",
+    )
+
+
+def configure_from(args: Any) -> None:
+    """Apply the `add_arguments` options."""
+    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")

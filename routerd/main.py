@@ -29,13 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="create router_key_file if it is missing (normally the controller's key is copied there)",
     )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("JUMPSTARTER_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-    )
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    from jumpstarter.log import add_arguments
+
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -63,9 +59,9 @@ def check(config: RouterConfig, create_key: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jumpstarter.errors import ConfigError
-    from jumpstarter.log import configure
+    from jumpstarter.log import configure_from
 
-    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+    configure_from(args)
     try:
         config = load_config(args.config)
         if args.check:
