@@ -258,6 +258,7 @@ def hold(
     acquisition_timeout: float = ACQUISITION_TIMEOUT,
     dial_timeout: float = DIAL_TIMEOUT,
     ready_timeout: float = READY_TIMEOUT,
+    show_hook_logs: bool = True,
     **options: Any,
 ) -> Iterator[Held]:
     """Acquire (or reuse `lease_name`), tunnel, wait for the exporter; on exit end the session and release.
@@ -295,18 +296,49 @@ def hold(
             control = grpc.insecure_channel(f"unix:{tunnel.path}", options=channels.CHANNEL_OPTIONS)
             session = jumpstarter_pb2_grpc.ExporterServiceStub(control)
             monitor = threading.Thread(target=_monitor, args=(client, held), daemon=True, name="jmp-lease")
+            hook_logs = _follow_hook_logs(session, held.ended) if show_hook_logs else None
             try:
                 _wait_exporter_ready(session, tunnel, ready_timeout)
                 monitor.start()
                 yield held
             finally:
-                held.ended.set()  # stops the monitor
                 if created is not None:
                     _end_session(session)
+                held.ended.set()  # stops the monitor
+                if hook_logs is not None:
+                    hook_logs.cancel()
                 control.close()
     finally:
         if created is not None:
             client.release(created)
+
+
+HOOK_SOURCES = {
+    common_pb2.LOG_SOURCE_BEFORE_LEASE_HOOK: "beforeLease",
+    common_pb2.LOG_SOURCE_AFTER_LEASE_HOOK: "afterLease",
+}
+
+
+def _follow_hook_logs(session: Any, ended: threading.Event) -> Any:
+    """Print the exporter's hook output on stderr while the lease is held (as upstream shells do)."""
+    import sys
+
+    from google.protobuf import empty_pb2
+
+    call = session.LogStream(empty_pb2.Empty())
+
+    def follow() -> None:
+        try:
+            for record in call:
+                source = HOOK_SOURCES.get(record.source)
+                if source is not None and record.message not in ("hook started", "hook finished"):
+                    sys.stderr.write(f"[{source}] {record.message}\n")
+                    sys.stderr.flush()
+        except grpc.RpcError:
+            pass  # cancelled at the end, or an exporter without LogStream
+
+    threading.Thread(target=follow, daemon=True, name="jmp-hook-logs").start()
+    return call
 
 
 def _wait_exporter_ready(session: Any, tunnel: Tunnel, timeout: float) -> None:

@@ -8,6 +8,7 @@ subscriber loses its oldest records, never blocks the exporter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -19,6 +20,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jumpstarter.v1 import common_pb2, jumpstarter_pb2
 
 QUEUE_DEPTH = 1024
+HOOK_BACKLOG = (
+    256  # hook output is replayed to late subscribers (the beforeLease hook runs before clients attach)
+)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -67,9 +71,12 @@ class LogBroadcaster(logging.Handler):
         self.loop = loop
         self._subscribers: set[asyncio.Queue[jumpstarter_pb2.LogStreamResponse]] = set()
         self._lock = threading.Lock()
+        self.hook_backlog: collections.deque[jumpstarter_pb2.LogStreamResponse] = collections.deque(
+            maxlen=HOOK_BACKLOG
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self._subscribers:
+        if not self._subscribers and not record.name.startswith("hook."):
             return
         try:
             message = to_message(record)
@@ -82,6 +89,11 @@ class LogBroadcaster(logging.Handler):
                 self.loop.call_soon_threadsafe(self._deliver, message)
 
     def _deliver(self, message: jumpstarter_pb2.LogStreamResponse) -> None:
+        if message.source in (
+            common_pb2.LOG_SOURCE_BEFORE_LEASE_HOOK,
+            common_pb2.LOG_SOURCE_AFTER_LEASE_HOOK,
+        ):
+            self.hook_backlog.append(message)
         for queue in list(self._subscribers):
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -92,6 +104,8 @@ class LogBroadcaster(logging.Handler):
         from jumpstarter.log import set_stream_level
 
         queue: asyncio.Queue[jumpstarter_pb2.LogStreamResponse] = asyncio.Queue(QUEUE_DEPTH)
+        for message in self.hook_backlog:
+            queue.put_nowait(message)
         self._subscribers.add(queue)
         set_stream_level(True)
         try:

@@ -143,6 +143,7 @@ class Board:
     tunnels: list[Tunnel] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     count: int = 0
+    alice_config: str = ""
 
     name = "board"
 
@@ -230,8 +231,9 @@ class Lab:
         """An exporterd whose config has `hooks(board)` as its `hooks:`; returns once it is AVAILABLE."""
         central, ns = self.central, self.namespace
         directory = tempfile.mkdtemp(prefix="b", dir=central.directory)
-        alice = central.peer(central.create("client", ns, "alice"))
-        board = Board(central, ns, directory, alice)
+        alice_identity = central.create("client", ns, "alice")
+        alice = central.peer(alice_identity)
+        board = Board(central, ns, directory, alice, alice_config=alice_identity.config or "")
         self.boards.append(board)
         identity = central.create("exporter", ns, Board.name, board=ns)
         document = yaml.safe_load(Path(identity.config).read_text())
@@ -630,3 +632,43 @@ def test_every_lease_gets_fresh_driver_instances(lab: Lab):
     second = driver_uuids()
     assert len(first) == len(second) == 3  # root, power, echo
     assert not first & second, "the second lease got the first lease's driver instances"
+
+
+def test_remote_run_shows_the_hooks_output_on_stderr(lab: Lab):
+    import subprocess
+
+    def hooks(b: Board) -> dict[str, Any]:
+        return {
+            "beforeLease": {"script": "echo preparing the board", "timeout": 20},
+            "afterLease": {"script": "echo cleaning up the board", "timeout": 20},
+        }
+
+    board = lab.board(hooks)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JMP_", "JUMPSTARTER_"))}
+    env["HOME"] = board.directory
+    result = subprocess.run(
+        [
+            PY,
+            "-m",
+            "jumpstarter.cli.main",
+            "run",
+            "--client",
+            board.alice_config,
+            "-l",
+            f"board={board.namespace}",
+            "--",
+            PY,
+            "-m",
+            "jumpstarter.cli.main",
+            "power",
+            "on",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[beforeLease] preparing the board" in result.stderr
+    assert "[afterLease] cleaning up the board" in result.stderr
+    assert "preparing the board" not in result.stdout
