@@ -191,10 +191,10 @@ class LeaseRun:
             "CLIENT_NAME": self.client,
         }
 
-    async def _fresh_session(self, status: int) -> Session:
+    async def _fresh_session(self, status: int, name: str = "local") -> Session:
         old = self.link.slot.current
         await old.stop()
-        session = self.link.daemon.new_session(status)
+        session = self.link.daemon.new_session(status, name)
         session.on_end_session = self.end_session
         self.link.slot.current = session
         await session.start()
@@ -205,7 +205,8 @@ class LeaseRun:
         log.info("lease started")
         hooks = self.link.config.hooks
         await self._fresh_session(
-            S.EXPORTER_STATUS_BEFORE_LEASE_HOOK if "beforeLease" in hooks else S.EXPORTER_STATUS_AVAILABLE
+            S.EXPORTER_STATUS_BEFORE_LEASE_HOOK if "beforeLease" in hooks else S.EXPORTER_STATUS_AVAILABLE,
+            self.name,
         )
         self.ensure_listening()
         if "beforeLease" not in hooks:

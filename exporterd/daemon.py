@@ -108,8 +108,14 @@ class Daemon:
             certificate=self.args.tls_cert,
         )
 
-    def new_session(self, status: int) -> Session:
-        return Session(self.config.build(), labels=self.config.labels, motd=self.config.motd, status=status)  # type: ignore[arg-type]
+    def new_session(self, status: int, name: str = "local") -> Session:
+        return Session(
+            self.config.build(),
+            labels=self.config.labels,
+            motd=self.config.motd,
+            status=status,  # type: ignore[arg-type]
+            name=name,
+        )
 
     async def _stop_link(self, task: asyncio.Task[int]) -> int:
         if task.done():

@@ -81,6 +81,8 @@ class Driver:
         self.labels = dict(labels or {})
         #: Resource streams opened by clients for this driver, by resource uuid (set by the session).
         self.resources: dict[str, Any] = {}
+        #: The session's name (the lease name in distributed mode, "local" otherwise); set before reset().
+        self.session_name = "local"
         logger_name = f"driver.{type(self).__name__}"
         self.log = structlog.get_logger(logger_name).bind(driver_type=self.kind)
         if log_level is not None:  # upstream's per-driver `config: {log_level: DEBUG}`

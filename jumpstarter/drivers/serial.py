@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,7 +53,8 @@ class Serial(Driver):
 
     Config: `url`, `baudrate` (115200), `check_present` (fail at load when a
     device path is missing), `cps` (throttle writes, characters per second),
-    `scrollback` (bytes of recent output kept, 65536).
+    `scrollback` (bytes of recent output kept, 65536), `console_log` (a directory: every session
+    writes the console output to its own file there, at most `console_log_max` bytes).
     """
 
     client = "jumpstarter_driver_pyserial.client.PySerialClient"
@@ -67,6 +69,8 @@ class Serial(Driver):
         cps: float | None = None,
         disable_hupcl: bool = False,
         scrollback: int = 65536,
+        console_log: str | None = None,
+        console_log_max: int = 64 * 1024 * 1024,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -75,6 +79,10 @@ class Serial(Driver):
         self.cps = float(cps) if cps else None
         self.disable_hupcl = bool(disable_hupcl)
         self.scrollback_size = int(scrollback)
+        self.console_log_dir = console_log
+        self.console_log_max = int(console_log_max)
+        self._console_log: Any = None
+        self._console_logged = 0
         if check_present and self.url.startswith("/") and not os.path.exists(self.url):
             raise ValueError(f"serial device {self.url} does not exist")
         self.subscribers: set[_Subscriber] = set()
@@ -90,6 +98,8 @@ class Serial(Driver):
 
     async def reset(self) -> None:
         await super().reset()
+        if self.console_log_dir and self._console_log is None:
+            self._open_console_log()
         self._loop = asyncio.get_running_loop()
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._keep_open(), name=f"serial {self.url}")
@@ -169,7 +179,35 @@ class Serial(Driver):
             if data:
                 self._loop.call_soon_threadsafe(self._deliver, bytes(data))
 
+    def _open_console_log(self) -> None:
+        """One file per session (a fresh session per lease): `<session>-<UTC time>.log`, mode 0640."""
+        assert self.console_log_dir is not None
+        os.makedirs(self.console_log_dir, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.session_name)[:100]
+        path = os.path.join(self.console_log_dir, f"{name}-{stamp}.log")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._console_log = os.fdopen(fd, "ab", buffering=0)
+        self._console_logged = 0
+        self.log.info("console log", path=path)
+
+    def _log_console(self, data: bytes) -> None:
+        if self._console_logged >= self.console_log_max:
+            return
+        room = self.console_log_max - self._console_logged
+        try:
+            self._console_log.write(data[:room])
+            if len(data) >= room:
+                self._console_log.write(b"\n[jumpstarter: console log size limit reached]\n")
+        except OSError as exc:  # a full disk must not take the console down
+            self.log.warning("console log write failed; stopping it", error=str(exc))
+            self._console_logged = self.console_log_max
+            return
+        self._console_logged += len(data)
+
     def _deliver(self, data: bytes) -> None:
+        if self._console_log is not None:
+            self._log_console(data)
         self.scrollback += data
         if len(self.scrollback) > self.scrollback_size:
             del self.scrollback[: len(self.scrollback) - self.scrollback_size]
@@ -208,6 +246,10 @@ class Serial(Driver):
                 raise ConnectionError(f"serial device {self.url} went away: {exc}") from None
 
     async def close(self) -> None:
+        if self._console_log is not None:
+            with contextlib.suppress(OSError):
+                self._console_log.close()
+            self._console_log = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

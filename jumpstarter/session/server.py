@@ -64,8 +64,10 @@ class Session:
         labels: dict[str, str] | None = None,
         motd: str = "",
         status: Status = common_pb2.EXPORTER_STATUS_LEASE_READY,
+        name: str = "local",
     ) -> None:
         self.uuid = str(uuidlib.uuid4())
+        self.name = name
         self.root = root
         self.labels = dict(labels or {})
         self.motd = motd
@@ -127,6 +129,8 @@ class Session:
         loop = asyncio.get_running_loop()
         self.logs = LogBroadcaster(loop)
         logging.getLogger().addHandler(self.logs)
+        for driver, _, _ in self.root.enumerate():
+            driver.session_name = self.name
         await self.root.reset()
 
     async def stop(self) -> None:

@@ -341,3 +341,31 @@ def test_ref_alias_reports_the_target_uuid_under_a_new_name(tmp_path):
         assert root.dut.pwr.uuid == root.power.uuid
         root.dut.pwr.on()
         assert [r.current for r in root.power.read()] == [2.0]
+
+
+def test_serial_console_output_goes_to_a_log_file_per_session(tmp_path):
+    import os
+    import tty
+
+    from jumpstarter.drivers.serial import Serial
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    logs = tmp_path / "console"
+    board = Composite(children={"serial": Serial(url=os.ttyname(slave), console_log=str(logs), console_log_max=64)})
+    try:
+        with LocalServer(lambda: board) as path, jumpstarter.connect(path) as root:
+            with root.serial.console() as console:
+                os.write(master, b"U-Boot 2024.01\r\nlogin: ")
+                console.expect("login:", timeout=10)
+                os.write(master, b"x" * 100)  # past the 64-byte cap
+                console.expect("x" * 20, timeout=10)
+        files = list(logs.iterdir())
+        assert len(files) == 1 and files[0].name.startswith("local-")
+        text = files[0].read_bytes()
+        assert text.startswith(b"U-Boot 2024.01\r\nlogin: ")
+        assert text.endswith(b"[jumpstarter: console log size limit reached]\n")
+        assert oct(files[0].stat().st_mode & 0o777) == "0o640"
+    finally:
+        os.close(master)
+        os.close(slave)
