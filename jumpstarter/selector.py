@@ -6,6 +6,7 @@ Syntax: comma-separated requirements, all of which must hold:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -94,8 +95,9 @@ def _check_value(value: str, text: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def parse(text: str) -> Selector:
-    """Parse a selector string; an empty string selects everything."""
+    """Parse a selector string; an empty string selects everything (results are cached: immutable)."""
     if len(text) > MAX_SELECTOR:
         raise SelectorError(f"selector longer than {MAX_SELECTOR} characters")
     tokens = _tokens(text)

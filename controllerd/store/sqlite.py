@@ -7,6 +7,7 @@ most one not-ended lease per assigned exporter, so even a buggy caller gets a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -63,6 +64,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self._exporter_cache: dict[tuple[str, str], Exporter] | None = None
         self._migrate()
         if path != ":memory:":
             os.chmod(path, 0o600)  # holds token metadata: the controller's user only
@@ -145,18 +147,37 @@ class SqliteStore:
             raise NotFound(f"{table[:-1]} {namespace}/{name} not found")
 
     # -- exporters -------------------------------------------------------------
+    # Exporters are read on every scheduler pass: keep them decoded in memory. This
+    # process is the database's only writer (admin goes through the controller), so
+    # the cache is updated with every write and never goes stale.
+
+    def _exporters(self) -> dict[tuple[str, str], Exporter]:
+        if self._exporter_cache is None:
+            rows = self._list(Exporter, "exporters", None)
+            self._exporter_cache = {(e.namespace, e.name): e for e in rows}
+        return self._exporter_cache
+
+    @staticmethod
+    def _copy(exporter: Exporter) -> Exporter:
+        return dataclasses.replace(exporter, labels=dict(exporter.labels))
 
     async def get_exporter(self, namespace: str, name: str) -> Exporter:
-        return self._get(Exporter, "exporters", namespace, name)  # type: ignore[no-any-return]
+        exporter = self._exporters().get((namespace, name))
+        if exporter is None:
+            raise NotFound(f"exporter {namespace}/{name} not found")
+        return self._copy(exporter)
 
     async def list_exporters(self, namespace: str | None = None) -> list[Exporter]:
-        return self._list(Exporter, "exporters", namespace)
+        cache = self._exporters()
+        return [self._copy(e) for key, e in sorted(cache.items()) if namespace is None or key[0] == namespace]
 
     async def save_exporter(self, exporter: Exporter) -> None:
         self._upsert("exporters", exporter)
+        self._exporters()[(exporter.namespace, exporter.name)] = self._copy(exporter)
 
     async def delete_exporter(self, namespace: str, name: str) -> None:
         self._delete("exporters", namespace, name)
+        self._exporters().pop((namespace, name), None)
 
     # -- clients ---------------------------------------------------------------
 
