@@ -22,7 +22,8 @@ import structlog
 from exporterd.hooks import run_hook
 from jumpstarter import channels
 from jumpstarter.session.server import Session, SessionSlot
-from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2, router_pb2_grpc
+from jumpstarter.splice import splice
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2_grpc
 
 if TYPE_CHECKING:
     from exporterd.daemon import Daemon
@@ -31,7 +32,6 @@ log = structlog.get_logger("exporterd.link")
 S = common_pb2
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 RELEASE_GRACE = 1.0  # after EndSession: clients polling GetStatus see AVAILABLE before the session goes
-CHUNK = 64 * 1024  # tunnel peers may be upstream clients (PROTOCOL.md §5)
 HOOK_WARNING = "[HOOK_WARNING] "
 
 
@@ -182,6 +182,7 @@ class LeaseRun:
         self.listener: asyncio.Task[None] | None = None
         self.tunnels: set[asyncio.Task[None]] = set()
         self.ending: asyncio.Task[None] | None = None
+        self.routers: dict[str, grpc.aio.Channel] = {}
         self.finished = False
 
     def _env(self) -> dict[str, str]:
@@ -253,45 +254,24 @@ class LeaseRun:
 
     async def _tunnel(self, endpoint: str, token: str) -> None:
         """Splice one router stream with one connection to our own session socket."""
-        channel = channels.open_controller_aio(endpoint, self._router_credentials(endpoint))
+        channel = self.routers.get(endpoint)
+        if channel is None:  # one TLS channel per router for the whole lease
+            channel = self.routers[endpoint] = channels.open_controller_aio(
+                endpoint, self._router_credentials(endpoint)
+            )
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(self.link.daemon.path)
             call = router_pb2_grpc.RouterServiceStub(channel).Stream(
                 metadata=(("authorization", f"Bearer {token}"),)
             )
-
-            async def up() -> None:  # session -> router
-                while data := await reader.read(CHUNK):
-                    await call.write(router_pb2.StreamRequest(payload=data))
-                await call.write(router_pb2.StreamRequest(frame_type=router_pb2.FRAME_TYPE_GOAWAY))
-                await call.done_writing()
-
-            async def down() -> None:  # router -> session; read the call to its end so the router ends it OK
-                assert writer is not None
-                eof = False
-                async for frame in call:
-                    if eof:
-                        continue
-                    if frame.frame_type == router_pb2.FRAME_TYPE_DATA and frame.payload:
-                        writer.write(frame.payload)
-                        await writer.drain()
-                    elif frame.frame_type == router_pb2.FRAME_TYPE_GOAWAY:
-                        eof = True
-                        writer.write_eof()
-                    elif frame.frame_type == router_pb2.FRAME_TYPE_RST_STREAM:
-                        break
-                if not eof and writer.can_write_eof():
-                    writer.write_eof()
-
-            await asyncio.gather(up(), down())
+            await splice(reader, writer, call)
         except (grpc.RpcError, OSError) as exc:
             details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.debug("tunnel ended", router=endpoint, error=details)
         finally:
             if writer is not None:
                 writer.close()
-            await channel.close()
 
     def _router_credentials(self, endpoint: str) -> grpc.ChannelCredentials:
         if endpoint == self.link.config.endpoint:
@@ -342,6 +322,9 @@ class LeaseRun:
         for task in [self.listener, *self.tunnels]:
             if task is not None:
                 task.cancel()
+        for channel in self.routers.values():
+            await channel.close()
+        self.routers.clear()
         await self._fresh_session(S.EXPORTER_STATUS_AVAILABLE)
         await self.link.report(S.EXPORTER_STATUS_AVAILABLE, "Available")
         log.info("lease ended")

@@ -39,14 +39,8 @@ from jumpstarter.client.remote import (
     rpc_error,
     short_name,
 )
-from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2, router_pb2_grpc
-
-CHUNK = 64 * 1024
-DATA, GOAWAY, RST_STREAM = (
-    router_pb2.FRAME_TYPE_DATA,
-    router_pb2.FRAME_TYPE_GOAWAY,
-    router_pb2.FRAME_TYPE_RST_STREAM,
-)
+from jumpstarter.splice import splice
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2_grpc
 
 
 class Tunnel:
@@ -183,54 +177,6 @@ class Tunnel:
                 )
             channel = self._routers[endpoint] = channels.open_controller_aio(endpoint, credentials)
         return channel
-
-
-async def splice(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: Any, linger: float = 10.0
-) -> None:
-    """Copy bytes between a local connection and a router stream (PROTOCOL.md §5 frames).
-
-    EOF travels as GOAWAY + half-close one way and as a half-close of the local
-    socket the other way; the call is read to its end so that the router can end
-    both sides OK. After local EOF the exporter gets `linger` seconds to finish.
-    """
-
-    async def up() -> None:  # local -> router
-        while data := await reader.read(CHUNK):
-            await call.write(router_pb2.StreamRequest(payload=data))
-        await call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
-        await call.done_writing()
-
-    async def down() -> None:  # router -> local; GOAWAY or the end of the call = EOF
-        eof = False
-        async for frame in call:
-            if eof:
-                continue
-            if frame.frame_type == DATA:
-                if frame.payload:
-                    writer.write(frame.payload)
-                    await writer.drain()
-            elif frame.frame_type == GOAWAY:
-                eof = True
-                writer.write_eof()
-            elif frame.frame_type == RST_STREAM:
-                raise ConnectionResetError("the exporter reset the stream")
-            # PING and unknown frame types are ignored
-        if not eof:
-            writer.write_eof()
-
-    sending, receiving = asyncio.ensure_future(up()), asyncio.ensure_future(down())
-    try:
-        done, _ = await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
-        if sending in done and sending.exception() is None and not receiving.done():
-            await asyncio.wait({receiving}, timeout=linger)
-    except (grpc.RpcError, OSError):
-        pass
-    finally:
-        for task in (sending, receiving):
-            task.cancel()
-        await asyncio.gather(sending, receiving, return_exceptions=True)
-        call.cancel()
 
 
 @dataclass

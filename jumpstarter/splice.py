@@ -1,0 +1,68 @@
+"""Splice a local stream connection onto a router stream (PROTOCOL.md §5-6).
+
+Both ends of a distributed session do this: the client for every connection to
+its tunnel socket, the exporter for every `ListenResponse` (to its own session
+socket). The router carries the bytes of a whole gRPC connection in DATA frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from jumpstarter.v1 import router_pb2
+
+CHUNK = 64 * 1024  # the other end may be an upstream peer (PROTOCOL.md §5)
+DATA = router_pb2.FRAME_TYPE_DATA
+GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
+RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
+
+
+async def splice(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: Any, linger: float = 10.0
+) -> None:
+    """Copy bytes between a local connection and a router stream (PROTOCOL.md §5 frames).
+
+    EOF travels as GOAWAY + half-close one way and as a half-close of the local
+    socket the other way; the call is read to its end so that the router can end
+    both sides OK. After local EOF the exporter gets `linger` seconds to finish.
+    """
+
+    async def up() -> None:  # local -> router
+        while data := await reader.read(CHUNK):
+            await call.write(router_pb2.StreamRequest(payload=data))
+        await call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
+        await call.done_writing()
+
+    async def down() -> None:  # router -> local; GOAWAY or the end of the call = EOF
+        eof = False
+        async for frame in call:
+            if eof:
+                continue
+            if frame.frame_type == DATA:
+                if frame.payload:
+                    writer.write(frame.payload)
+                    await writer.drain()
+            elif frame.frame_type == GOAWAY:
+                eof = True
+                writer.write_eof()
+            elif frame.frame_type == RST_STREAM:
+                raise ConnectionResetError("the exporter reset the stream")
+            # PING and unknown frame types are ignored
+        if not eof:
+            writer.write_eof()
+
+    sending, receiving = asyncio.ensure_future(up()), asyncio.ensure_future(down())
+    try:
+        done, _ = await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
+        if sending in done and sending.exception() is None and not receiving.done():
+            await asyncio.wait({receiving}, timeout=linger)
+    except (grpc.RpcError, OSError):
+        pass
+    finally:
+        for task in (sending, receiving):
+            task.cancel()
+        await asyncio.gather(sending, receiving, return_exceptions=True)
+        call.cancel()
