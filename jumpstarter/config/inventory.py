@@ -1,6 +1,6 @@
 """The lab host inventory: every board of this host in one YAML file (DESIGN.md §4).
 
-controller: {endpoint: ctl.lab:443, namespace: lab, token_dir: /etc/jumpstarter/tokens}
+controller: {endpoint: ctl.lab:443, namespace: lab, token_dir: /etc/jumpstarter/tokens, tls: {ca: BASE64-PEM}}
 socket_dir: /run/jumpstarter/boards      # NAME.sock per board
 device_dir: /run/jumpstarter/devices     # NAME.json: the devices jumpstarter-hotplug matched
 log_dir: /var/log/jumpstarter            # board-NAME.log (supervisord rotates them)
@@ -41,6 +41,7 @@ DEFAULT_DEVICE_DIR = "/run/jumpstarter/devices"
 DEFAULT_LOG_DIR = "/var/log/jumpstarter"
 BOARD_KEYS = {"name", "labels", "description", "motd", "match", "export", "hooks", "endpoint", "token_file"}
 TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "boards"}
+CONTROLLER_KEYS = {"endpoint", "namespace", "token_dir", "tls"}
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # usable in `${NAME.prop}`
 PROPERTY_RE = re.compile(r"^@?[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -102,7 +103,15 @@ def load_inventory(path: str) -> Inventory:
     if unknown:
         raise where.child(doc, unknown[0]).error(f"unknown key (accepted: {', '.join(sorted(TOP_KEYS))})")
     controller = doc.get("controller") or {}
-    _expect(where.child(doc, "controller"), controller, dict, "a mapping")
+    cw = where.child(doc, "controller")
+    _expect(cw, controller, dict, "a mapping")
+    for key in controller:
+        if key not in CONTROLLER_KEYS:
+            raise cw.child(controller, str(key)).error(
+                f"unknown key (accepted: {', '.join(sorted(CONTROLLER_KEYS))})"
+            )
+    tls = controller.get("tls") or {}
+    _expect(cw.child(controller, "tls"), tls, dict, "a mapping with ca (base64 PEM) and insecure")
     dirs = {}
     for key, default in (
         ("socket_dir", DEFAULT_SOCKET_DIR),
@@ -151,6 +160,8 @@ def load_inventory(path: str) -> Inventory:
             motd=str(raw.get("motd") or ""),
             endpoint=raw.get("endpoint") or controller.get("endpoint"),
             token=_read_token(token_file) if token_file and os.path.exists(str(token_file)) else None,
+            tls_ca=str(tls.get("ca") or ""),
+            tls_insecure=bool(tls.get("insecure", False)),
             hooks=_hooks(raw, here),
             devices={device: _AnyProperty(device) for device in rules},
         )
