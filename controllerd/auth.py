@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controllerd.records import TokenRecord
 from controllerd.store import NotFound, Store
+from jumpstarter.files import write_atomic
 
 ALGORITHM = "ES256"
 DEFAULT_TTL = 365 * 24 * 3600.0
@@ -60,12 +61,7 @@ def load_or_create_key(path: str) -> ec.EllipticCurvePrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    os.replace(tmp, path)
+    write_atomic(path, pem, 0o600, exclusive=True)
     return key
 
 

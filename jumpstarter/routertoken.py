@@ -22,6 +22,7 @@ import uuid
 import jwt
 
 from jumpstarter.errors import ConfigError
+from jumpstarter.files import write_atomic
 
 ISSUER = "https://jumpstarter.dev/stream"
 AUDIENCE = "https://jumpstarter.dev/router"
@@ -129,25 +130,5 @@ def generate_key(path: str) -> bytes:
     partial key and a concurrent creator loses cleanly (FileExistsError).
     """
     key = secrets.token_hex(32).encode()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(temporary, path)  # fails if `path` exists: no clobbering
-    finally:
-        os.unlink(temporary)
-    _fsync_directory(directory)
+    write_atomic(path, key + b"\n", 0o600, exclusive=True, dir_mode=0o700)
     return key
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,12 +12,10 @@ rotate by deleting the pair (or configuring real certificates) instead.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import ipaddress
 import os
-import secrets
 from collections.abc import Iterable
 
 import grpc
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jumpstarter.errors import ConfigError
+from jumpstarter.files import write_atomic
 
 VALIDITY = datetime.timedelta(days=3650)
 ALWAYS_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -181,22 +180,7 @@ def _read(path: str) -> bytes:
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    """Write `data` to a temporary file born with `mode`, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(directory, exist_ok=True)
-        temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        write_atomic(path, data, mode)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)  # the umask may have narrowed it
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise

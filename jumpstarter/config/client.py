@@ -81,12 +81,9 @@ def exporter_document(namespace: str, name: str, endpoint: str, token: str, ca: 
 
 def write_private(path: str, document: dict[str, Any]) -> None:
     """Write YAML atomically with mode 0600 (configs hold tokens)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(document, handle, sort_keys=False)
-    os.replace(tmp, path)
+    from jumpstarter.files import write_atomic
+
+    write_atomic(path, yaml.safe_dump(document, sort_keys=False).encode(), 0o600)
 
 
 def decode_claims(token: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from jumpstarter.config.inventory import matches
+from jumpstarter.files import write_atomic
 
 UDEV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # In the environment of a hand-run hotplug, but never udev properties; ACTION/SEQNUM describe the event.
@@ -218,18 +218,9 @@ def write_devices(device_dir: str, board: str, devices: dict[str, Device]) -> No
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    os.makedirs(device_dir, mode=0o755, exist_ok=True)
     data = {"board": board, "devices": {name: d.to_json() for name, d in sorted(devices.items())}}
-    fd, temp = tempfile.mkstemp(prefix=f".{board}.", dir=device_dir)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.chmod(temp, 0o644)  # exporterd may run as another user; device properties are not secret
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    # 0644: exporterd may run as another user; device properties are not secret
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o644)
 
 
 @contextlib.contextmanager

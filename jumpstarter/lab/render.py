@@ -18,7 +18,6 @@ import os
 import shlex
 import sys
 import sysconfig
-import tempfile
 
 from jumpstarter.config.inventory import Inventory
 from jumpstarter.lab.supervisor import COLDPLUG, program_name
@@ -103,16 +102,7 @@ def write_atomic(path: str, text: str) -> bool:
     with contextlib.suppress(OSError), open(path) as handle:
         if handle.read() == text:
             return False
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".render-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    from jumpstarter.files import write_atomic as write_file
+
+    write_file(path, text.encode(), 0o644)
     return True
