@@ -23,7 +23,6 @@ from controllerd.store import Conflict, NotFound, Store
 from jumpstarter.selector import parse
 
 log = structlog.get_logger("controllerd.admin")
-METHOD = "/jumpstarter.admin.v1.Admin/Call"
 MAX_REQUEST = 1024 * 1024
 KINDS = {"clients", "exporters", "leases", "policies", "tokens"}
 

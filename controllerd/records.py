@@ -38,9 +38,6 @@ class Condition:
     message: str = ""
     last_transition: float = field(default_factory=now)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
 
 @dataclass
 class Exporter:

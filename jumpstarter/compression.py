@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 ENCODINGS = ("gzip", "xz", "bz2", "zstd")
-MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 class Transform(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from jumpstarter.errors import JumpstarterError
 
@@ -41,9 +41,6 @@ class DriverClient:
     Generic access that works for any driver: `call(method, *args)`,
     `streamingcall(method, *args)`, `stream(method)`, and their `*_async` forms.
     """
-
-    #: Upstream-compatible `jumpstarter.dev/client` label values this class handles.
-    labels_handled: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from jumpstarter.driver.decorators import BYTESTREAM, export_kind, export_name
+from jumpstarter.driver.decorators import export_kind, export_name
 from jumpstarter.driver.signature import Binder
 from jumpstarter.errors import MethodNotFound
 
@@ -169,8 +169,3 @@ class Driver:
             ):
                 break  # this __init__ does not pass keywords further up
         return accepted, required
-
-
-def is_bytestream(driver: Driver, method: str) -> bool:
-    exported = driver.exported_methods().get(method)
-    return exported is not None and exported.kind == BYTESTREAM

@@ -46,6 +46,8 @@ class _Subscriber:
 
     async def aclose(self) -> None:
         self.port.subscribers.discard(self)
+        if self.dropped:
+            self.port.log.warning("a slow console viewer missed output", bytes=self.dropped)
 
 
 class Serial(Driver):

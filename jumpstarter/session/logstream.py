@@ -70,7 +70,6 @@ class LogBroadcaster(logging.Handler):
         super().__init__(level)
         self.loop = loop
         self._subscribers: set[asyncio.Queue[jumpstarter_pb2.LogStreamResponse]] = set()
-        self._lock = threading.Lock()
         self.hook_backlog: collections.deque[jumpstarter_pb2.LogStreamResponse] = collections.deque(
             maxlen=HOOK_BACKLOG
         )
@@ -114,7 +113,3 @@ class LogBroadcaster(logging.Handler):
         finally:
             self._subscribers.discard(queue)
             set_stream_level(bool(self._subscribers))
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)

@@ -78,7 +78,6 @@ class Session:
         self.status_message = "Ready for commands" if status in CALLABLE_STATES else ""
         self.status_version = 1
         self.previous_status: Status | None = None
-        self.status_changed = asyncio.Event()
         self.on_end_session: Callable[[], Any] | None = None
         self.logs: LogBroadcaster | None = None
         self._report: jumpstarter_pb2.GetReportResponse | None = None
@@ -90,8 +89,6 @@ class Session:
         self.status = status
         self.status_message = message
         self.status_version += 1
-        self.status_changed.set()
-        self.status_changed = asyncio.Event()
 
     def report(self) -> jumpstarter_pb2.GetReportResponse:
         if self._report is None:
