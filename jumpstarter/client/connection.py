@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -374,8 +375,11 @@ class AsyncConnection:
             initial = await call.initial_metadata()
         except grpc.RpcError as exc:
             raise translate(exc, str(request.get("method", "stream"))) from None
-        if call.done():
-            code = await call.code()
+        if not initial:  # the same rule as BlockingStream: empty metadata may be a trailers-only error
+            try:
+                code = await asyncio.wait_for(asyncio.shield(call.code()), UNMARKED_STREAM_GRACE)
+            except TimeoutError:
+                code = grpc.StatusCode.OK
             if code != grpc.StatusCode.OK:
                 raise error_for(code, await call.details())
         stream = AsyncStream(call, dict(initial or ()))

@@ -352,7 +352,9 @@ def test_serial_console_output_goes_to_a_log_file_per_session(tmp_path):
     master, slave = os.openpty()
     tty.setraw(slave)
     logs = tmp_path / "console"
-    board = Composite(children={"serial": Serial(url=os.ttyname(slave), console_log=str(logs), console_log_max=64)})
+    board = Composite(
+        children={"serial": Serial(url=os.ttyname(slave), console_log=str(logs), console_log_max=64)}
+    )
     try:
         with LocalServer(lambda: board) as path, jumpstarter.connect(path) as root:
             with root.serial.console() as console:
@@ -369,3 +371,13 @@ def test_serial_console_output_goes_to_a_log_file_per_session(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_async_stream_open_failure_surfaces_at_open(served):
+    async def scenario() -> None:
+        async with jumpstarter.connect_async(served) as root:
+            with pytest.raises(DriverUnavailable, match="cannot connect to 127.0.0.1:1"):
+                async with root.net.closed.stream_async():
+                    pass
+
+    asyncio.run(scenario())
