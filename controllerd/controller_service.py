@@ -12,8 +12,9 @@ import structlog
 from google.protobuf import empty_pb2
 
 from controllerd.auth import Identity, TokenAuthority
+from controllerd.convert import legacy_lease_message
 from controllerd.hub import Hub
-from controllerd.records import Exporter, Lease, now
+from controllerd.records import Exporter, Lease, now, uuid7
 from controllerd.rpc import RpcError, streaming, unary
 from controllerd.scheduler import (
     AFTER_LEASE_HOOK,
@@ -26,7 +27,8 @@ from controllerd.scheduler import (
 )
 from controllerd.store import NotFound, Store
 from jumpstarter import routertoken
-from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc, kubernetes_pb2
+from jumpstarter.selector import from_labels
+from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 log = structlog.get_logger("controllerd")
 
@@ -267,29 +269,12 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         lease = await self.store.get_lease(who.namespace, request.name)
         if lease.client != who.name:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "GetLease permission denied")
-        from controllerd.convert import condition_message, duration, timestamp
-        from jumpstarter.selector import parse
-
-        response = jumpstarter_pb2.GetLeaseResponse(
-            selector=kubernetes_pb2.LabelSelector(match_labels=parse(lease.selector).match_labels()),
-            conditions=[condition_message(c) for c in lease.conditions],
-        )
-        if lease.duration is not None:
-            response.duration.CopyFrom(duration(lease.duration))
-        if lease.effective_begin is not None:
-            response.begin_time.CopyFrom(timestamp(lease.effective_begin))
-        if lease.effective_end is not None:
-            response.end_time.CopyFrom(timestamp(lease.effective_end))
-        if lease.exporter:
-            response.exporter_uuid = (await self.store.get_exporter(lease.namespace, lease.exporter)).uid
-        return response
+        uid = (await self.store.get_exporter(lease.namespace, lease.exporter)).uid if lease.exporter else None
+        return legacy_lease_message(lease, uid)
 
     @unary
     async def RequestLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
-        from controllerd.records import uuid7
-        from jumpstarter.selector import from_labels
-
         selector = str(from_labels(dict(request.selector.match_labels)))
         lease = Lease(
             who.namespace,

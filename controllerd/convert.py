@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controllerd.records import Exporter, Lease
 from jumpstarter.client.v1 import client_pb2
 from jumpstarter.selector import parse
-from jumpstarter.v1 import kubernetes_pb2
+from jumpstarter.v1 import jumpstarter_pb2, kubernetes_pb2
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
@@ -100,4 +100,21 @@ def lease_message(lease: Lease, now: float | None = None) -> client_pb2.Lease:
         message.effective_duration.CopyFrom(duration(max(0.0, end - lease.effective_begin)))
         if lease.effective_end is not None:
             message.effective_end_time.CopyFrom(timestamp(lease.effective_end))
+    return message
+
+
+def legacy_lease_message(lease: Lease, exporter_uid: str | None) -> jumpstarter_pb2.GetLeaseResponse:
+    """`ControllerService.GetLease` (the old lease API): structured selector, effective times."""
+    message = jumpstarter_pb2.GetLeaseResponse(
+        selector=kubernetes_pb2.LabelSelector(match_labels=parse(lease.selector).match_labels()),
+        conditions=[condition_message(c) for c in lease.conditions],
+    )
+    if lease.duration is not None:
+        message.duration.CopyFrom(duration(lease.duration))
+    if lease.effective_begin is not None:
+        message.begin_time.CopyFrom(timestamp(lease.effective_begin))
+    if lease.effective_end is not None:
+        message.end_time.CopyFrom(timestamp(lease.effective_end))
+    if exporter_uid is not None:
+        message.exporter_uuid = exporter_uid
     return message

@@ -284,6 +284,36 @@ def test_transfer_gives_dial_rights_to_the_new_owner_only(scope: Scope):
     bob.delete_lease(lease.name)
 
 
+def test_legacy_lease_rpcs_request_get_list_and_release(scope: Scope):
+    from google.protobuf.duration_pb2 import Duration
+
+    from jumpstarter.v1 import jumpstarter_pb2, kubernetes_pb2
+
+    scope.exporter("board", board="legacy")
+    alice, bob = scope.client("alice"), scope.client("bob")
+    requested = alice.controller.RequestLease(
+        jumpstarter_pb2.RequestLeaseRequest(
+            duration=Duration(seconds=60),
+            selector=kubernetes_pb2.LabelSelector(match_labels={"board": "legacy"}),
+        ),
+        metadata=alice.md,
+    )
+    got = alice.controller.GetLease(jumpstarter_pb2.GetLeaseRequest(name=requested.name), metadata=alice.md)
+    assert dict(got.selector.match_labels) == {"board": "legacy"} and got.duration.seconds == 60
+    assert got.HasField("begin_time") and got.exporter_uuid
+    assert any(c.type == "Ready" and c.status == "True" for c in got.conditions)
+    names = alice.controller.ListLeases(jumpstarter_pb2.ListLeasesRequest(), metadata=alice.md).names
+    assert list(names) == [requested.name]
+    denied = rpc_error(
+        lambda: bob.controller.GetLease(jumpstarter_pb2.GetLeaseRequest(name=requested.name), metadata=bob.md)
+    )
+    assert denied.code() == CODE.PERMISSION_DENIED
+    alice.controller.ReleaseLease(jumpstarter_pb2.ReleaseLeaseRequest(name=requested.name), metadata=alice.md)
+    ended = alice.controller.GetLease(jumpstarter_pb2.GetLeaseRequest(name=requested.name), metadata=alice.md)
+    assert ended.HasField("end_time")
+    assert any(c.type == "Ready" and c.status == "False" and c.reason == "Released" for c in ended.conditions)
+
+
 # -- exporter crash, controller and router restarts ----------------------------------------------
 
 
