@@ -55,25 +55,30 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         self.scheduler = scheduler
         self.auth = auth
 
-    async def _client(self, context: grpc.aio.ServicerContext, namespace: str | None = None) -> Identity:
+    async def _caller(
+        self, context: grpc.aio.ServicerContext, resource: str, kind: str | None = None
+    ) -> tuple[Identity, str, str]:
+        """Authenticate first, then parse `namespaces/NS` (or `namespaces/NS/KIND/NAME`) in the caller's namespace."""
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
-        if namespace is not None and namespace != who.namespace:
+        if kind is None:
+            namespace, name = split_parent(resource), ""
+        else:
+            namespace, _, name = split_name(resource, kind)
+        if namespace != who.namespace:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "namespace mismatch")
-        return who
+        return who, namespace, name
 
     # -- exporters ------------------------------------------------------------------
 
     @unary
     async def GetExporter(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace, _, name = split_name(request.name, "exporters")
-        await self._client(context, namespace)
+        _, namespace, name = await self._caller(context, request.name, "exporters")
         exporter = await self.store.get_exporter(namespace, name)
         return exporter_message(exporter, self.scheduler.online(exporter))
 
     @unary
     async def ListExporters(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace = split_parent(request.parent)
-        await self._client(context, namespace)
+        _, namespace, _ = await self._caller(context, request.parent)
         selector = _selector(request.filter, "filter")
         exporters = [e for e in await self.store.list_exporters(namespace) if selector.matches(e.labels)]
         chunk, token = _page(exporters, request.page_size, request.page_token)
@@ -85,14 +90,12 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def GetLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace, _, name = split_name(request.name, "leases")
-        await self._client(context, namespace)
+        _, namespace, name = await self._caller(context, request.name, "leases")
         return lease_message(await self.store.get_lease(namespace, name))
 
     @unary
     async def ListLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace = split_parent(request.parent)
-        await self._client(context, namespace)
+        _, namespace, _ = await self._caller(context, request.parent)
         only_active = request.only_active if request.HasField("only_active") else True
         selector = _selector(request.filter, "filter")
         tags = _selector(request.tag_filter, "tag_filter")
@@ -108,8 +111,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def CreateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace = split_parent(request.parent)
-        who = await self._client(context, namespace)
+        who, namespace, _ = await self._caller(context, request.parent)
         spec = request.lease
         if not spec.selector and not spec.exporter_name:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "a lease needs a selector or an exporter_name")
@@ -154,8 +156,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def UpdateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace, _, name = split_name(request.lease.name, "leases")
-        who = await self._client(context, namespace)
+        who, namespace, name = await self._caller(context, request.lease.name, "leases")
         lease = await self.store.get_lease(namespace, name)
         if lease.client != who.name:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
@@ -200,8 +201,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def DeleteLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace, _, name = split_name(request.name, "leases")
-        who = await self._client(context, namespace)
+        who, namespace, name = await self._caller(context, request.name, "leases")
         lease = await self.store.get_lease(namespace, name)
         if lease.client != who.name:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
@@ -212,10 +212,8 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def RotateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        namespace = (
-            split_parent(request.parent) if request.parent.count("/") == 1 else split_name(request.parent)[0]
-        )
-        who = await self._client(context, namespace)
+        kind = None if request.parent.count("/") == 1 else request.parent.split("/")[2]
+        who, _, _ = await self._caller(context, request.parent, kind)
         token, expiry = await self.auth.issue("Client", who.namespace, who.name, who.uid)
         await self.auth.revoke(jti=who.jti)  # the old token stops working now
         return client_pb2.RotateTokenResponse(token=token, expiry=timestamp(expiry))

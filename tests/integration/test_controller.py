@@ -601,6 +601,11 @@ MALFORMED: dict[str, tuple[Callable[[Peer, Identity], Any], grpc.StatusCode, str
         CODE.UNAUTHENTICATED,
         "authorization",
     ),
+    "a bad parent and no token: authentication comes first": (
+        lambda p, e: _create(p, parent="bogus", md=_md(p, drop="authorization"), selector="board=b"),
+        CODE.UNAUTHENTICATED,
+        "authorization",
+    ),
     "no authorization": (
         lambda p, e: _create(p, md=_md(p, drop="authorization"), selector="board=b"),
         CODE.UNAUTHENTICATED,
