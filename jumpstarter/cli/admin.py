@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from jumpstarter.cli.remote import duration_seconds, key_values, table
 from jumpstarter.errors import JumpstarterError
 
 DEFAULT_SOCKET = "/run/jumpstarter-controllerd/admin.sock"
@@ -37,24 +38,6 @@ def call(socket: str, op: str, **args: Any) -> Any:
         except grpc.RpcError as exc:
             raise JumpstarterError(f"{op}: {exc.details()}") from None
     return json.loads(reply)["result"]
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise JumpstarterError(f"labels are KEY=VALUE, got {item!r}")
-        labels[key] = value
-    return labels
-
-
-def _duration(text: str | None) -> float | None:
-    if not text:
-        return None
-    from jumpstarter.cli.durations import parse_duration
-
-    return parse_duration(text)
 
 
 def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
@@ -82,11 +65,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    table([[_cell(r.get(c)) for c in columns] for r in rows], [c.upper() for c in columns])
 
 
 def _cell(value: Any) -> str:
@@ -132,7 +111,11 @@ def add_admin_parser(sub: Any) -> None:
 
     def run_create(a: argparse.Namespace) -> int:
         result = call(
-            a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=_labels(a.label)
+            a.admin_socket,
+            f"create_{a.kind}",
+            namespace=a.namespace,
+            name=a.name,
+            labels=key_values(a.label, "labels"),
         )
         _emit_config(a.kind, result, a.output)
         return 0
@@ -194,7 +177,7 @@ def add_admin_parser(sub: Any) -> None:
                     "label_exporter",
                     namespace=a.namespace,
                     name=a.name,
-                    labels=_labels(a.label),
+                    labels=key_values(a.label, "labels"),
                 )
             )
             or 0
@@ -227,7 +210,7 @@ def add_admin_parser(sub: Any) -> None:
                         exporter_selector=a.exporters,
                         client_selector=a.clients,
                         priority=a.priority,
-                        maximum_duration=_duration(a.max_duration),
+                        maximum_duration=(duration_seconds(a.max_duration) if a.max_duration else None),
                     )
                 )
             )
