@@ -28,6 +28,7 @@ from controllerd.scheduler import (
 )
 from controllerd.store import NotFound, Store
 from jumpstarter import routertoken
+from jumpstarter.names import InvalidName
 from jumpstarter.selector import from_labels
 from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
@@ -70,7 +71,11 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     @unary
     async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who, exporter = await self._exporter(context)
-        exporter.labels = validate.registered_labels(exporter.labels, dict(request.labels), who.name)
+        try:
+            exporter.labels = validate.registered_labels(exporter.labels, dict(request.labels), who.name)
+        except InvalidName:
+            log.warning("register refused: reserved label", exporter=who.name, namespace=who.namespace)
+            raise
         exporter.devices = [
             {
                 "uuid": r.uuid,

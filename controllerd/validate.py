@@ -2,7 +2,7 @@
 
 CreateLease, the legacy RequestLease and UpdateLease all pass through here, so one set of
 rules (sizes, character sets, time bounds, the maximum lease duration) holds on every path.
-A refusal raises `LeaseRequestError` (INVALID_ARGUMENT) and the caller stores nothing.
+A refusal raises `LeaseRequestError` or `InvalidName` (both INVALID_ARGUMENT); the caller stores nothing.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def registered_labels(stored: dict[str, str], sent: dict[str, str], name: str) -
     upstream and our exporterd send); any other is refused; plain labels are the admin's to set."""
     for key, value in sent.items():
         if reserved(key) and (key not in EXPORTER_SET_LABELS or value != name):
-            raise _refuse(
+            raise InvalidName(
                 f"label {shown(key)}={shown(value)} is reserved: the controller sets it "
                 f"(an exporter may only send {NAME_LABEL}={name})"
             )
