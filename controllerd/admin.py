@@ -20,6 +20,7 @@ from controllerd.auth import TokenAuthority, subject
 from controllerd.records import AccessPolicy, Client, Exporter
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import Conflict, NotFound, Store
+from jumpstarter.names import InvalidName, check_labels, check_name, reserved
 from jumpstarter.selector import parse
 
 log = structlog.get_logger("controllerd.admin")
@@ -34,11 +35,13 @@ class AdminError(Exception):
 
 
 def _labels(args: dict[str, Any]) -> dict[str, str]:
-    labels = args.get("labels") or {}
-    if not isinstance(labels, dict):
-        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "labels must be a mapping")
-    parse(",".join(f"{k}={v}" for k, v in labels.items()))  # validates keys and values
-    return {str(k): str(v) for k, v in labels.items()}
+    return check_labels(args.get("labels") or {})
+
+
+def _new_name(args: dict[str, Any], kind: str) -> tuple[str, str]:
+    """(namespace, name) of a record about to be created: both DNS-1123 labels, checked first."""
+    namespace = check_name(args.get("namespace") or "default", "namespace")
+    return namespace, check_name(args.get("name"), f"{kind} name")
 
 
 class Admin:
@@ -82,6 +85,8 @@ class Admin:
             return json.dumps({"result": result}).encode()
         except AdminError as exc:
             await context.abort(exc.code, str(exc))
+        except InvalidName as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Conflict as exc:
@@ -113,7 +118,8 @@ class Admin:
         }
 
     async def create_client(self, args: dict[str, Any]) -> dict[str, Any]:
-        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        namespace, name = _new_name(args, "client")
+        labels = _labels(args)
         try:
             await self.store.get_client(namespace, name)
             raise AdminError(
@@ -121,12 +127,13 @@ class Admin:
             )
         except NotFound:
             pass
-        client = Client(namespace, name, labels=_labels(args))
+        client = Client(namespace, name, labels=labels)
         await self.store.save_client(client)
         return await self._issue("Client", namespace, name, client.uid)
 
     async def create_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
-        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        namespace, name = _new_name(args, "exporter")
+        labels = _labels(args)
         try:
             await self.store.get_exporter(namespace, name)
             raise AdminError(
@@ -135,7 +142,7 @@ class Admin:
             )
         except NotFound:
             pass
-        exporter = Exporter(namespace, name, labels=_labels(args))
+        exporter = Exporter(namespace, name, labels=labels)
         await self.store.save_exporter(exporter)
         self.scheduler.hub.wake_scheduler()
         return await self._issue("Exporter", namespace, name, exporter.uid)
@@ -199,16 +206,17 @@ class Admin:
 
     async def label_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
         exporter = await self.store.get_exporter(str(args.get("namespace") or "default"), str(args["name"]))
-        system = {k: v for k, v in exporter.labels.items() if k.startswith("jumpstarter.dev/")}
+        system = {k: v for k, v in exporter.labels.items() if reserved(k)}
         exporter.labels = {**_labels(args), **system}
         await self.store.save_exporter(exporter)
         await self.scheduler.poke()
         return {"name": exporter.name, "labels": exporter.labels}
 
     async def set_policy(self, args: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = _new_name(args, "policy")
         policy = AccessPolicy(
-            str(args.get("namespace") or "default"),
-            str(args["name"]),
+            namespace,
+            name,
             exporter_selector=str(parse(str(args.get("exporter_selector") or ""))),
             client_selector=str(parse(str(args.get("client_selector") or ""))),
             priority=int(args.get("priority") or 0),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-import re
+import time
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
 
+from controllerd import validate
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import exporter_message, lease_message, split_name, split_parent, timestamp
 from controllerd.records import Lease, uuid7
@@ -18,14 +19,8 @@ from controllerd.store import NotFound, Store
 from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
 from jumpstarter.selector import Selector, parse
 
-MAX_TAGS = 10
-MAX_CONTEXT = 8
-MAX_CONTEXT_KEY = 32
-MAX_CONTEXT_VALUE = 64
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-LEASE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 def _page(items: list[Any], size: int, token: str) -> tuple[list[Any], str]:
@@ -50,10 +45,13 @@ def _selector(text: str, what: str) -> Selector:
 
 
 class ClientService(client_pb2_grpc.ClientServiceServicer):
-    def __init__(self, store: Store, scheduler: LeaseScheduler, auth: TokenAuthority) -> None:
+    def __init__(
+        self, store: Store, scheduler: LeaseScheduler, auth: TokenAuthority, *, max_lease_duration: float
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.auth = auth
+        self.max_lease_duration = max_lease_duration
 
     async def _caller(
         self, context: grpc.aio.ServicerContext, resource: str, kind: str | None = None
@@ -113,27 +111,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
     async def CreateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who, namespace, _ = await self._caller(context, request.parent)
         spec = request.lease
-        if not spec.selector and not spec.exporter_name:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "a lease needs a selector or an exporter_name")
         name = request.lease_id or uuid7()
-        if not LEASE_ID_RE.match(name):
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"invalid lease_id {name!r} (lowercase letters, digits, '-', '.')",
-            )
-        if len(spec.tags) > MAX_TAGS:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_TAGS} tags")
-        for key, value in spec.tags.items():
-            if not TAG_KEY_RE.match(key) or len(value) > 63:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid tag {key}={value}")
-        if len(spec.context) > MAX_CONTEXT:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_CONTEXT} context entries")
-        for key, value in spec.context.items():
-            if not key or len(key) > MAX_CONTEXT_KEY or len(value) > MAX_CONTEXT_VALUE:
-                raise RpcError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"context keys are 1-{MAX_CONTEXT_KEY} and values at most {MAX_CONTEXT_VALUE} characters",
-                )
         lease = Lease(
             namespace,
             name,
@@ -147,6 +125,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
             context=dict(spec.context),
             allow_disabled=spec.allow_disabled,
         )
+        validate.lease_request(lease, time.time(), self.max_lease_duration)
         try:
             return lease_message(await self.scheduler.submit(lease))
         except Exception as exc:
@@ -197,6 +176,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
             except NotFound:
                 raise RpcError(grpc.StatusCode.NOT_FOUND, f"client {target} not found") from None
             lease.client = target
+        validate.lease_times(lease, time.time(), self.max_lease_duration)
         return lease_message(await self.scheduler.update(lease))
 
     @unary

@@ -24,7 +24,9 @@ TOP_KEYS = {
     "metrics",
     "token_ttl_days",
     "dial_ready_wait",
+    "max_lease_duration",
 }
+MAX_LEASE_DURATION_LIMIT = 3650 * 86400.0  # ten years: times stay representable in every message
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ControllerConfig:
     metrics: str | None = "127.0.0.1:9102"
     token_ttl_days: float = 365.0
     dial_ready_wait: float = 30.0
+    max_lease_duration: float = 7 * 86400.0  # seconds; policies may set shorter ones
 
 
 def load(path: str) -> ControllerConfig:
@@ -109,6 +112,11 @@ def load(path: str) -> ControllerConfig:
     config.offline_after = number("offline_after", config.offline_after)
     config.dial_ready_wait = number("dial_ready_wait", config.dial_ready_wait)
     config.token_ttl_days = number("token_ttl_days", config.token_ttl_days)
+    config.max_lease_duration = number("max_lease_duration", config.max_lease_duration)
+    if config.max_lease_duration > MAX_LEASE_DURATION_LIMIT:
+        raise where.child(doc, "max_lease_duration").error(
+            f"at most {int(MAX_LEASE_DURATION_LIMIT)} seconds (ten years)"
+        )
     config.admin_socket = rel(text("admin_socket", config.admin_socket))
     metrics = doc.get("metrics", config.metrics)
     if metrics is not None and not isinstance(metrics, str):

@@ -11,6 +11,7 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
+from controllerd import validate
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import legacy_lease_message
 from controllerd.hub import Hub
@@ -27,6 +28,7 @@ from controllerd.scheduler import (
 )
 from controllerd.store import NotFound, Store
 from jumpstarter import routertoken
+from jumpstarter.names import InvalidName
 from jumpstarter.selector import from_labels
 from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
@@ -36,7 +38,6 @@ DIALABLE = frozenset({UNSPECIFIED, LEASE_READY, BEFORE_LEASE_HOOK, AFTER_LEASE_H
 HOOK_FAILED = frozenset({6, 7})
 DIAL_READY_WAIT = 30.0
 HEARTBEAT = 10.0
-SYSTEM_LABEL_PREFIX = "jumpstarter.dev/"
 
 
 class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
@@ -49,6 +50,8 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         routers: list[str],
         router_key: bytes,
         dial_ready_wait: float = DIAL_READY_WAIT,
+        *,
+        max_lease_duration: float,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -57,6 +60,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         self.routers = itertools.cycle(routers) if routers else None
         self.router_key = router_key
         self.dial_ready_wait = dial_ready_wait
+        self.max_lease_duration = max_lease_duration
 
     async def _exporter(self, context: grpc.aio.ServicerContext) -> tuple[Identity, Exporter]:
         who = await self.auth.authenticate(context.invocation_metadata(), "Exporter")
@@ -67,9 +71,11 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     @unary
     async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who, exporter = await self._exporter(context)
-        labels = {k: v for k, v in exporter.labels.items() if not k.startswith(SYSTEM_LABEL_PREFIX)}
-        labels.update({k: v for k, v in request.labels.items() if k.startswith(SYSTEM_LABEL_PREFIX)})
-        exporter.labels = labels
+        try:
+            exporter.labels = validate.registered_labels(exporter.labels, dict(request.labels), who.name)
+        except InvalidName:
+            log.warning("register refused: reserved label", exporter=who.name, namespace=who.namespace)
+            raise
         exporter.devices = [
             {
                 "uuid": r.uuid,
@@ -275,14 +281,16 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     @unary
     async def RequestLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
-        selector = str(from_labels(dict(request.selector.match_labels)))
+        labels = dict(request.selector.match_labels)
+        validate.selector_labels(labels)
         lease = Lease(
             who.namespace,
             uuid7(),
             who.name,
-            selector=selector,
+            selector=str(from_labels(labels)),
             duration=request.duration.ToNanoseconds() / 1e9 if request.HasField("duration") else None,
         )
+        validate.lease_request(lease, now(), self.max_lease_duration)
         lease = await self.scheduler.submit(lease)
         return jumpstarter_pb2.RequestLeaseResponse(name=lease.name)
 

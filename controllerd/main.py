@@ -73,10 +73,21 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(
-        ControllerService(store, hub, scheduler, auth, config.routers, router_key, config.dial_ready_wait),
+        ControllerService(
+            store,
+            hub,
+            scheduler,
+            auth,
+            config.routers,
+            router_key,
+            config.dial_ready_wait,
+            max_lease_duration=config.max_lease_duration,
+        ),
         server,
     )
-    client_pb2_grpc.add_ClientServiceServicer_to_server(ClientService(store, scheduler, auth), server)
+    client_pb2_grpc.add_ClientServiceServicer_to_server(
+        ClientService(store, scheduler, auth, max_lease_duration=config.max_lease_duration), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (

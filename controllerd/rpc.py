@@ -11,6 +11,7 @@ import structlog
 
 from controllerd.auth import AuthError
 from controllerd.convert import BadName
+from controllerd.policy import PolicyDenied
 from controllerd.scheduler import LeaseRequestError
 from controllerd.store import Conflict, NotFound
 
@@ -28,6 +29,8 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return exc.code, str(exc)
     if isinstance(exc, (BadName, LeaseRequestError, ValueError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, PolicyDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Conflict):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from controllerd.hub import Hub
+from controllerd.policy import PolicyDenied, approving_priority, held_for
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from controllerd.store import Conflict, NotFound, Store
 from jumpstarter.selector import SelectorError, parse
@@ -131,11 +132,43 @@ class LeaseScheduler:
             lease.duration, lease.begin_time, lease.end_time = resolve_times(
                 lease.duration, lease.begin_time, lease.end_time
             )
+            await self.check_policies(lease)
             await self.store.save_lease(lease)
             if lease.exporter:
                 self.hub.exporter_changed(lease.namespace, lease.exporter)
             await self._pass()
         return lease
+
+    async def check_policies(self, lease: Lease) -> None:
+        """Raise PolicyDenied unless a policy lets the lease's client hold its exporter (a pending
+        lease: some exporter it matches) for as long as the lease now lasts; for UpdateLease."""
+        policies = await self.store.list_policies(lease.namespace)
+        if not policies:
+            return
+        try:
+            client: Client | None = await self.store.get_client(lease.namespace, lease.client)
+        except NotFound:
+            client = None
+        if lease.exporter is not None:
+            exporters = [await self.store.get_exporter(lease.namespace, lease.exporter)]
+        else:
+            selector = parse(lease.selector)
+            exporters = [
+                e
+                for e in await self.store.list_exporters(lease.namespace)
+                if selector.matches(e.labels) and lease.exporter_name in (None, "", e.name)
+            ]
+        held = held_for(lease, self.clock())
+        if exporters and all(approving_priority(policies, e, client, held) is None for e in exporters):
+            which = (
+                f"exporter {exporters[0].name}"
+                if len(exporters) == 1
+                else f"any of {len(exporters)} exporters"
+            )
+            raise PolicyDenied(
+                f"permission denied: no access policy lets client {lease.client} hold {which} "
+                f"for {round(held)}s"
+            )
 
     async def poke(self) -> None:
         """Something changed (an exporter registered, came online, became ready): re-plan."""
@@ -305,18 +338,7 @@ class LeaseScheduler:
         ns_policies = [p for p in policies if p.namespace == lease.namespace]
         requested = lease.duration or 0.0
         for exporter in candidates:
-            if not ns_policies:
-                decision.candidates.append((0, exporter))
-                continue
-            best: int | None = None
-            for policy in ns_policies:
-                if not parse(policy.exporter_selector).matches(exporter.labels):
-                    continue
-                if client is None or not parse(policy.client_selector).matches(client.labels):
-                    continue
-                if policy.maximum_duration is not None and requested > policy.maximum_duration:
-                    continue
-                best = policy.priority if best is None else max(best, policy.priority)
+            best = approving_priority(ns_policies, exporter, client, requested)
             if best is not None:
                 decision.candidates.append((best, exporter))
         if not decision.candidates:

@@ -16,8 +16,10 @@ import sys
 import time
 from typing import Any
 
+from jumpstarter import names
 from jumpstarter.cli.remote import duration_seconds, key_values, table
-from jumpstarter.errors import JumpstarterError
+from jumpstarter.errors import ConfigError, JumpstarterError
+from jumpstarter.names import InvalidName, check_labels
 
 DEFAULT_SOCKET = "/run/jumpstarter-controllerd/admin.sock"
 
@@ -38,6 +40,21 @@ def call(socket: str, op: str, **args: Any) -> Any:
         except grpc.RpcError as exc:
             raise JumpstarterError(f"{op}: {exc.details()}") from None
     return json.loads(reply)["result"]
+
+
+def _checked_labels(items: list[str]) -> dict[str, str]:
+    """`-l KEY=VALUE` options, refused here with the controller's own rules before any call."""
+    try:
+        return check_labels(key_values(items, "labels"))
+    except InvalidName as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_name(value: str, what: str) -> str:
+    try:
+        return names.check_name(value, what)
+    except InvalidName as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
@@ -110,13 +127,10 @@ def add_admin_parser(sub: Any) -> None:
     )
 
     def run_create(a: argparse.Namespace) -> int:
-        result = call(
-            a.admin_socket,
-            f"create_{a.kind}",
-            namespace=a.namespace,
-            name=a.name,
-            labels=key_values(a.label, "labels"),
-        )
+        labels = _checked_labels(a.label)
+        check_name(a.namespace, "namespace")
+        check_name(a.name, f"{a.kind} name")
+        result = call(a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=labels)
         _emit_config(a.kind, result, a.output)
         return 0
 
@@ -177,7 +191,7 @@ def add_admin_parser(sub: Any) -> None:
                     "label_exporter",
                     namespace=a.namespace,
                     name=a.name,
-                    labels=key_values(a.label, "labels"),
+                    labels=_checked_labels(a.label),
                 )
             )
             or 0
