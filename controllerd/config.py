@@ -24,6 +24,7 @@ TOP_KEYS = {
     "metrics",
     "token_ttl_days",
     "dial_ready_wait",
+    "max_pending_leases",
 }
 
 
@@ -45,6 +46,7 @@ class ControllerConfig:
     metrics: str | None = "127.0.0.1:9102"
     token_ttl_days: float = 365.0
     dial_ready_wait: float = 30.0
+    max_pending_leases: int = 20
 
 
 def load(path: str) -> ControllerConfig:
@@ -109,6 +111,10 @@ def load(path: str) -> ControllerConfig:
     config.offline_after = number("offline_after", config.offline_after)
     config.dial_ready_wait = number("dial_ready_wait", config.dial_ready_wait)
     config.token_ttl_days = number("token_ttl_days", config.token_ttl_days)
+    limit = doc.get("max_pending_leases", config.max_pending_leases)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise where.child(doc, "max_pending_leases").error("expected a whole number of at least 1")
+    config.max_pending_leases = limit
     config.admin_socket = rel(text("admin_socket", config.admin_socket))
     metrics = doc.get("metrics", config.metrics)
     if metrics is not None and not isinstance(metrics, str):

@@ -47,6 +47,11 @@ MIGRATIONS: list[str] = [
         name TEXT NOT NULL, issued REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL);
     CREATE INDEX tokens_subject ON tokens (subject);
     """,
+    # v2: the per-client pending lease quota counts these on every CreateLease
+    """
+    CREATE INDEX leases_pending_by_client ON leases (namespace, client)
+        WHERE exporter IS NULL AND ended = 0;
+    """,
 ]
 
 _JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions"}
@@ -213,6 +218,13 @@ class SqliteStore:
 
     async def save_lease(self, lease: Lease) -> None:
         self._upsert("leases", lease)
+
+    async def count_pending_leases(self, namespace: str, client: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM leases WHERE namespace=? AND client=? AND exporter IS NULL AND ended = 0",
+            (namespace, client),
+        ).fetchone()
+        return int(row[0])
 
     # -- policies ----------------------------------------------------------------
 
