@@ -53,14 +53,22 @@ def selectors(count: int) -> list[str]:
     return shapes[:count]
 
 
-async def populate(store: SqliteStore, scheduler: LeaseScheduler, exporters: int, pending: int, kinds: int) -> None:
+async def populate(
+    store: SqliteStore, scheduler: LeaseScheduler, exporters: int, pending: int, kinds: int
+) -> None:
     await store.save_policy(AccessPolicy(NS, "everyone", priority=0))
     await store.save_policy(AccessPolicy(NS, "team-a", "pool=all", "team=a", priority=10))
     await store.save_client(Client(NS, "holder"))
     for i in range(exporters):
         await store.save_exporter(
-            Exporter(NS, f"e{i:04d}", labels={"pool": "all", "board": f"b{i % BOARDS}"}, status=AVAILABLE,
-                     last_seen=NOW, registered=True)
+            Exporter(
+                NS,
+                f"e{i:04d}",
+                labels={"pool": "all", "board": f"b{i % BOARDS}"},
+                status=AVAILABLE,
+                last_seen=NOW,
+                registered=True,
+            )
         )
         held = Lease(NS, f"held-{i:04d}", "holder", exporter_name=f"e{i:04d}", duration=86400.0)
         await scheduler.submit(held)  # granted at once: every exporter busy
@@ -69,7 +77,9 @@ async def populate(store: SqliteStore, scheduler: LeaseScheduler, exporters: int
         await store.save_client(Client(NS, f"c{i:04d}", labels={"team": "a" if i % 2 else "b"}))
     shapes = selectors(kinds)
     for i in range(pending):
-        lease = Lease(NS, f"p{i:05d}", f"c{i % clients:04d}", selector=shapes[i % len(shapes)], duration=600.0)
+        lease = Lease(
+            NS, f"p{i:05d}", f"c{i % clients:04d}", selector=shapes[i % len(shapes)], duration=600.0
+        )
         lease.created = NOW
         await store.create_lease(lease)  # straight into the store: no pass per lease while filling
 
@@ -104,14 +114,20 @@ async def _profile(call: Callable[[], Awaitable[Any]]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--exporters", type=int, default=100)
     parser.add_argument("--pending", default="250,500,1000,2000", help="comma-separated pending lease counts")
-    parser.add_argument("--selectors", type=int, default=8, help="distinct selectors among the pending leases")
+    parser.add_argument(
+        "--selectors", type=int, default=8, help="distinct selectors among the pending leases"
+    )
     parser.add_argument("--runs", type=int, default=5, help="passes timed per row (median)")
     parser.add_argument("--profile", type=int, default=0, help="cProfile one pass at this many pending")
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # no grant lines
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+    )  # no grant lines
     rows = []
     for pending in [int(p) for p in args.pending.split(",")]:
         seconds, lines = asyncio.run(measure(args.exporters, pending, args.selectors, args.runs, False))
