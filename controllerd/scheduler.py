@@ -129,7 +129,10 @@ class LeaseScheduler:
             lease.duration, lease.begin_time, lease.end_time = resolve_times(
                 lease.duration, lease.begin_time, lease.end_time
             )
-            if lease.pending and (await self.store.get_lease(lease.namespace, lease.name)).client != lease.client:
+            if (
+                lease.pending
+                and (await self.store.get_lease(lease.namespace, lease.name)).client != lease.client
+            ):
                 await self._check_quota(lease.namespace, lease.client)  # a transfer counts for the new owner
             await self.store.save_lease(lease)
             if lease.exporter:
@@ -279,7 +282,9 @@ class LeaseScheduler:
         usable.sort(key=lambda pe: (-pe[0], pe[1].name))
         return usable[0]
 
-    async def _report_waits(self, waiting: list[tuple[Lease, Evaluation]], busy: set[tuple[str, str]]) -> None:
+    async def _report_waits(
+        self, waiting: list[tuple[Lease, Evaluation]], busy: set[tuple[str, str]]
+    ) -> None:
         """Tell each waiting lease why, and how many waiting leases ahead of it compete for its exporters."""
         groups: dict[frozenset[tuple[str, str]], int] = {}  # distinct candidate sets -> group number
         group_keys: list[frozenset[tuple[str, str]]] = []
