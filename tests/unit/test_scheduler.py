@@ -403,3 +403,31 @@ def test_schema_is_versioned_and_reopening_keeps_data(tmp_path):
     again = SqliteStore(str(tmp_path / "c.db"))
     assert [c.name for c in asyncio.run(again.list_clients())] == ["alice"]
     again.close()
+
+
+def test_store_lease_cache_hands_out_copies_and_follows_every_write(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/c.db")
+
+    async def scenario():
+        await store.create_lease(lease("a", tags={"t": "1"}))
+        await store.create_lease(lease("b"))
+        got = (await store.list_leases(only_active=True))[0]
+        got.tags["t"] = "changed"
+        got.set_condition("Pending", "True", "Mine", "not saved")
+        again = (await store.list_leases(only_active=True))[0]
+        assert again.tags == {"t": "1"} and again.conditions == []
+        again.exporter = "e1"
+        await store.save_lease(again)
+        clash = await store.get_lease("lab", "b")
+        clash.exporter = "e1"
+        with pytest.raises(Conflict):
+            await store.save_lease(clash)
+        again.ended = True
+        await store.save_lease(again)
+        return [(le.name, le.exporter) for le in await store.list_leases("lab", only_active=True)]
+
+    assert run(scenario()) == [("b", None)]
+    store.close()
+    reopened = open_store(f"sqlite://{tmp_path}/c.db")
+    assert [(le.name, le.exporter) for le in run(reopened.list_leases(only_active=True))] == [("b", None)]
+    reopened.close()
