@@ -136,11 +136,6 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
     @unary
     async def UpdateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who, namespace, name = await self._caller(context, request.lease.name, "leases")
-        lease = await self.store.get_lease(namespace, name)
-        if lease.client != who.name:
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
-        if lease.ended:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} has ended")
         spec = request.lease
         paths = (
             set(request.update_mask.paths)
@@ -151,19 +146,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         def wanted(field: str, present: bool) -> bool:
             return field in paths if paths is not None else present
 
-        if wanted("begin_time", spec.HasField("begin_time")):
-            new_begin = spec.begin_time.ToNanoseconds() / 1e9 if spec.HasField("begin_time") else None
-            if lease.exporter is not None and new_begin != lease.begin_time:
-                raise RpcError(
-                    grpc.StatusCode.FAILED_PRECONDITION, "begin_time can only change before the lease starts"
-                )
-            lease.begin_time = new_begin
-        if wanted("duration", spec.HasField("duration")):
-            lease.duration = spec.duration.ToNanoseconds() / 1e9 if spec.HasField("duration") else None
-            if not wanted("end_time", spec.HasField("end_time")):
-                lease.end_time = None
-        if wanted("end_time", spec.HasField("end_time")):
-            lease.end_time = spec.end_time.ToNanoseconds() / 1e9 if spec.HasField("end_time") else None
+        target: str | None = None
         if wanted("client", spec.HasField("client") and bool(spec.client)):
             target_ns, _, target = split_name(spec.client, "clients")
             if target_ns != namespace:
@@ -175,9 +158,31 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
                 await self.store.get_client(namespace, target)
             except NotFound:
                 raise RpcError(grpc.StatusCode.NOT_FOUND, f"client {target} not found") from None
-            lease.client = target
-        validate.lease_times(lease, time.time(), self.max_lease_duration)
-        return lease_message(await self.scheduler.update(lease))
+
+        def change(lease: Lease) -> None:  # runs on the current record, under the scheduler's lock
+            if lease.client != who.name:
+                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
+            if lease.ended:
+                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} has ended")
+            if wanted("begin_time", spec.HasField("begin_time")):
+                new_begin = spec.begin_time.ToNanoseconds() / 1e9 if spec.HasField("begin_time") else None
+                if lease.exporter is not None and new_begin != lease.begin_time:
+                    raise RpcError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "begin_time can only change before the lease starts",
+                    )
+                lease.begin_time = new_begin
+            if wanted("duration", spec.HasField("duration")):
+                lease.duration = spec.duration.ToNanoseconds() / 1e9 if spec.HasField("duration") else None
+                if not wanted("end_time", spec.HasField("end_time")):
+                    lease.end_time = None
+            if wanted("end_time", spec.HasField("end_time")):
+                lease.end_time = spec.end_time.ToNanoseconds() / 1e9 if spec.HasField("end_time") else None
+            if target is not None:
+                lease.client = target
+            validate.lease_times(lease, time.time(), self.max_lease_duration)
+
+        return lease_message(await self.scheduler.update(namespace, name, change))
 
     @unary
     async def DeleteLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -25,6 +25,7 @@ TOP_KEYS = {
     "token_ttl_days",
     "dial_ready_wait",
     "max_lease_duration",
+    "max_pending_leases",
 }
 MAX_LEASE_DURATION_LIMIT = 3650 * 86400.0  # ten years: times stay representable in every message
 
@@ -48,6 +49,7 @@ class ControllerConfig:
     token_ttl_days: float = 365.0
     dial_ready_wait: float = 30.0
     max_lease_duration: float = 7 * 86400.0  # seconds; policies may set shorter ones
+    max_pending_leases: int = 20
 
 
 def load(path: str) -> ControllerConfig:
@@ -117,6 +119,10 @@ def load(path: str) -> ControllerConfig:
         raise where.child(doc, "max_lease_duration").error(
             f"at most {int(MAX_LEASE_DURATION_LIMIT)} seconds (ten years)"
         )
+    limit = doc.get("max_pending_leases", config.max_pending_leases)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise where.child(doc, "max_pending_leases").error("expected a whole number of at least 1")
+    config.max_pending_leases = limit
     config.admin_socket = rel(text("admin_socket", config.admin_socket))
     metrics = doc.get("metrics", config.metrics)
     if metrics is not None and not isinstance(metrics, str):

@@ -66,7 +66,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     router_key = routertoken.load_key(config.router_key_file)
     store = open_store(config.store)
     hub = Hub()
-    scheduler = LeaseScheduler(store, hub, offline_after=config.offline_after)
+    scheduler = LeaseScheduler(
+        store, hub, offline_after=config.offline_after, max_pending=config.max_pending_leases
+    )
     auth = TokenAuthority(store, load_or_create_key(config.signing_key), config.endpoint, config.audiences)
     await auth.load()
     auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None

@@ -12,7 +12,7 @@ import structlog
 from controllerd.auth import AuthError
 from controllerd.convert import BadName
 from controllerd.policy import PolicyDenied
-from controllerd.scheduler import LeaseRequestError
+from controllerd.scheduler import LeaseRequestError, QuotaExceeded
 from controllerd.store import Conflict, NotFound
 
 log = structlog.get_logger("controllerd.rpc")
@@ -27,6 +27,8 @@ class RpcError(Exception):
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, (AuthError, RpcError)):
         return exc.code, str(exc)
+    if isinstance(exc, QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, (BadName, LeaseRequestError, ValueError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, PolicyDenied):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
+from controllerd.candidates import Candidates, Evaluation
 from controllerd.hub import Hub
 from controllerd.policy import PolicyDenied, approving_priority, held_for
-from controllerd.records import AccessPolicy, Client, Exporter, Lease
+from controllerd.records import Client, Exporter, Lease
 from controllerd.store import Conflict, NotFound, Store
 from jumpstarter.selector import SelectorError, parse
 
@@ -28,10 +28,15 @@ UNSPECIFIED, OFFLINE, AVAILABLE = 0, 1, 2
 BEFORE_LEASE_HOOK, LEASE_READY, AFTER_LEASE_HOOK = 3, 4, 5
 GRANTABLE_STATUS = frozenset({UNSPECIFIED, AVAILABLE})
 MAX_TICK = 5.0  # re-check liveness at least this often
+MAX_PENDING = 20  # pending leases per client unless controllerd.yaml says otherwise
 
 
 class LeaseRequestError(ValueError):
     """A lease request that can never be valid (bad selector, times, limits)."""
+
+
+class QuotaExceeded(Exception):
+    """The client already has as many pending leases as the controller allows."""
 
 
 def resolve_times(
@@ -58,16 +63,6 @@ def resolve_times(
     return duration, begin, None
 
 
-@dataclass
-class Decision:
-    """What one pass concluded for one pending lease."""
-
-    lease: Lease
-    priority: int = 0
-    candidates: list[tuple[int, Exporter]] = field(default_factory=list)  # approved (priority, exporter)
-    verdict: tuple[str, str, str] | None = None  # (condition type, reason, message) when not grantable
-
-
 class LeaseScheduler:
     def __init__(
         self,
@@ -75,16 +70,18 @@ class LeaseScheduler:
         hub: Hub,
         *,
         offline_after: float = 60.0,
+        max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str, Lease], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.offline_after = offline_after
+        self.max_pending = max_pending
         self.clock = clock
         self.lock = asyncio.Lock()
         self.on_event = on_event or (lambda kind, lease: None)
-        self.stats = {"pending": 0, "active": 0, "online": 0}
+        self.stats = {"pending": 0, "active": 0, "online": 0, "evaluated": 0}  # evaluated: in the last pass
 
     # -- liveness --------------------------------------------------------------
 
@@ -108,7 +105,8 @@ class LeaseScheduler:
         lease.duration, lease.begin_time, lease.end_time = resolve_times(
             lease.duration, lease.begin_time, lease.end_time
         )
-        async with self.lock:
+        async with self.lock:  # count and create under one lock: concurrent requests cannot overshoot
+            await self._check_quota(lease.namespace, lease.client)
             lease.created = self.clock()
             lease.set_condition("Pending", "True", "Queued", "waiting for the scheduler")
             await self.store.create_lease(lease)
@@ -126,13 +124,21 @@ class LeaseScheduler:
             await self._pass()
         return lease
 
-    async def update(self, lease: Lease) -> Lease:
-        """Save changed times/owner of a lease and re-plan."""
+    async def update(self, namespace: str, name: str, change: Callable[[Lease], None]) -> Lease:
+        """Apply `change` (which may raise to refuse) to the stored lease, check it, save, re-plan.
+
+        The lease is read under the lock, so a grant or release that happens meanwhile is never
+        overwritten by a stale copy."""
         async with self.lock:
+            lease = await self.store.get_lease(namespace, name)
+            owner = lease.client
+            change(lease)
             lease.duration, lease.begin_time, lease.end_time = resolve_times(
                 lease.duration, lease.begin_time, lease.end_time
             )
             await self.check_policies(lease)
+            if lease.pending and lease.client != owner:
+                await self._check_quota(lease.namespace, lease.client)  # a transfer counts for the new owner
             await self.store.save_lease(lease)
             if lease.exporter:
                 self.hub.exporter_changed(lease.namespace, lease.exporter)
@@ -168,6 +174,14 @@ class LeaseScheduler:
             raise PolicyDenied(
                 f"permission denied: no access policy lets client {lease.client} hold {which} "
                 f"for {round(held)}s"
+            )
+
+    async def _check_quota(self, namespace: str, client: str) -> None:
+        pending = await self.store.count_pending_leases(namespace, client)
+        if pending >= self.max_pending:
+            raise QuotaExceeded(
+                f"client {client} already has {pending} pending leases, the limit is {self.max_pending} "
+                "(max_pending_leases in controllerd.yaml): release one or wait until one is granted"
             )
 
     async def poke(self) -> None:
@@ -236,9 +250,9 @@ class LeaseScheduler:
                 pending.append(lease)
         if not pending:
             return next_deadline
-        policies = await self.store.list_policies()
+        candidates = Candidates(exporters, await self.store.list_policies())
         clients: dict[tuple[str, str], Client | None] = {}
-        decisions = []
+        decisions: list[tuple[Lease, Evaluation]] = []
         for lease in pending:
             key = (lease.namespace, lease.client)
             if key not in clients:
@@ -246,21 +260,22 @@ class LeaseScheduler:
                     clients[key] = await self.store.get_client(*key)
                 except NotFound:
                     clients[key] = None
-            decisions.append(self._evaluate(lease, exporters, policies, clients[key], now))
-        decisions.sort(key=lambda d: (-d.priority, d.lease.seq))
-        waiting: list[Decision] = []
-        for decision in decisions:
-            lease = decision.lease
+            decisions.append((lease, candidates.evaluate(lease, clients[key])))
+        self.stats["evaluated"] = candidates.evaluated
+        decisions.sort(key=lambda d: (-d[1].priority, d[0].seq))
+        waiting: list[tuple[Lease, Evaluation]] = []
+        for lease, evaluation in decisions:
             if lease.begin_time is not None and lease.begin_time > now:
                 later(lease.begin_time)
                 await self._set_pending(lease, "Scheduled", f"starts at {_iso(lease.begin_time)}")
                 continue
-            if decision.verdict is not None and decision.verdict[0] in ("Unsatisfiable", "Invalid"):
-                await self._end(lease, *decision.verdict[:1], "True", *decision.verdict[1:])
+            if evaluation.verdict is not None:
+                ctype, reason, message = evaluation.verdict
+                await self._end(lease, ctype, "True", reason, message)
                 continue
-            choice = self._choose(decision, busy)
+            choice = self._choose(evaluation, busy)
             if choice is None:
-                waiting.append(decision)
+                waiting.append((lease, evaluation))
                 continue
             priority, exporter = choice
             lease.exporter = exporter.name
@@ -286,102 +301,59 @@ class LeaseScheduler:
                 waited=round(now - lease.created, 3),
             )
             later(lease.deadline())
-        for position, decision in enumerate(waiting):
-            await self._report_wait(decision, waiting[:position], busy, exporters)
+        await self._report_waits(waiting, busy)
         return next_deadline
 
-    def _evaluate(
-        self,
-        lease: Lease,
-        exporters: dict[tuple[str, str], Exporter],
-        policies: list[AccessPolicy],
-        client: Client | None,
-        now: float,
-    ) -> Decision:
-        decision = Decision(lease)
-        selector = parse(lease.selector)
-        ns_exporters = [e for (ns, _), e in exporters.items() if ns == lease.namespace]
-        if lease.exporter_name:
-            exporter = exporters.get((lease.namespace, lease.exporter_name))
-            if exporter is None:
-                decision.verdict = (
-                    "Unsatisfiable",
-                    "ExporterNotFound",
-                    f"exporter {lease.exporter_name} not found",
-                )
-                return decision
-            if not selector.empty and not selector.matches(exporter.labels):
-                decision.verdict = (
-                    "Unsatisfiable",
-                    "SelectorMismatch",
-                    f"exporter {exporter.name} does not match selector {lease.selector}",
-                )
-                return decision
-            if not exporter.enabled and not lease.allow_disabled:
-                decision.verdict = (
-                    "Unsatisfiable",
-                    "ExporterDisabled",
-                    f"exporter {exporter.name} is disabled (use --allow-disabled)",
-                )
-                return decision
-            candidates = [exporter]
-        else:
-            matching = [e for e in ns_exporters if selector.matches(e.labels)]
-            candidates = [e for e in matching if e.enabled or lease.allow_disabled]
-            if matching and not candidates:
-                decision.verdict = (
-                    "Unsatisfiable",
-                    "AllDisabled",
-                    f"all {len(matching)} exporters matching {lease.selector} are disabled",
-                )
-                return decision
-        ns_policies = [p for p in policies if p.namespace == lease.namespace]
-        requested = lease.duration or 0.0
-        for exporter in candidates:
-            best = approving_priority(ns_policies, exporter, client, requested)
-            if best is not None:
-                decision.candidates.append((best, exporter))
-        if not decision.candidates:
-            decision.verdict = (
-                "Unsatisfiable",
-                "NoAccess" if candidates else "ExporterNotFound",
-                f"{len(candidates)} exporters match, none is approved by a policy for your client"
-                if candidates
-                else f"no exporter matches selector {lease.selector!r}",
-            )
-            return decision
-        decision.priority = max(p for p, _ in decision.candidates)
-        return decision
-
-    def _choose(self, decision: Decision, busy: set[tuple[str, str]]) -> tuple[int, Exporter] | None:
+    def _choose(self, evaluation: Evaluation, busy: set[tuple[str, str]]) -> tuple[int, Exporter] | None:
+        if evaluation.exhausted:
+            return None
         usable = [
             (p, e)
-            for p, e in decision.candidates
+            for p, e in evaluation.candidates
             if (e.namespace, e.name) not in busy and self.online(e) and e.status in GRANTABLE_STATUS
         ]
         if not usable:
+            evaluation.exhausted = True
             return None
         usable.sort(key=lambda pe: (-pe[0], pe[1].name))
         return usable[0]
 
-    async def _report_wait(
-        self,
-        decision: Decision,
-        ahead: list[Decision],
-        busy: set[tuple[str, str]],
-        exporters: dict[tuple[str, str], Exporter],
+    async def _report_waits(
+        self, waiting: list[tuple[Lease, Evaluation]], busy: set[tuple[str, str]]
     ) -> None:
-        candidates = [e for _, e in decision.candidates]
-        mine = {(e.namespace, e.name) for e in candidates}
-        competing = sum(1 for d in ahead if mine & {(e.namespace, e.name) for _, e in d.candidates})
+        """Tell each waiting lease why, and how many waiting leases ahead of it compete for its exporters."""
+        groups: dict[frozenset[tuple[str, str]], int] = {}  # distinct candidate sets -> group number
+        group_keys: list[frozenset[tuple[str, str]]] = []
+        group_of: dict[int, int] = {}  # id(evaluation) -> group number
+        overlap: dict[tuple[int, int], bool] = {}
+        ahead: dict[int, int] = {}  # group number -> waiting leases seen so far
+        reasons: dict[int, tuple[str, str]] = {}
+        for lease, evaluation in waiting:
+            if id(evaluation) not in group_of:
+                keys = evaluation.keys
+                if keys not in groups:
+                    groups[keys] = len(group_keys)
+                    group_keys.append(keys)
+                group_of[id(evaluation)] = groups[keys]
+                reasons[id(evaluation)] = self._wait_reason(evaluation, busy)
+            group = group_of[id(evaluation)]
+            competing = 0
+            for other, count in ahead.items():
+                if (group, other) not in overlap:
+                    overlap[(group, other)] = not group_keys[group].isdisjoint(group_keys[other])
+                competing += count if overlap[(group, other)] else 0
+            ahead[group] = ahead.get(group, 0) + 1
+            reason, message = reasons[id(evaluation)]
+            await self._set_pending(lease, reason, f"{message}; queue position {competing + 1}")
+
+    def _wait_reason(self, evaluation: Evaluation, busy: set[tuple[str, str]]) -> tuple[str, str]:
+        candidates = [e for _, e in evaluation.candidates]
         online = [e for e in candidates if self.online(e)]
         if not online:
-            reason, message = "Offline", f"all {len(candidates)} matching exporters are offline"
-        elif all((e.namespace, e.name) in busy for e in online):
-            reason, message = "NotAvailable", f"all {len(online)} matching online exporters are leased"
-        else:
-            reason, message = "NotReady", "the matching exporters are still cleaning up after a lease"
-        await self._set_pending(decision.lease, reason, f"{message}; queue position {competing + 1}")
+            return "Offline", f"all {len(candidates)} matching exporters are offline"
+        if all((e.namespace, e.name) in busy for e in online):
+            return "NotAvailable", f"all {len(online)} matching online exporters are leased"
+        return "NotReady", "the matching exporters are still cleaning up after a lease"
 
     async def _set_pending(self, lease: Lease, reason: str, message: str) -> None:
         current = lease.condition("Pending")

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 KEY_RE = re.compile(
     r"^([a-z0-9A-Z]([-a-z0-9A-Z.]{0,251}[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]{0,61}[a-z0-9A-Z])?$"
@@ -158,3 +162,33 @@ def parse(text: str) -> Selector:
 
 def from_labels(labels: dict[str, str]) -> Selector:
     return Selector(tuple(Requirement(k, "In", (v,)) for k, v in sorted(labels.items())))
+
+
+class LabelIndex(Generic[K]):
+    """Items by label, so a selector's candidates are an intersection of sets, not a scan of all."""
+
+    def __init__(self) -> None:
+        self.labels: dict[K, dict[str, str]] = {}
+        self._by_pair: dict[tuple[str, str], set[K]] = {}
+        self._by_key: dict[str, set[K]] = {}
+
+    def add(self, item: K, labels: dict[str, str]) -> None:
+        self.labels[item] = labels
+        for key, value in labels.items():
+            self._by_pair.setdefault((key, value), set()).add(item)
+            self._by_key.setdefault(key, set()).add(item)
+
+    def select(self, selector: Selector) -> set[K]:
+        """Every item whose labels match `selector` (`matches` has the last word on each)."""
+        narrowing: list[set[K]] = []
+        for r in selector.requirements:
+            if r.operator == "In":
+                narrowing.append(set().union(*(self._by_pair.get((r.key, v), ()) for v in r.values)))
+            elif r.operator == "Exists":
+                narrowing.append(self._by_key.get(r.key, set()))
+        if narrowing:  # NotIn and DoesNotExist cannot narrow: they hold for items without the key
+            narrowing.sort(key=len)
+            base: set[K] | dict[K, dict[str, str]] = narrowing[0].intersection(*narrowing[1:])
+        else:
+            base = self.labels
+        return {item for item in base if selector.matches(self.labels[item])}

@@ -7,6 +7,7 @@ most one not-ended lease per assigned exporter, so even a buggy caller gets a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -47,6 +48,11 @@ MIGRATIONS: list[str] = [
         name TEXT NOT NULL, issued REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL);
     CREATE INDEX tokens_subject ON tokens (subject);
     """,
+    # v2: the per-client pending lease quota counts these on every CreateLease
+    """
+    CREATE INDEX leases_pending_by_client ON leases (namespace, client)
+        WHERE exporter IS NULL AND ended = 0;
+    """,
 ]
 
 _JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions"}
@@ -65,6 +71,7 @@ class SqliteStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
         self._exporter_cache: dict[tuple[str, str], Exporter] | None = None
+        self._open_leases: dict[tuple[str, str], Lease] | None = None  # not ended, decoded
         self._migrate()
         if path != ":memory:":
             os.chmod(path, 0o600)  # holds token metadata: the controller's user only
@@ -198,8 +205,33 @@ class SqliteStore:
     async def get_lease(self, namespace: str, name: str) -> Lease:
         return self._get(Lease, "leases", namespace, name)  # type: ignore[no-any-return]
 
+    # Not-ended leases are read on every scheduler pass too: the same cache as for
+    # exporters, so a pass does not decode every queued lease from JSON again.
+
+    def _open(self) -> dict[tuple[str, str], Lease]:
+        if self._open_leases is None:
+            rows = self._list(Lease, "leases", None, "AND ended = 0", order="seq")
+            self._open_leases = {(le.namespace, le.name): le for le in rows}
+        return self._open_leases
+
+    @staticmethod
+    def _copy_lease(lease: Lease) -> Lease:
+        copied = copy.copy(lease)  # callers change what they get back: never the cached object
+        copied.tags, copied.context = dict(lease.tags), dict(lease.context)
+        copied.conditions = [copy.copy(c) for c in lease.conditions]
+        return copied
+
+    def _cache_lease(self, lease: Lease) -> None:
+        if lease.ended:
+            self._open().pop((lease.namespace, lease.name), None)
+        else:
+            self._open()[(lease.namespace, lease.name)] = self._copy_lease(lease)
+
     async def list_leases(self, namespace: str | None = None, *, only_active: bool = False) -> list[Lease]:
-        return self._list(Lease, "leases", namespace, "AND ended = 0" if only_active else "", order="seq")
+        if not only_active:
+            return self._list(Lease, "leases", namespace, order="seq")
+        leases = sorted(self._open().values(), key=lambda le: le.seq)
+        return [self._copy_lease(le) for le in leases if namespace is None or le.namespace == namespace]
 
     async def create_lease(self, lease: Lease) -> Lease:
         exists = self.db.execute(
@@ -209,10 +241,19 @@ class SqliteStore:
             raise Conflict(f"lease {lease.namespace}/{lease.name} already exists")
         lease.seq = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM leases").fetchone()[0])
         self._upsert("leases", lease)
+        self._cache_lease(lease)
         return lease
 
     async def save_lease(self, lease: Lease) -> None:
         self._upsert("leases", lease)
+        self._cache_lease(lease)
+
+    async def count_pending_leases(self, namespace: str, client: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM leases WHERE namespace=? AND client=? AND exporter IS NULL AND ended = 0",
+            (namespace, client),
+        ).fetchone()
+        return int(row[0])
 
     # -- policies ----------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from controllerd.scheduler import (
     resolve_times,
 )
 from controllerd.store import Conflict, open_store
+from jumpstarter.selector import parse
+from tests.unit.worktrace import count_lines
 
 
 class Clock:
@@ -247,6 +249,118 @@ def test_many_concurrent_requests_never_share_an_exporter(env):
     run(scenario())
 
 
+def test_queue_positions_count_only_earlier_leases_competing_for_the_same_exporters(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "ea", {"board": "a"})
+        await add_exporter(store, clock, "eb", {"board": "b"})
+        await scheduler.submit(lease("hold-a", client="h", selector="board=a"))
+        await scheduler.submit(lease("hold-b", client="h", selector="board=b"))
+        asked = {"l1": "board=a", "l2": "board=b", "l3": "board in (a,b)", "l4": "board=a", "l5": "board"}
+        for name, selector in asked.items():
+            await scheduler.submit(lease(name, client=f"c-{name}", selector=selector))
+        positions = {}
+        for name in asked:
+            message = (await store.get_lease("lab", name)).condition("Pending").message
+            positions[name] = int(message.rsplit(" ", 1)[1])
+        assert positions == {"l1": 1, "l2": 1, "l3": 3, "l4": 3, "l5": 5}
+
+    run(scenario())
+
+
+def test_label_index_selects_exactly_the_items_a_selector_matches():
+    from jumpstarter.selector import LabelIndex
+
+    items = {f"x{i}": {"board": f"b{i % 3}", "pool": "p" if i % 2 else "q"} for i in range(12)}
+    items["bare"] = {}
+    items["empty"] = {"board": ""}
+    index: LabelIndex[str] = LabelIndex()
+    for name, labels in items.items():
+        index.add(name, labels)
+    for text in [
+        "",
+        "board=b1",
+        "board!=b1",
+        "board in (b0,b2),pool=p",
+        "board notin (b0)",
+        "pool",
+        "!pool",
+        "board=b1,!pool",
+        "board=",
+        "board=b9",
+        "pool=p,board,board!=b2",
+    ]:
+        expected = {name for name, labels in items.items() if parse(text).matches(labels)}
+        assert index.select(parse(text)) == expected, text
+
+
+async def _queue(store, scheduler, clock, pending):
+    """20 exporters, each held by an active lease; `pending` leases over 4 selectors wait behind them."""
+    await store.save_policy(AccessPolicy("lab", "all", priority=0))
+    await store.save_policy(AccessPolicy("lab", "team-a", "board=rpi4", "team=a", priority=5))
+    await store.save_client(Client("lab", "holder"))
+    for i in range(20):
+        await add_exporter(store, clock, f"e{i:02d}", {"board": "rpi4" if i % 2 else "imx8", "pool": "all"})
+        await scheduler.submit(lease(f"hold{i:02d}", client="holder", exporter_name=f"e{i:02d}", selector=""))
+    for i in range(10):
+        await store.save_client(Client("lab", f"c{i}", labels={"team": "a" if i % 2 else "b"}))
+    shapes = ["board=rpi4", "board=imx8", "pool=all", "board in (rpi4,imx8),!broken"]
+    for i in range(pending):
+        queued = lease(f"p{i:04d}", client=f"c{i % 10}", selector=shapes[i % 4])
+        queued.created = clock.now
+        await store.create_lease(queued)  # straight into the store: no pass per lease while filling
+    await scheduler.poke()  # writes every Pending condition once; what follows is the steady state
+
+
+def test_a_pass_does_work_linear_in_the_number_of_pending_leases(tmp_path):
+    # Lines executed in controllerd/ and the selector per pass: a count of work, not a timing.
+    work, stats = {}, {}
+    for pending in (100, 200, 400):
+        store = open_store(f"sqlite://{tmp_path}/c{pending}.db")
+        clock = Clock()
+        scheduler = LeaseScheduler(store, Hub(), clock=clock, offline_after=60)
+        try:
+            run(_queue(store, scheduler, clock, pending))
+            work[pending] = run(count_lines(scheduler.poke))
+            stats[pending] = dict(scheduler.stats)
+        finally:
+            store.close()
+    first, second = work[200] - work[100], work[400] - work[200]
+    assert first > 0 and second <= 2.5 * first, f"lines per pass {work}: not linear"  # quadratic: 4x
+    for pending, seen in stats.items():  # each distinct request evaluated once, however long the queue
+        assert seen["pending"] == pending and seen["evaluated"] == 4, seen
+
+
+def test_quota_counts_a_clients_pending_leases_and_transfers_to_it(env):
+    from controllerd.scheduler import QuotaExceeded
+
+    store, _, clock, hub = env
+    scheduler = LeaseScheduler(store, hub, clock=clock, offline_after=60, max_pending=2)
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        assert (await scheduler.submit(lease("a0"))).exporter == "e1"  # granted: not pending
+        await scheduler.submit(lease("a1"))
+        await scheduler.submit(lease("a2"))
+        with pytest.raises(QuotaExceeded, match="alice already has 2 pending leases, the limit is 2"):
+            await scheduler.submit(lease("a3"))
+        with pytest.raises(Exception, match="not found"):
+            await store.get_lease("lab", "a3")
+        await scheduler.submit(lease("b1", client="bob"))
+
+        def move(moved: Lease) -> None:
+            moved.client = "alice"
+
+        with pytest.raises(QuotaExceeded, match="alice already has 2"):
+            await scheduler.update("lab", "b1", move)
+        assert (await store.get_lease("lab", "b1")).client == "bob"
+        await scheduler.release(await store.get_lease("lab", "a1"))
+        await scheduler.submit(lease("a3"))
+
+    run(scenario())
+
+
 def test_store_refuses_a_second_active_lease_on_one_exporter(env):
     store, scheduler, clock, _ = env
 
@@ -291,3 +405,55 @@ def test_schema_is_versioned_and_reopening_keeps_data(tmp_path):
     again = SqliteStore(str(tmp_path / "c.db"))
     assert [c.name for c in asyncio.run(again.list_clients())] == ["alice"]
     again.close()
+
+
+def test_store_lease_cache_hands_out_copies_and_follows_every_write(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/c.db")
+
+    async def scenario():
+        await store.create_lease(lease("a", tags={"t": "1"}))
+        await store.create_lease(lease("b"))
+        got = (await store.list_leases(only_active=True))[0]
+        got.tags["t"] = "changed"
+        got.set_condition("Pending", "True", "Mine", "not saved")
+        again = (await store.list_leases(only_active=True))[0]
+        assert again.tags == {"t": "1"} and again.conditions == []
+        again.exporter = "e1"
+        await store.save_lease(again)
+        clash = await store.get_lease("lab", "b")
+        clash.exporter = "e1"
+        with pytest.raises(Conflict):
+            await store.save_lease(clash)
+        again.ended = True
+        await store.save_lease(again)
+        return [(le.name, le.exporter) for le in await store.list_leases("lab", only_active=True)]
+
+    assert run(scenario()) == [("b", None)]
+    store.close()
+    reopened = open_store(f"sqlite://{tmp_path}/c.db")
+    assert [(le.name, le.exporter) for le in run(reopened.list_leases(only_active=True))] == [("b", None)]
+    reopened.close()
+
+
+def test_an_update_applies_to_the_current_record_and_keeps_a_grant_made_meanwhile(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        holder = await scheduler.submit(lease("holder"))
+        waiting = await scheduler.submit(lease("waiting"))
+        assert waiting.exporter is None
+        await scheduler.release(holder)  # `waiting` is granted e1 now
+        seen: list[str | None] = []
+
+        def extend(current: Lease) -> None:
+            seen.append(current.exporter)
+            current.duration = 7200.0
+
+        updated = await scheduler.update("lab", "waiting", extend)
+        assert seen == ["e1"]
+        assert updated.exporter == "e1" and updated.duration == 7200.0
+        stored = await store.get_lease("lab", "waiting")
+        assert stored.exporter == "e1" and stored.duration == 7200.0
+
+    run(scenario())
