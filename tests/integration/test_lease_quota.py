@@ -38,7 +38,7 @@ def central() -> Iterator[Central]:
 @pytest.fixture
 def peers(central: Central, request: pytest.FixtureRequest) -> Iterator[dict[str, Peer]]:
     """alice and bob in a namespace of their own, with one offline exporter labelled board=q."""
-    namespace = request.node.name.removeprefix("test_")[:40].replace("_", "-")
+    namespace = request.node.name.removeprefix("test_")[:40].replace("_", "-").strip("-")
     central.create_many("exporter", namespace, ["board"], board="q")
     out = {i.name: central.peer(i) for i in central.create_many("client", namespace, ["alice", "bob"])}
     try:
