@@ -541,7 +541,7 @@ def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path
         assert first.wait(timeout=60) == 0, (tmp_path / "alice.log").read_text(errors="replace")[-3000:]
 
         try:
-            code = second.wait(timeout=120)  # old controllers: bob waits for ever
+            code = second.wait(timeout=120)  # bounded: a stalled exporter never serves bob
         except subprocess.TimeoutExpired:
             code = None
         assert code == 0 and served.exists(), (
@@ -550,6 +550,10 @@ def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path
         )
         log_text = exporter_log.read_text(errors="replace")
         assert log_text.index("power on") < log_text.rindex("power off"), log_text[-3000:]
+        # served on the lease it queued: with a stalled exporter, upstream's jmp shell gives up on
+        # that lease after ~20 s ("Exporter upq is unreachable, releasing lease and retrying")
+        mine = [le for le in bob_peer.list_leases(only_active=False) if le.client == bob.resource]
+        assert len(mine) == 1, (tmp_path / "bob.log").read_text(errors="replace")[-3000:]
         bob_peer.close()
     finally:
         for process in reversed(processes):
