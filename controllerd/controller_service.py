@@ -174,10 +174,8 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         upstream exporters only take a new lease after it (PROTOCOL.md §6.2), on every stream.
         """
         current = self._status_message(lease)
-        if last is None:  # a new stream: what an earlier stream of this exporter told it
-            told = self.hub.announced.get(key)
-        else:
-            told = last.lease_name if last.leased else None
+        # what the exporter was last told: on this stream, or (a new stream) on an earlier one
+        told = self.hub.announced.get(key) if last is None else (last.lease_name if last.leased else None)
         out = []
         if told is not None and told != (lease.name if lease is not None else None):
             out.append(self._status_message(None))
