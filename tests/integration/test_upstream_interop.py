@@ -488,12 +488,46 @@ def _upstream_shell(up: Upstream, client_config: str, selector: str, command: st
         )
 
 
+def _upstream_exporter(up: Upstream, central: Any, name: str, tmp_path: Path,
+                       log_path: Path) -> subprocess.Popen[bytes]:
+    """Upstream `jmp run` for a new exporter NAME (label board=NAME) of our controller, with a MockPower."""
+    import yaml
+
+    identity = central.create("exporter", "default", name, board=name)
+    document = yaml.safe_load(Path(identity.config).read_text())
+    document["export"] = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
+    Path(identity.config).write_text(yaml.safe_dump(document))
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [up.jmp, "run", "--exporter-config", identity.config], env=scrubbed_env(tmp_path),
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def _process_tree(pid: int) -> list[int]:
+    """PID and all its descendants (upstream `jmp run` serves from a child process)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in glob.glob(f"/proc/{current}/task/*/children"):
+            with open(task) as handle:
+                todo.extend(int(child) for child in handle.read().split())
+    return out
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.timeout(300)
 def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path):
     """Back-to-back leases: the exporter must hear `leased=false` before the next lease, or it never
     starts it (upstream 0.9 waits for the end of one lease before it takes the next)."""
-    import yaml
-
     from .central import close_central, is_true, start_central, wait_until
 
     up = upstream()
@@ -503,16 +537,8 @@ def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path
     os.mkfifo(release)
     hold = os.open(release, os.O_RDWR)  # keeps the fifo's buffer alive until the first client reads it
     try:
-        identity = central.create("exporter", "default", "upq", board="upq")
-        document = yaml.safe_load(Path(identity.config).read_text())
-        document["export"] = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
-        Path(identity.config).write_text(yaml.safe_dump(document))
         exporter_log = tmp_path / "upstream-exporter.log"
-        with open(exporter_log, "wb") as log:
-            processes.append(subprocess.Popen(
-                [up.jmp, "run", "--exporter-config", identity.config], env=scrubbed_env(tmp_path),
-                cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            ))
+        processes.append(_upstream_exporter(up, central, "upq", tmp_path, exporter_log))
         alice = central.create("client", "default", "alice")
         bob = central.create("client", "default", "bob")
         bob_peer = central.peer(bob)
@@ -559,4 +585,43 @@ def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path
         for process in reversed(processes):
             _stop(process)
         os.close(hold)
+        close_central(central)
+
+
+@pytest.mark.timeout(240)
+def test_a_frozen_upstream_exporter_goes_offline_and_its_lease_resumes_after_sigcont(tmp_path):
+    """Upstream exporters send no heartbeat of their own: gRPC keepalive is what tells a frozen one."""
+    from .central import close_central, condition, is_true, start_central, wait_until
+
+    up = upstream()
+    offline_after = 3.0
+    central = start_central(prefix="jsup-f-", offline_after=offline_after)
+    processes: list[subprocess.Popen[bytes]] = []
+    frozen: list[int] = []
+    try:
+        exporter_log = tmp_path / "upstream-exporter.log"
+        processes.append(_upstream_exporter(up, central, "upfz", tmp_path, exporter_log))
+        alice = central.peer(central.create("client", "default", "alice"))
+        wait_until(lambda: (e := alice.get_exporter("upfz")).online and e.status == 2, 60,
+                   "the upstream exporter online and available")
+        lease = alice.create_lease(exporter_name="upfz", duration=300)
+        wait_until(lambda: alice.get_exporter("upfz").status == 4, 60, "the upstream exporter LEASE_READY")
+
+        frozen = _process_tree(processes[0].pid)
+        _signal_all(frozen, signal.SIGSTOP)
+        paused = alice.wait_lease(lease.name, lambda le: is_true(le, "Paused"), "Paused=True",
+                                  offline_after + 20)
+        assert condition(paused, "Paused").reason == "ExporterOffline"
+        assert not alice.get_exporter("upfz").online
+        _signal_all(frozen, signal.SIGCONT)
+        frozen = []
+
+        alice.wait_lease(lease.name, lambda le: condition(le, "Paused") is None, "resumed", 60)
+        wait_until(lambda: alice.get_exporter("upfz").online, 30, "the upstream exporter back online")
+        alice.delete_lease(lease.name)
+        alice.close()
+    finally:
+        _signal_all(frozen, signal.SIGCONT)
+        for process in processes:
+            _stop(process)
         close_central(central)
