@@ -9,6 +9,7 @@ in its own namespace. Restart tests that would disturb the others get their own 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -446,6 +447,45 @@ def test_a_frozen_exporterd_goes_offline_pauses_its_lease_gets_nothing_new_and_r
     got = bob.wait_ready(waiting.name, 30)
     assert got.exporter.endswith("/exporters/frozen")
     bob.delete_lease(waiting.name)
+
+
+def last_seen(central: Central, namespace: str, name: str) -> float:
+    from jumpstarter.cli.admin import call
+
+    rows = call(central.admin_socket, "get", kind="exporters", namespace=namespace)
+    return float(next(row["last_seen"] for row in rows if row["name"] == name))
+
+
+@pytest.mark.timeout(60)
+def test_last_seen_moves_only_with_what_the_exporter_sends(scope: Scope):
+    """The controller never vouches for an exporter itself; exporterd's heartbeat keeps it fresh."""
+    silent = scope.exporter("silent", board="ls")  # a Status stream, and nothing else
+    silent_seen = last_seen(scope.central, scope.ns, "silent")
+    process = scope.exporterd(scope.exporter_identity("beating", board="lb"), "beating")
+    alice = scope.client("alice")
+    wait_exporter_status(alice, "beating", S.EXPORTER_STATUS_AVAILABLE)
+
+    def status_stream_open() -> bool:
+        for line in scope.central.log("controllerd").splitlines():
+            if '"exporter online"' in line and json.loads(line).get("exporter") == "beating":
+                return True
+        return False
+
+    # its Status stream is open: the last thing it sends before the first heartbeat
+    wait_until(status_stream_open, 10, "exporterd's Status stream")
+    registered = last_seen(scope.central, scope.ns, "beating")
+
+    heartbeat = 10.0  # exporterd.controller_link.HEARTBEAT
+    wait_until(
+        lambda: last_seen(scope.central, scope.ns, "beating") > registered,
+        heartbeat + 15,
+        "exporterd's heartbeat to refresh last_seen",
+        interval=0.2,
+    )
+    assert process.poll() is None
+    assert last_seen(scope.central, scope.ns, "silent") == silent_seen, "the controller refreshed last_seen"
+    assert alice.get_exporter("silent").online, "its open Status stream answers keepalive: still online"
+    silent.close()
 
 
 def test_controller_restart_keeps_leases_queue_and_assignments():
