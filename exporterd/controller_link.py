@@ -7,6 +7,8 @@ whole gRPC connection from the client to our session server. After the lease
 (client `EndSession` or the controller saying `leased=false`) the afterLease
 hook runs and the exporter releases the lease. Lost connections to the
 controller or a router are retried with backoff; a lease survives them.
+The controller counts the exporter online only while it hears from it: the
+status is repeated every HEARTBEAT seconds, and the channel answers keepalive.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("exporterd.link")
 S = common_pb2
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
-HEARTBEAT = 10.0  # seconds between status reports when nothing changes; controllerd's offline_after is 30
+HEARTBEAT = 10.0  # seconds between repeated status reports; controllerd's default offline_after is 30 s
 RELEASE_GRACE = 1.0  # after EndSession: clients polling GetStatus see AVAILABLE before the session goes
 HOOK_WARNING = "[HOOK_WARNING] "
 
