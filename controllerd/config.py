@@ -43,7 +43,7 @@ class ControllerConfig:
     signing_key: str = ""
     router_key_file: str = "/etc/jumpstarter/router.key"
     routers: list[str] = field(default_factory=list)
-    offline_after: float = 60.0
+    offline_after: float = 30.0  # seconds of silence before an exporter is offline
     admin_socket: str = "/run/jumpstarter-controllerd/admin.sock"
     metrics: str | None = "127.0.0.1:9102"
     token_ttl_days: float = 365.0

@@ -15,6 +15,7 @@ from controllerd import validate
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import legacy_lease_message
 from controllerd.hub import Hub
+from controllerd.liveness import silence_window
 from controllerd.records import Exporter, Lease, now, uuid7
 from controllerd.rpc import RpcError, streaming, unary
 from controllerd.scheduler import (
@@ -37,7 +38,6 @@ log = structlog.get_logger("controllerd")
 DIALABLE = frozenset({UNSPECIFIED, LEASE_READY, BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK})
 HOOK_FAILED = frozenset({6, 7})
 DIAL_READY_WAIT = 30.0
-HEARTBEAT = 10.0
 
 
 class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
@@ -154,24 +154,40 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                 if who.jti in self.auth.revoked:
                     raise RpcError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
                 seen = watch.version
-                message = self._status_message(await self._held_lease(who))
-                if message != last:
+                lease = await self._held_lease(who)
+                for message in self._transitions(key, lease, last):
                     yield message
                     last = message
-                if not await watch.wait_newer(seen, HEARTBEAT):
-                    exporter = await self.store.get_exporter(who.namespace, who.name)
-                    exporter.last_seen = now()
-                    await self.store.save_exporter(exporter)
+                    self.hub.announced[key] = message.lease_name if message.leased else None
+                await watch.wait_newer(seen)  # liveness is keepalive's job (controllerd/liveness.py)
         finally:
             self.hub.status_streams[key] -= 1
             try:
                 exporter = await self.store.get_exporter(who.namespace, who.name)
-                exporter.last_seen = now()
+                # keepalive drops a silent peer after at most this window: it was last heard no later
+                heard = now() - silence_window(self.scheduler.offline_after)
+                exporter.last_seen = max(exporter.last_seen or heard, heard)
                 await self.store.save_exporter(exporter)
             except NotFound:
                 pass
             self.hub.wake_scheduler()
             log.info("exporter status stream closed", exporter=who.name)
+
+    def _transitions(self, key: tuple[str, str], lease: Lease | None, last: Any) -> list[Any]:
+        """The messages that bring the exporter from what it was told to `lease`, in order.
+
+        A lease that ends while the next one starts is two changes: `leased=false` first, since
+        upstream exporters only take a new lease after it (PROTOCOL.md §6.2), on every stream.
+        """
+        current = self._status_message(lease)
+        # what the exporter was last told: on this stream, or (a new stream) on an earlier one
+        told = self.hub.announced.get(key) if last is None else (last.lease_name if last.leased else None)
+        out = []
+        if told is not None and told != (lease.name if lease is not None else None):
+            out.append(self._status_message(None))
+        if current != (out[-1] if out else last):
+            out.append(current)
+        return out
 
     @streaming
     async def Listen(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

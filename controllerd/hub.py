@@ -1,6 +1,8 @@
 """In-memory signalling between the controller's RPCs (single process, like upstream).
 
 - exporter watches: the `Status` stream of an exporter wakes up when its lease state changes;
+- announced leases: the lease each exporter was last told about, so that every stream of it
+  walks through `leased=false` before a different lease (PROTOCOL.md §6.2);
 - listen queues: `Dial` pushes one `ListenResponse` to the newest `Listen` of a lease;
 - status waits: `Dial` waits for an exporter to become ready.
 """
@@ -46,6 +48,7 @@ class Hub:
     def __init__(self) -> None:
         self.exporters: dict[tuple[str, str], Versioned] = defaultdict(Versioned)
         self.status_streams: dict[tuple[str, str], int] = defaultdict(int)
+        self.announced: dict[tuple[str, str], str | None] = {}
         self.listeners: dict[tuple[str, str], ListenQueue] = {}
         self.scheduler_wakeup = asyncio.Event()
 

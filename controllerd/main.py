@@ -18,12 +18,7 @@ from controllerd.config import DEFAULT_CONFIG
 
 log = structlog.get_logger("controllerd")
 
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
+SERVER_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +44,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.client_service import ClientService
     from controllerd.controller_service import ControllerService
     from controllerd.hub import Hub
+    from controllerd.liveness import server_keepalive_options
     from controllerd.scheduler import LeaseScheduler
     from controllerd.store import open_store
     from jumpstarter import routertoken, tls
@@ -73,7 +69,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     await auth.load()
     auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS + server_keepalive_options(config.offline_after))
     jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(
         ControllerService(
             store,

@@ -7,6 +7,8 @@ whole gRPC connection from the client to our session server. After the lease
 (client `EndSession` or the controller saying `leased=false`) the afterLease
 hook runs and the exporter releases the lease. Lost connections to the
 controller or a router are retried with backoff; a lease survives them.
+The controller counts the exporter online only while it hears from it: the
+status is repeated every HEARTBEAT seconds, and the channel answers keepalive.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("exporterd.link")
 S = common_pb2
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+HEARTBEAT = 10.0  # seconds between repeated status reports; controllerd's default offline_after is 30 s
 RELEASE_GRACE = 1.0  # after EndSession: clients polling GetStatus see AVAILABLE before the session goes
 HOOK_WARNING = "[HOOK_WARNING] "
 
@@ -57,6 +60,8 @@ class ControllerLink:
         self.stub: Any = None
         self.lease: LeaseRun | None = None
         self.exit_code = 0
+        self.reporting = asyncio.Lock()  # one report at a time: the controller sees them in order
+        self.reported: tuple[int, str] | None = None  # what the heartbeat repeats
 
     # -- controller RPCs -------------------------------------------------------------
 
@@ -66,9 +71,25 @@ class ControllerLink:
         if release:
             request.release_lease = True
         try:
-            await self.stub.ReportStatus(request, metadata=self.metadata, timeout=30)
+            async with self.reporting:
+                self.reported = (status, message)
+                await self.stub.ReportStatus(request, metadata=self.metadata, timeout=30)
         except grpc.RpcError as exc:
             log.warning("ReportStatus failed", error=exc.details())
+
+    async def _heartbeat(self) -> None:
+        """Repeat the current status: the controller counts only what the exporter sends as alive."""
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            async with self.reporting:  # read inside the lock: never resend a status a report replaced
+                if self.reported is None:
+                    continue
+                status, message = self.reported
+                request = jumpstarter_pb2.ReportStatusRequest(status=status, message=message)  # type: ignore[arg-type]
+                try:
+                    await self.stub.ReportStatus(request, metadata=self.metadata, timeout=HEARTBEAT)
+                except grpc.RpcError as exc:
+                    log.debug("heartbeat failed", error=exc.details())
 
     async def release(self, lease_name: str) -> None:
         try:
@@ -112,9 +133,11 @@ class ControllerLink:
             while True:
                 self.channel = channels.open_controller_aio(self.config.endpoint or "", self.credentials)
                 self.stub = jumpstarter_pb2_grpc.ControllerServiceStub(self.channel)
+                heartbeat: asyncio.Task[None] | None = None
                 try:
                     await self._register()
                     delay = BACKOFF_START
+                    heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
                     async for status in self.stub.Status(
                         jumpstarter_pb2.StatusRequest(), metadata=self.metadata
                     ):
@@ -132,6 +155,8 @@ class ControllerLink:
                 except HookExit:
                     return 1
                 finally:
+                    if heartbeat is not None:
+                        heartbeat.cancel()
                     await self.channel.close()
                 await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, BACKOFF_MAX)

@@ -110,10 +110,13 @@ def controller_credentials(
     return grpc.ssl_channel_credentials()
 
 
+# Ping the controller/router every 20 s (as upstream does; servers accept that) and give up on
+# one that does not answer within 20 s, so a frozen or vanished peer is noticed and reconnected.
 CONTROLLER_OPTIONS: list[tuple[str, Any]] = [
     *CHANNEL_OPTIONS,
     ("grpc.keepalive_time_ms", 20000),
-    ("grpc.keepalive_timeout_ms", 180000),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.http2.ping_timeout_ms", 20000),  # newer gRPC cores time keepalive pings out with this one
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
 ]

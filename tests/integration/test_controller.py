@@ -9,6 +9,7 @@ in its own namespace. Restart tests that would disturb the others get their own 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controllerd.liveness import silence_window
 from jumpstarter.client.v1 import client_pb2
 from jumpstarter.v1 import jumpstarter_pb2
 
@@ -199,6 +201,30 @@ def test_second_client_gets_the_board_when_the_first_lease_expires(scope: Scope)
     assert ts(got.effective_begin_time) >= ts(expired.effective_end_time)
 
 
+def test_back_to_back_leases_reach_the_exporter_as_an_end_then_a_start(scope: Scope):
+    board = scope.exporter("board", board="b2b")
+    alice, bob = scope.client("alice"), scope.client("bob")
+    first = alice.create_lease("board=b2b")
+    board.wait_status(lambda s: s.lease_name == short(first.name), "alice's lease")
+    second = bob.create_lease("board=b2b")
+    assert pending_message(second).endswith("queue position 1")
+
+    # What an exporter does after its client's EndSession: AVAILABLE, then release. The
+    # controller ends alice's lease and grants bob's in the same pass.
+    board.report(S.EXPORTER_STATUS_AVAILABLE)
+    board.stub.ReleaseLease(
+        jumpstarter_pb2.ReleaseLeaseRequest(name=short(first.name)), metadata=board.md, timeout=10
+    )
+    board.wait_status(lambda s: s.lease_name == short(second.name), "bob's lease")
+    seen = [(s.leased, s.lease_name) for s in board.statuses]
+    assert seen == [(False, ""), (True, short(first.name)), (False, ""), (True, short(second.name))], seen
+
+    board.close_status()  # a new stream of the same exporter starts from what it was told
+    board.open_status()
+    wait_until(lambda: len(board.statuses) >= 5, 10, "the new stream's first message")
+    assert [(s.leased, s.lease_name) for s in board.statuses[4:]] == [(True, short(second.name))]
+
+
 def test_higher_priority_lease_overtakes_an_earlier_lower_priority_one(scope: Scope):
     central = scope.central
     central.admin(scope.ns, "policy", "set", "low", "--clients", "tier=low", "--priority", "1")
@@ -328,7 +354,8 @@ def test_lease_is_paused_once_its_exporter_has_been_offline_for_offline_after(sc
     paused = alice.wait_lease(
         lease.name, lambda le: is_true(le, "Paused"), "Paused=True", OFFLINE_AFTER + 1.5
     )
-    assert time.monotonic() - gone >= OFFLINE_AFTER - 0.1
+    # the controller can only prove it answered keepalive up to `silence_window` before the stream closed
+    assert time.monotonic() - gone >= OFFLINE_AFTER - silence_window(OFFLINE_AFTER) - 0.1
     assert condition(paused, "Paused").reason == "ExporterOffline"
     assert is_true(paused, "Ready") and not paused.HasField("effective_end_time")
 
@@ -376,6 +403,89 @@ def test_exporter_crash_pauses_the_lease_and_it_resumes_with_its_end_time(scope:
     assert condition(ended, "Ready").reason == "Expired"
     held = ts(ended.effective_end_time) - ts(ended.effective_begin_time)
     assert duration <= held < duration + 0.8, f"held {held:.3f}s: the pause moved the end time"
+
+
+@pytest.mark.timeout(180)
+def test_a_frozen_exporterd_goes_offline_pauses_its_lease_gets_nothing_new_and_resumes(scope: Scope):
+    identity = scope.exporter_identity("frozen", board="fz")
+    alice, bob = scope.client("alice"), scope.client("bob")
+    process = scope.exporterd(identity, "frozen")
+    wait_exporter_status(alice, "frozen", S.EXPORTER_STATUS_AVAILABLE)
+    lease = alice.create_lease(exporter_name="frozen", duration=300)
+    wait_exporter_status(alice, "frozen", S.EXPORTER_STATUS_LEASE_READY)
+    bound = OFFLINE_AFTER + SCHEDULER_MAX_TICK + 10  # generous: the machine may be loaded
+
+    # SIGSTOP: the process is frozen but its TCP connection stays open (the kernel still ACKs)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        paused = alice.wait_lease(lease.name, lambda le: is_true(le, "Paused"), "Paused=True", bound)
+        assert condition(paused, "Paused").reason == "ExporterOffline"
+        assert is_true(paused, "Ready") and not paused.HasField("effective_end_time")
+        assert not alice.get_exporter("frozen").online
+        refused = rpc_error(lambda: alice.dial(lease.name))  # at once, instead of a hung driver call
+        assert refused.code() == CODE.FAILED_PRECONDITION and "offline" in refused.details()
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    alice.wait_lease(lease.name, lambda le: condition(le, "Paused") is None, "resumed", 30)
+    wait_exporter_status(alice, "frozen", S.EXPORTER_STATUS_LEASE_READY, 30)
+    report = get_report(
+        scope.central, alice.dial(lease.name), os.path.join(scope.central.directory, "fz.sock")
+    )
+    assert report.reports, "GetReport through the router failed after SIGCONT"
+
+    # Frozen while free: a new lease request waits (Offline) instead of being granted to it.
+    alice.delete_lease(lease.name)
+    wait_exporter_status(alice, "frozen", S.EXPORTER_STATUS_AVAILABLE, 30)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not alice.get_exporter("frozen").online, bound, "the frozen exporter offline")
+        waiting = bob.create_lease(exporter_name="frozen")
+        assert condition(waiting, "Pending").reason == "Offline", waiting
+        assert not waiting.HasField("exporter")
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    got = bob.wait_ready(waiting.name, 30)
+    assert got.exporter.endswith("/exporters/frozen")
+    bob.delete_lease(waiting.name)
+
+
+def last_seen(central: Central, namespace: str, name: str) -> float:
+    from jumpstarter.cli.admin import call
+
+    rows = call(central.admin_socket, "get", kind="exporters", namespace=namespace)
+    return float(next(row["last_seen"] for row in rows if row["name"] == name))
+
+
+@pytest.mark.timeout(60)
+def test_last_seen_moves_only_with_what_the_exporter_sends(scope: Scope):
+    """The controller never vouches for an exporter itself; exporterd's heartbeat keeps it fresh."""
+    silent = scope.exporter("silent", board="ls")  # a Status stream, and nothing else
+    silent_seen = last_seen(scope.central, scope.ns, "silent")
+    process = scope.exporterd(scope.exporter_identity("beating", board="lb"), "beating")
+    alice = scope.client("alice")
+    wait_exporter_status(alice, "beating", S.EXPORTER_STATUS_AVAILABLE)
+
+    def status_stream_open() -> bool:
+        for line in scope.central.log("controllerd").splitlines():
+            if '"exporter online"' in line and json.loads(line).get("exporter") == "beating":
+                return True
+        return False
+
+    # its Status stream is open: the last thing it sends before the first heartbeat
+    wait_until(status_stream_open, 10, "exporterd's Status stream")
+    registered = last_seen(scope.central, scope.ns, "beating")
+
+    heartbeat = 10.0  # exporterd.controller_link.HEARTBEAT
+    wait_until(
+        lambda: last_seen(scope.central, scope.ns, "beating") > registered,
+        heartbeat + 15,
+        "exporterd's heartbeat to refresh last_seen",
+        interval=0.2,
+    )
+    assert process.poll() is None
+    assert last_seen(scope.central, scope.ns, "silent") == silent_seen, "the controller refreshed last_seen"
+    assert alice.get_exporter("silent").online, "its open Status stream answers keepalive: still online"
+    silent.close()
 
 
 def test_controller_restart_keeps_leases_queue_and_assignments():

@@ -472,3 +472,156 @@ def test_our_exporterd_serves_the_same_upstream_config(our_exporterd, tmp_path):
 
     result = j(up, exporter, tmp_path, "sh", "--help")
     assert "Say hello to someone" in result.stdout, explain(result)
+
+
+# -- an upstream exporter behind our controller ----------------------------------------------
+
+
+def _upstream_shell(up: Upstream, client_config: str, selector: str, command: str, tmp_path: Path,
+                    log_path: Path) -> subprocess.Popen[bytes]:
+    """Upstream `jmp shell` leasing through our controller, running `sh -c COMMAND` with upstream `j`."""
+    env = scrubbed_env(tmp_path, PATH=f"{up.venv / 'bin'}:{os.environ.get('PATH', '')}")
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [up.jmp, "shell", "--client-config", client_config, "-l", selector, "--", "sh", "-c", command],
+            env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def _upstream_exporter(up: Upstream, central: Any, name: str, tmp_path: Path,
+                       log_path: Path) -> subprocess.Popen[bytes]:
+    """Upstream `jmp run` for a new exporter NAME (label board=NAME) of our controller, with a MockPower."""
+    import yaml
+
+    identity = central.create("exporter", "default", name, board=name)
+    document = yaml.safe_load(Path(identity.config).read_text())
+    document["export"] = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
+    Path(identity.config).write_text(yaml.safe_dump(document))
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [up.jmp, "run", "--exporter-config", identity.config], env=scrubbed_env(tmp_path),
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def _process_tree(pid: int) -> list[int]:
+    """PID and all its descendants (upstream `jmp run` serves from a child process)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in glob.glob(f"/proc/{current}/task/*/children"):
+            with open(task) as handle:
+                todo.extend(int(child) for child in handle.read().split())
+    return out
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.timeout(300)
+def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path):
+    """Back-to-back leases: the exporter must hear `leased=false` before the next lease, or it never
+    starts it (upstream 0.9 waits for the end of one lease before it takes the next)."""
+    from .central import close_central, is_true, start_central, wait_until
+
+    up = upstream()
+    central = start_central(prefix="jsup-q-")
+    processes: list[subprocess.Popen[bytes]] = []
+    release = tmp_path / "release.fifo"
+    os.mkfifo(release)
+    hold = os.open(release, os.O_RDWR)  # keeps the fifo's buffer alive until the first client reads it
+    try:
+        exporter_log = tmp_path / "upstream-exporter.log"
+        processes.append(_upstream_exporter(up, central, "upq", tmp_path, exporter_log))
+        alice = central.create("client", "default", "alice")
+        bob = central.create("client", "default", "bob")
+        bob_peer = central.peer(bob)
+        wait_until(lambda: (e := bob_peer.get_exporter("upq")).online and e.status == 2, 60,
+                   "the upstream exporter online and available")
+
+        started, served = tmp_path / "alice-started", tmp_path / "bob-served"
+        first = _upstream_shell(up, alice.config, "board=upq",
+                                f"j power on && touch '{started}' && read line < '{release}'",
+                                tmp_path, tmp_path / "alice.log")
+        processes.append(first)
+        wait_until(lambda: started.exists() or first.poll() is not None, 90, "alice's shell on the board")
+        assert started.exists(), (tmp_path / "alice.log").read_text(errors="replace")[-3000:]
+
+        second = _upstream_shell(up, bob.config, "board=upq", f"j power off && touch '{served}'",
+                                 tmp_path, tmp_path / "bob.log")
+        processes.append(second)
+
+        def bob_queued() -> bool:
+            leases = [le for le in bob_peer.list_leases() if le.client == bob.resource]
+            return bool(leases) and not is_true(leases[0], "Ready")
+
+        wait_until(lambda: bob_queued() or second.poll() is not None, 60, "bob's lease queued behind alice's")
+        assert second.poll() is None, (tmp_path / "bob.log").read_text(errors="replace")[-3000:]
+        os.write(hold, b"done\n")  # alice's shell ends: EndSession, release, and bob's lease is granted
+        assert first.wait(timeout=60) == 0, (tmp_path / "alice.log").read_text(errors="replace")[-3000:]
+
+        try:
+            code = second.wait(timeout=120)  # bounded: a stalled exporter never serves bob
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0 and served.exists(), (
+            f"bob's shell: exit {code}\n{(tmp_path / 'bob.log').read_text(errors='replace')[-3000:]}"
+            f"\n--- upstream exporter ---\n{exporter_log.read_text(errors='replace')[-3000:]}"
+        )
+        log_text = exporter_log.read_text(errors="replace")
+        assert log_text.index("power on") < log_text.rindex("power off"), log_text[-3000:]
+        # served on the lease it queued: with a stalled exporter, upstream's jmp shell gives up on
+        # that lease after ~20 s ("Exporter upq is unreachable, releasing lease and retrying")
+        mine = [le for le in bob_peer.list_leases(only_active=False) if le.client == bob.resource]
+        assert len(mine) == 1, (tmp_path / "bob.log").read_text(errors="replace")[-3000:]
+        bob_peer.close()
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+        os.close(hold)
+        close_central(central)
+
+
+@pytest.mark.timeout(240)
+def test_a_frozen_upstream_exporter_goes_offline_and_its_lease_resumes_after_sigcont(tmp_path):
+    """Upstream exporters send no heartbeat of their own: gRPC keepalive is what tells a frozen one."""
+    from .central import close_central, condition, is_true, start_central, wait_until
+
+    up = upstream()
+    offline_after = 3.0
+    central = start_central(prefix="jsup-f-", offline_after=offline_after)
+    processes: list[subprocess.Popen[bytes]] = []
+    frozen: list[int] = []
+    try:
+        exporter_log = tmp_path / "upstream-exporter.log"
+        processes.append(_upstream_exporter(up, central, "upfz", tmp_path, exporter_log))
+        alice = central.peer(central.create("client", "default", "alice"))
+        wait_until(lambda: (e := alice.get_exporter("upfz")).online and e.status == 2, 60,
+                   "the upstream exporter online and available")
+        lease = alice.create_lease(exporter_name="upfz", duration=300)
+        wait_until(lambda: alice.get_exporter("upfz").status == 4, 60, "the upstream exporter LEASE_READY")
+
+        frozen = _process_tree(processes[0].pid)
+        _signal_all(frozen, signal.SIGSTOP)
+        paused = alice.wait_lease(lease.name, lambda le: is_true(le, "Paused"), "Paused=True",
+                                  offline_after + 20)
+        assert condition(paused, "Paused").reason == "ExporterOffline"
+        assert not alice.get_exporter("upfz").online
+        _signal_all(frozen, signal.SIGCONT)
+        frozen = []
+
+        alice.wait_lease(lease.name, lambda le: condition(le, "Paused") is None, "resumed", 60)
+        wait_until(lambda: alice.get_exporter("upfz").online, 30, "the upstream exporter back online")
+        alice.delete_lease(lease.name)
+        alice.close()
+    finally:
+        _signal_all(frozen, signal.SIGCONT)
+        for process in processes:
+            _stop(process)
+        close_central(central)
