@@ -20,6 +20,7 @@ from jumpstarter.errors import JumpstarterError
 DEFAULT_URL = "unix:///run/jumpstarter/supervisor.sock"
 PROGRAM_PREFIX = "board-"
 COLDPLUG = "jumpstarter-coldplug"
+STATUS_LISTENER = "jumpstarter-status"  # the event listener that writes the lab status snapshot
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL")
 
 
@@ -164,7 +165,7 @@ class Supervisor:
 
 
 def _is_ours(group: str) -> bool:
-    return group.startswith(PROGRAM_PREFIX) or group == COLDPLUG
+    return group.startswith(PROGRAM_PREFIX) or group in (COLDPLUG, STATUS_LISTENER)
 
 
 def _faults() -> Any:
