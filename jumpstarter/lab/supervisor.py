@@ -86,8 +86,8 @@ class Supervisor:
             ) from None
         except PermissionError:
             raise SupervisorError(
-                f"no permission to talk to supervisord at {self.url}; "
-                "join the group: sudo usermod -aG jumpstarter $USER (then log in again)"
+                f"no permission to talk to supervisord at {self.url}: its control socket is "
+                "root's (run this with sudo); `jumpstarter lab status` works for the jumpstarter group"
             ) from None
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             raise SupervisorError(f"supervisord at {self.url}: {exc}") from None
