@@ -68,7 +68,13 @@ def plug(lab: LabSandbox, event: dict[str, str]) -> float:
 def test_the_rendered_boards_are_loaded_and_only_the_board_without_match_runs(running):
     with running.client() as client:
         states = {name: info.state for name, info in client.processes().items()}
-    assert set(states) == {"board-alpha", "board-beta", "board-sim", "jumpstarter-coldplug", "jumpstarter-status"}
+    assert set(states) == {
+        "board-alpha",
+        "board-beta",
+        "board-sim",
+        "jumpstarter-coldplug",
+        "jumpstarter-status",
+    }
     assert states["board-sim"] in ("STARTING", "RUNNING")
     assert states["board-alpha"] == states["board-beta"] == "STOPPED"
 

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_a_board_user_reads_the_status_but_cannot_reach_supervisord(lab):
     info = os.stat(control)
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o700)
     wait_for(lambda: os.path.exists(lab.status_file), 15, "the status snapshot")
-    wait_for(lambda: '"board-relay"' in open(lab.status_file).read(), 15, "relay in the snapshot")
+    wait_for(lambda: '"board-relay"' in Path(lab.status_file).read_text(), 15, "relay in the snapshot")
 
     result = as_board_user(lab, "status")
     assert result.returncode == 0, result.stderr
