@@ -206,8 +206,8 @@ def test_supervisord_conf_keeps_the_contract_with_the_lab_commands() -> None:
     conf.read(ROOT / "etc/supervisord.conf")
     assert dict(conf["unix_http_server"]) == {
         "file": "/run/jumpstarter/supervisor.sock",
-        "chmod": "0770",
-        "chown": "root:jumpstarter",
+        "chmod": "0700",  # root's alone: whoever reaches it can stop every board
+        "chown": "root:root",
     }
     assert conf["supervisord"]["nodaemon"] == "true"
     assert conf["supervisord"]["logfile"].startswith("/var/log/jumpstarter/")
@@ -254,8 +254,10 @@ def udev_run(rules: str, event: dict[str, str]) -> list[str]:
         matched = True
         for key, env, op, value in keys:
             if op in ("==", "!="):
-                assert key in ("ACTION", "SUBSYSTEM", "DEVPATH", "KERNEL") or key.startswith("ENV{"), key
-                actual = event.get(env or key, "")
+                assert key in ("ACTION", "SUBSYSTEM", "DEVPATH", "KERNEL", "DRIVER") or key.startswith(
+                    ("ENV{", "ATTR{")
+                ), key
+                actual = event.get(key if key.startswith("ATTR{") else env or key, "")
                 hit = any(fnmatch.fnmatchcase(actual, alternative) for alternative in value.split("|"))
                 matched = matched and hit == (op == "==")
         index += 1
@@ -368,3 +370,17 @@ def test_udev_rule_runs_hotplug_only_for_add_and_remove_of_board_devices(
 ) -> None:
     expected = ["/opt/jumpstarter/bin/jumpstarter-hotplug"] if runs else []
     assert udev_run(RULE.read_text(), event) == expected
+
+
+def test_udev_rule_gives_usb_hub_port_power_to_plugdev_for_uhubctl() -> None:
+    hub = {
+        "ACTION": "bind",
+        "SUBSYSTEM": "usb",
+        "DEVTYPE": "usb_interface",
+        "DRIVER": "hub",
+        "DEVPATH": "/devices/pci0/usb1/1-1/1-1:1.0",
+    }
+    (program,) = udev_run(RULE.read_text(), hub)
+    assert "chgrp -f plugdev /sys%p/*-port*/disable" in program
+    text = RULE.read_text()
+    assert 'SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"' in text
