@@ -245,8 +245,14 @@ def _digest(raw: Located, doc: Located) -> str:
 
 
 def _read_token(path: Any) -> str:
-    with open(str(path)) as handle:
-        return handle.read().strip()
+    try:
+        with open(str(path)) as handle:
+            return handle.read().strip()
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: no permission to read the token: exporterds run as the lab user, so give it "
+            f"the file: sudo chown jumpstarter: {path} && sudo chmod 0600 {path}"
+        ) from None
 
 
 def matches(rules: dict[str, str], properties: dict[str, str], ancestors: list[dict[str, str]]) -> bool:

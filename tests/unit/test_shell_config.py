@@ -58,3 +58,12 @@ def test_short_form_upstream_form_and_allowlist_form_load(tmp_path):
     assert tools.methods["deploy"].env_from_client == {"BUILD_ID", "BOARD_REV"}
     assert tools.methods["greet"].timeout == 5 and tools.methods_description["greet"] == "Say hello"
     assert tools.env == {"LAB": "bench-3"}
+
+
+def test_the_example_exporter_config_shows_a_method_with_env_from_client():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "etc/exporter-example.yaml"
+    tools = load_exporter_config(str(example)).build().children["tools"]
+    assert tools.methods["fetch-build"].env_from_client == {"BUILD_ID"}
+    assert all(not m.env_from_client for name, m in tools.methods.items() if name != "fetch-build")
