@@ -53,6 +53,9 @@ def lab() -> Iterator[LabSandbox]:
 def running(lab: LabSandbox) -> LabSandbox:
     lab.start()
     lab.wait_serving("sim", 10)
+    # Past the start-up burst (the status listener has written its first snapshot), so the
+    # hotplug timings below measure hotplug, not CPU contention with starting processes.
+    wait_for(lambda: os.path.exists(lab.status_file), 15, "status snapshot")
     return lab
 
 
