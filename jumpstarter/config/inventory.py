@@ -4,6 +4,8 @@ controller: {endpoint: ctl.lab:443, namespace: lab, token_dir: /etc/jumpstarter/
 socket_dir: /run/jumpstarter/boards      # NAME.sock per board
 device_dir: /run/jumpstarter/devices     # NAME.json: the devices jumpstarter-hotplug matched
 log_dir: /var/log/jumpstarter            # board-NAME.log (supervisord rotates them)
+user: jumpstarter                        # the unprivileged user every exporterd runs as (never root)
+status_file: /run/jumpstarter/lab-status.json  # supervisord's states, readable by the lab group
 boards:
   - name: rpi4-01
     labels: {board: rpi4}
@@ -39,8 +41,11 @@ from jumpstarter.errors import ConfigError
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
 DEFAULT_DEVICE_DIR = "/run/jumpstarter/devices"
 DEFAULT_LOG_DIR = "/var/log/jumpstarter"
+DEFAULT_USER = "jumpstarter"
+DEFAULT_STATUS_FILE = "/run/jumpstarter/lab-status.json"
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # what useradd accepts
 BOARD_KEYS = {"name", "labels", "description", "motd", "match", "export", "hooks", "endpoint", "token_file"}
-TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "boards"}
+TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "user", "status_file", "boards"}
 CONTROLLER_KEYS = {"endpoint", "namespace", "token_dir", "tls"}
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # usable in `${NAME.prop}`
 PROPERTY_RE = re.compile(r"^@?[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,6 +84,8 @@ class Inventory:
     socket_dir: str
     device_dir: str = DEFAULT_DEVICE_DIR
     log_dir: str = DEFAULT_LOG_DIR
+    user: str = DEFAULT_USER
+    status_file: str = DEFAULT_STATUS_FILE
     boards: list[BoardConfig] = field(default_factory=list)
     matches: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # changes whenever the board's config does
@@ -117,10 +124,14 @@ def load_inventory(path: str) -> Inventory:
         ("socket_dir", DEFAULT_SOCKET_DIR),
         ("device_dir", DEFAULT_DEVICE_DIR),
         ("log_dir", DEFAULT_LOG_DIR),
+        ("status_file", DEFAULT_STATUS_FILE),
     ):
         value = doc.get(key) or default
-        dirs[key] = _expect(where.child(doc, key), value, str, "a directory path")
-    inventory = Inventory(path=path, **dirs)
+        dirs[key] = _expect(where.child(doc, key), value, str, "a path")
+    user = doc.get("user") or DEFAULT_USER
+    if not isinstance(user, str) or not USER_RE.match(user):
+        raise where.child(doc, "user").error("expected a user name (lowercase letters, digits, '_', '-')")
+    inventory = Inventory(path=path, user=user, **dirs)
     boards = doc.get("boards")
     bw = where.child(doc, "boards")
     _expect(bw, boards, list, "a list of boards")
@@ -234,8 +245,14 @@ def _digest(raw: Located, doc: Located) -> str:
 
 
 def _read_token(path: Any) -> str:
-    with open(str(path)) as handle:
-        return handle.read().strip()
+    try:
+        with open(str(path)) as handle:
+            return handle.read().strip()
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: no permission to read the token: exporterds run as the lab user, so give it "
+            f"the file: sudo chown jumpstarter: {path} && sudo chmod 0600 {path}"
+        ) from None
 
 
 def matches(rules: dict[str, str], properties: dict[str, str], ancestors: list[dict[str, str]]) -> bool:

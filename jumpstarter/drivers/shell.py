@@ -2,8 +2,29 @@
 
 Clients can only run the commands the config names (never arbitrary ones);
 their arguments arrive as `$1…` and the command name as `$0`. The environment
-is rebuilt from scratch: a fixed base, the config's `env`, then the caller's
-variables minus dangerous ones (`LD_*`, `PATH`, `HOME`, `IFS`, `BASH_ENV`, ...).
+is built from scratch: a fixed base (`PATH`, `LANG`, `HOME`), the config's
+`env`, then only those client variables the method lists in `env_from_client`.
+Any other client variable is refused: `GIT_CONFIG_*`, `SHELLOPTS`,
+`http_proxy`, `OPENSSL_CONF`, `GLIBC_TUNABLES`... each turn a harmless command
+into code execution on the lab host, and no denylist can name them all.
+
+Writing methods safely (the script runs as the exporterd's user on the lab host):
+
+    methods:
+      status: git -C /srv/repo status            # short form: no client variables
+      deploy:
+        script: ./deploy.sh --board "$1" -- "$2"  # quote "$1"...: arguments are untrusted text
+        env_from_client: [BUILD_ID]              # the only variable a client may set here
+        description: Deploy a build
+        timeout: 600
+
+- quote every `"$1"` / `"$@"`; never `eval` them or paste them into `sh -c`;
+- put `--` before client arguments of commands that take options;
+- list in `env_from_client` only variables the script reads as data, never ones
+  that configure a program (`GIT_*`, `*_proxy`, `LD_*`, `PYTHON*`...).
+
+Upstream's `{command, description, timeout}` form loads as is (`command` and
+`script` are the same key); upstream ignores `env_from_client`.
 """
 
 from __future__ import annotations
@@ -14,28 +35,94 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from jumpstarter.driver import Driver, export
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-BLOCKED = re.compile(
-    r"^(LD_.*|DYLD_.*|PATH|HOME|SHELL|IFS|ENV|BASH_ENV|BASH_FUNC_.*|PYTHON.*|PERL5.*|RUBY.*|NODE_OPTIONS|PS4|GCONV_PATH)$"
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Even the config may not hand these to clients: they reconfigure bash or the loader itself.
+NEVER_FROM_CLIENT = re.compile(
+    r"^(LD_.*|BASH_FUNC_.*|PATH|IFS|ENV|BASH_ENV|SHELLOPTS|BASHOPTS|PS4|GLIBC_TUNABLES|GCONV_PATH)$"
 )
+METHOD_KEYS = {"command", "script", "description", "timeout", "env_from_client"}
 MAX_ENV = 64
 MAX_VALUE = 4096
 MAX_ARGS = 256
 MAX_ARG = 64 * 1024
+MAX_ARGS_TOTAL = 1024 * 1024  # well under the kernel's ARG_MAX
+MAX_SCRIPT = 64 * 1024
 CHUNK = 16 * 1024
 
 
-class Shell(Driver):
-    """Configured commands run on the lab host.
+@dataclass(frozen=True)
+class Method:
+    script: str
+    timeout: float | None = None
+    env_from_client: frozenset[str] = frozenset()
 
-    Config: `methods` (name -> script, or upstream's {command, description, timeout}),
-    `shell` (["bash", "-c"]), `timeout` (300 s), `cwd`, `env`.
+
+def _text(value: Any, what: str, limit: int) -> str:
+    """A bounded, NUL-free string from config or client input."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{what}: expected text, got {type(value).__name__}")
+    text = str(value)
+    if len(text) > limit:
+        raise ValueError(f"{what}: longer than {limit} characters")
+    if "\0" in text:
+        raise ValueError(f"{what}: contains a NUL character")
+    return text
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(f"{what}: {value!r} is not a valid environment variable name")
+    return value
+
+
+def parse_method(name: str, spec: Any) -> tuple[Method, str | None]:
+    """A method and its description from the short form (a script) or the mapping form."""
+    if isinstance(spec, str):
+        return Method(_text(spec, f"methods: {name}", MAX_SCRIPT)), None
+    if not isinstance(spec, dict):
+        raise ValueError(f"methods: {name}: expected a script or {{script, env_from_client, ...}}")
+    unknown = set(spec) - METHOD_KEYS
+    if unknown:
+        raise ValueError(
+            f"methods: {name}: unknown keys {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(sorted(METHOD_KEYS))})"
+        )
+    scripts = [spec[key] for key in ("script", "command") if key in spec]
+    if len(scripts) != 1 or not isinstance(scripts[0], str):
+        raise ValueError(f"methods: {name}: give the script as text in exactly one of `script`/`command`")
+    timeout = None
+    if "timeout" in spec:
+        if isinstance(spec["timeout"], bool) or not isinstance(spec["timeout"], (int, float)):
+            raise ValueError(f"methods: {name}: timeout: expected seconds")
+        timeout = float(spec["timeout"])
+        if timeout <= 0:
+            raise ValueError(f"methods: {name}: timeout: must be positive")
+    allowed = spec.get("env_from_client", [])
+    if not isinstance(allowed, list) or len(allowed) > MAX_ENV:
+        raise ValueError(f"methods: {name}: env_from_client: expected a list of at most {MAX_ENV} names")
+    names = frozenset(_name(v, f"methods: {name}: env_from_client") for v in allowed)
+    for variable in sorted(names):
+        if NEVER_FROM_CLIENT.match(variable):
+            raise ValueError(
+                f"methods: {name}: env_from_client: {variable} changes how the shell or the loader "
+                "runs, not just the script: it cannot come from a client"
+            )
+    description = str(spec["description"]) if "description" in spec else None
+    return Method(_text(scripts[0], f"methods: {name}", MAX_SCRIPT), timeout, names), description
+
+
+class Shell(Driver):
+    """Configured commands run on the lab host (see the module docstring for writing them safely).
+
+    Config: `methods` (name -> script, or {script|command, env_from_client, description,
+    timeout}), `shell` (["bash", "-c"]), `timeout` (300 s), `cwd`, `env` (fixed variables).
     """
 
     client = "jumpstarter_driver_shell.client.ShellClient"
@@ -44,7 +131,7 @@ class Shell(Driver):
     def __init__(
         self,
         *,
-        methods: dict[str, str],
+        methods: dict[str, Any],
         shell: list[str] | None = None,
         timeout: float = 300.0,
         cwd: str | None = None,
@@ -54,31 +141,22 @@ class Shell(Driver):
         super().__init__(**base)
         if not isinstance(methods, dict) or not methods:
             raise ValueError("methods: expected a mapping of command name to script")
-        self.methods: dict[str, str] = {}
-        self.method_timeouts: dict[str, float] = {}
+        self.methods: dict[str, Method] = {}
         for name, spec in methods.items():
-            if isinstance(spec, dict):  # upstream form: {command, description?, timeout?}
-                if set(spec) - {"command", "description", "timeout"} or not isinstance(
-                    spec.get("command"), str
-                ):
-                    raise ValueError(
-                        f"methods: {name}: expected a script or {{command, description, timeout}}"
-                    )
-                if "description" in spec:
-                    self.methods_description.setdefault(str(name), str(spec["description"]))
-                if "timeout" in spec:
-                    self.method_timeouts[str(name)] = float(spec["timeout"])
-                spec = spec["command"]
-            if not isinstance(spec, str):
-                raise ValueError(f"methods: {name}: expected a script (text)")
-            self.methods[str(name)] = spec
+            method, description = parse_method(str(name), spec)
+            self.methods[str(name)] = method
+            if description is not None:
+                self.methods_description.setdefault(str(name), description)
         self.shell = list(shell or ["bash", "-c"])
         self.timeout = float(timeout)
         self.cwd = cwd
-        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        if not isinstance(env or {}, dict):
+            raise ValueError("env: expected a mapping of variable names to values")
+        self.env = {_name(k, "env"): _text(v, f"env: {k}", MAX_VALUE) for k, v in (env or {}).items()}
 
-    def _environment(self, extra: dict[str, Any]) -> dict[str, str]:
-        if not isinstance(extra, dict):
+    def _environment(self, name: str, method: Method, extra: Any) -> dict[str, str]:
+        """The command's environment; a client variable the method does not allow is refused."""
+        if not isinstance(extra, Mapping):
             raise ValueError("env must be a mapping of variable names to values")
         if len(extra) > MAX_ENV:
             raise ValueError(f"at most {MAX_ENV} environment variables")
@@ -89,15 +167,24 @@ class Shell(Driver):
         }
         env.update(self.env)
         for key, value in extra.items():
-            if not NAME_RE.match(key):
-                raise ValueError(f"invalid environment variable name {key!r}")
-            if BLOCKED.match(key):
-                raise ValueError(f"environment variable {key} may not be set by a client")
-            text = str(value)
-            if len(text) > MAX_VALUE or "\0" in text:
-                raise ValueError(f"environment variable {key} is too long or contains NUL")
-            env[key] = text
+            if key not in method.env_from_client:
+                allowed = ", ".join(sorted(method.env_from_client)) or "none"
+                raise ValueError(
+                    f"command {name!r} does not take the environment variable {str(key)[:128]!r} "
+                    f"from clients (it takes: {allowed}); an admin can allow it in the exporter "
+                    f"config: methods: {{{name}: {{script: ..., env_from_client: [{str(key)[:128]}]}}}}"
+                )
+            env[key] = _text(value, f"environment variable {key}", MAX_VALUE)
         return env
+
+    @staticmethod
+    def _arguments(args: tuple[Any, ...]) -> list[str]:
+        if len(args) > MAX_ARGS:
+            raise ValueError(f"at most {MAX_ARGS} arguments")
+        texts = [_text(a, f"argument {i + 1}", MAX_ARG) for i, a in enumerate(args)]
+        if sum(len(t) for t in texts) > MAX_ARGS_TOTAL:
+            raise ValueError(f"arguments longer than {MAX_ARGS_TOTAL} characters in all")
+        return texts
 
     @export
     async def get_methods(self) -> list[str]:
@@ -107,18 +194,17 @@ class Shell(Driver):
     @export
     async def call_method(self, method: str, env: dict[str, Any], *args: str) -> AsyncIterator[list[Any]]:
         """Run a configured command; yields [stdout, stderr, None] pieces, then [.., .., exit code]."""
-        script = self.methods.get(method)
-        if script is None:
+        spec = self.methods.get(method)
+        if spec is None:
             raise ValueError(f"no command {method!r} (available: {', '.join(self.methods)})")
-        if len(args) > MAX_ARGS or any(len(str(a)) > MAX_ARG or "\0" in str(a) for a in args):
-            raise ValueError("too many or too long arguments")
-        environment = self._environment(env or {})
+        arguments = self._arguments(args)
+        environment = self._environment(method, spec, env or {})
         self.log.info("running command", operation=method)
         process = await asyncio.create_subprocess_exec(
             *self.shell,
-            script,
+            spec.script,
             method,
-            *[str(a) for a in args],
+            *arguments,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -140,7 +226,7 @@ class Shell(Driver):
         assert process.stdout is not None and process.stderr is not None
         readers = [asyncio.create_task(read(0, process.stdout)), asyncio.create_task(read(1, process.stderr))]
         loop = asyncio.get_running_loop()
-        timeout = self.method_timeouts.get(method, self.timeout)
+        timeout = spec.timeout or self.timeout
         deadline = loop.time() + timeout
         try:
             open_pipes = 2

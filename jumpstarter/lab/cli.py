@@ -80,26 +80,21 @@ def _refused(command: str, exc: ConfigError) -> int:
     return 2
 
 
-def _make_log_dir(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:  # supervisord will say which log it cannot open
-        print(f"warning: cannot create the log directory {path}: {exc.strerror}", file=sys.stderr)
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     from jumpstarter.config.inventory import load_inventory
+    from jumpstarter.lab.account import lab_account, prepare_dirs
     from jumpstarter.lab.render import render, write_atomic
 
     try:
         inventory = load_inventory(args.inventory)
+        account = lab_account(inventory)  # no user, no render: never a silent fallback to root
     except ConfigError as exc:
         return _refused("render", exc)
     text = render(inventory, args.supervisor)
     if not args.output:
         sys.stdout.write(text)
         return 0
-    _make_log_dir(inventory.log_dir)
+    prepare_dirs(inventory, account)
     changed = write_atomic(args.output, text)
     print(
         f"{args.output}: {len(inventory.boards)} boards{'' if changed else ' (unchanged)'}", file=sys.stderr
@@ -109,17 +104,19 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     from jumpstarter.config.inventory import load_inventory
+    from jumpstarter.lab.account import lab_account, prepare_dirs
     from jumpstarter.lab.devices import default_lookup
     from jumpstarter.lab.reload import reload
     from jumpstarter.lab.supervisor import Supervisor
 
     try:
         inventory = load_inventory(args.inventory)
+        account = lab_account(inventory)
     except ConfigError as exc:
         print(f"jumpstarter lab reload: {exc}", file=sys.stderr)
         print("inventory refused: nothing changed, the running boards keep running", file=sys.stderr)
         return 2
-    _make_log_dir(inventory.log_dir)
+    prepare_dirs(inventory, account)
     try:
         with Supervisor(args.supervisor) as supervisor:
             result = reload(args.inventory, args.output, supervisor, default_lookup())
@@ -146,6 +143,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from jumpstarter.config.inventory import load_inventory
     from jumpstarter.lab.devices import default_lookup
+    from jumpstarter.lab.snapshot import STALE_AFTER, read_snapshot
     from jumpstarter.lab.status import board_statuses, format_statuses
     from jumpstarter.lab.supervisor import Supervisor
 
@@ -153,14 +151,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         inventory = load_inventory(args.inventory)
     except ConfigError as exc:
         return _refused("status", exc)
-    try:
-        with Supervisor(args.supervisor) as supervisor:
-            processes = supervisor.processes()
-    except SupervisorError as exc:
-        print(f"jumpstarter lab status: {exc}", file=sys.stderr)
-        return 1
+    if _may_control(args.supervisor):
+        try:
+            with Supervisor(args.supervisor) as supervisor:
+                processes = supervisor.processes()
+        except SupervisorError as exc:
+            print(f"jumpstarter lab status: {exc}", file=sys.stderr)
+            return 1
+    else:  # board users: the control socket is root's; read the snapshot supervisord keeps
+        try:
+            processes, age = read_snapshot(inventory.status_file)
+        except ConfigError as exc:
+            print(f"jumpstarter lab status: {exc}", file=sys.stderr)
+            return 1
+        print(f"(supervisord's states as of {age:.0f} s ago, from {inventory.status_file})", file=sys.stderr)
+        if age > STALE_AFTER:
+            print("warning: the snapshot is stale: is jumpstarter-lab running?", file=sys.stderr)
     print(format_statuses(board_statuses(inventory, processes, default_lookup())))
     return 0
+
+
+def _may_control(url: str) -> bool:
+    """Whether this user can reach supervisord's control socket (root and admins only)."""
+    if not url.startswith("unix://"):
+        return True
+    path = url[len("unix://") :]
+    return not os.path.exists(path) or os.access(path, os.R_OK | os.W_OK)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -9,6 +9,11 @@ present when supervisord starts). Each board's output goes to
 `supervisorctl tail -f board-NAME` works. `JUMPSTARTER_BOARD_DIGEST` in a
 program's environment changes whenever the board's inventory entry does: that is
 how `reloadConfig` tells a changed board from an unchanged one.
+
+Each exporterd runs as the inventory's unprivileged `user` (default
+`jumpstarter`; see jumpstarter.lab.account) with umask 027; supervisord itself,
+coldplug and the `jumpstarter-status` event listener (which writes the status
+snapshot board users read) stay root: they talk to supervisord's root-only socket.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import sys
 import sysconfig
 
 from jumpstarter.config.inventory import Inventory
-from jumpstarter.lab.supervisor import COLDPLUG, program_name
+from jumpstarter.lab.supervisor import COLDPLUG, STATUS_LISTENER, program_name
 
 START_RETRIES = 3
 STOP_WAIT_SECS = 10
 LOG_MAX_BYTES = "5MB"
 LOG_BACKUPS = 3
+EXPORTERD_UMASK = "027"  # files an exporterd creates: group-readable at most (sockets set 0660 themselves)
 
 
 def command(script: str, module: str) -> list[str]:
@@ -77,6 +83,8 @@ def render(inventory: Inventory, supervisor_url: str) -> str:
             "stopsignal=TERM",
             f"stopwaitsecs={STOP_WAIT_SECS}",
             "killasgroup=true",
+            f"user={inventory.user}",
+            f"umask={EXPORTERD_UMASK}",
             *_log_options(inventory, program),
             'environment=PYTHONUNBUFFERED="1",'
             f'JUMPSTARTER_BOARD_DIGEST="{inventory.digests.get(board.name, "")}"',
@@ -91,6 +99,20 @@ def render(inventory: Inventory, supervisor_url: str) -> str:
         "startsecs=0",
         "startretries=0",
         *_log_options(inventory, COLDPLUG),
+        'environment=PYTHONUNBUFFERED="1"',
+        "",
+    ]
+    args = [sys.executable, "-m", "jumpstarter.lab.snapshot", "--output", inventory.status_file]
+    args += ["--user", inventory.user, "--supervisor", supervisor_url]
+    out += [
+        f"[eventlistener:{STATUS_LISTENER}]",
+        f"command={_line(args)}",
+        "events=PROCESS_STATE,TICK_60",
+        "autostart=true",
+        "autorestart=true",
+        f"stderr_logfile={_value(os.path.join(inventory.log_dir, STATUS_LISTENER + '.log'))}",
+        f"stderr_logfile_maxbytes={LOG_MAX_BYTES}",
+        f"stderr_logfile_backups={LOG_BACKUPS}",
         'environment=PYTHONUNBUFFERED="1"',
         "",
     ]

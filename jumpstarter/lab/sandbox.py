@@ -12,20 +12,31 @@ them (the event's properties as the environment, nothing else).
         tty = lab.tty()
         lab.hotplug(tty_event("add", tty, "A10"))
         lab.wait_serving("rpi4-01", 3)
+
+Exporterds run as an unprivileged user, as on a real lab host: the caller when
+it is not root, else `nobody` (or `user=`). The sandbox then gives that user what
+the installer and udev give `jumpstarter`: its devices (the ptys), its socket
+directory (through `jumpstarter lab render`, the real one) and an interpreter it
+may run (a venv of the system's Python that sees this checkout, when ours lives
+where the user cannot reach, e.g. under /root).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
+from typing import Any
 
 from jumpstarter.demo.lab import socket_answers, wait_for
 from jumpstarter.lab.supervisor import STOPPED_STATES, Supervisor, SupervisorError, program_name
@@ -51,6 +62,61 @@ files = {directory}/supervisor.d/*.conf
 """
 
 _seqnum = itertools.count(4000)
+_pythons: dict[str, str] = {}
+
+
+def default_user() -> str:
+    """Who the sandbox's exporterds run as: the caller, or `nobody` when the caller is root."""
+    return pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() != 0 else "nobody"
+
+
+def as_user(user: str) -> dict[str, Any]:
+    """subprocess keyword arguments that run a child as `user` with its groups, as supervisord does."""
+    entry = pwd.getpwnam(user)
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
+
+
+def _can_run(user: str, python: str) -> bool:
+    if pwd.getpwnam(user).pw_uid == os.geteuid():
+        return True
+    probe = [python, "-c", "import exporterd, supervisor, grpc"]
+    try:
+        return subprocess.run(probe, capture_output=True, cwd="/", **as_user(user)).returncode == 0
+    except PermissionError:
+        return False
+
+
+def runnable_python(user: str) -> str:
+    """An interpreter `user` may run that imports this checkout and its dependencies."""
+    if user in _pythons:
+        return _pythons[user]
+    if _can_run(user, sys.executable):
+        _pythons[user] = sys.executable
+        return sys.executable
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
+    if base is None:
+        raise RuntimeError(f"{user} cannot run {sys.executable} and there is no system {version}")
+    venv = tempfile.mkdtemp(prefix="jslab-py-", dir="/tmp")
+    atexit.register(shutil.rmtree, venv, True)
+    os.chmod(venv, 0o755)
+    subprocess.run([base, "-m", "venv", "--without-pip", venv], check=True)
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    site = subprocess.run(
+        [os.path.join(venv, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    paths = [checkout, sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    with open(os.path.join(site, "jumpstarter-sandbox.pth"), "w") as handle:
+        handle.write("\n".join(dict.fromkeys(paths)) + "\n")
+    python = os.path.join(venv, "bin", "python")
+    if not _can_run(user, python):
+        raise RuntimeError(f"{user} cannot import this checkout with {python}")
+    _pythons[user] = python
+    return python
 
 
 def udev_event(action: str, subsystem: str, devnode: str, devpath: str, **properties: str) -> dict[str, str]:
@@ -116,9 +182,14 @@ def block_event(action: str, devnode: str, serial: str) -> dict[str, str]:
 class LabSandbox:
     """A lab host in a short /tmp directory (unix socket paths must stay under ~107 bytes)."""
 
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(self, directory: str | None = None, user: str | None = None) -> None:
         self.owns_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="jslab-", dir="/tmp")
+        os.chmod(self.directory, 0o755)  # the exporterds' user reads the inventory here
+        self.user = user or default_user()
+        self.uid = pwd.getpwnam(self.user).pw_uid
+        self.python = runnable_python(self.user)
+        self.status_file = os.path.join(self.directory, "lab-status.json")
         self.inventory = os.path.join(self.directory, "inventory.yaml")
         self.include = os.path.join(self.directory, "supervisor.d", "boards.conf")
         self.socket_dir = os.path.join(self.directory, "boards")
@@ -135,23 +206,38 @@ class LabSandbox:
     def write_inventory(self, boards_yaml: str) -> None:
         """The inventory: our directories, then `boards_yaml` (a `boards:` list, any indentation)."""
         head = f"socket_dir: {self.socket_dir}\ndevice_dir: {self.device_dir}\nlog_dir: {self.log_dir}\n"
-        text = head + textwrap.dedent(boards_yaml).lstrip("\n")
+        tail = f"user: {self.user}\nstatus_file: {self.status_file}\n"  # last: line numbers stay put
+        body = textwrap.dedent(boards_yaml).strip("\n") + "\n"
+        text = head + body + tail
         temp = self.inventory + ".new"
         with open(temp, "w") as handle:
             handle.write(text)
         os.replace(temp, self.inventory)
 
     def render(self) -> None:
-        from jumpstarter.config.inventory import load_inventory
-        from jumpstarter.lab.render import render, write_atomic
-
-        write_atomic(self.include, render(load_inventory(self.inventory), self.url))
+        """`jumpstarter lab render --output` (as the service's ExecStartPre), with the user's interpreter."""
+        args = [
+            "lab",
+            "render",
+            "--inventory",
+            self.inventory,
+            "--supervisor",
+            self.url,
+            "--output",
+            self.include,
+        ]
+        result = subprocess.run(
+            [self.python, "-m", "jumpstarter.lab.cli", *args], capture_output=True, text=True, timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"jumpstarter lab render failed: {result.stderr}")
 
     def tty(self) -> str:
         """A new pseudo-terminal; its slave path is the "device node" (the master stays open)."""
         master, slave = os.openpty()
         path = os.ttyname(slave)
         os.close(slave)
+        self._give(path)
         self.masters.append(master)
         return path
 
@@ -160,7 +246,13 @@ class LabSandbox:
         path = os.path.join(self.directory, name)
         with open(path, "wb") as handle:
             handle.truncate(size)
+        self._give(path)
         return path
+
+    def _give(self, path: str) -> None:
+        """A device for the exporterds' user, as udev gives ttys to dialout and disks to disk."""
+        if self.uid != os.geteuid():
+            os.chown(path, self.uid, -1)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -259,7 +351,7 @@ class LabSandbox:
             "JUMPSTARTER_SUPERVISOR_INCLUDE": self.include,
         }
         return subprocess.run(
-            [sys.executable, "-m", "jumpstarter.lab.cli", "lab", *args],
+            [self.python, "-m", "jumpstarter.lab.cli", "lab", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,

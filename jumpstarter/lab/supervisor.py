@@ -20,6 +20,7 @@ from jumpstarter.errors import JumpstarterError
 DEFAULT_URL = "unix:///run/jumpstarter/supervisor.sock"
 PROGRAM_PREFIX = "board-"
 COLDPLUG = "jumpstarter-coldplug"
+STATUS_LISTENER = "jumpstarter-status"  # the event listener that writes the lab status snapshot
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL")
 
 
@@ -85,8 +86,8 @@ class Supervisor:
             ) from None
         except PermissionError:
             raise SupervisorError(
-                f"no permission to talk to supervisord at {self.url}; "
-                "join the group: sudo usermod -aG jumpstarter $USER (then log in again)"
+                f"no permission to talk to supervisord at {self.url}: its control socket is "
+                "root's (run this with sudo); `jumpstarter lab status` works for the jumpstarter group"
             ) from None
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             raise SupervisorError(f"supervisord at {self.url}: {exc}") from None
@@ -164,7 +165,7 @@ class Supervisor:
 
 
 def _is_ours(group: str) -> bool:
-    return group.startswith(PROGRAM_PREFIX) or group == COLDPLUG
+    return group.startswith(PROGRAM_PREFIX) or group in (COLDPLUG, STATUS_LISTENER)
 
 
 def _faults() -> Any:

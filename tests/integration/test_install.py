@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from jumpstarter.lab.sandbox import runnable_python
+
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "opt/jumpstarter"
 LAB_FILES = [
@@ -152,7 +154,22 @@ def test_lab_host_install_puts_venv_units_rule_configs_and_group_under_destdir(
         assert not (root / name).exists()
     (line,) = group_line(root)
     assert line.startswith("jumpstarter:x:") and 100 <= int(line.split(":")[2]) <= 999
-    assert "jumpstarter" not in (root / "etc/passwd").read_text()  # the lab host runs no daemon user
+    gid = int(line.split(":")[2])
+    # The exporterds' user: unprivileged, in every device group (missing ones created).
+    (user,) = [u for u in (root / "etc/passwd").read_text().splitlines() if u.startswith("jumpstarter:")]
+    uid = int(user.split(":")[2])
+    assert uid != 0 and user.endswith(":/var/lib/jumpstarter:/usr/sbin/nologin")
+    groups = {g.split(":")[0]: g.split(":") for g in (root / "etc/group").read_text().splitlines()}
+    for name in ("dialout", "disk", "plugdev", "gpio"):
+        assert groups[name][3].split(",") == ["jumpstarter"], groups[name]
+    assert groups["dialout"][2] == "20" and groups["root"][3] == ""  # existing groups kept, root untouched
+    for target, owner, mode in [
+        ("etc/jumpstarter/tokens", (uid, gid), 0o700),
+        ("var/lib/jumpstarter", (uid, gid), 0o750),
+        ("var/log/jumpstarter", (0, gid), 0o750),
+    ]:
+        info = (root / target).stat()
+        assert ((info.st_uid, info.st_gid), stat.S_IMODE(info.st_mode)) == (owner, mode), target
     assert os.readlink(root / "usr/local/bin/jumpstarter") == "/opt/jumpstarter/bin/jumpstarter"
     # The venv: its scripts point at the prefix they will live at, and the packages import.
     bin_dir = root / PREFIX / "bin"
@@ -184,7 +201,8 @@ def test_second_install_changes_nothing_and_says_unchanged(lab: tuple[Path, str]
     result = run_install(checkout, "--lab-host", "--destdir", str(root))
     assert snapshot(root, times=True) == before
     lines = result.stdout.splitlines()[1:]  # after "installing under ..."
-    assert len(lines) == 1 + 1 + len(LAB_FILES) + 1, result.stdout  # venv, group, files, link; no commands
+    # venv, group, user, 4 device groups, 3 directories, files, link; no commands
+    assert len(lines) == 1 + 1 + 1 + 4 + 3 + len(LAB_FILES) + 1, result.stdout
     assert all(line.startswith("unchanged  ") for line in lines), result.stdout
     assert result.stderr == ""
 
@@ -192,6 +210,7 @@ def test_second_install_changes_nothing_and_says_unchanged(lab: tuple[Path, str]
 def test_installed_supervisord_conf_serves_rendered_programs_on_its_socket(lab: tuple[Path, str]) -> None:
     root = lab[0]
     work = Path(tempfile.mkdtemp(prefix="js-sv-"))  # short: unix socket paths are limited
+    os.chmod(work, 0o755)  # only the socket's own mode may keep others out
     try:
         (work / "run/supervisor.d").mkdir(parents=True)
         (work / "log").mkdir()
@@ -200,7 +219,7 @@ def test_installed_supervisord_conf_serves_rendered_programs_on_its_socket(lab: 
         conf = conf.replace("/run/jumpstarter", str(work / "run")).replace(
             "/var/log/jumpstarter", str(work / "log")
         )
-        conf = conf.replace("chown=root:jumpstarter", f"chown={me}:{my_group}")
+        conf = conf.replace("chown=root:root", f"chown={me}:{my_group}")
         if os.geteuid() != 0:
             conf = conf.replace("\nuser=root\n", "\n")
         (work / "supervisord.conf").write_text(conf)
@@ -228,7 +247,23 @@ def test_installed_supervisord_conf_serves_rendered_programs_on_its_socket(lab: 
                     env=env,
                 ).stdout
             assert "board-demo" in status and "RUNNING" in status, status
-            assert stat.S_IMODE((work / "run/supervisor.sock").stat().st_mode) == 0o770
+            control = (work / "run/supervisor.sock").stat()
+            assert (stat.S_IMODE(control.st_mode), control.st_uid) == (0o700, os.getuid())
+            if os.geteuid() == 0:  # a board user, even one in the socket's group, cannot reach it
+                attempt = subprocess.run(
+                    [
+                        runnable_python("nobody"),
+                        "-c",
+                        f"import socket; socket.socket(socket.AF_UNIX).connect('{work}/run/supervisor.sock')",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    user=65534,
+                    group=65534,
+                    extra_groups=[control.st_gid],
+                    cwd="/",
+                )
+                assert "PermissionError" in attempt.stderr, attempt.stderr
             assert (work / "log/supervisord.log").exists()
         finally:
             daemon.terminate()

@@ -195,10 +195,13 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(stack: Stack) -> Iterator[Lab]:
     flag = os.path.join(stack.directory, "board1.powered")
+    repo = os.path.join(stack.directory, "repo")
+    subprocess.run(["git", "init", "-q", repo], check=True)
+    methods = {"greet": 'echo "hello $1 from $(hostname)"', "status": f"git -C {repo} status --short"}
     export = {
         "power": {"type": "power.command", "config": {"on": f"touch {flag}", "off": f"rm -f {flag}"}},
         "echo": {"type": "network.echo"},
-        "tools": {"type": "shell", "config": {"methods": {"greet": 'echo "hello $1 from $(hostname)"'}}},
+        "tools": {"type": "shell", "config": {"methods": methods}},
     }
     config = stack.create_exporter("board1", {"board": "x"}, export)
     stack.spawn(
@@ -268,6 +271,21 @@ def test_lease_dials_through_the_router_drives_the_board_and_releases(lab: Lab):
     ended = lab.alice_client.list_leases(only_active=False)
     assert ended and all(lease_state(le)[0] == "ended" for le in ended)
     assert lab.alice_client.list_leases() == []
+    lab.stack.wait_available(lab.alice_client, "board1")
+
+
+def test_remote_client_cannot_run_a_command_on_the_lab_host_through_git_config(lab: Lab):
+    owned = os.path.join(lab.stack.directory, "owned")
+    attack = {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "core.fsmonitor",
+        "GIT_CONFIG_VALUE_0": f"id > {owned}",
+    }
+    with jumpstarter.lease(selector="board=x", duration="5m", client=lab.alice) as board:
+        with pytest.raises(ValueError, match="GIT_CONFIG_"):
+            board.tools.run("status", env=attack)
+        assert board.tools.run("status").returncode == 0
+    assert not os.path.exists(owned), "a remote client's GIT_CONFIG_* ran a command on the lab host"
     lab.stack.wait_available(lab.alice_client, "board1")
 
 

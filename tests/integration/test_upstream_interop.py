@@ -260,7 +260,9 @@ SHELL_EXPORT = """
       type: jumpstarter_driver_shell.driver.Shell
       config:
         methods:
-          greet: 'echo "hello $1 from $WHO"; echo "note on stderr" >&2'
+          greet:
+            command: 'echo "hello $1 from $WHO"; echo "note on stderr" >&2'
+            env_from_client: [WHO]  # ours: the client may set WHO (upstream ignores the key)
           fail: 'echo "failing now"; echo "boom" >&2; exit 3'
 """
 

@@ -6,6 +6,8 @@ import configparser
 import os
 import textwrap
 
+import pytest
+
 from jumpstarter.config.inventory import load_inventory
 from jumpstarter.lab.devices import ListLookup
 from jumpstarter.lab.render import render, write_atomic
@@ -51,6 +53,7 @@ def test_three_boards_render_to_three_programs_and_coldplug(tmp_path):
         "program:board-rpi4-02",
         "program:board-sim",
         "program:jumpstarter-coldplug",
+        "eventlistener:jumpstarter-status",
     ]
     board = conf["program:board-rpi4-01"]
     assert f"--inventory {inventory.path} --board rpi4-01" in board["command"]
@@ -61,6 +64,37 @@ def test_three_boards_render_to_three_programs_and_coldplug(tmp_path):
     coldplug = conf["program:jumpstarter-coldplug"]
     assert "--coldplug" in coldplug["command"] and "--supervisor unix:///run/js/s.sock" in coldplug["command"]
     assert (coldplug["autostart"], coldplug["autorestart"], coldplug["startsecs"]) == ("true", "false", "0")
+    # Exporterds run as the lab user (default jumpstarter); coldplug and the status listener
+    # stay root: they talk to supervisord's root-only control socket.
+    for name in ("rpi4-01", "rpi4-02", "sim"):
+        assert (conf[f"program:board-{name}"]["user"], conf[f"program:board-{name}"]["umask"]) == (
+            "jumpstarter",
+            "027",
+        )
+    assert "user" not in coldplug
+    status = conf["eventlistener:jumpstarter-status"]
+    assert "user" not in status and status["events"] == "PROCESS_STATE,TICK_60"
+    assert "--output /run/jumpstarter/lab-status.json --user jumpstarter" in status["command"]
+
+
+def test_the_inventory_names_the_user_and_render_refuses_a_missing_or_root_user(tmp_path, capsys):
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.lab.account import lab_account
+    from jumpstarter.lab.cli import main
+
+    inventory = load(tmp_path, "user: nobody\n" + BOARDS)
+    assert parse(render(inventory, "unix:///s"))["program:board-sim"]["user"] == "nobody"
+    assert lab_account(inventory).uid == 65534
+    for user, problem in (("no-such-js-user", "does not exist"), ("root", "is root")):
+        inventory = load(tmp_path, f"user: {user}\n" + BOARDS)
+        with pytest.raises(ConfigError, match=problem):
+            lab_account(inventory)
+        output = tmp_path / f"{user}.conf"
+        assert main(["lab", "render", "--inventory", inventory.path, "--output", str(output)]) == 2
+        assert not output.exists()  # no include: supervisord keeps what it had, never root exporterds
+    assert "sudo scripts/install --lab-host" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="user: expected a user name"):
+        load(tmp_path, "user: Bad User\n" + BOARDS)
 
 
 def test_a_changed_board_changes_only_its_own_section(tmp_path):
@@ -90,9 +124,19 @@ def test_supervisord_reads_the_include_with_paths_holding_percent_signs_and_spac
 
     directory = tmp_path / "50% lab"
     directory.mkdir()
-    inventory = load(directory, f"log_dir: {tmp_path}\n" + BOARDS.replace("log_dir: /var/log/js\n", ""))
+    inventory = load(
+        directory, f"user: nobody\nlog_dir: {tmp_path}\n" + BOARDS.replace("log_dir: /var/log/js\n", "")
+    )
     programs = supervisord_programs(tmp_path, render(inventory, "unix:///s"))
-    assert sorted(programs) == ["board-rpi4-01", "board-rpi4-02", "board-sim", "jumpstarter-coldplug"]
+    assert sorted(programs) == [
+        "board-rpi4-01",
+        "board-rpi4-02",
+        "board-sim",
+        "jumpstarter-coldplug",
+        "jumpstarter-status",
+    ]
+    assert (programs["board-sim"].uid, programs["board-sim"].umask) == (65534, 0o027)
+    assert programs["jumpstarter-coldplug"].uid is None
     sim = programs["board-sim"]
     assert shlex.split(sim.command)[1:5] == ["--inventory", inventory.path, "--board", "sim"]
     assert sim.environment["JUMPSTARTER_BOARD_DIGEST"] == inventory.digests["sim"]

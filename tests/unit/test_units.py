@@ -144,7 +144,7 @@ def test_unit_is_hardened(unit: Path) -> None:
     assert "network-online.target" in one(unit, "After")
 
 
-def test_lab_unit_runs_supervisord_with_rendered_boards_and_device_access() -> None:
+def test_lab_unit_runs_supervisord_with_rendered_boards() -> None:
     assert one(LAB_UNIT, "ExecStartPre") == (
         "/opt/jumpstarter/bin/jumpstarter lab render --inventory /etc/jumpstarter/inventory.yaml"
         " --output /run/jumpstarter/supervisor.d/boards.conf"
@@ -152,8 +152,10 @@ def test_lab_unit_runs_supervisord_with_rendered_boards_and_device_access() -> N
     assert one(LAB_UNIT, "ExecStart") == (
         "/opt/jumpstarter/bin/supervisord --nodaemon --configuration /etc/jumpstarter/supervisord.conf"
     )
-    assert set(one(LAB_UNIT, "SupplementaryGroups").split()) >= {"dialout", "plugdev"}
-    assert one(LAB_UNIT, "Group") == "jumpstarter"  # board sockets (0660) belong to that group
+    # supervisord stays root (it switches each exporterd to the `jumpstarter` user, whose own
+    # groups give device access): no device groups for supervisord itself.
+    assert values(LAB_UNIT, "User") == [] and values(LAB_UNIT, "SupplementaryGroups") == []
+    assert one(LAB_UNIT, "Group") == "jumpstarter"  # supervisord's logs are readable by board users
     assert set(one(LAB_UNIT, "RuntimeDirectory").split()) >= {
         "jumpstarter",
         "jumpstarter/boards",
@@ -204,8 +206,8 @@ def test_supervisord_conf_keeps_the_contract_with_the_lab_commands() -> None:
     conf.read(ROOT / "etc/supervisord.conf")
     assert dict(conf["unix_http_server"]) == {
         "file": "/run/jumpstarter/supervisor.sock",
-        "chmod": "0770",
-        "chown": "root:jumpstarter",
+        "chmod": "0700",  # root's alone: whoever reaches it can stop every board
+        "chown": "root:root",
     }
     assert conf["supervisord"]["nodaemon"] == "true"
     assert conf["supervisord"]["logfile"].startswith("/var/log/jumpstarter/")
@@ -252,8 +254,10 @@ def udev_run(rules: str, event: dict[str, str]) -> list[str]:
         matched = True
         for key, env, op, value in keys:
             if op in ("==", "!="):
-                assert key in ("ACTION", "SUBSYSTEM", "DEVPATH", "KERNEL") or key.startswith("ENV{"), key
-                actual = event.get(env or key, "")
+                assert key in ("ACTION", "SUBSYSTEM", "DEVPATH", "KERNEL", "DRIVER") or key.startswith(
+                    ("ENV{", "ATTR{")
+                ), key
+                actual = event.get(key if key.startswith("ATTR{") else env or key, "")
                 hit = any(fnmatch.fnmatchcase(actual, alternative) for alternative in value.split("|"))
                 matched = matched and hit == (op == "==")
         index += 1
@@ -366,3 +370,17 @@ def test_udev_rule_runs_hotplug_only_for_add_and_remove_of_board_devices(
 ) -> None:
     expected = ["/opt/jumpstarter/bin/jumpstarter-hotplug"] if runs else []
     assert udev_run(RULE.read_text(), event) == expected
+
+
+def test_udev_rule_gives_usb_hub_port_power_to_plugdev_for_uhubctl() -> None:
+    hub = {
+        "ACTION": "bind",
+        "SUBSYSTEM": "usb",
+        "DEVTYPE": "usb_interface",
+        "DRIVER": "hub",
+        "DEVPATH": "/devices/pci0/usb1/1-1/1-1:1.0",
+    }
+    (program,) = udev_run(RULE.read_text(), hub)
+    assert "chgrp -f plugdev /sys%p/*-port*/disable" in program
+    text = RULE.read_text()
+    assert 'SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"' in text
