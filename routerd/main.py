@@ -123,7 +123,8 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         )
 
     registry = new_registry()
-    router = Router(key, config.lone_peer_timeout, config.max_streams, RouterMetrics(registry))
+    limits = Limits(config.max_streams, config.max_streams_per_lease, config.max_waiting_per_lease)
+    router = Router(key, config.lone_peer_timeout, limits, RouterMetrics(registry))
     server = build_server(router)
     try:
         port = server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
@@ -147,6 +148,8 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         advertise=config.advertise,
         lone_peer_timeout=config.lone_peer_timeout,
         max_streams=config.max_streams,
+        max_streams_per_lease=config.max_streams_per_lease,
+        max_waiting_per_lease=config.max_waiting_per_lease,
         pid=os.getpid(),
     )
     try:
