@@ -108,7 +108,9 @@ def load_config(path: str) -> RouterConfig:
         if key in doc:
             values[key] = _count(where.child(doc, key), doc[key])
     max_streams = values.get("max_streams", DEFAULT_MAX_STREAMS)
-    per_lease = values.get("max_streams_per_lease", min(DEFAULT_MAX_STREAMS_PER_LEASE, max(1, max_streams // 2)))
+    per_lease = values.get(
+        "max_streams_per_lease", min(DEFAULT_MAX_STREAMS_PER_LEASE, max(1, max_streams // 2))
+    )
     values["max_streams_per_lease"] = per_lease
     values.setdefault("max_waiting_per_lease", min(DEFAULT_MAX_WAITING_PER_LEASE, per_lease))
     if max_streams > 1 and per_lease >= max_streams:

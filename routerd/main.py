@@ -88,6 +88,7 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
     from jumpstarter.errors import ConfigError
     from jumpstarter.metrics import MetricsServer, new_registry, start_http
     from jumpstarter.routertoken import generate_key, load_key
+    from routerd.admission import Limits
     from routerd.service import Router, RouterMetrics, build_server
 
     log = structlog.get_logger("routerd")

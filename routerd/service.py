@@ -163,9 +163,7 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 class Router:
     """The waiting table and the splices of one routerd process."""
 
-    def __init__(
-        self, key: bytes, lone_peer_timeout: float, limits: Limits, metrics: RouterMetrics
-    ) -> None:
+    def __init__(self, key: bytes, lone_peer_timeout: float, limits: Limits, metrics: RouterMetrics) -> None:
         self.key = key
         self.lone_peer_timeout = lone_peer_timeout
         self.admission = Admission(limits)
