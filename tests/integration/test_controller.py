@@ -871,7 +871,9 @@ def test_each_dial_yields_exactly_one_listen_response(scope: Scope):
         (d.router_endpoint, stream_of(d.router_token)) for d in dials
     ]
     marker = alice.dial(lease.name)
-    assert stream_of(listener.next().router_token) == stream_of(marker.router_token)  # nothing extra came before it
+    assert stream_of(listener.next().router_token) == stream_of(
+        marker.router_token
+    )  # nothing extra came before it
     assert listener.drain() == []
 
 
@@ -924,7 +926,9 @@ def test_dial_fails_not_ready_after_dial_ready_wait(scope: Scope):
 
     board.report(S.EXPORTER_STATUS_LEASE_READY)
     dial = alice.dial(lease.name)
-    assert stream_of(listener.next().router_token) == stream_of(dial.router_token)  # the failed Dial pushed nothing
+    assert stream_of(listener.next().router_token) == stream_of(
+        dial.router_token
+    )  # the failed Dial pushed nothing
     assert listener.drain() == []
 
 

@@ -145,5 +145,3 @@ def test_one_lease_cannot_keep_more_than_its_cap_of_peers_waiting(routers: Route
                 call.cancel()
 
     run(scenario())
-
-

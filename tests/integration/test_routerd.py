@@ -606,6 +606,11 @@ def test_check_accepts_a_good_config(tmp_path: Any) -> None:
         ("listen: 0.0.0.0:8083\nlisen: x\n", ":2: lisen: unknown key"),
         ("lone_peer_timeout: soon\n", ":1: lone_peer_timeout: expected a positive number"),
         ("max_streams: 0\n", ":1: max_streams: expected a positive whole number"),
+        (
+            "max_streams: 10\nmax_streams_per_lease: 10\n",
+            ":2: max_streams_per_lease: must be below max_streams",
+        ),
+        ("max_waiting_per_lease: 64\n", ":1: max_waiting_per_lease: must not exceed max_streams_per_lease"),
         ("listen: 8083\n", ":1: listen: expected HOST:PORT"),
         ("metrics: 0.0.0.0:9103\n", ":1: metrics: 0.0.0.0:9103 is not a loopback address"),
         ("tls:\n  cert: a.crt\n  chain: b\n", ":3: tls.chain: unknown key"),
