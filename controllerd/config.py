@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from controllerd.dial_limits import DEFAULT_DIAL_BURST, DEFAULT_DIAL_RATE, DEFAULT_MAX_PENDING_DIALS
 from jumpstarter.config.yamlload import Located, Where, load_yaml
 from jumpstarter.errors import ConfigError
 
@@ -53,9 +54,9 @@ class ControllerConfig:
     dial_ready_wait: float = 30.0
     max_lease_duration: float = 7 * 86400.0  # seconds; policies may set shorter ones
     max_pending_leases: int = 20
-    dial_rate: float = 5.0  # Dials per second per client, after dial_burst
-    dial_burst: int = 30
-    max_pending_dials: int = 8  # Dials in progress per lease
+    dial_rate: float = DEFAULT_DIAL_RATE
+    dial_burst: int = DEFAULT_DIAL_BURST
+    max_pending_dials: int = DEFAULT_MAX_PENDING_DIALS
 
 
 def load(path: str) -> ControllerConfig:

@@ -63,7 +63,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         self.router_key = router_key
         self.dial_ready_wait = dial_ready_wait
         self.max_lease_duration = max_lease_duration
-        self.dial_limits = dial_limits or DialLimits(rate=5.0, burst=30, max_pending=8)
+        self.dial_limits = dial_limits or DialLimits()
 
     async def _exporter(self, context: grpc.aio.ServicerContext) -> tuple[Identity, Exporter]:
         who = await self.auth.authenticate(context.invocation_metadata(), "Exporter")

@@ -18,6 +18,9 @@ import grpc
 
 from controllerd.rpc import RpcError
 
+DEFAULT_DIAL_RATE = 5.0  # Dials per second per client, after the burst
+DEFAULT_DIAL_BURST = 30
+DEFAULT_MAX_PENDING_DIALS = 8  # Dials in progress per lease
 MAX_IDLE_BUCKETS = 10_000  # forget full buckets beyond this many clients
 
 
@@ -28,7 +31,12 @@ class Bucket:
 
 
 class DialLimits:
-    def __init__(self, rate: float, burst: int, max_pending: int) -> None:
+    def __init__(
+        self,
+        rate: float = DEFAULT_DIAL_RATE,
+        burst: int = DEFAULT_DIAL_BURST,
+        max_pending: int = DEFAULT_MAX_PENDING_DIALS,
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.max_pending = max_pending
