@@ -6,8 +6,9 @@ has exactly two callers (routerd/admission.py): a replayed token or a third
 caller gets PERMISSION_DENIED. Forwarding: each caller's requests become the
 other caller's responses, byte for byte (messages are passed through unparsed:
 `StreamRequest` and `StreamResponse` have the same wire format, so payload,
-frame type and any unknown field arrive verbatim). One message in flight per direction: a read
-waits for the previous write, so HTTP/2 flow control is the only buffer.
+frame type and any unknown field arrive verbatim). One message in flight per
+direction: a read waits for the previous write, so HTTP/2 flow control is the
+only buffer.
 
 Endings:
 - a caller half-closes: that direction stops, the other keeps flowing; once
