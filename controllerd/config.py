@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from controllerd.dial_limits import DEFAULT_DIAL_BURST, DEFAULT_DIAL_RATE, DEFAULT_MAX_PENDING_DIALS
 from jumpstarter.config.yamlload import Located, Where, load_yaml
 from jumpstarter.errors import ConfigError
 
@@ -26,6 +27,9 @@ TOP_KEYS = {
     "dial_ready_wait",
     "max_lease_duration",
     "max_pending_leases",
+    "dial_rate",
+    "dial_burst",
+    "max_pending_dials",
 }
 MAX_LEASE_DURATION_LIMIT = 3650 * 86400.0  # ten years: times stay representable in every message
 
@@ -50,6 +54,9 @@ class ControllerConfig:
     dial_ready_wait: float = 30.0
     max_lease_duration: float = 7 * 86400.0  # seconds; policies may set shorter ones
     max_pending_leases: int = 20
+    dial_rate: float = DEFAULT_DIAL_RATE
+    dial_burst: int = DEFAULT_DIAL_BURST
+    max_pending_dials: int = DEFAULT_MAX_PENDING_DIALS
 
 
 def load(path: str) -> ControllerConfig:
@@ -123,6 +130,12 @@ def load(path: str) -> ControllerConfig:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise where.child(doc, "max_pending_leases").error("expected a whole number of at least 1")
     config.max_pending_leases = limit
+    config.dial_rate = number("dial_rate", config.dial_rate)
+    for key in ("dial_burst", "max_pending_dials"):
+        value = doc.get(key, getattr(config, key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise where.child(doc, key).error("expected a positive whole number")
+        setattr(config, key, value)
     config.admin_socket = rel(text("admin_socket", config.admin_socket))
     metrics = doc.get("metrics", config.metrics)
     if metrics is not None and not isinstance(metrics, str):

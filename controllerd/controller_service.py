@@ -14,6 +14,7 @@ from google.protobuf import empty_pb2
 from controllerd import validate
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import legacy_lease_message
+from controllerd.dial_limits import DialLimits
 from controllerd.hub import Hub
 from controllerd.liveness import silence_window
 from controllerd.records import Exporter, Lease, now, uuid7
@@ -52,6 +53,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         dial_ready_wait: float = DIAL_READY_WAIT,
         *,
         max_lease_duration: float,
+        dial_limits: DialLimits | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -61,6 +63,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         self.router_key = router_key
         self.dial_ready_wait = dial_ready_wait
         self.max_lease_duration = max_lease_duration
+        self.dial_limits = dial_limits or DialLimits()
 
     async def _exporter(self, context: grpc.aio.ServicerContext) -> tuple[Identity, Exporter]:
         who = await self.auth.authenticate(context.invocation_metadata(), "Exporter")
@@ -232,6 +235,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
         if not request.lease_name:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "empty lease name")
+        self.dial_limits.charge(who.namespace, who.name)
         lease = await self.store.get_lease(who.namespace, request.lease_name)
         if lease.client != who.name:
             raise RpcError(
@@ -240,15 +244,17 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
             )
         if lease.ended or lease.exporter is None:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease.name} is not active")
-        exporter = await self._wait_dialable(lease)
+        with self.dial_limits.dialing(who.namespace, lease.name):
+            exporter = await self._wait_dialable(lease)
         if self.routers is None:
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "no router configured on the controller")
         endpoint = next(self.routers)
-        token = routertoken.mint(self.router_key)
+        # One token per side, bound to this stream and lease: neither can be replayed (routerd).
+        token, exporter_token = routertoken.mint_pair(self.router_key, f"{who.namespace}/{lease.name}")
         if not self.hub.push(
             who.namespace,
             lease.name,
-            jumpstarter_pb2.ListenResponse(router_endpoint=endpoint, router_token=token),
+            jumpstarter_pb2.ListenResponse(router_endpoint=endpoint, router_token=exporter_token),
         ):
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,

@@ -43,6 +43,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.auth import TokenAuthority, load_or_create_key
     from controllerd.client_service import ClientService
     from controllerd.controller_service import ControllerService
+    from controllerd.dial_limits import DialLimits
     from controllerd.hub import Hub
     from controllerd.liveness import server_keepalive_options
     from controllerd.scheduler import LeaseScheduler
@@ -80,6 +81,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
             router_key,
             config.dial_ready_wait,
             max_lease_duration=config.max_lease_duration,
+            dial_limits=DialLimits(config.dial_rate, config.dial_burst, config.max_pending_dials),
         ),
         server,
     )

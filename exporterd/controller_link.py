@@ -22,6 +22,7 @@ import grpc
 import structlog
 
 from exporterd.hooks import run_hook
+from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT, NoClient, PendingTunnels, Prefetched
 from jumpstarter import channels
 from jumpstarter.session.server import Session, SessionSlot
 from jumpstarter.splice import splice
@@ -209,6 +210,11 @@ class LeaseRun:
         self.ending: asyncio.Task[None] | None = None
         self.routers: dict[str, grpc.aio.Channel] = {}
         self.finished = False
+        args = link.daemon.args
+        self.pending = PendingTunnels(
+            getattr(args, "tunnel_wait", None) or DEFAULT_TUNNEL_WAIT,
+            getattr(args, "max_pending_tunnels", None) or DEFAULT_MAX_PENDING,
+        )
 
     def _env(self) -> dict[str, str]:
         return {
@@ -270,6 +276,11 @@ class LeaseRun:
                     task = asyncio.create_task(self._tunnel(response.router_endpoint, response.router_token))
                     self.tunnels.add(task)
                     task.add_done_callback(self.tunnels.discard)
+                    if self.pending.admit(task) is not None:
+                        log.info(
+                            "tunnel dropped: too many waiting for their client",
+                            limit=self.pending.max_pending,
+                        )
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     return
@@ -285,15 +296,21 @@ class LeaseRun:
                 endpoint, self._router_credentials(endpoint)
             )
         writer: asyncio.StreamWriter | None = None
+        call = router_pb2_grpc.RouterServiceStub(channel).Stream(
+            metadata=(("authorization", f"Bearer {token}"),)
+        )
         try:
+            first = await self.pending.first_frame(call)
             reader, writer = await asyncio.open_unix_connection(self.link.daemon.path)
-            call = router_pb2_grpc.RouterServiceStub(channel).Stream(
-                metadata=(("authorization", f"Bearer {token}"),)
-            )
-            await splice(reader, writer, call)
+            await splice(reader, writer, Prefetched(call, first))
+        except NoClient as exc:
+            log.info("tunnel given up", router=endpoint, reason=str(exc))
         except (grpc.RpcError, OSError) as exc:
             details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.debug("tunnel ended", router=endpoint, error=details)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
         finally:
             if writer is not None:
                 writer.close()

@@ -14,7 +14,23 @@ import asyncio
 import os
 import sys
 
+from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT
+
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +51,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     add_arguments(parser)
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--tunnel-wait",
+        type=_seconds,
+        default=DEFAULT_TUNNEL_WAIT,
+        metavar="SECONDS",
+        help=f"give up on a router tunnel whose client has not come (default {DEFAULT_TUNNEL_WAIT:g})",
+    )
+    parser.add_argument(
+        "--max-pending-tunnels",
+        type=_count,
+        default=DEFAULT_MAX_PENDING,
+        metavar="N",
+        help=f"router tunnels per lease waiting for their client; more push out the oldest"
+        f" (default {DEFAULT_MAX_PENDING})",
+    )
     direct = parser.add_argument_group("direct mode (no controller): serve the session on TCP")
     direct.add_argument("--listen", metavar="HOST:PORT", help="also serve on TCP, TLS with a passphrase")
     direct.add_argument(

@@ -1,10 +1,14 @@
 """Router tokens (PROTOCOL.md §3): short-lived JWTs naming one spliced stream.
 
-The controller mints one per `Dial` and hands the identical token to both peers;
-routerd verifies it and pairs the two callers by its subject (the stream id).
-HS256 with a key shared by the controller and every router, claims as upstream:
-`iss=https://jumpstarter.dev/stream`, `aud=[https://jumpstarter.dev/router]`,
-`sub=<stream uuid>`, `exp`, `nbf`, `iat`, `jti`.
+The controller mints one pair per `Dial`: a token for the client and one for the
+exporter, with the same subject (the stream id) by which routerd pairs the two
+callers. HS256 with a key shared by the controller and every router, claims as
+upstream: `iss=https://jumpstarter.dev/stream`, `aud=[https://jumpstarter.dev/router]`,
+`sub=<stream uuid>`, `exp`, `nbf`, `iat`, `jti`; plus our own `jumpstarter.dev/role`
+(client|exporter) and `jumpstarter.dev/lease` (`<namespace>/<lease>`), which bind
+each token to one side of one stream of one lease. Peers treat the token as
+opaque and upstream routers ignore the extra claims; tokens without them (from
+an upstream controller) still verify, as "unbound" tokens.
 
 The key is the text of the key file with surrounding whitespace removed, used
 verbatim as the HMAC secret (upstream uses its `ROUTER_KEY` string the same way),
@@ -18,6 +22,7 @@ import secrets
 import stat
 import time
 import uuid
+from dataclasses import dataclass
 
 import jwt
 
@@ -31,6 +36,10 @@ ACCEPTED_ALGORITHMS = ["HS256", "HS384", "HS512"]  # upstream routers accept all
 DEFAULT_TTL = 1800.0
 LEEWAY = 30.0  # seconds of clock skew tolerated between the controller and a router
 MIN_KEY_BYTES = 32
+ROLE_CLAIM = "jumpstarter.dev/role"
+LEASE_CLAIM = "jumpstarter.dev/lease"
+ROLES = ("client", "exporter")
+MAX_LEASE_CLAIM = 300  # namespace and lease names are bounded well below this
 
 
 class RouterTokenError(Exception):
@@ -41,10 +50,31 @@ class RouterTokenError(Exception):
         self.reason = reason
 
 
-def mint(key: bytes, stream_id: str | None = None, ttl: float = DEFAULT_TTL) -> str:
-    """A router token for `stream_id` (a fresh uuid when None), valid for `ttl` seconds."""
+@dataclass(frozen=True)
+class RouterClaims:
+    """What routerd needs from a verified token; `role`/`lease` are None for unbound tokens."""
+
+    stream_id: str
+    expires: float
+    role: str | None = None
+    lease: str | None = None
+
+
+def mint(
+    key: bytes,
+    stream_id: str | None = None,
+    ttl: float = DEFAULT_TTL,
+    role: str | None = None,
+    lease: str | None = None,
+) -> str:
+    """A router token for `stream_id` (a fresh uuid when None), valid for `ttl` seconds.
+
+    With `role` and `lease` the token is bound to that side of the stream of that lease.
+    """
+    if (role is None) != (lease is None) or (role is not None and role not in ROLES):
+        raise ValueError("a bound router token needs a role (client|exporter) and a lease")
     now = int(time.time())
-    claims = {
+    claims: dict[str, object] = {
         "iss": ISSUER,
         "aud": [AUDIENCE],
         "sub": stream_id or str(uuid.uuid4()),
@@ -53,11 +83,28 @@ def mint(key: bytes, stream_id: str | None = None, ttl: float = DEFAULT_TTL) -> 
         "exp": now + max(1, int(ttl)),
         "jti": str(uuid.uuid4()),
     }
+    if role is not None:
+        claims[ROLE_CLAIM] = role
+        claims[LEASE_CLAIM] = lease
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
+def mint_pair(key: bytes, lease: str, ttl: float = DEFAULT_TTL) -> tuple[str, str]:
+    """(client token, exporter token) for one fresh stream of `lease` (`<namespace>/<name>`)."""
+    stream_id = str(uuid.uuid4())
+    return (
+        mint(key, stream_id, ttl, role="client", lease=lease),
+        mint(key, stream_id, ttl, role="exporter", lease=lease),
+    )
+
+
 def verify(key: bytes, token: str) -> str:
-    """Check signature, issuer, audience and times; return the stream id (`sub`).
+    """Check signature, issuer, audience and times; return the stream id (`sub`)."""
+    return verify_claims(key, token).stream_id
+
+
+def verify_claims(key: bytes, token: str) -> RouterClaims:
+    """Check signature, issuer, audience, times and our binding claims.
 
     Raises RouterTokenError with a short reason on any failure.
     """
@@ -90,7 +137,14 @@ def verify(key: bytes, token: str) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise RouterTokenError("token has an empty stream id")
-    return subject
+    role, lease = claims.get(ROLE_CLAIM), claims.get(LEASE_CLAIM)
+    if role is None and lease is None:
+        return RouterClaims(subject, float(claims["exp"]))
+    if role not in ROLES:
+        raise RouterTokenError("token names an unknown peer role")
+    if not isinstance(lease, str) or not lease or len(lease) > MAX_LEASE_CLAIM:
+        raise RouterTokenError("token names no valid lease")
+    return RouterClaims(subject, float(claims["exp"]), role, lease)
 
 
 def load_key(path: str) -> bytes:

@@ -20,8 +20,21 @@ DEFAULT_KEY = "/var/lib/jumpstarter/tls/router.key"
 DEFAULT_ROUTER_KEY = "/var/lib/jumpstarter/keys/router.key"  # where controllerd keeps it
 DEFAULT_LONE_PEER_TIMEOUT = 300.0
 DEFAULT_MAX_STREAMS = 1000
+# Per lease, so that one lease alone can never fill the router (each must stay below max_streams).
+DEFAULT_MAX_STREAMS_PER_LEASE = 32
+DEFAULT_MAX_WAITING_PER_LEASE = 16
 DEFAULT_METRICS = "127.0.0.1:9103"
-TOP_KEYS = {"listen", "advertise", "tls", "router_key_file", "lone_peer_timeout", "max_streams", "metrics"}
+TOP_KEYS = {
+    "listen",
+    "advertise",
+    "tls",
+    "router_key_file",
+    "lone_peer_timeout",
+    "max_streams",
+    "max_streams_per_lease",
+    "max_waiting_per_lease",
+    "metrics",
+}
 WILDCARDS = {"0.0.0.0", "::", ""}
 
 
@@ -35,6 +48,8 @@ class RouterConfig:
     router_key_file: str = DEFAULT_ROUTER_KEY
     lone_peer_timeout: float = DEFAULT_LONE_PEER_TIMEOUT
     max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams_per_lease: int = DEFAULT_MAX_STREAMS_PER_LEASE
+    max_waiting_per_lease: int = DEFAULT_MAX_WAITING_PER_LEASE
     metrics: str | None = DEFAULT_METRICS
     metrics_allow_remote: bool = False
 
@@ -89,12 +104,23 @@ def load_config(path: str) -> RouterConfig:
         values["lone_peer_timeout"] = _positive(
             where.child(doc, "lone_peer_timeout"), doc["lone_peer_timeout"], "seconds"
         )
-    if "max_streams" in doc:
-        mw = where.child(doc, "max_streams")
-        value = doc["max_streams"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise mw.error(f"expected a positive whole number, got {value!r}")
-        values["max_streams"] = value
+    for key in ("max_streams", "max_streams_per_lease", "max_waiting_per_lease"):
+        if key in doc:
+            values[key] = _count(where.child(doc, key), doc[key])
+    max_streams = values.get("max_streams", DEFAULT_MAX_STREAMS)
+    per_lease = values.get(
+        "max_streams_per_lease", min(DEFAULT_MAX_STREAMS_PER_LEASE, max(1, max_streams // 2))
+    )
+    values["max_streams_per_lease"] = per_lease
+    values.setdefault("max_waiting_per_lease", min(DEFAULT_MAX_WAITING_PER_LEASE, per_lease))
+    if max_streams > 1 and per_lease >= max_streams:
+        raise where.child(doc, "max_streams_per_lease").error(
+            f"must be below max_streams ({max_streams}) so that one lease cannot fill the router"
+        )
+    if values["max_waiting_per_lease"] > per_lease:
+        raise where.child(doc, "max_waiting_per_lease").error(
+            f"must not exceed max_streams_per_lease ({per_lease})"
+        )
     if "metrics" in doc:
         values.update(_metrics(where.child(doc, "metrics"), doc["metrics"]))
     return RouterConfig(**values)
@@ -122,6 +148,12 @@ def _path(where: Where, value: Any, base: str) -> str:
     if not isinstance(value, str) or not value:
         raise where.error(f"expected a file path, got {value!r}")
     return os.path.join(base, os.path.expanduser(value))
+
+
+def _count(where: Where, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise where.error(f"expected a positive whole number, got {value!r}")
+    return value
 
 
 def _positive(where: Where, value: Any, unit: str) -> float:

@@ -88,6 +88,7 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
     from jumpstarter.errors import ConfigError
     from jumpstarter.metrics import MetricsServer, new_registry, start_http
     from jumpstarter.routertoken import generate_key, load_key
+    from routerd.admission import Limits
     from routerd.service import Router, RouterMetrics, build_server
 
     log = structlog.get_logger("routerd")
@@ -123,7 +124,8 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         )
 
     registry = new_registry()
-    router = Router(key, config.lone_peer_timeout, config.max_streams, RouterMetrics(registry))
+    limits = Limits(config.max_streams, config.max_streams_per_lease, config.max_waiting_per_lease)
+    router = Router(key, config.lone_peer_timeout, limits, RouterMetrics(registry))
     server = build_server(router)
     try:
         port = server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
@@ -147,6 +149,8 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         advertise=config.advertise,
         lone_peer_timeout=config.lone_peer_timeout,
         max_streams=config.max_streams,
+        max_streams_per_lease=config.max_streams_per_lease,
+        max_waiting_per_lease=config.max_waiting_per_lease,
         pid=os.getpid(),
     )
     try:

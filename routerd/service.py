@@ -1,20 +1,23 @@
 """`jumpstarter.v1.RouterService.Stream`: verify the router token, pair two callers, splice them.
 
 Pairing (PROTOCOL.md §6.5): the first caller with a stream id (the token's
-subject) waits; the second is spliced to it; a third with the same id waits
-anew. Forwarding: each caller's requests become the other caller's responses,
-byte for byte (messages are passed through unparsed: `StreamRequest` and
-`StreamResponse` have the same wire format, so payload, frame type and any
-unknown field arrive verbatim). One message in flight per direction: a read
-waits for the previous write, so HTTP/2 flow control is the only buffer.
+subject) waits; the second is spliced to it. Each token joins once and a stream
+has exactly two callers (routerd/admission.py): a replayed token or a third
+caller gets PERMISSION_DENIED. Forwarding: each caller's requests become the
+other caller's responses, byte for byte (messages are passed through unparsed:
+`StreamRequest` and `StreamResponse` have the same wire format, so payload,
+frame type and any unknown field arrive verbatim). One message in flight per
+direction: a read waits for the previous write, so HTTP/2 flow control is the
+only buffer.
 
 Endings:
 - a caller half-closes: that direction stops, the other keeps flowing; once
   both have half-closed, both calls end OK;
 - a caller fails or goes away: the other is aborted at once with UNAVAILABLE;
 - nobody joins within `lone_peer_timeout`: the waiting caller gets DEADLINE_EXCEEDED;
-- bad or missing token: UNAUTHENTICATED; more than `max_streams` stream ids
-  waiting or spliced: RESOURCE_EXHAUSTED;
+- bad or missing token: UNAUTHENTICATED; a lease over `max_streams_per_lease`
+  streams or `max_waiting_per_lease` lone peers, or the router over
+  `max_streams` stream ids waiting or spliced: RESOURCE_EXHAUSTED;
 - the router stops (SIGTERM): every stream ends with UNAVAILABLE "router shutting down".
 """
 
@@ -30,7 +33,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from jumpstarter.channels import MAX_MESSAGE
-from jumpstarter.routertoken import RouterTokenError, verify
+from jumpstarter.routertoken import RouterClaims, RouterTokenError, verify_claims
+from routerd.admission import Admission, Limits, Refused
 
 log = structlog.get_logger("routerd")
 
@@ -38,7 +42,16 @@ SERVICE = "jumpstarter.v1.RouterService"
 # Grace between "both directions at EOF" and "both calls end OK": grpc reports a
 # cancelled call as EOF on read a moment before it cancels the handler.
 COMPLETION_GRACE = 0.05
-OUTCOMES = ("ok", "peer_failed", "cancelled", "lone_timeout", "unauthenticated", "exhausted", "shutdown")
+OUTCOMES = (
+    "ok",
+    "peer_failed",
+    "cancelled",
+    "lone_timeout",
+    "unauthenticated",
+    "reused",
+    "exhausted",
+    "shutdown",
+)
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -96,6 +109,7 @@ class Peer:
 @dataclass(eq=False)
 class Splice:
     stream_id: str
+    lease: str | None
     peers: tuple[Peer, Peer]
     both_done: asyncio.Event = field(default_factory=asyncio.Event)
     failed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -130,6 +144,7 @@ class Splice:
 class Waiting:
     peer: Peer
     partner: asyncio.Future[Splice]
+    claims: RouterClaims
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -149,12 +164,10 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 class Router:
     """The waiting table and the splices of one routerd process."""
 
-    def __init__(
-        self, key: bytes, lone_peer_timeout: float, max_streams: int, metrics: RouterMetrics
-    ) -> None:
+    def __init__(self, key: bytes, lone_peer_timeout: float, limits: Limits, metrics: RouterMetrics) -> None:
         self.key = key
         self.lone_peer_timeout = lone_peer_timeout
-        self.max_streams = max_streams
+        self.admission = Admission(limits)
         self.metrics = metrics
         self.waiting: dict[str, Waiting] = {}
         self.splices: set[Splice] = set()
@@ -169,7 +182,7 @@ class Router:
     async def stream(self, requests: object, context: grpc.aio.ServicerContext) -> None:
         address = context.peer()
         try:
-            stream_id = verify(self.key, bearer_token(context.invocation_metadata()))
+            claims = verify_claims(self.key, bearer_token(context.invocation_metadata()))
         except RouterTokenError as exc:
             self._count("unauthenticated")
             log.warning("rejected stream", peer=address, reason=exc.reason)
@@ -182,20 +195,29 @@ class Router:
             self._count("shutdown")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "router shutting down")
         me = Peer(context, address)
-        waiting = self.waiting.pop(stream_id, None)
-        if waiting is None:
-            if len(self.waiting) + self.active >= self.max_streams:
-                self._count("exhausted")
-                log.warning("stream refused: router full", peer=address, max_streams=self.max_streams)
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"router is at its limit of {self.max_streams} streams; try again later",
+        stream_id = claims.stream_id
+        waiting = self.waiting.get(stream_id)
+        try:
+            side = self.admission.side(claims)
+            if waiting is None:
+                self.admission.check_new_stream(claims.lease, len(self.waiting) + self.active)
+            elif waiting.claims.lease != claims.lease:
+                raise Refused(
+                    grpc.StatusCode.PERMISSION_DENIED, "router token is for another lease", "reused"
                 )
-                return
-            splice = await self._wait_for_peer(stream_id, me)
+        except Refused as refused:
+            self._count(refused.outcome)
+            log.warning("stream refused", peer=address, lease=claims.lease, reason=refused.message)
+            await context.abort(refused.code, refused.message)
+            return
+        self.admission.take(side, claims)
+        if waiting is None:
+            splice = await self._wait_for_peer(claims, me)
         else:
+            del self.waiting[stream_id]
+            self.admission.paired(claims.lease)
             self.metrics.waiting.set(len(self.waiting))
-            splice = Splice(stream_id, (waiting.peer, me))
+            splice = Splice(stream_id, claims.lease, (waiting.peer, me))
             self.splices.add(splice)
             self.active += 1
             self.metrics.active.set(self.active)
@@ -203,10 +225,12 @@ class Router:
             log.info("stream spliced", stream=stream_id, peers=[waiting.peer.address, address])
         await self._forward(splice, me)
 
-    async def _wait_for_peer(self, stream_id: str, me: Peer) -> Splice:
+    async def _wait_for_peer(self, claims: RouterClaims, me: Peer) -> Splice:
+        stream_id = claims.stream_id
         partner: asyncio.Future[Splice] = asyncio.get_running_loop().create_future()
-        entry = Waiting(me, partner)
+        entry = Waiting(me, partner, claims)
         self.waiting[stream_id] = entry
+        self.admission.waits(claims.lease)
         self.metrics.waiting.set(len(self.waiting))
         log.debug("stream waiting for its peer", stream=stream_id, peer=me.address)
         try:
@@ -222,6 +246,7 @@ class Router:
         finally:
             if self.waiting.get(stream_id) is entry:
                 del self.waiting[stream_id]
+                self.admission.gave_up(claims.lease)
                 self.metrics.waiting.set(len(self.waiting))
             if not partner.done():
                 partner.cancel()
@@ -285,6 +310,7 @@ class Router:
         splice.handlers -= 1
         if splice.handlers == 0:
             self.splices.discard(splice)
+            self.admission.ended(splice.lease)
             self.active -= 1
             self.metrics.active.set(self.active)
             outcome = "ok" if splice.both_done.is_set() else "failed"

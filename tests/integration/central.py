@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import yaml
 from google.protobuf import duration_pb2, field_mask_pb2
 
@@ -133,6 +134,7 @@ class Central:
     mport: int = field(default_factory=free_port)
     controller: subprocess.Popen[bytes] | None = None
     router: subprocess.Popen[bytes] | None = None
+    router_settings: dict[str, Any] = field(default_factory=dict)
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _ca: bytes = b""
 
@@ -217,6 +219,7 @@ class Central:
             "router_key_file": self.router_key,
             "lone_peer_timeout": 30,
             "metrics": None,
+            **self.router_settings,
         }
         path = os.path.join(self.directory, "routerd.yaml")
         Path(path).write_text(json.dumps(config))
@@ -296,9 +299,12 @@ class Central:
         return Peer(self, identity)
 
 
-def start_central(prefix: str = "jsc-", router: bool = True, **settings: Any) -> Central:
+def start_central(
+    prefix: str = "jsc-", router: bool = True, router_settings: dict[str, Any] | None = None, **settings: Any
+) -> Central:
     """A started Central in a fresh /tmp directory (call `close_central` when done)."""
     central = Central(tempfile.mkdtemp(prefix=prefix, dir="/tmp"), settings)
+    central.router_settings = dict(router_settings or {})
     try:
         central.start_controller()
         if router:
@@ -416,6 +422,12 @@ class Peer:
         return self.controller.Dial(
             jumpstarter_pb2.DialRequest(lease_name=name), metadata=self.md, timeout=timeout
         )
+
+
+def stream_of(router_token: str) -> str:
+    """The stream id a router token joins: the client's and the exporter's tokens of one Dial share it."""
+    claims = jwt.decode(router_token, options={"verify_signature": False})
+    return str(claims["sub"])
 
 
 def seconds(value: float) -> duration_pb2.Duration:

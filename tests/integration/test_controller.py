@@ -45,6 +45,7 @@ from .central import (
     is_true,
     short,
     start_central,
+    stream_of,
     stop_process,
     wait_until,
 )
@@ -303,7 +304,7 @@ def test_transfer_gives_dial_rights_to_the_new_owner_only(scope: Scope):
     board.wait_status(lambda s: s.client_name == "bob", "the exporter told of the new owner")
 
     dial = bob.dial(lease.name)
-    assert board.listener(lease.name).next().router_token == dial.router_token
+    assert stream_of(board.listener(lease.name).next().router_token) == stream_of(dial.router_token)
     denied = rpc_error(lambda: alice.dial(lease.name))
     assert denied.code() == CODE.PERMISSION_DENIED and "permission denied" in denied.details()
     assert rpc_error(lambda: alice.delete_lease(lease.name)).code() == CODE.PERMISSION_DENIED
@@ -615,7 +616,7 @@ def test_a_client_cannot_dial_or_change_someone_elses_lease(scope: Scope):
     assert rpc_error(lambda: mallory.update_lease(takeover, ["client"])).code() == CODE.PERMISSION_DENIED
 
     mine = alice.dial(lease.name)  # the refused Dial pushed nothing to the exporter
-    assert board.listener(lease.name).next().router_token == mine.router_token
+    assert stream_of(board.listener(lease.name).next().router_token) == stream_of(mine.router_token)
     assert board.listener(lease.name).drain() == []
 
 
@@ -866,11 +867,13 @@ def test_each_dial_yields_exactly_one_listen_response(scope: Scope):
     assert len({d.router_token for d in dials}) == 3
     assert {d.router_endpoint for d in dials} == {scope.central.router_endpoint}
     received = [listener.next() for _ in dials]
-    assert [(r.router_endpoint, r.router_token) for r in received] == [
-        (d.router_endpoint, d.router_token) for d in dials
+    assert [(r.router_endpoint, stream_of(r.router_token)) for r in received] == [
+        (d.router_endpoint, stream_of(d.router_token)) for d in dials
     ]
     marker = alice.dial(lease.name)
-    assert listener.next().router_token == marker.router_token  # nothing extra came before it
+    assert stream_of(listener.next().router_token) == stream_of(
+        marker.router_token
+    )  # nothing extra came before it
     assert listener.drain() == []
 
 
@@ -885,7 +888,7 @@ def test_the_newest_listen_supersedes_the_older_one(scope: Scope):
     assert older.ended.wait(5), "the older Listen stream was not ended"
     assert older.code == CODE.OK
     dial = alice.dial(lease.name)
-    assert newer.next().router_token == dial.router_token
+    assert stream_of(newer.next().router_token) == stream_of(dial.router_token)
     assert older.drain() == []
 
     foreign = other.listen(lease.name)  # not its lease
@@ -905,7 +908,7 @@ def test_dial_waits_until_the_exporter_reports_lease_ready(scope: Scope):
             dialing.result(timeout=DIAL_READY_WAIT / 3)  # still waiting while the exporter is AVAILABLE
         board.report(S.EXPORTER_STATUS_LEASE_READY)
         dial = dialing.result(timeout=DIAL_READY_WAIT)
-    assert listener.next().router_token == dial.router_token
+    assert stream_of(listener.next().router_token) == stream_of(dial.router_token)
 
 
 def test_dial_fails_not_ready_after_dial_ready_wait(scope: Scope):
@@ -923,7 +926,9 @@ def test_dial_fails_not_ready_after_dial_ready_wait(scope: Scope):
 
     board.report(S.EXPORTER_STATUS_LEASE_READY)
     dial = alice.dial(lease.name)
-    assert listener.next().router_token == dial.router_token  # the failed Dial pushed nothing
+    assert stream_of(listener.next().router_token) == stream_of(
+        dial.router_token
+    )  # the failed Dial pushed nothing
     assert listener.drain() == []
 
 

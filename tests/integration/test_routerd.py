@@ -326,27 +326,6 @@ def test_streams_with_different_ids_do_not_cross(router: Routerd) -> None:
     run(scenario())
 
 
-def test_a_third_caller_with_the_same_token_waits_for_a_new_partner(router: Routerd) -> None:
-    async def scenario() -> None:
-        token = routertoken.mint(router.key)
-        async with router.channel() as channel:
-            a, b = open_stream(channel, token), open_stream(channel, token)
-            await a.write(frame(b"a"))
-            assert await read_n(b, 1) == [(DATA, b"a")]
-            c = open_stream(channel, token)
-            await c.write(frame(b"c"))
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(b.read()), 0.5)  # C is not spliced to A/B
-            d = open_stream(channel, token)
-            await d.write(frame(b"d"))
-            assert await read_n(d, 1) == [(DATA, b"c")]
-            assert await read_n(c, 1) == [(DATA, b"d")]
-            for call in (a, b, c, d):
-                call.cancel()
-
-    run(scenario())
-
-
 def test_client_keepalive_pings_every_second_do_not_get_the_connection_closed(router: Routerd) -> None:
     """Upstream peers ping every 20 s even with no call open; the router must never GOAWAY them for it."""
 
@@ -627,6 +606,11 @@ def test_check_accepts_a_good_config(tmp_path: Any) -> None:
         ("listen: 0.0.0.0:8083\nlisen: x\n", ":2: lisen: unknown key"),
         ("lone_peer_timeout: soon\n", ":1: lone_peer_timeout: expected a positive number"),
         ("max_streams: 0\n", ":1: max_streams: expected a positive whole number"),
+        (
+            "max_streams: 10\nmax_streams_per_lease: 10\n",
+            ":2: max_streams_per_lease: must be below max_streams",
+        ),
+        ("max_waiting_per_lease: 64\n", ":1: max_waiting_per_lease: must not exceed max_streams_per_lease"),
         ("listen: 8083\n", ":1: listen: expected HOST:PORT"),
         ("metrics: 0.0.0.0:9103\n", ":1: metrics: 0.0.0.0:9103 is not a loopback address"),
         ("tls:\n  cert: a.crt\n  chain: b\n", ":3: tls.chain: unknown key"),

@@ -148,3 +148,23 @@ def test_load_key_refuses_missing_short_and_non_regular_files(tmp_path: Any) -> 
     (tmp_path / "link.key").symlink_to(target)
     with pytest.raises(ConfigError):
         load_key(str(tmp_path / "link.key"))
+
+
+def test_a_dial_pair_shares_its_stream_and_binds_each_side_and_the_lease() -> None:
+    from jumpstarter.routertoken import mint_pair, verify_claims
+
+    client, exporter = mint_pair(KEY, "lab/lease-1")
+    a, b = verify_claims(KEY, client), verify_claims(KEY, exporter)
+    assert a.stream_id == b.stream_id
+    assert (a.role, b.role) == ("client", "exporter")
+    assert a.lease == b.lease == "lab/lease-1"
+    unbound = verify_claims(KEY, mint(KEY))  # an upstream controller's token
+    assert unbound.role is None and unbound.lease is None
+
+
+def test_a_token_naming_an_unknown_role_does_not_verify() -> None:
+    token = jwt.encode(
+        {**claims(), "jumpstarter.dev/role": "admin", "jumpstarter.dev/lease": "lab/x"}, KEY, "HS256"
+    )
+    with pytest.raises(RouterTokenError, match="role"):
+        verify(KEY, token)
