@@ -382,3 +382,13 @@ def test_refuses_unclear_requests(tmp_path: Path, checkout: Path) -> None:
     (tmp_path / PREFIX / "somebody-elses-file").write_text("")
     result = run_install(checkout, "--lab-host", "--destdir", str(tmp_path), check=False)
     assert result.returncode == 1 and "is not a venv" in result.stderr
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_missing_destdir_is_refused_at_once(tmp_path: Path, checkout: Path, dry_run: bool) -> None:
+    missing = tmp_path / "not" / "there"
+    args = ["--lab-host", "--destdir", str(missing)] + (["--dry-run"] if dry_run else [])
+    result = run_install(checkout, *args, check=False)
+    assert result.returncode == 2
+    assert f"--destdir {missing}: no such directory" in result.stderr
+    assert not missing.parent.exists()
