@@ -39,6 +39,7 @@ from jumpstarter.errors import ConfigError
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
 DEFAULT_DEVICE_DIR = "/run/jumpstarter/devices"
 DEFAULT_LOG_DIR = "/var/log/jumpstarter"
+MAX_TOKEN_FILE = 64 * 1024  # a token is ~1 KB; never read a huge file whole
 BOARD_KEYS = {"name", "labels", "description", "motd", "match", "export", "hooks", "endpoint", "token_file"}
 TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "boards"}
 CONTROLLER_KEYS = {"endpoint", "namespace", "token_dir", "tls"}
@@ -234,8 +235,13 @@ def _digest(raw: Located, doc: Located) -> str:
 
 
 def _read_token(path: Any) -> str:
-    with open(str(path)) as handle:
-        return handle.read().strip()
+    try:
+        with open(str(path), "rb") as handle:
+            return handle.read(MAX_TOKEN_FILE).decode().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the token file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the token file is not text") from None
 
 
 def matches(rules: dict[str, str], properties: dict[str, str], ancestors: list[dict[str, str]]) -> bool:
