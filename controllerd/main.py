@@ -92,8 +92,10 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     reflection.enable_server_reflection(services, registry)
     try:
         server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
-    except RuntimeError as exc:
-        raise ConfigError(f"{config.source}: listen: cannot listen on {config.listen}: {exc}") from None
+    except RuntimeError:  # grpc says only "Failed to bind" (and logs the reason itself)
+        raise ConfigError(
+            f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
+        ) from None
 
     admin_server = grpc.aio.server()
     guarded(admin_server).add_generic_rpc_handlers(

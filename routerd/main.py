@@ -121,8 +121,10 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
     server = build_server(router)
     try:
         port = server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
-    except RuntimeError as exc:
-        raise ConfigError(f"{config.source}: listen: cannot listen on {config.listen}: {exc}") from None
+    except RuntimeError:  # grpc says only "Failed to bind" (and logs the reason itself)
+        raise ConfigError(
+            f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
+        ) from None
     metrics: MetricsServer | None = None
     if config.metrics:
         try:
