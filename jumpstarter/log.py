@@ -79,6 +79,7 @@ def configure(level: str | int = "INFO", *, json: bool | None = None, stream: Te
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact,  # again: a traceback's text is only known now
             renderer,
         ],
     )
