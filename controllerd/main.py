@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(config) -> int:  # type: ignore[no-untyped-def]
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
+    from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
     from controllerd.admin import Admin
     from controllerd.auth import TokenAuthority, load_or_create_key
@@ -89,7 +89,10 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(services, registry)
+    # Registered by hand: enable_server_reflection picks its sync servicer for anything but a grpc.aio.Server.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(services), registry
+    )
     try:
         server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
     except RuntimeError:  # grpc says only "Failed to bind" (and logs the reason itself)

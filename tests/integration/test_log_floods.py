@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from jumpstarter import routertoken
 from jumpstarter.client.v1 import client_pb2
@@ -93,9 +94,15 @@ def central() -> Iterator[Central]:
 
 
 def test_controllerd_answers_malformed_and_forged_calls_without_flooding_its_log(central: Central) -> None:
-    targets = methods(jumpstarter_pb2.DESCRIPTOR.services_by_name["ControllerService"]) + methods(
-        client_pb2.DESCRIPTOR.services_by_name["ClientService"]
-    )
+    ours = [
+        *methods(jumpstarter_pb2.DESCRIPTOR.services_by_name["ControllerService"]),
+        *methods(client_pb2.DESCRIPTOR.services_by_name["ClientService"]),
+    ]
+    targets = [
+        *ours,
+        *methods(health_pb2.DESCRIPTOR.services_by_name["Health"]),
+        *methods(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]),
+    ]
     log_path = os.path.join(central.directory, "controllerd.log")
     before = os.path.getsize(log_path)
     forged = (
@@ -109,14 +116,23 @@ def test_controllerd_answers_malformed_and_forged_calls_without_flooding_its_log
         assert flood(channel, targets) == {"INVALID_ARGUMENT", "UNAUTHENTICATED"}
         assert flood(channel, targets, forged) == {"INVALID_ARGUMENT", "UNAUTHENTICATED"}
         # Well-formed (empty) requests with the forged token: refused before anything is parsed.
-        unauthenticated = {
-            raw_call(channel, targets[i % len(targets)], b"", forged).name for i in range(CALLS)
-        }
+        unauthenticated = {raw_call(channel, ours[i % len(ours)], b"", forged).name for i in range(CALLS)}
         assert unauthenticated == {"UNAUTHENTICATED"}
+
+        # An authenticated exporter's AuditStream parses its messages as they arrive.
+        exporter = central.create("exporter", "flood", "e1")
+        audit = ("/jumpstarter.v1.ControllerService/AuditStream", True, False)
+        audited = {raw_call(channel, audit, GARBAGE, exporter.metadata()).name for _ in range(CALLS)}
+        assert audited == {"INVALID_ARGUMENT"}
 
         assert_quiet(grown(log_path, before), "controllerd")
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        listed = [s.name for r in reflection for s in r.list_services_response.service]
+        assert "jumpstarter.v1.ControllerService" in listed, listed
     peer = central.peer(central.create("client", "flood", "c1"))
     try:
         listed = peer.clients.ListLeases(
