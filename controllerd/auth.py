@@ -17,17 +17,20 @@ from typing import Any
 
 import grpc
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controllerd.records import TokenRecord
 from controllerd.store import NotFound, Store
+from jumpstarter.errors import ConfigError
 from jumpstarter.files import write_atomic
 
 ALGORITHM = "ES256"
 DEFAULT_TTL = 365 * 24 * 3600.0
 KINDS = ("Client", "Exporter")
 MAX_TOKEN = 16 * 1024
+MAX_KEY_FILE = 64 * 1024
 
 
 class AuthError(Exception):
@@ -50,18 +53,32 @@ class Identity:
 
 
 def load_or_create_key(path: str) -> ec.EllipticCurvePrivateKey:
-    """The signing key: created (P-256, mode 0600) on first start."""
+    """The signing key: created (P-256, mode 0600, directory 0700) on first start.
+
+    A key that cannot be read or parsed is a ConfigError naming `path`, never replaced.
+    """
     if os.path.exists(path):
-        with open(path, "rb") as handle:
-            key = serialization.load_pem_private_key(handle.read(), password=None)
+        try:
+            with open(path, "rb") as handle:
+                key = serialization.load_pem_private_key(handle.read(MAX_KEY_FILE), password=None)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the signing key: {exc.strerror or exc}") from None
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ConfigError(
+                f"{path}: not an unencrypted PEM private key (truncated or corrupt?); restore it from"
+                " a backup, or remove it to create a new one (every issued token then stops working)"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path}: not an EC private key")
+            raise ConfigError(f"{path}: the signing key is not an EC private key")
         return key
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_atomic(path, pem, 0o600, exclusive=True)
+    try:
+        write_atomic(path, pem, 0o600, exclusive=True, dir_mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the signing key: {exc.strerror or exc}") from None
     return key
 
 

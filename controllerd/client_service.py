@@ -197,7 +197,8 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def RotateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        kind = None if request.parent.count("/") == 1 else request.parent.split("/")[2]
+        parts = request.parent.split("/")  # namespaces/NS or namespaces/NS/clients/NAME; _caller checks it
+        kind = parts[2] if len(parts) == 4 else None
         who, _, _ = await self._caller(context, request.parent, kind)
         token, expiry = await self.auth.issue("Client", who.namespace, who.name, who.uid)
         await self.auth.revoke(jti=who.jti)  # the old token stops working now

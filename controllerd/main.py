@@ -17,13 +17,14 @@ import structlog
 from controllerd.config import DEFAULT_CONFIG
 
 log = structlog.get_logger("controllerd")
+PROG = "jumpstarter-controllerd"
 
 SERVER_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="jumpstarter-controllerd",
+        prog=PROG,
         description="The Jumpstarter controller: exporters register, clients lease boards and dial them through routers.",
     )
     parser.add_argument("--config", default=os.environ.get("JUMPSTARTER_CONTROLLERD_CONFIG", DEFAULT_CONFIG))
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(config) -> int:  # type: ignore[no-untyped-def]
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
+    from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
     from controllerd.admin import Admin
     from controllerd.auth import TokenAuthority, load_or_create_key
@@ -50,6 +51,8 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.store import open_store
     from jumpstarter import routertoken, tls
     from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.rpcinput import guarded
     from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
     host = config.endpoint.rpartition(":")[0]
@@ -71,6 +74,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None
 
     server = grpc.aio.server(options=SERVER_OPTIONS + server_keepalive_options(config.offline_after))
+    registry = guarded(server)  # malformed requests: INVALID_ARGUMENT, no traceback in the log
     jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(
         ControllerService(
             store,
@@ -83,41 +87,58 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
             max_lease_duration=config.max_lease_duration,
             dial_limits=DialLimits(config.dial_rate, config.dial_burst, config.max_pending_dials),
         ),
-        server,
+        registry,
     )
     client_pb2_grpc.add_ClientServiceServicer_to_server(
-        ClientService(store, scheduler, auth, max_lease_duration=config.max_lease_duration), server
+        ClientService(store, scheduler, auth, max_lease_duration=config.max_lease_duration), registry
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
     services = (
         jumpstarter_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name,
         client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(services, server)
-    server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
+    # Registered by hand: enable_server_reflection picks its sync servicer for anything but a grpc.aio.Server.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(services), registry
+    )
+    try:
+        server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
+    except RuntimeError:  # grpc says only "Failed to bind" (and logs the reason itself)
+        raise ConfigError(
+            f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
+        ) from None
 
     admin_server = grpc.aio.server()
-    admin_server.add_generic_rpc_handlers(
+    guarded(admin_server).add_generic_rpc_handlers(
         (Admin(store, scheduler, auth, cert_pem, config.token_ttl_days * 86400).handler(),)
     )
-    os.makedirs(os.path.dirname(config.admin_socket), exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(config.admin_socket)
-    old = os.umask(0o177)
     try:
-        admin_server.add_insecure_port(f"unix:{config.admin_socket}")
-        await admin_server.start()
-    finally:
-        os.umask(old)
+        os.makedirs(os.path.dirname(config.admin_socket), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config.admin_socket)
+        old = os.umask(0o177)
+        try:
+            admin_server.add_insecure_port(f"unix:{config.admin_socket}")
+            await admin_server.start()
+        finally:
+            os.umask(old)
+    except (OSError, RuntimeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{config.admin_socket}: cannot serve the admin socket: {problem}") from None
 
     metrics_server = None
     if config.metrics:
         from controllerd.metrics import ControllerMetrics
 
-        metrics_server = ControllerMetrics(store, scheduler).serve(config.metrics)
+        try:
+            metrics_server = ControllerMetrics(store, scheduler).serve(config.metrics)
+        except OSError as exc:
+            raise ConfigError(
+                f"{config.source}: metrics: cannot serve on {config.metrics}: {exc.strerror or exc}"
+            ) from None
 
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -152,25 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from controllerd import config as config_module
     from jumpstarter.errors import ConfigError
-    from jumpstarter.log import configure_from
+    from jumpstarter.log import configure_from, fatal
 
     configure_from(args)
     try:
         config = config_module.load(args.config)
         config_module.check(config)
-    except ConfigError as exc:
-        print(f"jumpstarter-controllerd: {exc}", file=sys.stderr)
-        return 2
-    if args.check:
-        print(f"{args.config}: ok (endpoint {config.endpoint})")
-        return 0
-    try:
+        if args.check:
+            print(f"{args.config}: ok (endpoint {config.endpoint})")
+            return 0
         return asyncio.run(serve(config))
+    except ConfigError as exc:
+        return fatal(PROG, exc)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        print(f"jumpstarter-controllerd: {exc}", file=sys.stderr)
-        return 1
+        return fatal(PROG, exc, status=1)
 
 
 if __name__ == "__main__":

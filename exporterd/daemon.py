@@ -95,10 +95,7 @@ class Daemon:
             credentials = tls.server_credentials(cert, key)
         passphrase = None
         if self.args.passphrase_file:
-            with open(self.args.passphrase_file) as handle:
-                passphrase = handle.read().strip()
-            if not passphrase:
-                raise OSError(f"{self.args.passphrase_file}: empty passphrase")
+            passphrase = _read_passphrase(self.args.passphrase_file)
         await stack.enter_async_context(serve_tcp(slot, self.args.listen, credentials, passphrase))
         log.info(
             "serving directly",
@@ -147,6 +144,19 @@ class Daemon:
             log.info("config reloaded", source=self.config.source)
         except ConfigError as exc:
             log.error("config reload failed; keeping the previous config", error=str(exc))
+
+
+def _read_passphrase(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            passphrase = handle.read(64 * 1024).decode().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the passphrase file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the passphrase file is not text") from None
+    if not passphrase:
+        raise ConfigError(f"{path}: empty passphrase")
+    return passphrase
 
 
 def _pid() -> int:

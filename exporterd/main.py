@@ -17,6 +17,7 @@ import sys
 from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT
 
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
+PROG = "jumpstarter-exporterd"
 
 
 def _seconds(text: str) -> float:
@@ -35,7 +36,7 @@ def _count(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="jumpstarter-exporterd",
+        prog=PROG,
         description="Serve one board's hardware as drivers over gRPC on a unix socket.",
         epilog="Signals: SIGTERM/SIGINT stop; SIGHUP finishes the current session and reloads the config.",
     )
@@ -118,27 +119,24 @@ def socket_path(args: argparse.Namespace, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jumpstarter.errors import ConfigError
-    from jumpstarter.log import configure_from
+    from jumpstarter.log import configure_from, fatal
 
     configure_from(args)
     try:
         config = load(args)
-    except ConfigError as exc:
-        print(f"jumpstarter-exporterd: {exc}", file=sys.stderr)
-        return 2
-    if args.check:
-        print(f"{config.source}: board {config.name}: ok")
-        return 0
-    from exporterd.daemon import Daemon
+        if args.check:
+            print(f"{config.source}: board {config.name}: ok")
+            return 0
+        from exporterd.daemon import Daemon
 
-    daemon = Daemon(args, config, socket_path(args, config.name))
-    try:
+        daemon = Daemon(args, config, socket_path(args, config.name))
         return asyncio.run(daemon.run())
+    except ConfigError as exc:
+        return fatal(PROG, exc)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        print(f"jumpstarter-exporterd: {exc}", file=sys.stderr)
-        return 1
+        return fatal(PROG, exc, status=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Writing files that readers and crashes never see half-written."""
+"""Writing files that readers and crashes never see half-written, in directories born with their mode."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def write_atomic(
     rename too, so no reader ever sees the file with the wrong owner.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=dir_mode, exist_ok=True)
+    make_dirs(directory, dir_mode)
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -51,3 +51,24 @@ def write_atomic(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def make_dirs(path: str, mode: int = 0o700) -> None:
+    """Create `path` and its missing parents with exactly `mode`, whatever the umask.
+
+    `os.makedirs` gives only the last directory its mode (parents get 0777 minus
+    the umask); directories that already exist are left as their owner set them.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"{path}: exists and is not a directory") from None
+        return  # a concurrent creator won; its mode stands
+    os.chmod(path, mode)  # the umask may have narrowed it

@@ -2,26 +2,61 @@
 
 Every record (structlog or plain `logging`) is rendered once, with `timestamp`
 (ISO 8601 UTC), `level`, `event`, `logger` and bound context. Values of keys
-that look like secrets are replaced before rendering: tokens are never logged.
+that look like secrets are replaced before rendering, and so is anything shaped
+like a JWT inside any text value: tokens are never logged.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 SECRET_KEYS = ("token", "authorization", "passphrase", "password", "secret")
+#: header.payload.signature, base64url; every JWT header starts with `{"` = `eyJ`.
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
+    for key, value in list(event.items()):
         if any(s in key.lower() for s in SECRET_KEYS):
             event[key] = "[redacted]"
+        elif isinstance(value, str) and "eyJ" in value:
+            event[key] = JWT.sub("[redacted]", value)
     return event
+
+
+def fatal(prog: str, problem: object, status: int = 2) -> int:
+    """A start-up failure: one line on stderr naming the file and the problem; returns the exit status."""
+    text = " ".join(str(problem).split())  # library messages may span lines; the journal wants one
+    print(f"{prog}: {text}", file=sys.stderr)
+    return status
+
+
+class Throttle:
+    """Lets one log record through per `interval` seconds, for what strangers can trigger at will.
+
+    `ready()` is None while records are being dropped, else how many were dropped since the last one.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.next = 0.0
+        self.dropped = 0
+
+    def ready(self) -> int | None:
+        now = time.monotonic()
+        if now < self.next:
+            self.dropped += 1
+            return None
+        self.next = now + self.interval
+        dropped, self.dropped = self.dropped, 0
+        return dropped
 
 
 def configure(level: str | int = "INFO", *, json: bool | None = None, stream: TextIO | None = None) -> None:
@@ -44,6 +79,7 @@ def configure(level: str | int = "INFO", *, json: bool | None = None, stream: Te
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact,  # again: a traceback's text is only known now
             renderer,
         ],
     )

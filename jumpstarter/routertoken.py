@@ -181,8 +181,11 @@ def generate_key(path: str) -> bytes:
     """Create a new key file (32 random bytes as hex, mode 0600); never overwrites one.
 
     Written to a temporary file and linked into place, so readers never see a
-    partial key and a concurrent creator loses cleanly (FileExistsError).
+    partial key and a concurrent creator loses cleanly (ConfigError: file exists).
     """
     key = secrets.token_hex(32).encode()
-    write_atomic(path, key + b"\n", 0o600, exclusive=True, dir_mode=0o700)
+    try:
+        write_atomic(path, key + b"\n", 0o600, exclusive=True, dir_mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the router key: {exc.strerror or exc}") from None
     return key

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -108,7 +109,7 @@ def check_pair(cert_pem: bytes, key_pem: bytes, cert_path: str = "<cert>", key_p
         raise ConfigError(f"{cert_path}: not a PEM certificate: {exc}") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{key_path}: not an unencrypted PEM private key: {exc}") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(serialization.Encoding.DER, spki) != cert.public_key().public_bytes(
@@ -181,6 +182,6 @@ def _read(path: str) -> bytes:
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
     try:
-        write_atomic(path, data, mode)
+        write_atomic(path, data, mode, dir_mode=0o700)  # the key's directory: its owner only
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create: {exc.strerror or exc}") from None

@@ -15,10 +15,12 @@ import sys
 
 from routerd.config import DEFAULT_CONFIG, RouterConfig, load_config
 
+PROG = "jumpstarter-routerd"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="jumpstarter-routerd",
+        prog=PROG,
         description="Jumpstarter router: pairs the two callers of a router token and forwards their frames.",
         epilog="Signals: SIGTERM/SIGINT stop (running streams end with UNAVAILABLE).",
     )
@@ -59,7 +61,7 @@ def check(config: RouterConfig, create_key: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jumpstarter.errors import ConfigError
-    from jumpstarter.log import configure_from
+    from jumpstarter.log import configure_from, fatal
 
     configure_from(args)
     try:
@@ -69,14 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{config.source}: {note}")
             print(f"{config.source}: ok")
             return 0
-    except ConfigError as exc:
-        print(f"jumpstarter-routerd: {exc}", file=sys.stderr)
-        return 2
-    try:
         return asyncio.run(serve(config, args.create_key))
     except ConfigError as exc:
-        print(f"jumpstarter-routerd: {exc}", file=sys.stderr)
-        return 2
+        return fatal(PROG, exc)
     except KeyboardInterrupt:
         return 130
 
@@ -98,10 +95,7 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     if create_key and not os.path.exists(config.router_key_file):
-        try:
-            generate_key(config.router_key_file)
-        except OSError as exc:
-            raise ConfigError(f"{config.router_key_file}: cannot create the router key: {exc}") from None
+        generate_key(config.router_key_file)
         log.warning(
             "created a new router key; the controller must use the same key file",
             path=config.router_key_file,
@@ -129,16 +123,18 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
     server = build_server(router)
     try:
         port = server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
-    except RuntimeError as exc:
-        log.error("cannot listen", listen=config.listen, error=str(exc))
-        return 1
+    except RuntimeError:  # grpc says only "Failed to bind" (and logs the reason itself)
+        raise ConfigError(
+            f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
+        ) from None
     metrics: MetricsServer | None = None
     if config.metrics:
         try:
             metrics = start_http(registry, config.metrics, allow_remote=config.metrics_allow_remote)
         except OSError as exc:
-            log.error("cannot serve metrics", metrics=config.metrics, error=str(exc))
-            return 1
+            raise ConfigError(
+                f"{config.source}: metrics: cannot serve on {config.metrics}: {exc.strerror or exc}"
+            ) from None
         log.info("metrics", url=f"http://{_join(metrics.host, metrics.port)}/metrics")
     await server.start()
     listen_host = config.listen.rpartition(":")[0]

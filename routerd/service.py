@@ -33,6 +33,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from jumpstarter.channels import MAX_MESSAGE
+from jumpstarter.log import Throttle
 from jumpstarter.routertoken import RouterClaims, RouterTokenError, verify_claims
 from routerd.admission import Admission, Limits, Refused
 
@@ -173,6 +174,7 @@ class Router:
         self.splices: set[Splice] = set()
         self.active = 0
         self.closing = False
+        self.rejections = Throttle()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The `Stream` method with raw bytes in and out (no (de)serialization on the hot path)."""
@@ -185,7 +187,9 @@ class Router:
             claims = verify_claims(self.key, bearer_token(context.invocation_metadata()))
         except RouterTokenError as exc:
             self._count("unauthenticated")
-            log.warning("rejected stream", peer=address, reason=exc.reason)
+            dropped = self.rejections.ready()  # anyone can send these: one line per interval at most
+            if dropped is not None:
+                log.warning("rejected stream", peer=address, reason=exc.reason, suppressed=dropped)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"invalid router token: {exc.reason}")
             return
         # Headers go out before any forwarding: a write cancelled after it completed would

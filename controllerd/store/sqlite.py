@@ -7,6 +7,7 @@ most one not-ended lease per assigned exporter, so even a buggy caller gets a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -17,6 +18,8 @@ from typing import Any
 
 from controllerd.records import AccessPolicy, Client, Condition, Exporter, Lease, TokenRecord
 from controllerd.store.base import Conflict, NotFound
+from jumpstarter.errors import ConfigError
+from jumpstarter.files import make_dirs
 
 MIGRATIONS: list[str] = [
     # v1
@@ -55,31 +58,52 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+
+def _private_files(path: str) -> None:
+    """The database, its directory, -wal and -shm: the controller's user only, whatever the umask.
+
+    SQLite creates -wal and -shm with the database file's mode, so the file is
+    created 0600 before SQLite opens it; files left by older versions are narrowed.
+    """
+    make_dirs(os.path.dirname(os.path.abspath(path)), 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # holds token metadata
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)
+
+
 _JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions"}
 _BOOL_FIELDS = {"enabled", "registered", "allow_disabled", "released", "ended", "paused", "revoked"}
 
 
 class SqliteStore:
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        """Open (or create) the database; any problem is a ConfigError naming `path`."""
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=5000")
         self._exporter_cache: dict[tuple[str, str], Exporter] | None = None
         self._open_leases: dict[tuple[str, str], Lease] | None = None  # not ended, decoded
-        self._migrate()
-        if path != ":memory:":
-            os.chmod(path, 0o600)  # holds token metadata: the controller's user only
+        try:
+            if path != ":memory:":
+                _private_files(path)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"{path}: cannot open the controller database: {problem}") from None
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise RuntimeError(
+            raise ConfigError(
                 f"{self.path}: schema v{version} is newer than this controllerd (v{len(MIGRATIONS)})"
             )
         for index in range(version, len(MIGRATIONS)):

@@ -44,6 +44,7 @@ DEFAULT_LOG_DIR = "/var/log/jumpstarter"
 DEFAULT_USER = "jumpstarter"
 DEFAULT_STATUS_FILE = "/run/jumpstarter/lab-status.json"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # what useradd accepts
+MAX_TOKEN_FILE = 64 * 1024  # a token is ~1 KB; never read a huge file whole
 BOARD_KEYS = {"name", "labels", "description", "motd", "match", "export", "hooks", "endpoint", "token_file"}
 TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "user", "status_file", "boards"}
 CONTROLLER_KEYS = {"endpoint", "namespace", "token_dir", "tls"}
@@ -246,13 +247,17 @@ def _digest(raw: Located, doc: Located) -> str:
 
 def _read_token(path: Any) -> str:
     try:
-        with open(str(path)) as handle:
-            return handle.read().strip()
+        with open(str(path), "rb") as handle:
+            return handle.read(MAX_TOKEN_FILE).decode().strip()
     except PermissionError:
         raise ConfigError(
             f"{path}: no permission to read the token: exporterds run as the lab user, so give it "
             f"the file: sudo chown jumpstarter: {path} && sudo chmod 0600 {path}"
         ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the token file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the token file is not text") from None
 
 
 def matches(rules: dict[str, str], properties: dict[str, str], ancestors: list[dict[str, str]]) -> bool:

@@ -344,13 +344,16 @@ async def pump(context: grpc.aio.ServicerContext, stream: ByteStream) -> None:
 
 def build_server(session: Session | SessionSlot, interceptors: list[Any] | None = None) -> grpc.aio.Server:
     slot = session if isinstance(session, SessionSlot) else SessionSlot(session)
+    from jumpstarter.rpcinput import guarded
+
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
-    jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(ExporterServicer(slot), server)
+    registry = guarded(server)  # malformed requests: INVALID_ARGUMENT, no traceback in the log
+    jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(ExporterServicer(slot), registry)
     # RouterService.Stream with the fast frame codec (same bytes on the wire as router_pb2).
     stream = grpc.stream_stream_rpc_method_handler(
         RouterServicer(slot).Stream, request_deserializer=frames.decode, response_serializer=frames.encode
     )
-    server.add_generic_rpc_handlers(
+    registry.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("jumpstarter.v1.RouterService", {"Stream": stream}),)
     )
     return server

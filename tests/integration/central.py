@@ -136,6 +136,7 @@ class Central:
     router: subprocess.Popen[bytes] | None = None
     router_settings: dict[str, Any] = field(default_factory=dict)
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    umask: int = -1  # the daemons' umask (-1: inherit ours)
     _ca: bytes = b""
 
     @property
@@ -179,7 +180,12 @@ class Central:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with open(os.path.join(self.directory, f"{name}.log"), "ab") as log:
             return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                umask=self.umask,
             )
 
     def _wait_listening(self, name: str, process: subprocess.Popen[bytes], port: int) -> None:
@@ -190,6 +196,12 @@ class Central:
                 raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)[-3000:]}")
 
     def start_controller(self) -> None:
+        self.controller = self._spawn("controllerd", self.controller_argv())
+        self._wait_listening("controllerd", self.controller, self.cport)
+        wait_until(lambda: os.path.exists(self.admin_socket), 10, "the admin socket")
+
+    def controller_argv(self) -> list[str]:
+        """Write controllerd.yaml; the command line that runs controllerd with it."""
         config = {
             "listen": self.endpoint,
             "endpoint": self.endpoint,
@@ -202,17 +214,18 @@ class Central:
         }
         path = os.path.join(self.directory, "controllerd.yaml")
         Path(path).write_text(json.dumps(config))  # JSON is YAML
-        self.controller = self._spawn(
-            "controllerd", [PY, "-m", "controllerd.main", "--config", path, "--log-format", "json"]
-        )
-        self._wait_listening("controllerd", self.controller, self.cport)
-        wait_until(lambda: os.path.exists(self.admin_socket), 10, "the admin socket")
+        return [PY, "-m", "controllerd.main", "--config", path, "--log-format", "json"]
 
     def stop_controller(self, sig: int = signal.SIGTERM) -> int:
         assert self.controller is not None
         return stop_process(self.controller, sig)
 
     def start_router(self) -> None:
+        self.router = self._spawn("routerd", self.router_argv())
+        self._wait_listening("routerd", self.router, self.rport)
+
+    def router_argv(self, **settings: Any) -> list[str]:
+        """Write routerd.yaml (`settings` override its keys); the command line that runs routerd with it."""
         config = {
             "listen": self.router_endpoint,
             "tls": {"cert": self.tls_cert, "key": os.path.join(self.state, "controllerd", "tls.key")},
@@ -220,13 +233,11 @@ class Central:
             "lone_peer_timeout": 30,
             "metrics": None,
             **self.router_settings,
+            **settings,
         }
         path = os.path.join(self.directory, "routerd.yaml")
         Path(path).write_text(json.dumps(config))
-        self.router = self._spawn(
-            "routerd", [PY, "-m", "routerd.main", "--config", path, "--log-format", "json"]
-        )
-        self._wait_listening("routerd", self.router, self.rport)
+        return [PY, "-m", "routerd.main", "--config", path, "--log-format", "json"]
 
     def stop_router(self, sig: int = signal.SIGTERM) -> int:
         assert self.router is not None

@@ -29,3 +29,22 @@ def test_exclusive_never_replaces_an_existing_file(tmp_path):
         write_atomic(str(path), b"second", 0o600, exclusive=True)
     assert path.read_bytes() == b"first"
     assert os.listdir(tmp_path) == ["router.key"]
+
+
+def test_new_directories_get_exactly_their_mode_parents_included_whatever_the_umask(tmp_path):
+    leaf = tmp_path / "a" / "b" / "c"
+    old = os.umask(0)
+    try:
+        write_atomic(str(leaf / "key"), b"secret", 0o600, dir_mode=0o700)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a", tmp_path / "a" / "b", leaf)}
+    assert modes == {"a": "0o700", "b": "0o700", "c": "0o700"}
+    assert (leaf / "key").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_directory_keeps_the_mode_its_owner_gave_it(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o750)
+    write_atomic(str(shared / "key"), b"secret", 0o600, dir_mode=0o700)
+    assert shared.stat().st_mode & 0o777 == 0o750

@@ -101,7 +101,7 @@ def test_generate_key_writes_64_hex_chars_mode_0600_and_never_overwrites(tmp_pat
     assert len(key) == 64 and int(key, 16) >= 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_key(path) == key
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ConfigError, match="router.key: cannot create the router key: File exists"):
         generate_key(path)
     assert load_key(path) == key
     assert os.listdir(tmp_path) == ["router.key"]  # no temporary left behind
