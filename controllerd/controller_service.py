@@ -205,6 +205,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
             )
         queue = self.hub.listen(who.namespace, lease.name)
         watch = self.hub.exporters[(who.namespace, who.name)]
+        watch.bump()  # a Dial waiting for this exporter to listen goes on
         try:
             while True:
                 if who.jti in self.auth.revoked:
@@ -280,10 +281,16 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"exporter {exporter.name}: lease hook failed: {exporter.status_message}",
                 )
-            if exporter.status in DIALABLE:
+            listening = self.hub.listening(lease.namespace, lease.name)
+            if exporter.status in DIALABLE and listening:
                 return exporter
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0 or not await self.hub.exporters[key].wait_newer(seen, remaining):
+                if exporter.status in DIALABLE:  # ready, but its Listen stream is not back (yet)
+                    raise RpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"exporter {exporter.name} is not listening on lease {lease.name}",
+                    )
                 status = "Available" if exporter.status == AVAILABLE else str(exporter.status)
                 raise RpcError(
                     grpc.StatusCode.FAILED_PRECONDITION, f"exporter is not ready (status: {status})"

@@ -72,6 +72,10 @@ class Hub:
         if self.listeners.get((namespace, lease)) is queue:
             del self.listeners[(namespace, lease)]
 
+    def listening(self, namespace: str, lease: str) -> bool:
+        current = self.listeners.get((namespace, lease))
+        return current is not None and not current.superseded.is_set()
+
     def push(self, namespace: str, lease: str, item: Any) -> bool:
         """Hand one item to the lease's current Listen; False if nobody listens (or it is full)."""
         current = self.listeners.get((namespace, lease))
