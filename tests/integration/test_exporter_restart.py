@@ -114,8 +114,10 @@ def test_an_open_handle_says_the_board_restarted_and_shell_commands_keep_working
             wait_until(lambda: is_true(client.get_lease(lease), "Paused"), 30, "the lease to pause")
             board.start()
             wait_until(
-                lambda: not is_true(client.get_lease(lease), "Paused")
-                and exporter_ready(client, common_pb2.EXPORTER_STATUS_LEASE_READY),
+                lambda: (
+                    not is_true(client.get_lease(lease), "Paused")
+                    and exporter_ready(client, common_pb2.EXPORTER_STATUS_LEASE_READY)
+                ),
                 30,
                 "the lease to resume on the restarted exporter",
             )
