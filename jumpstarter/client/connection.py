@@ -240,16 +240,20 @@ class BlockingStream:
         self._closed = False
         what = request.get("method") or request.get("kind", "stream")
         try:
-            self.initial_metadata = dict(self._call.initial_metadata())
-        except grpc.RpcError as exc:
-            raise translate(exc, str(what)) from None
-        if not self.initial_metadata:
-            # Our exporters mark an opened stream. Empty metadata is a trailers-only
-            # error, or an upstream exporter's success: give the status a moment.
-            finished = threading.Event()
-            self._call.add_done_callback(lambda *_: finished.set())
-            if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
-                raise error_for(self._call.code(), self._call.details())
+            try:
+                self.initial_metadata = dict(self._call.initial_metadata())
+            except grpc.RpcError as exc:
+                raise translate(exc, str(what)) from None
+            if not self.initial_metadata:
+                # Our exporters mark an opened stream. Empty metadata is a trailers-only
+                # error, or an upstream exporter's success: give the status a moment.
+                finished = threading.Event()
+                self._call.add_done_callback(lambda *_: finished.set())
+                if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
+                    raise error_for(self._call.code(), self._call.details())
+        except BaseException:
+            self.close()  # ends gRPC's request thread, which would wait on our queue forever
+            raise
 
     def _frames(self) -> Iterator[frames.Frame]:
         while (frame := self._outgoing.get()) is not None:
