@@ -61,7 +61,9 @@ def test_serial_expect_exits_every_time_while_the_board_is_power_cycled(demo_lab
             except subprocess.TimeoutExpired:
                 process.kill()
                 out, err = process.communicate()
-                raise AssertionError(f"run {run}: `serial expect` did not exit; stderr: {err[-2000:]}") from None
+                raise AssertionError(
+                    f"run {run}: `serial expect` did not exit; stderr: {err[-2000:]}"
+                ) from None
             assert process.returncode == 0, f"run {run}: {err[-2000:]}"
             assert "login:" in out
             if audited:
