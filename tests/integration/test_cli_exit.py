@@ -10,6 +10,8 @@ channels the command left unclosed and the threads still running after it.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import threading
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 import jumpstarter
 from jumpstarter.demo.lab import DemoLab
 
-from .conftest import CLI, PY
+from .conftest import CLI, PY, read_until
 
 RUNS = 20
 EXIT_BOUND = 90.0  # seconds; a healthy run takes about one, a hung one never ends
@@ -76,3 +78,32 @@ def test_serial_expect_exits_every_time_while_the_board_is_power_cycled(demo_lab
     finally:
         stop.set()
         cycler.join(timeout=60)
+
+
+def test_interactive_console_shows_the_board_and_exits_when_the_user_detaches(demo_lab: DemoLab, cli_env):
+    """`serial console` on a terminal: output shows, Ctrl-B three times leaves, the process exits at once."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [*CLI, "--host", demo_lab.socket, "serial", "console"],
+        env=cli_env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    screen = os.fdopen(controller, "rb", buffering=0)
+    try:
+        seen = read_until(screen, "console attached", 60)
+        with jumpstarter.connect(demo_lab.socket) as board:
+            board.power.off()
+            board.power.on()
+        seen += read_until(screen, "login:", 30)
+        os.write(controller, b"\x02\x02\x02")
+        seen += read_until(screen, "[console detached]", 30)
+        assert process.wait(timeout=EXIT_BOUND) == 0
+        assert "[console closed by the exporter]" not in seen, seen
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        screen.close()
