@@ -206,6 +206,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         queue = self.hub.listen(who.namespace, lease.name)
         watch = self.hub.exporters[(who.namespace, who.name)]
         watch.bump()  # a Dial waiting for this exporter to listen goes on
+        waits: set[asyncio.Future[Any]] = set()
         try:
             while True:
                 if who.jti in self.auth.revoked:
@@ -214,7 +215,8 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                 getter = asyncio.ensure_future(queue.queue.get())
                 stopper = asyncio.ensure_future(queue.superseded.wait())
                 changed = asyncio.ensure_future(watch.wait_newer(seen))
-                done, _ = await asyncio.wait({getter, stopper, changed}, return_when=asyncio.FIRST_COMPLETED)
+                waits = {getter, stopper, changed}
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
                 changed.cancel()
                 if getter in done:
@@ -227,6 +229,11 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                     yield queue.queue.get_nowait()
                 return
         finally:
+            # A Listen ended by its exporter or by shutdown: its waits are ended, never left pending to the GC.
+            for wait in waits:
+                wait.cancel()
+            if waits:
+                await asyncio.wait(waits)
             self.hub.unlisten(who.namespace, lease.name, queue)
 
     # -- client side -----------------------------------------------------------------

@@ -182,20 +182,22 @@ class ControllerLink:
             if self.lease is not None:
                 await self.lease.finish(reason="exporter shutting down", run_hook=False)
             channel = channels.open_controller_aio(self.config.endpoint or "", self.credentials)
-            stub = jumpstarter_pb2_grpc.ControllerServiceStub(channel)
-            await stub.ReportStatus(
-                jumpstarter_pb2.ReportStatusRequest(
-                    status=S.EXPORTER_STATUS_OFFLINE, message="Exporter shutting down"
-                ),
-                metadata=self.metadata,
-                timeout=5,
-            )
-            await stub.Unregister(
-                jumpstarter_pb2.UnregisterRequest(reason="Exporter shutdown"),
-                metadata=self.metadata,
-                timeout=5,
-            )
-            await channel.close()
+            try:
+                stub = jumpstarter_pb2_grpc.ControllerServiceStub(channel)
+                await stub.ReportStatus(
+                    jumpstarter_pb2.ReportStatusRequest(
+                        status=S.EXPORTER_STATUS_OFFLINE, message="Exporter shutting down"
+                    ),
+                    metadata=self.metadata,
+                    timeout=5,
+                )
+                await stub.Unregister(
+                    jumpstarter_pb2.UnregisterRequest(reason="Exporter shutdown"),
+                    metadata=self.metadata,
+                    timeout=5,
+                )
+            finally:
+                await channel.close()  # also when the controller is gone: never left to the GC
 
 
 class LeaseRun:

@@ -17,17 +17,22 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from jumpstarter.client.connection import connect, connect_async
+    from jumpstarter.client.aio_connection import connect_async
+    from jumpstarter.client.connection import connect
     from jumpstarter.client.remote import lease
 
 __all__ = ["connect", "connect_async", "lease", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("connect", "connect_async"):
-        from jumpstarter.client import connection
+    if name == "connect":
+        from jumpstarter.client.connection import connect
 
-        return getattr(connection, name)
+        return connect
+    if name == "connect_async":
+        from jumpstarter.client.aio_connection import connect_async
+
+        return connect_async
     if name == "lease":
         from jumpstarter.client.remote import lease
 

@@ -27,6 +27,11 @@ class ConnectError(JumpstarterError, ConnectionError):
     """The exporter could not be reached."""
 
 
+class BoardRestarted(JumpstarterError, ConnectionError):
+    """The exporter's session changed under an open client tree: its drivers are new, the board may
+    have been reset. Raised instead of a confusing "no driver with uuid"; open a new connection."""
+
+
 class DriverError(JumpstarterError):
     """A driver call failed on the exporter; `code` is the gRPC status code name."""
 

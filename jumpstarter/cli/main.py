@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -162,6 +163,7 @@ def run(argv: list[str]) -> int:
             from jumpstarter.client.tree import build_tree
 
             connection = Connection(socket)
+            follower: threading.Thread | None = None
             try:
                 root = build_tree(connection.report(), connection)
                 parser = full_parser(root, socket)
@@ -170,10 +172,12 @@ def run(argv: list[str]) -> int:
                     parser.print_help(sys.stderr)
                     return 2
                 if args.logs:
-                    _follow_logs(connection)
+                    follower = _follow_logs(connection)
                 return _dispatch(args)
             finally:
-                connection.close()
+                connection.close()  # ends the log stream too
+                if follower is not None:  # no thread may touch gRPC while the interpreter shuts down
+                    follower.join(timeout=5)
     except JumpstarterError as exc:
         if wants_help:  # still show what works without a board
             full_parser(None, "").print_help()
@@ -188,9 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-def _follow_logs(connection: Any) -> None:
-    import threading
-
+def _follow_logs(connection: Any) -> threading.Thread:
     def follow() -> None:
         try:
             for record in connection.logs():
@@ -201,7 +203,9 @@ def _follow_logs(connection: Any) -> None:
         except Exception:
             pass
 
-    threading.Thread(target=follow, daemon=True, name="logs").start()
+    thread = threading.Thread(target=follow, daemon=True, name="logs")
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 from jumpstarter.errors import JumpstarterError
 
 if TYPE_CHECKING:
-    from jumpstarter.client.connection import AsyncConnection, AsyncStream, BlockingStream, Connection
+    from jumpstarter.client.aio_connection import AsyncConnection, AsyncStream
+    from jumpstarter.client.connection import BlockingStream, Connection
 
 
 class Link:
-    """The connections a client tree shares: blocking, and asyncio opened on first use."""
+    """The connections a client tree shares: blocking and/or asyncio."""
 
     def __init__(self, sync: Connection | None, aio: AsyncConnection | None = None) -> None:
         self._sync = sync
@@ -26,13 +27,24 @@ class Link:
             raise JumpstarterError("this client was opened with connect_async(): use the *_async methods")
         return self._sync
 
-    @property
-    def aio(self) -> AsyncConnection:
-        if self._aio is None:
-            from jumpstarter.client.connection import AsyncConnection
+    @contextlib.asynccontextmanager
+    async def aio(self) -> AsyncIterator[AsyncConnection]:
+        """The asyncio connection; a blocking tree gets a short-lived one on the caller's loop.
 
-            self._aio = AsyncConnection(self.sync.target)
-        return self._aio
+        That one is closed when the call ends, never left to the garbage collector:
+        a grpc.aio channel finalized after its loop is gone can hang the process.
+        """
+        if self._aio is not None:
+            yield self._aio
+            return
+        from jumpstarter.client.aio_connection import AsyncConnection
+
+        connection = AsyncConnection(self.sync.target)
+        connection.pin = self.sync.pin
+        try:
+            yield connection
+        finally:
+            await connection.close()
 
 
 class DriverClient:
@@ -84,14 +96,21 @@ class DriverClient:
         return self.link.sync.upload(self.uuid, source, encoding)
 
     async def call_async(self, method: str, *args: Any) -> Any:
-        return await self.link.aio.call(self.uuid, method, args)
+        async with self.link.aio() as connection:
+            return await connection.call(self.uuid, method, args)
 
     async def streamingcall_async(self, method: str, *args: Any) -> AsyncIterator[Any]:
-        async for item in self.link.aio.streaming_call(self.uuid, method, args):
-            yield item
+        async with self.link.aio() as connection:
+            async for item in connection.streaming_call(self.uuid, method, args):
+                yield item
 
-    def stream_async(self, method: str = "connect") -> contextlib.AbstractAsyncContextManager[AsyncStream]:
-        return self.link.aio.open_stream({"kind": "driver", "uuid": self.uuid, "method": method})
+    @contextlib.asynccontextmanager
+    async def stream_async(self, method: str = "connect") -> AsyncIterator[AsyncStream]:
+        async with self.link.aio() as connection:
+            async with connection.open_stream(
+                {"kind": "driver", "uuid": self.uuid, "method": method}
+            ) as stream:
+                yield stream
 
     # -- tree access ---------------------------------------------------------
 

@@ -1,32 +1,34 @@
-"""Connections to one exporter session: blocking (`Connection`) and asyncio (`AsyncConnection`).
+"""The blocking connection to one exporter session (`Connection`) and its byte streams.
 
 `connect(target)` returns the root client of the board's driver tree:
 
     with jumpstarter.connect("/run/jumpstarter/boards/rpi4.sock") as board:
         board.power.on()
+
+The asyncio flavour (`AsyncConnection`, `connect_async`) lives in `aio_connection.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from jumpstarter import channels, frames, values
-from jumpstarter.errors import ConnectError, DriverError, error_for
+from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
+from jumpstarter.errors import ConnectError, DriverError, JumpstarterError, error_for
 from jumpstarter.v1 import jumpstarter_pb2, router_pb2
 
 if TYPE_CHECKING:
     from jumpstarter.client.base import DriverClient
 
-_SERVICE = "/jumpstarter.v1.ExporterService/"
+EXPORTER_SERVICE = "/jumpstarter.v1.ExporterService/"
 _EMPTY = b""
 DATA = router_pb2.FRAME_TYPE_DATA
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
@@ -34,7 +36,7 @@ RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 UNMARKED_STREAM_GRACE = 0.05
 
 
-def _empty(_: Any) -> bytes:
+def empty_request(_: Any) -> bytes:
     return _EMPTY
 
 
@@ -59,38 +61,40 @@ class Connection:
 
     def __init__(self, target: str) -> None:
         self.target = target
+        #: The session the client tree was built from (set by `build_tree`).
+        self.pin: SessionPin | None = None
         self.channel, self.metadata = channels.open_channel(target)
         md = tuple(self.metadata) or None
         self._md = md
         ch = self.channel
         self._report = ch.unary_unary(
-            _SERVICE + "GetReport",
-            request_serializer=_empty,
+            EXPORTER_SERVICE + "GetReport",
+            request_serializer=empty_request,
             response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
         )
         self._call = ch.unary_unary(
-            _SERVICE + "DriverCall",
+            EXPORTER_SERVICE + "DriverCall",
             request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
             response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
         )
         self._streaming = ch.unary_stream(
-            _SERVICE + "StreamingDriverCall",
+            EXPORTER_SERVICE + "StreamingDriverCall",
             request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
             response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
         )
         self._status = ch.unary_unary(
-            _SERVICE + "GetStatus",
+            EXPORTER_SERVICE + "GetStatus",
             request_serializer=jumpstarter_pb2.GetStatusRequest.SerializeToString,
             response_deserializer=jumpstarter_pb2.GetStatusResponse.FromString,
         )
         self._end = ch.unary_unary(
-            _SERVICE + "EndSession",
+            EXPORTER_SERVICE + "EndSession",
             request_serializer=jumpstarter_pb2.EndSessionRequest.SerializeToString,
             response_deserializer=jumpstarter_pb2.EndSessionResponse.FromString,
         )
         self._logs = ch.unary_stream(
-            _SERVICE + "LogStream",
-            request_serializer=_empty,
+            EXPORTER_SERVICE + "LogStream",
+            request_serializer=empty_request,
             response_deserializer=jumpstarter_pb2.LogStreamResponse.FromString,
         )
         self._router = ch.stream_stream(
@@ -138,6 +142,16 @@ class Connection:
 
     # -- driver calls ------------------------------------------------------
 
+    def _checked(self, error: JumpstarterError, what: str, uuid: str | None) -> JumpstarterError:
+        """`error`, or `BoardRestarted` when it is a NOT_FOUND because the exporter's session changed."""
+        if self.pin is None or not self.pin.suspects(error, uuid):
+            return error
+        try:
+            report = self.report(timeout=REPORT_TIMEOUT)
+        except JumpstarterError:
+            return error
+        return self.pin.error(what) if self.pin.changed(report) else error
+
     def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
         request = jumpstarter_pb2.DriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
@@ -145,7 +159,7 @@ class Connection:
         try:
             response = self._call(request, metadata=self._md)
         except grpc.RpcError as exc:
-            raise translate(exc, method) from None
+            raise self._checked(translate(exc, method), method, uuid) from None
         return values.decode(response.result)
 
     def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> Iterator[Any]:
@@ -157,12 +171,16 @@ class Connection:
             for response in call:
                 yield values.decode(response.result)
         except grpc.RpcError as exc:
-            raise translate(exc, method) from None
+            raise self._checked(translate(exc, method), method, uuid) from None
         finally:
             call.cancel()
 
     def open_stream(self, request: dict[str, Any]) -> BlockingStream:
-        return BlockingStream(self, request)
+        try:
+            return BlockingStream(self, request)
+        except JumpstarterError as error:
+            what = str(request.get("method") or request.get("kind", "stream"))
+            raise self._checked(error, what, request.get("uuid")) from None
 
     @contextlib.contextmanager
     def upload(
@@ -173,7 +191,7 @@ class Connection:
         The chunks are sent while the caller's driver call runs; leaving the
         block waits until everything was sent.
         """
-        stream = BlockingStream(self, {"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
+        stream = self.open_stream({"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
         handle = stream.resource_handle()
         failure: list[BaseException] = []
 
@@ -200,7 +218,7 @@ class Connection:
         self, uuid: str, encoding: str | None = None
     ) -> Iterator[tuple[dict[str, Any], BlockingStream]]:
         """A resource the driver writes into; read it from the yielded stream while the call runs."""
-        stream = BlockingStream(self, {"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
+        stream = self.open_stream({"kind": "resource", "uuid": uuid, "x_jmp_content_encoding": encoding})
         try:
             yield stream.resource_handle(), stream
         finally:
@@ -222,16 +240,20 @@ class BlockingStream:
         self._closed = False
         what = request.get("method") or request.get("kind", "stream")
         try:
-            self.initial_metadata = dict(self._call.initial_metadata())
-        except grpc.RpcError as exc:
-            raise translate(exc, str(what)) from None
-        if not self.initial_metadata:
-            # Our exporters mark an opened stream. Empty metadata is a trailers-only
-            # error, or an upstream exporter's success: give the status a moment.
-            finished = threading.Event()
-            self._call.add_done_callback(lambda *_: finished.set())
-            if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
-                raise error_for(self._call.code(), self._call.details())
+            try:
+                self.initial_metadata = dict(self._call.initial_metadata())
+            except grpc.RpcError as exc:
+                raise translate(exc, str(what)) from None
+            if not self.initial_metadata:
+                # Our exporters mark an opened stream. Empty metadata is a trailers-only
+                # error, or an upstream exporter's success: give the status a moment.
+                finished = threading.Event()
+                self._call.add_done_callback(lambda *_: finished.set())
+                if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
+                    raise error_for(self._call.code(), self._call.details())
+        except BaseException:
+            self.close()  # ends gRPC's request thread, which would wait on our queue forever
+            raise
 
     def _frames(self) -> Iterator[frames.Frame]:
         while (frame := self._outgoing.get()) is not None:
@@ -305,144 +327,6 @@ class BlockingStream:
         self.close()
 
 
-class AsyncConnection:
-    """An asyncio connection to one exporter session."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.channel, self.metadata = channels.open_aio_channel(target)
-        ch = self.channel
-        self._md = tuple(self.metadata) or None
-        self._report = ch.unary_unary(
-            _SERVICE + "GetReport",
-            request_serializer=_empty,
-            response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
-        )
-        self._call = ch.unary_unary(
-            _SERVICE + "DriverCall",
-            request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
-        )
-        self._streaming = ch.unary_stream(
-            _SERVICE + "StreamingDriverCall",
-            request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
-        )
-        self._router = ch.stream_stream(
-            "/jumpstarter.v1.RouterService/Stream",
-            request_serializer=frames.encode,
-            response_deserializer=frames.decode,
-        )
-
-    async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
-        try:
-            return await self._report(None, metadata=self._md, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ConnectError(
-                    f"cannot reach the exporter at {channels.describe(self.target)}: {exc.details()}"
-                ) from None
-            raise translate(exc, "GetReport") from None
-
-    async def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
-        request = jumpstarter_pb2.DriverCallRequest(
-            uuid=uuid, method=method, args=[values.encode(a) for a in args]
-        )
-        try:
-            response = await self._call(request, metadata=self._md)
-        except grpc.RpcError as exc:
-            raise translate(exc, method) from None
-        return values.decode(response.result)
-
-    async def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> AsyncIterator[Any]:
-        request = jumpstarter_pb2.StreamingDriverCallRequest(
-            uuid=uuid, method=method, args=[values.encode(a) for a in args]
-        )
-        call = self._streaming(request, metadata=self._md)
-        try:
-            async for response in call:
-                yield values.decode(response.result)
-        except grpc.RpcError as exc:
-            raise translate(exc, method) from None
-        finally:
-            call.cancel()
-
-    @contextlib.asynccontextmanager
-    async def open_stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncStream]:
-        metadata = (("request", json.dumps(request)),) + tuple(self.metadata)
-        call = self._router(metadata=metadata)
-        try:
-            initial = await call.initial_metadata()
-        except grpc.RpcError as exc:
-            raise translate(exc, str(request.get("method", "stream"))) from None
-        if not initial:  # the same rule as BlockingStream: empty metadata may be a trailers-only error
-            try:
-                code = await asyncio.wait_for(asyncio.shield(call.code()), UNMARKED_STREAM_GRACE)
-            except TimeoutError:
-                code = grpc.StatusCode.OK
-            if code != grpc.StatusCode.OK:
-                raise error_for(code, await call.details())
-        stream = AsyncStream(call, dict(initial or ()))
-        try:
-            yield stream
-        finally:
-            call.cancel()
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-
-class AsyncStream:
-    """A `ByteStream` over a session-level `RouterService.Stream` (asyncio API)."""
-
-    def __init__(self, call: Any, initial_metadata: dict[str, Any]) -> None:
-        self._call = call
-        self.initial_metadata = initial_metadata
-        self._eof_seen = False
-        self._eof_sent = False
-
-    async def receive(self) -> bytes:
-        while not self._eof_seen:
-            try:
-                frame = await self._call.read()
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.CANCELLED:
-                    break
-                raise translate(exc, "stream") from None
-            if frame is grpc.aio.EOF:
-                break
-            if frame.frame_type == DATA:
-                if frame.payload:
-                    return frame.payload  # type: ignore[no-any-return]
-            elif frame.frame_type == GOAWAY:
-                break
-            elif frame.frame_type == RST_STREAM:
-                raise ConnectionResetError("the exporter reset the stream")
-        self._eof_seen = True
-        return b""
-
-    async def send(self, data: bytes) -> None:
-        if self._eof_sent:
-            raise BrokenPipeError("send after end of stream")
-        await self._call.write(frames.Frame(bytes(data)))
-
-    async def send_eof(self) -> None:
-        if not self._eof_sent:
-            self._eof_sent = True
-            with contextlib.suppress(grpc.RpcError):
-                await self._call.write(frames.Frame(b"", GOAWAY))
-                await self._call.done_writing()
-
-    async def aclose(self) -> None:
-        self._call.cancel()
-
-    def resource_handle(self) -> dict[str, Any]:
-        text = self.initial_metadata.get("resource")
-        if not text:
-            raise DriverError("the exporter did not return a resource handle")
-        return dict(json.loads(text))
-
-
 @contextlib.contextmanager
 def connect(target: str | None = None) -> Iterator[DriverClient]:
     """Connect to an exporter session (socket path or JUMPSTARTER_HOST); yields the root client."""
@@ -453,15 +337,3 @@ def connect(target: str | None = None) -> Iterator[DriverClient]:
         yield build_tree(connection.report(), connection)
     finally:
         connection.close()
-
-
-@contextlib.asynccontextmanager
-async def connect_async(target: str | None = None) -> AsyncIterator[DriverClient]:
-    """asyncio flavour of `connect`: the clients' `*_async` methods use this connection."""
-    from jumpstarter.client.tree import build_tree
-
-    connection = AsyncConnection(target or default_target())
-    try:
-        yield build_tree(await connection.report(), None, connection)
-    finally:
-        await connection.close()

@@ -53,6 +53,7 @@ def console(stream: BlockingStream) -> int:
         return pipe_stdio(stream, send_input=True)
     saved = termios.tcgetattr(stdin_fd)
     done = threading.Event()
+    leaving = threading.Event()  # the user detached: the stream ends because we close it
 
     def show() -> None:
         try:
@@ -60,12 +61,14 @@ def console(stream: BlockingStream) -> int:
                 os.write(sys.stdout.fileno(), data)
         finally:
             done.set()
-            os.write(sys.stdout.fileno(), b"\r\n[console closed by the exporter]\r\n")
+            if not leaving.is_set():
+                os.write(sys.stdout.fileno(), b"\r\n[console closed by the exporter]\r\n")
 
     sys.stderr.write("[console attached; press Ctrl-B three times to leave]\r\n")
     sys.stderr.flush()
     tty.setraw(stdin_fd)
-    threading.Thread(target=show, daemon=True).start()
+    shower = threading.Thread(target=show, daemon=True, name="console-show")
+    shower.start()
     pressed = 0
     try:
         while not done.is_set():
@@ -80,6 +83,9 @@ def console(stream: BlockingStream) -> int:
     except BrokenPipeError:
         pass
     finally:
+        leaving.set()
+        stream.close()  # ends `show` before we return: no thread may touch gRPC at interpreter shutdown
+        shower.join(timeout=5)
         termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
         sys.stderr.write("\n[console detached]\n")
     return 0

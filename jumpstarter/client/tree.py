@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from jumpstarter.client.base import DriverClient, Link
 from jumpstarter.client.registry import client_class
+from jumpstarter.client.restart import SessionPin
 from jumpstarter.errors import JumpstarterError
 
 if TYPE_CHECKING:
-    from jumpstarter.client.connection import AsyncConnection, Connection
+    from jumpstarter.client.aio_connection import AsyncConnection
+    from jumpstarter.client.connection import Connection
 
 CLIENT_LABEL = "jumpstarter.dev/client"
 NAME_LABEL = "jumpstarter.dev/name"
@@ -21,6 +23,10 @@ def build_tree(
     """The root client; children are reachable as attributes (`root.power`)."""
     if not report.reports:
         raise JumpstarterError("the exporter reported no drivers")
+    pin = SessionPin.of(report)
+    for pinned in (connection, aconnection):
+        if pinned is not None:
+            pinned.pin = pin  # a later NOT_FOUND for these uuids is checked for a restart
     link = Link(connection, aconnection)
     # Reports are pre-order; a uuid may repeat (aliases), so index by position and
     # resolve a parent_uuid to the most recent report carrying that uuid.

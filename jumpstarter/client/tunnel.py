@@ -242,8 +242,9 @@ def hold(
             control = grpc.insecure_channel(f"unix:{tunnel.path}", options=channels.CHANNEL_OPTIONS)
             session = jumpstarter_pb2_grpc.ExporterServiceStub(control)
             monitor = threading.Thread(target=_monitor, args=(client, held), daemon=True, name="jmp-lease")
-            hook_logs = _follow_hook_logs(session, held.ended) if show_hook_logs else None
+            hook_logs: threading.Thread | None = None
             try:
+                hook_logs = _follow_hook_logs(session) if show_hook_logs else None
                 _wait_exporter_ready(session, tunnel, ready_timeout)
                 monitor.start()
                 yield held
@@ -251,9 +252,11 @@ def hold(
                 if created is not None:
                     _end_session(session)
                 held.ended.set()  # stops the monitor
-                if hook_logs is not None:
-                    hook_logs.cancel()
-                control.close()
+                if monitor.ident is not None:
+                    monitor.join(timeout=5)  # it may be in a GetLease on the controller channel
+                control.close()  # ends the hook log stream too
+                if hook_logs is not None:  # no thread may touch gRPC while the interpreter shuts down
+                    hook_logs.join(timeout=5)
     finally:
         if created is not None:
             client.release(created)
@@ -265,7 +268,7 @@ HOOK_SOURCES = {
 }
 
 
-def _follow_hook_logs(session: Any, ended: threading.Event) -> Any:
+def _follow_hook_logs(session: Any) -> threading.Thread:
     """Print the exporter's hook output on stderr while the lease is held (as upstream shells do)."""
     import sys
 
@@ -283,8 +286,9 @@ def _follow_hook_logs(session: Any, ended: threading.Event) -> Any:
         except grpc.RpcError:
             pass  # cancelled at the end, or an exporter without LogStream
 
-    threading.Thread(target=follow, daemon=True, name="jmp-hook-logs").start()
-    return call
+    thread = threading.Thread(target=follow, daemon=True, name="jmp-hook-logs")
+    thread.start()
+    return thread
 
 
 def _wait_exporter_ready(session: Any, tunnel: Tunnel, timeout: float) -> None:

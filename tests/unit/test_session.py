@@ -303,7 +303,7 @@ def test_calls_are_refused_when_the_session_is_not_ready(tmp_path):
     from jumpstarter.v1 import common_pb2
 
     async def scenario() -> None:
-        from jumpstarter.client.connection import AsyncConnection
+        from jumpstarter.client.aio_connection import AsyncConnection
         from jumpstarter.session.server import serve_unix
 
         session = Session(tree(), status=common_pb2.EXPORTER_STATUS_AVAILABLE)

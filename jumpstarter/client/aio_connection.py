@@ -1,0 +1,197 @@
+"""The asyncio connection to one exporter session (`AsyncConnection`) and its byte streams.
+
+async with jumpstarter.connect_async("/run/jumpstarter/boards/rpi4.sock") as board:
+    await board.power.call_async("on")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from jumpstarter import channels, frames, values
+from jumpstarter.client.connection import (
+    DATA,
+    EXPORTER_SERVICE,
+    GOAWAY,
+    RST_STREAM,
+    UNMARKED_STREAM_GRACE,
+    default_target,
+    empty_request,
+    translate,
+)
+from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
+from jumpstarter.errors import ConnectError, DriverError, JumpstarterError, error_for
+from jumpstarter.v1 import jumpstarter_pb2
+
+if TYPE_CHECKING:
+    from jumpstarter.client.base import DriverClient
+
+
+class AsyncConnection:
+    """An asyncio connection to one exporter session."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        #: The session the client tree was built from (set by `build_tree`).
+        self.pin: SessionPin | None = None
+        self.channel, self.metadata = channels.open_aio_channel(target)
+        ch = self.channel
+        self._md = tuple(self.metadata) or None
+        self._report = ch.unary_unary(
+            EXPORTER_SERVICE + "GetReport",
+            request_serializer=empty_request,
+            response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
+        )
+        self._call = ch.unary_unary(
+            EXPORTER_SERVICE + "DriverCall",
+            request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
+        )
+        self._streaming = ch.unary_stream(
+            EXPORTER_SERVICE + "StreamingDriverCall",
+            request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
+            response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
+        )
+        self._router = ch.stream_stream(
+            "/jumpstarter.v1.RouterService/Stream",
+            request_serializer=frames.encode,
+            response_deserializer=frames.decode,
+        )
+
+    async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
+        try:
+            return await self._report(None, metadata=self._md, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ConnectError(
+                    f"cannot reach the exporter at {channels.describe(self.target)}: {exc.details()}"
+                ) from None
+            raise translate(exc, "GetReport") from None
+
+    async def _checked(self, error: JumpstarterError, what: str, uuid: str | None) -> JumpstarterError:
+        """`error`, or `BoardRestarted` when it is a NOT_FOUND because the exporter's session changed."""
+        if self.pin is None or not self.pin.suspects(error, uuid):
+            return error
+        try:
+            report = await self.report(timeout=REPORT_TIMEOUT)
+        except JumpstarterError:
+            return error
+        return self.pin.error(what) if self.pin.changed(report) else error
+
+    async def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
+        request = jumpstarter_pb2.DriverCallRequest(
+            uuid=uuid, method=method, args=[values.encode(a) for a in args]
+        )
+        try:
+            response = await self._call(request, metadata=self._md)
+        except grpc.RpcError as exc:
+            raise await self._checked(translate(exc, method), method, uuid) from None
+        return values.decode(response.result)
+
+    async def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> AsyncIterator[Any]:
+        request = jumpstarter_pb2.StreamingDriverCallRequest(
+            uuid=uuid, method=method, args=[values.encode(a) for a in args]
+        )
+        call = self._streaming(request, metadata=self._md)
+        try:
+            async for response in call:
+                yield values.decode(response.result)
+        except grpc.RpcError as exc:
+            raise await self._checked(translate(exc, method), method, uuid) from None
+        finally:
+            call.cancel()
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncStream]:
+        metadata = (("request", json.dumps(request)),) + tuple(self.metadata)
+        call = self._router(metadata=metadata)
+        what = str(request.get("method", "stream"))
+        try:
+            initial = await call.initial_metadata()
+        except grpc.RpcError as exc:
+            raise await self._checked(translate(exc, what), what, request.get("uuid")) from None
+        if not initial:  # the same rule as BlockingStream: empty metadata may be a trailers-only error
+            try:
+                code = await asyncio.wait_for(asyncio.shield(call.code()), UNMARKED_STREAM_GRACE)
+            except TimeoutError:
+                code = grpc.StatusCode.OK
+            if code != grpc.StatusCode.OK:
+                error = error_for(code, await call.details())
+                raise await self._checked(error, what, request.get("uuid")) from None
+        stream = AsyncStream(call, dict(initial or ()))
+        try:
+            yield stream
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class AsyncStream:
+    """A `ByteStream` over a session-level `RouterService.Stream` (asyncio API)."""
+
+    def __init__(self, call: Any, initial_metadata: dict[str, Any]) -> None:
+        self._call = call
+        self.initial_metadata = initial_metadata
+        self._eof_seen = False
+        self._eof_sent = False
+
+    async def receive(self) -> bytes:
+        while not self._eof_seen:
+            try:
+                frame = await self._call.read()
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    break
+                raise translate(exc, "stream") from None
+            if frame is grpc.aio.EOF:
+                break
+            if frame.frame_type == DATA:
+                if frame.payload:
+                    return frame.payload  # type: ignore[no-any-return]
+            elif frame.frame_type == GOAWAY:
+                break
+            elif frame.frame_type == RST_STREAM:
+                raise ConnectionResetError("the exporter reset the stream")
+        self._eof_seen = True
+        return b""
+
+    async def send(self, data: bytes) -> None:
+        if self._eof_sent:
+            raise BrokenPipeError("send after end of stream")
+        await self._call.write(frames.Frame(bytes(data)))
+
+    async def send_eof(self) -> None:
+        if not self._eof_sent:
+            self._eof_sent = True
+            with contextlib.suppress(grpc.RpcError):
+                await self._call.write(frames.Frame(b"", GOAWAY))
+                await self._call.done_writing()
+
+    async def aclose(self) -> None:
+        self._call.cancel()
+
+    def resource_handle(self) -> dict[str, Any]:
+        text = self.initial_metadata.get("resource")
+        if not text:
+            raise DriverError("the exporter did not return a resource handle")
+        return dict(json.loads(text))
+
+
+@contextlib.asynccontextmanager
+async def connect_async(target: str | None = None) -> AsyncIterator[DriverClient]:
+    """asyncio flavour of `connect`: the clients' `*_async` methods use this connection."""
+    from jumpstarter.client.tree import build_tree
+
+    connection = AsyncConnection(target or default_target())
+    try:
+        yield build_tree(await connection.report(), None, connection)
+    finally:
+        await connection.close()
