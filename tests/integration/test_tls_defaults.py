@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from jumpstarter import tls
+from jumpstarter import channels, tls
 from jumpstarter.client.remote import ControllerClient
 from jumpstarter.config.client import load_client_config
 
-from .central import Central, close_central, start_central, wait_until
+from .central import Central, close_central, free_port, start_central, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -224,3 +224,49 @@ def test_a_router_whose_certificate_the_ca_does_not_sign_fails_fast_naming_the_r
     assert "does not sign this server's certificate" in line
     with controller(client) as c:
         assert list(c.list_leases()) == []  # released on the way out
+
+
+def test_a_router_on_another_host_gets_a_lab_ca_certificate_from_the_admin_command(fresh: Central):
+    out = os.path.join(fresh.directory, "router2")
+    fresh.admin(
+        "default", "issue-router-cert", "--host", "router2.lab.example", "--host", "127.0.0.1", "--out", out
+    )
+    assert os.stat(os.path.join(out, "router.key")).st_mode & 0o777 == 0o600
+    assert Path(out, "ca.crt").read_bytes() == Path(fresh.lab_ca).read_bytes()
+    port = free_port()
+    config = os.path.join(out, "routerd.yaml")
+    Path(config).write_text(
+        json.dumps(
+            {
+                "listen": f"127.0.0.1:{port}",
+                "tls": {"cert": "router.crt", "key": "router.key"},
+                "router_key_file": fresh.router_key,
+                "metrics": None,
+            }
+        )
+    )
+    process = fresh._spawn("routerd2", [PY, "-m", "routerd.main", "--config", config, "--log-format", "json"])
+    fresh.extra.append(process)
+    fresh._wait_listening("routerd2", process, port)
+    ca = base64.b64encode(Path(fresh.lab_ca).read_bytes()).decode()
+    assert channels.tls_failure(f"127.0.0.1:{port}", ca) is None  # a client config's CA trusts it
+    assert "router2.lab.example" in tls.certificate_names(Path(out, "router.crt").read_bytes())
+    assert not [r for r in records(fresh, "routerd2") if r.get("level") == "error"]
+
+    bad = subprocess.run(
+        [
+            *CLI,
+            "admin",
+            "--admin-socket",
+            fresh.admin_socket,
+            "issue-router-cert",
+            "--host",
+            "a b",
+            "--out",
+            out + "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode != 0 and "invalid host 'a b'" in bad.stderr and not os.path.exists(out + "x")
