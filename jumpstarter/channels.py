@@ -153,7 +153,7 @@ def tls_failure(
         return None
     host, _, port = endpoint.rpartition(":")
     host = host.strip("[]")
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=os.environ.get("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"))  # as gRPC
     if ca_b64:
         try:
             context = ssl.create_default_context(cadata=base64.b64decode(ca_b64).decode("ascii", "replace"))
@@ -166,8 +166,11 @@ def tls_failure(
                 return None
     except ssl.SSLCertVerificationError as exc:
         code = exc.verify_code
-        if code in NOT_SIGNED:
-            hint = f"the CA in your {whose} config does not sign this server's certificate"
+        login = "; log in with --ca FILE or --insecure" if whose == "client" else ""
+        if code in NOT_SIGNED and not ca_b64:
+            hint = f"the certificate is not trusted: no tls.ca in the {whose} config, and no system CA signs it{login}"
+        elif code in NOT_SIGNED:
+            hint = f"the CA in your {whose} config does not sign this server's certificate{login}"
         else:
             hint = VERIFY_HINTS.get(code, exc.verify_message)
         return f"TLS to {endpoint} failed: certificate verify failed: {exc.verify_message} ({hint})"
