@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jumpstarter.errors import ConfigError
-from jumpstarter.files import write_atomic
+from jumpstarter.files import make_dirs, write_atomic
 
 VALIDITY = datetime.timedelta(days=3650)
 ALWAYS_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -296,7 +296,7 @@ def _locked(path: str) -> Iterator[None]:
 
 def _makedirs(path: str) -> None:
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        make_dirs(path, 0o700)  # the CA key's directory: its owner only
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create: {exc.strerror or exc}") from None
 
