@@ -20,7 +20,8 @@ from controllerd.auth import TokenAuthority, subject
 from controllerd.records import AccessPolicy, Client, Exporter
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import Conflict, NotFound, Store
-from jumpstarter.names import InvalidName, check_labels, check_name, reserved
+from jumpstarter import tls
+from jumpstarter.names import InvalidName, check_host, check_labels, check_name, reserved
 from jumpstarter.selector import parse
 
 log = structlog.get_logger("controllerd.admin")
@@ -46,13 +47,20 @@ def _new_name(args: dict[str, Any], kind: str) -> tuple[str, str]:
 
 class Admin:
     def __init__(
-        self, store: Store, scheduler: LeaseScheduler, auth: TokenAuthority, ca_pem: bytes, token_ttl: float
+        self,
+        store: Store,
+        scheduler: LeaseScheduler,
+        auth: TokenAuthority,
+        ca_pem: bytes,
+        token_ttl: float,
+        lab_ca: tls.LabCA | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.auth = auth
         self.ca_pem = ca_pem
         self.token_ttl = token_ttl
+        self.lab_ca = lab_ca
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "info": self.info,
             "create_client": self.create_client,
@@ -66,6 +74,7 @@ class Admin:
             "release_lease": self.release_lease,
             "revoke": self.revoke,
             "rotate": self.rotate,
+            "issue_server_cert": self.issue_server_cert,
         }
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -105,6 +114,21 @@ class Admin:
 
     async def info(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"endpoint": self.auth.endpoint, "ca": self.ca_pem.decode()}
+
+    async def issue_server_cert(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A server certificate signed by the lab CA (for a routerd on another host), with its key."""
+        if self.lab_ca is None:
+            raise AdminError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this controller has no lab CA key (its certificates were configured by hand):"
+                " issue the router's certificate with your own CA",
+            )
+        hosts = args.get("hosts")
+        if not isinstance(hosts, list) or not 1 <= len(hosts) <= 16:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "hosts: expected 1 to 16 host names or IPs")
+        names = [check_host(h) for h in hosts]
+        cert_pem, key_pem = tls.issue(self.lab_ca, names)
+        return {"cert": cert_pem.decode(), "key": key_pem.decode(), "ca": self.lab_ca.cert_pem.decode()}
 
     async def _issue(self, kind: str, namespace: str, name: str, uid: str) -> dict[str, Any]:
         token, expiry = await self.auth.issue(kind, namespace, name, uid, self.token_ttl)

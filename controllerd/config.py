@@ -43,6 +43,8 @@ class ControllerConfig:
     state_dir: str = "/var/lib/jumpstarter"
     tls_cert: str = ""
     tls_key: str = ""
+    tls_ca: str = ""  # the CA written into issued configs; the lab CA when certificates are generated
+    tls_ca_key: str = ""  # the lab CA's key: signs generated certificates
     store: str = ""
     signing_key: str = ""
     router_key_file: str = "/etc/jumpstarter/router.key"
@@ -101,10 +103,13 @@ def load(path: str) -> ControllerConfig:
         raise where.child(doc, "audiences").error("expected a list of endpoints")
     config.audiences = audiences
     tls = doc.get("tls") or {}
-    if not isinstance(tls, dict) or set(tls) - {"cert", "key"}:
-        raise where.child(doc, "tls").error("expected {cert: FILE, key: FILE}")
+    if not isinstance(tls, dict) or set(tls) - {"cert", "key", "ca", "ca_key"}:
+        raise where.child(doc, "tls").error("expected {cert: FILE, key: FILE, ca: FILE, ca_key: FILE}")
     config.tls_cert = rel(str(tls.get("cert") or os.path.join(config.state_dir, "controllerd", "tls.crt")))
     config.tls_key = rel(str(tls.get("key") or os.path.join(config.state_dir, "controllerd", "tls.key")))
+    tls_dir = os.path.dirname(config.tls_cert)  # the lab CA lives next to the certificate by default
+    config.tls_ca = rel(str(tls.get("ca") or os.path.join(tls_dir, "ca.crt")))
+    config.tls_ca_key = rel(str(tls.get("ca_key") or os.path.join(tls_dir, "ca.key")))
     config.store = text("store", f"sqlite://{os.path.join(config.state_dir, 'controller.db')}")
     if not config.store.startswith("sqlite://"):
         raise where.child(doc, "store").error(

@@ -11,10 +11,14 @@ import contextlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
-from controllerd.config import DEFAULT_CONFIG
+from controllerd.config import DEFAULT_CONFIG, ControllerConfig
+
+if TYPE_CHECKING:
+    from jumpstarter.tls import LabCA
 
 log = structlog.get_logger("controllerd")
 PROG = "jumpstarter-controllerd"
@@ -56,10 +60,24 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
     host = config.endpoint.rpartition(":")[0]
-    cert_pem, key_pem = tls.load_or_create(config.tls_cert, config.tls_key, [host])
-    log.info(
-        "tls", certificate=config.tls_cert, note="give clients this file as their CA unless it is CA-signed"
+    hosts = [host, *(a.rpartition(":")[0] for a in config.audiences)]
+    cert_pem, key_pem, generated = tls.load_or_issue(
+        config.tls_cert, config.tls_key, hosts, config.tls_ca, config.tls_ca_key
     )
+    ca_pem = tls.trust_anchor(cert_pem, config.tls_ca)
+    log.info(
+        "tls",
+        certificate=config.tls_cert,
+        generated=generated,
+        ca=config.tls_ca if os.path.exists(config.tls_ca) else config.tls_cert,
+        note="issued client and exporter configs carry this CA",
+    )
+    if not tls.signed_by(cert_pem, ca_pem):
+        log.error("tls: the CA does not sign the certificate; clients will refuse it", ca=config.tls_ca)
+    if not tls.covers(cert_pem, host):
+        log.warning(
+            "tls: the certificate does not name the endpoint's host; clients will refuse it", host=host
+        )
     if not os.path.exists(config.router_key_file):
         routertoken.generate_key(config.router_key_file)
         log.info("generated the router key; copy it to every routerd", path=config.router_key_file)
@@ -113,7 +131,11 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
 
     admin_server = grpc.aio.server()
     guarded(admin_server).add_generic_rpc_handlers(
-        (Admin(store, scheduler, auth, cert_pem, config.token_ttl_days * 86400).handler(),)
+        (
+            Admin(
+                store, scheduler, auth, ca_pem, config.token_ttl_days * 86400, lab_ca=_lab_ca(config)
+            ).handler(),
+        )
     )
     try:
         os.makedirs(os.path.dirname(config.admin_socket), exist_ok=True)
@@ -167,6 +189,15 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         metrics_server.close()
     store.close()
     return 0
+
+
+def _lab_ca(config: ControllerConfig) -> LabCA | None:
+    """The lab CA, when its key is here: `jumpstarter admin issue-router-cert` signs with it."""
+    from jumpstarter import tls
+
+    if not (os.path.exists(config.tls_ca) and os.path.exists(config.tls_ca_key)):
+        return None
+    return tls.load_or_create_ca(config.tls_ca, config.tls_ca_key)
 
 
 def main(argv: list[str] | None = None) -> int:

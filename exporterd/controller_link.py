@@ -63,6 +63,7 @@ class ControllerLink:
         self.exit_code = 0
         self.reporting = asyncio.Lock()  # one report at a time: the controller sees them in order
         self.reported: tuple[int, str] | None = None  # what the heartbeat repeats
+        self.tls_problems: set[str] = set()  # logged once each as an error; repeats only at debug level
 
     # -- controller RPCs -------------------------------------------------------------
 
@@ -107,6 +108,21 @@ class ControllerLink:
             else:
                 log.warning("ReleaseLease failed", lease=lease_name, error=exc.details())
 
+    async def tls_failed(self, endpoint: str, **context: Any) -> bool:
+        """Whether TLS to this controller or router fails; the first time for a cause, one error line."""
+        loop = asyncio.get_running_loop()
+        problem = await loop.run_in_executor(
+            None, channels.tls_failure, endpoint, self.config.tls_ca, self.config.tls_insecure, "exporter"
+        )
+        if problem is None:
+            return False
+        if problem in self.tls_problems:
+            log.debug(problem, **context)
+        else:
+            self.tls_problems.add(problem)
+            log.error(problem, **context)
+        return True
+
     async def _register(self) -> None:
         session = self.slot.current
         await self.stub.Register(
@@ -137,6 +153,7 @@ class ControllerLink:
                 heartbeat: asyncio.Task[None] | None = None
                 try:
                     await self._register()
+                    self.tls_problems.clear()
                     delay = BACKOFF_START
                     heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
                     async for status in self.stub.Status(
@@ -147,6 +164,10 @@ class ControllerLink:
                 except grpc.RpcError as exc:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                         log.error("the controller refuses this exporter's token", error=exc.details())
+                    elif exc.code() == grpc.StatusCode.UNAVAILABLE and await self.tls_failed(
+                        self.config.endpoint or "", retry_in=round(delay, 1)
+                    ):
+                        pass
                     else:
                         log.warning(
                             "controller connection lost; retrying",
@@ -309,6 +330,8 @@ class LeaseRun:
             log.info("tunnel given up", router=endpoint, reason=str(exc))
         except (grpc.RpcError, OSError) as exc:
             details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+            if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                await self.link.tls_failed(endpoint)
             log.debug("tunnel ended", router=endpoint, error=details)
         except asyncio.CancelledError:
             call.cancel()

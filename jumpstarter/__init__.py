@@ -12,7 +12,12 @@ connection is opened.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# gRPC's core logs each failed TLS handshake to stderr (a flood while a CA is wrong); we report
+# such failures in one line ourselves. Set before grpc is imported; a GRPC_VERBOSITY given wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,12 @@ plaintext only with `JMP_GRPC_INSECURE=1`, passphrase from `JMP_GRPC_PASSPHRASE`
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import os
+import socket
+import ssl
 from typing import Any
 
 import grpc
@@ -91,8 +96,6 @@ def open_aio_channel(target: str) -> tuple[grpc.aio.Channel, list[tuple[str, str
 
 def _fetch_server_certificate(endpoint: str) -> bytes:
     """Trust on first use (`tls.insecure`): the chain the server presents becomes the trusted root."""
-    import ssl
-
     host, _, port = endpoint.rpartition(":")
     return ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=5).encode()
 
@@ -101,8 +104,6 @@ def controller_credentials(
     endpoint: str, ca_b64: str = "", insecure: bool = False
 ) -> grpc.ChannelCredentials:
     """TLS credentials for a controller or router: the configured CA, else system roots."""
-    import base64
-
     if ca_b64:
         return grpc.ssl_channel_credentials(root_certificates=base64.b64decode(ca_b64))
     if insecure:
@@ -128,3 +129,65 @@ def open_controller_aio(endpoint: str, credentials: grpc.ChannelCredentials) -> 
 
 def open_controller(endpoint: str, credentials: grpc.ChannelCredentials) -> grpc.Channel:
     return grpc.secure_channel(endpoint, credentials, options=CONTROLLER_OPTIONS)
+
+
+# OpenSSL verify codes: what each means for someone holding a Jumpstarter config.
+NOT_SIGNED = {2, 18, 19, 20, 21}  # no issuer, self-signed, untrusted chain: the CA does not sign it
+VERIFY_HINTS = {
+    9: "the server's certificate is not valid yet: check the clocks",
+    10: "the server's certificate has expired",
+    62: "the server's certificate does not name this host",
+}
+
+
+def tls_failure(
+    endpoint: str, ca_b64: str = "", insecure: bool = False, whose: str = "client", timeout: float = 5.0
+) -> str | None:
+    """Why TLS to a controller or router fails, checked the way gRPC would connect; None if it works.
+
+    gRPC reports a failed handshake only as UNAVAILABLE; this one handshake with the
+    `ssl` module names the cause. None too when the endpoint cannot be reached at all
+    (not a TLS problem) and for `tls.insecure` (which trusts whatever is presented).
+    """
+    if insecure:
+        return None
+    host, _, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.create_default_context(cafile=os.environ.get("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"))  # as gRPC
+    if ca_b64:
+        try:
+            context = ssl.create_default_context(cadata=base64.b64decode(ca_b64).decode("ascii", "replace"))
+        except (ValueError, ssl.SSLError) as exc:
+            return f"TLS to {endpoint} failed: the CA in the {whose} config (tls.ca) is not a PEM certificate: {exc}"
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as exc:
+        code = exc.verify_code
+        login = "; log in with --ca FILE or --insecure" if whose == "client" else ""
+        if code in NOT_SIGNED and not ca_b64:
+            hint = f"the certificate is not trusted: no tls.ca in the {whose} config, and no system CA signs it{login}"
+        elif code in NOT_SIGNED:
+            hint = f"the CA in your {whose} config does not sign this server's certificate{login}"
+        else:
+            hint = VERIFY_HINTS.get(code, exc.verify_message)
+        return f"TLS to {endpoint} failed: certificate verify failed: {exc.verify_message} ({hint})"
+    except ssl.SSLError as exc:
+        return f"TLS to {endpoint} failed: {exc.reason or exc}"
+    except (OSError, ValueError):
+        return None
+
+
+async def connect_state(channel: grpc.aio.Channel, timeout: float) -> grpc.ChannelConnectivity:
+    """Connect `channel`; its first settled state (READY or TRANSIENT_FAILURE), or the state at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    settled = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+    state = channel.get_state(try_to_connect=True)
+    while state not in settled and loop.time() < deadline:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(channel.wait_for_state_change(state), deadline - loop.time())
+        state = channel.get_state(try_to_connect=True)
+    return state

@@ -68,3 +68,23 @@ def check_labels(labels: object, what: str = "label") -> dict[str, str]:
         if reserved(key):
             raise InvalidName(f"{what} {key} is reserved: the controller sets {RESERVED_DOMAIN}/ labels")
     return dict(labels)
+
+
+HOST_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+)
+
+
+def check_host(value: object) -> str:
+    """`value` as a certificate name: a DNS host name (lowercased) or an IP address."""
+    import ipaddress
+
+    text = value.strip("[]").lower() if isinstance(value, str) else ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not HOST_RE.match(text):
+        shown_value = shown(value) if isinstance(value, str) else type(value).__name__
+        raise InvalidName(f"invalid host {shown_value}: expected a DNS host name or an IP address")
+    return text

@@ -45,6 +45,8 @@ class RouterConfig:
     advertise: str | None = None
     tls_cert: str = DEFAULT_CERT
     tls_key: str = DEFAULT_KEY
+    tls_ca: str = ""  # default: ca.crt next to tls_cert (the lab CA that signs a generated certificate)
+    tls_ca_key: str = ""  # default: ca.key next to tls_cert
     router_key_file: str = DEFAULT_ROUTER_KEY
     lone_peer_timeout: float = DEFAULT_LONE_PEER_TIMEOUT
     max_streams: int = DEFAULT_MAX_STREAMS
@@ -58,6 +60,12 @@ class RouterConfig:
         if not self.advertise:
             return None
         return parse_address(self.advertise)[0] if ":" in self.advertise else self.advertise
+
+    @property
+    def lab_ca(self) -> tuple[str, str]:
+        """(CA certificate, CA key) that sign a generated certificate."""
+        here = os.path.dirname(self.tls_cert)
+        return self.tls_ca or os.path.join(here, "ca.crt"), self.tls_ca_key or os.path.join(here, "ca.key")
 
     def hostnames(self) -> list[str]:
         """Names for a generated certificate: the advertised host, a specific listen host, this host."""
@@ -91,13 +99,12 @@ def load_config(path: str) -> RouterConfig:
         tls = doc["tls"]
         if not isinstance(tls, dict):
             raise tw.error("expected a mapping with 'cert' and 'key'")
-        extra = sorted(set(map(str, tls)) - {"cert", "key"})
+        extra = sorted(set(map(str, tls)) - {"cert", "key", "ca", "ca_key"})
         if extra:
-            raise tw.child(tls, extra[0]).error("unknown key (accepted: cert, key)")
-        if "cert" in tls:
-            values["tls_cert"] = _path(tw.child(tls, "cert"), tls["cert"], base)
-        if "key" in tls:
-            values["tls_key"] = _path(tw.child(tls, "key"), tls["key"], base)
+            raise tw.child(tls, extra[0]).error("unknown key (accepted: cert, key, ca, ca_key)")
+        for name in ("cert", "key", "ca", "ca_key"):
+            if name in tls:
+                values[f"tls_{name}"] = _path(tw.child(tls, name), tls[name], base)
     if "router_key_file" in doc:
         values["router_key_file"] = _path(where.child(doc, "router_key_file"), doc["router_key_file"], base)
     if "lone_peer_timeout" in doc:

@@ -54,7 +54,10 @@ def check(config: RouterConfig, create_key: bool) -> list[str]:
             f"tls certificate {config.tls_cert}: ok, for {', '.join(tls.certificate_names(cert_pem))}"
         )
     else:
-        notes.append(f"tls certificate {config.tls_cert}: missing, a self-signed one will be generated")
+        notes.append(
+            f"tls certificate {config.tls_cert}: missing, one signed by the lab CA {config.lab_ca[0]}"
+            " will be generated (the CA too if it is missing)"
+        )
     return notes
 
 
@@ -101,8 +104,9 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
             path=config.router_key_file,
         )
     key = load_key(config.router_key_file)
-    generated = not os.path.exists(config.tls_cert) and not os.path.exists(config.tls_key)
-    cert_pem, key_pem = tls.load_or_create(config.tls_cert, config.tls_key, config.hostnames())
+    cert_pem, key_pem, generated = tls.load_or_issue(
+        config.tls_cert, config.tls_key, config.hostnames(), *config.lab_ca
+    )
     facts = tls.describe(cert_pem)
     log.info(
         "tls certificate",
@@ -111,6 +115,11 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         hint="give this file to clients and exporters as their CA (tls.ca)" if facts["self_signed"] else None,
         **facts,
     )
+    ca_path = config.lab_ca[0]
+    if os.path.exists(ca_path) and not tls.signed_by(cert_pem, tls.trust_anchor(cert_pem, ca_path)):
+        log.error(
+            "the lab CA does not sign this certificate; clients and exporters will refuse it", ca=ca_path
+        )
     host = config.advertise_host
     if host and not tls.covers(cert_pem, host):
         log.warning(

@@ -78,6 +78,29 @@ def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
         sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
 
 
+def run_issue_router_cert(a: argparse.Namespace) -> int:
+    from jumpstarter.files import write_atomic
+
+    try:
+        hosts = [names.check_host(h) for h in a.host]
+    except InvalidName as exc:
+        raise ConfigError(str(exc)) from None
+    result = call(a.admin_socket, "issue_server_cert", hosts=hosts)
+    out = os.path.abspath(a.out)
+    for name, data, mode in (
+        ("router.key", result["key"], 0o600),
+        ("router.crt", result["cert"], 0o644),
+        ("ca.crt", result["ca"], 0o644),
+    ):
+        write_atomic(os.path.join(out, name), data.encode(), mode, dir_mode=0o700)
+    print(
+        f"wrote {out}/router.crt, router.key (mode 0600) and ca.crt for {', '.join(hosts)};\n"
+        "copy them to the router host's tls directory (tls.cert, tls.key in routerd.yaml)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         print("(none)")
@@ -265,6 +288,18 @@ def add_admin_parser(sub: Any) -> None:
         return 0
 
     rotate.set_defaults(func=run_rotate, needs_board=False)
+
+    issue = commands.add_parser(
+        "issue-router-cert",
+        help="sign a certificate for a routerd on another host with the lab CA",
+        description="Write DIR/router.crt, DIR/router.key (mode 0600) and DIR/ca.crt; copy them to the"
+        " router host's /var/lib/jumpstarter/tls/ (owned by the jumpstarter user) before its first start.",
+    )
+    issue.add_argument(
+        "--host", action="append", required=True, metavar="NAME", help="a name or IP clients use (repeatable)"
+    )
+    issue.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created 0700)")
+    issue.set_defaults(func=run_issue_router_cert, needs_board=False)
 
     release = commands.add_parser("release", help="end a lease now")
     release.add_argument("kind", choices=["lease"])

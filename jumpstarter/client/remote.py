@@ -45,6 +45,10 @@ class RemoteError(JumpstarterError):
         self.code = code
 
 
+class TLSFailure(RemoteError):
+    """TLS to the controller or a router fails (not retried: the config or the certificates must change)."""
+
+
 class LeaseError(RemoteError):
     """The lease cannot be acquired or used (unsatisfiable, invalid, ended, not yours)."""
 
@@ -125,7 +129,19 @@ class ControllerClient:
         try:
             return method(request, metadata=self.metadata, timeout=timeout)
         except grpc.RpcError as exc:
-            raise rpc_error(exc, what, self.endpoint) from None
+            raise self.error(exc, what) from None
+
+    def error(self, exc: grpc.RpcError, what: str) -> RemoteError:
+        """`rpc_error`, except that an UNAVAILABLE controller whose TLS fails says why in one line."""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            problem = self.tls_failure(self.endpoint)
+            if problem:
+                return TLSFailure(problem)
+        return rpc_error(exc, what, self.endpoint)
+
+    def tls_failure(self, endpoint: str) -> str | None:
+        """Why TLS to this controller or one of its routers fails with this config's CA, or None."""
+        return channels.tls_failure(endpoint, self.config.ca, self.config.insecure)
 
     def check(self) -> None:
         """One cheap authenticated call: are the endpoint, the TLS trust and the token right?"""
@@ -327,6 +343,8 @@ class ControllerClient:
                 )
                 return response.router_endpoint, response.router_token
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and self.tls_failure(self.endpoint):
+                    raise self.error(exc, f"dial lease {lease_name}") from None
                 if not dial_retryable(exc) or time.monotonic() + delay > deadline:
                     raise rpc_error(exc, f"dial lease {lease_name}", self.endpoint) from None
             time.sleep(delay)

@@ -33,6 +33,7 @@ from jumpstarter.client.remote import (
     ControllerClient,
     LeaseError,
     RemoteError,
+    TLSFailure,
     WaitCallback,
     dial_retryable,
     lease_state,
@@ -41,6 +42,8 @@ from jumpstarter.client.remote import (
 )
 from jumpstarter.splice import splice
 from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2_grpc
+
+ROUTER_CONNECT_WAIT = 10.0  # seconds for a new router channel to connect before its TLS is checked
 
 
 class Tunnel:
@@ -71,6 +74,8 @@ class Tunnel:
         self._server: asyncio.AbstractServer | None = None
         self._controller: grpc.aio.Channel | None = None
         self._routers: dict[str, grpc.aio.Channel] = {}
+        self._tls_failed: dict[str, TLSFailure] = {}  # a router whose TLS fails is not tried again
+        self.report_errors = True  # False while hold() waits for the exporter: it raises last_error itself
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> Tunnel:
@@ -126,11 +131,12 @@ class Tunnel:
         try:
             try:
                 endpoint, token = await self._dial()
+                channel = await self._router(endpoint)
             except RemoteError as exc:
                 self.last_error = exc
-                self.on_error(str(exc))
+                if self.report_errors:
+                    self.on_error(str(exc))
                 return
-            channel = await self._router(endpoint)
             call = router_pb2_grpc.RouterServiceStub(channel).Stream(
                 metadata=(("authorization", f"Bearer {token}"),)
             )
@@ -159,6 +165,8 @@ class Tunnel:
                 )
                 return response.router_endpoint, response.router_token
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    await self._check_tls(self.client.endpoint)
                 if not dial_retryable(exc) or loop.time() + delay > deadline:
                     raise rpc_error(exc, f"dial lease {self.lease_name}", self.client.endpoint) from None
             await asyncio.sleep(delay)
@@ -166,6 +174,8 @@ class Tunnel:
 
     async def _router(self, endpoint: str) -> grpc.aio.Channel:
         """One channel per router endpoint, trusted with the client config's CA (or pinned on first use)."""
+        if endpoint in self._tls_failed:
+            raise self._tls_failed[endpoint]
         channel = self._routers.get(endpoint)
         if channel is None:
             if endpoint == self.client.endpoint:
@@ -176,7 +186,21 @@ class Tunnel:
                     None, channels.controller_credentials, endpoint, config.ca, config.insecure
                 )
             channel = self._routers[endpoint] = channels.open_controller_aio(endpoint, credentials)
+            state = await channels.connect_state(channel, ROUTER_CONNECT_WAIT)
+            if state != grpc.ChannelConnectivity.READY:
+                await self._check_tls(endpoint)
         return channel
+
+    async def _check_tls(self, endpoint: str) -> None:
+        """Raise TLSFailure (once found, at once) when TLS to this endpoint fails with the config's CA."""
+        failure = self._tls_failed.get(endpoint)
+        if failure is None:
+            loop = asyncio.get_running_loop()
+            problem = await loop.run_in_executor(None, self.client.tls_failure, endpoint)
+            if problem is None:
+                return
+            failure = self._tls_failed[endpoint] = TLSFailure(problem)
+        raise failure
 
 
 @dataclass
@@ -238,6 +262,7 @@ def hold(
         with contextlib.suppress(RemoteError):
             held.labels = dict(client.get_exporter(lease.exporter).labels) if lease.exporter else {}
         with Tunnel(client, name, dial_timeout) as tunnel:
+            tunnel.report_errors = False  # until the exporter answers, a failure is raised, not printed
             held.path = tunnel.path
             control = grpc.insecure_channel(f"unix:{tunnel.path}", options=channels.CHANNEL_OPTIONS)
             session = jumpstarter_pb2_grpc.ExporterServiceStub(control)
@@ -246,6 +271,7 @@ def hold(
             try:
                 hook_logs = _follow_hook_logs(session) if show_hook_logs else None
                 _wait_exporter_ready(session, tunnel, ready_timeout)
+                tunnel.report_errors = True
                 monitor.start()
                 yield held
             finally:

@@ -4,7 +4,9 @@ Used by tests/integration/test_controller.py and tests/bench/bench_controller.py
 
 - `Central`: one controllerd (`python -m controllerd.main --config …`) and one routerd
   (`python -m routerd.main --config …`) that uses the controller's generated TLS pair
-  and router key, so the controller's certificate is the one CA for both.
+  and router key; the lab CA controllerd creates on first start signs that pair.
+  With `own_certs=True` routerd gets its own certificate paths instead and, like a fresh
+  install, generates its own pair on first start (signed by the same lab CA next to it).
 - Identities come from `jumpstarter admin … create client|exporter NAME -o FILE`
   (`Central.create`), or from the same admin call in-process when a test needs dozens.
 - `Peer`: PROTOCOL.md §3 metadata around raw `ClientService`/`ControllerService` stubs.
@@ -137,6 +139,7 @@ class Central:
     router_settings: dict[str, Any] = field(default_factory=dict)
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
     umask: int = -1  # the daemons' umask (-1: inherit ours)
+    own_certs: bool = False  # routerd generates its own certificate (a fresh install), not the controller's
     _ca: bytes = b""
 
     @property
@@ -160,6 +163,15 @@ class Central:
         return os.path.join(self.state, "controllerd", "tls.crt")
 
     @property
+    def lab_ca(self) -> str:
+        """The lab CA controllerd (and routerd) create next to their certificates on first start."""
+        return os.path.join(self.state, "controllerd", "ca.crt")
+
+    @property
+    def router_cert(self) -> str:
+        return os.path.join(self.state, "controllerd", "router.crt" if self.own_certs else "tls.crt")
+
+    @property
     def signing_key(self) -> str:
         return os.path.join(self.state, "controllerd", "signing-key.pem")
 
@@ -170,7 +182,7 @@ class Central:
     @property
     def ca(self) -> bytes:
         if not self._ca:
-            self._ca = Path(self.tls_cert).read_bytes()
+            self._ca = Path(self.lab_ca).read_bytes()
         return self._ca
 
     def log(self, name: str) -> str:
@@ -228,7 +240,7 @@ class Central:
         """Write routerd.yaml (`settings` override its keys); the command line that runs routerd with it."""
         config = {
             "listen": self.router_endpoint,
-            "tls": {"cert": self.tls_cert, "key": os.path.join(self.state, "controllerd", "tls.key")},
+            "tls": {"cert": self.router_cert, "key": self.router_cert[: -len(".crt")] + ".key"},
             "router_key_file": self.router_key,
             "lone_peer_timeout": 30,
             "metrics": None,
@@ -311,11 +323,16 @@ class Central:
 
 
 def start_central(
-    prefix: str = "jsc-", router: bool = True, router_settings: dict[str, Any] | None = None, **settings: Any
+    prefix: str = "jsc-",
+    router: bool = True,
+    router_settings: dict[str, Any] | None = None,
+    own_certs: bool = False,
+    **settings: Any,
 ) -> Central:
     """A started Central in a fresh /tmp directory (call `close_central` when done)."""
     central = Central(tempfile.mkdtemp(prefix=prefix, dir="/tmp"), settings)
     central.router_settings = dict(router_settings or {})
+    central.own_certs = own_certs
     try:
         central.start_controller()
         if router:

@@ -144,7 +144,8 @@ class RouterdFactory:
                 raise AssertionError(f"routerd did not start (rc={process.poll()}):\n{router.log()[-3000:]}")
             time.sleep(0.05)
         router.key = routertoken.load_key(os.path.join(directory, "router.key"))
-        with open(os.path.join(directory, "tls.crt"), "rb") as handle:
+        ca = os.path.join(directory, "ca.crt")  # the lab CA it made on first start, unless given a pair
+        with open(ca if os.path.exists(ca) else os.path.join(directory, "tls.crt"), "rb") as handle:
             router.ca = handle.read()
         return router
 
@@ -282,7 +283,7 @@ asyncio.run(main())
 def test_a_killed_peer_process_ends_the_other_at_once_with_unavailable(router: Routerd) -> None:
     async def scenario() -> None:
         token = routertoken.mint(router.key)
-        ca_path = os.path.join(router.directory, "tls.crt")
+        ca_path = os.path.join(router.directory, "ca.crt")
         peer = subprocess.Popen(
             [PY, "-c", PEER_SCRIPT, f"127.0.0.1:{router.port}", ca_path, token],
             stdout=subprocess.PIPE,
@@ -562,12 +563,15 @@ def test_first_start_generates_a_private_key_and_a_certificate_for_the_advertise
     routers: RouterdFactory,
 ) -> None:
     router = routers.start("advertise", advertise="router.example.test:8083")
-    for name in ("tls.key", "router.key"):
+    for name in ("tls.key", "router.key", "ca.key"):
         assert os.stat(os.path.join(router.directory, name)).st_mode & 0o777 == 0o600
-    names = tls.certificate_names(router.ca)
+    with open(os.path.join(router.directory, "tls.crt"), "rb") as handle:
+        cert = handle.read()
+    names = tls.certificate_names(cert)
     assert {"router.example.test", "localhost", "127.0.0.1"} <= set(names)
+    assert tls.signed_by(cert, router.ca) and cert != router.ca  # a leaf of the lab CA made beside it
     event = next(e for e in router.events() if e.get("event") == "tls certificate")
-    assert event["generated"] is True and event["self_signed"] is True
+    assert event["generated"] is True and event["self_signed"] is False
     assert "token" not in router.log().lower().replace("router token", "")
 
 

@@ -102,6 +102,7 @@ def test_with_umask_0_the_state_directory_is_0700_and_database_and_keys_0600() -
             database + "-shm",
             central.signing_key,
             os.path.join(central.state, "controllerd", "tls.key"),
+            os.path.join(central.state, "controllerd", "ca.key"),  # the lab CA's key
             central.router_key,
         ]
         assert {f: oct(mode(f)) for f in files} == {f: oct(0o600) for f in files}

@@ -297,7 +297,9 @@ def test_an_untrusted_certificate_is_explained(fake):
     config.ca = base64.b64encode(other).decode()
     with ControllerClient(config) as client, pytest.raises(RemoteError) as caught:
         client.check()
-    assert "is not trusted" in str(caught.value) and "--ca FILE or --insecure" in str(caught.value)
+    assert f"TLS to {client.endpoint} failed: certificate verify failed" in str(caught.value)
+    assert "the CA in your client config does not sign this server's certificate" in str(caught.value)
+    assert "--ca FILE or --insecure" in str(caught.value)
 
 
 def test_many_concurrent_connections_each_get_their_own_stream(fake):
