@@ -10,7 +10,7 @@ import signal
 import grpc
 import pytest
 
-from .central import Listener, Peer, StubExporter, close_central, start_central, wait_until
+from .central import Listener, Peer, StubExporter, close_central, start_central, stream_of, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 ROUNDS = 30
@@ -24,7 +24,7 @@ def delivered(client: Peer, lease: str, listener: Listener) -> bool:
         if exc.code() == grpc.StatusCode.UNAVAILABLE and "not listening" in (exc.details() or ""):
             return False
         raise
-    return bool(listener.next().router_token == dial.router_token)
+    return bool(stream_of(listener.next().router_token) == stream_of(dial.router_token))
 
 
 def test_listen_sessions_and_a_sigterm_leave_no_pending_task_behind():
@@ -36,7 +36,7 @@ def test_listen_sessions_and_a_sigterm_leave_no_pending_task_behind():
         lease = alice.create_lease("board=s")
         first = board.listener(lease.name)
         dial = alice.dial(lease.name)
-        assert first.next().router_token == dial.router_token
+        assert stream_of(first.next().router_token) == stream_of(dial.router_token)
 
         for _ in range(ROUNDS):  # the exporter ends its Listen from its side and opens a new one
             first.cancel()
