@@ -17,12 +17,11 @@ import grpc
 from jumpstarter import channels, frames, values
 from jumpstarter.client.connection import (
     DATA,
-    EXPORTER_SERVICE,
     GOAWAY,
     RST_STREAM,
     UNMARKED_STREAM_GRACE,
+    ExporterMethods,
     default_target,
-    empty_request,
     translate,
 )
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
@@ -43,30 +42,11 @@ class AsyncConnection:
         self.channel, self.metadata = channels.open_aio_channel(target)
         ch = self.channel
         self._md = tuple(self.metadata) or None
-        self._report = ch.unary_unary(
-            EXPORTER_SERVICE + "GetReport",
-            request_serializer=empty_request,
-            response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
-        )
-        self._call = ch.unary_unary(
-            EXPORTER_SERVICE + "DriverCall",
-            request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
-        )
-        self._streaming = ch.unary_stream(
-            EXPORTER_SERVICE + "StreamingDriverCall",
-            request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
-        )
-        self._router = ch.stream_stream(
-            "/jumpstarter.v1.RouterService/Stream",
-            request_serializer=frames.encode,
-            response_deserializer=frames.decode,
-        )
+        self._rpc = ExporterMethods(ch)
 
     async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
         try:
-            return await self._report(None, metadata=self._md, timeout=timeout)
+            return await self._rpc.report(None, metadata=self._md, timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ConnectError(
@@ -89,7 +69,7 @@ class AsyncConnection:
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
         try:
-            response = await self._call(request, metadata=self._md)
+            response = await self._rpc.call(request, metadata=self._md)
         except grpc.RpcError as exc:
             raise await self._checked(translate(exc, method), method, uuid) from None
         return values.decode(response.result)
@@ -98,7 +78,7 @@ class AsyncConnection:
         request = jumpstarter_pb2.StreamingDriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
-        call = self._streaming(request, metadata=self._md)
+        call = self._rpc.streaming(request, metadata=self._md)
         try:
             async for response in call:
                 yield values.decode(response.result)
@@ -110,7 +90,7 @@ class AsyncConnection:
     @contextlib.asynccontextmanager
     async def open_stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncStream]:
         metadata = (("request", json.dumps(request)),) + tuple(self.metadata)
-        call = self._router(metadata=metadata)
+        call = self._rpc.router(metadata=metadata)
         what = str(request.get("method", "stream"))
         try:
             initial = await call.initial_metadata()

@@ -49,6 +49,48 @@ def translate(exc: grpc.RpcError, what: str) -> DriverError:
     return error_for(code, details)
 
 
+class ExporterMethods:
+    """The exporter's RPCs on one channel, blocking or asyncio (both offer the same factories)."""
+
+    def __init__(self, ch: Any) -> None:
+        pb = jumpstarter_pb2
+        self.report = ch.unary_unary(
+            EXPORTER_SERVICE + "GetReport",
+            request_serializer=empty_request,
+            response_deserializer=pb.GetReportResponse.FromString,
+        )
+        self.call = ch.unary_unary(
+            EXPORTER_SERVICE + "DriverCall",
+            request_serializer=pb.DriverCallRequest.SerializeToString,
+            response_deserializer=pb.DriverCallResponse.FromString,
+        )
+        self.streaming = ch.unary_stream(
+            EXPORTER_SERVICE + "StreamingDriverCall",
+            request_serializer=pb.StreamingDriverCallRequest.SerializeToString,
+            response_deserializer=pb.StreamingDriverCallResponse.FromString,
+        )
+        self.status = ch.unary_unary(
+            EXPORTER_SERVICE + "GetStatus",
+            request_serializer=pb.GetStatusRequest.SerializeToString,
+            response_deserializer=pb.GetStatusResponse.FromString,
+        )
+        self.end = ch.unary_unary(
+            EXPORTER_SERVICE + "EndSession",
+            request_serializer=pb.EndSessionRequest.SerializeToString,
+            response_deserializer=pb.EndSessionResponse.FromString,
+        )
+        self.logs = ch.unary_stream(
+            EXPORTER_SERVICE + "LogStream",
+            request_serializer=empty_request,
+            response_deserializer=pb.LogStreamResponse.FromString,
+        )
+        self.router = ch.stream_stream(
+            "/jumpstarter.v1.RouterService/Stream",
+            request_serializer=frames.encode,
+            response_deserializer=frames.decode,
+        )
+
+
 def default_target() -> str:
     target = os.environ.get("JUMPSTARTER_HOST")
     if not target:
@@ -64,50 +106,15 @@ class Connection:
         #: The session the client tree was built from (set by `build_tree`).
         self.pin: SessionPin | None = None
         self.channel, self.metadata = channels.open_channel(target)
-        md = tuple(self.metadata) or None
-        self._md = md
+        self._md = tuple(self.metadata) or None
         ch = self.channel
-        self._report = ch.unary_unary(
-            EXPORTER_SERVICE + "GetReport",
-            request_serializer=empty_request,
-            response_deserializer=jumpstarter_pb2.GetReportResponse.FromString,
-        )
-        self._call = ch.unary_unary(
-            EXPORTER_SERVICE + "DriverCall",
-            request_serializer=jumpstarter_pb2.DriverCallRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.DriverCallResponse.FromString,
-        )
-        self._streaming = ch.unary_stream(
-            EXPORTER_SERVICE + "StreamingDriverCall",
-            request_serializer=jumpstarter_pb2.StreamingDriverCallRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.StreamingDriverCallResponse.FromString,
-        )
-        self._status = ch.unary_unary(
-            EXPORTER_SERVICE + "GetStatus",
-            request_serializer=jumpstarter_pb2.GetStatusRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.GetStatusResponse.FromString,
-        )
-        self._end = ch.unary_unary(
-            EXPORTER_SERVICE + "EndSession",
-            request_serializer=jumpstarter_pb2.EndSessionRequest.SerializeToString,
-            response_deserializer=jumpstarter_pb2.EndSessionResponse.FromString,
-        )
-        self._logs = ch.unary_stream(
-            EXPORTER_SERVICE + "LogStream",
-            request_serializer=empty_request,
-            response_deserializer=jumpstarter_pb2.LogStreamResponse.FromString,
-        )
-        self._router = ch.stream_stream(
-            "/jumpstarter.v1.RouterService/Stream",
-            request_serializer=frames.encode,
-            response_deserializer=frames.decode,
-        )
+        self._rpc = ExporterMethods(ch)
 
     # -- session-level RPCs ------------------------------------------------
 
     def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
         try:
-            return self._report(None, metadata=self._md, timeout=timeout, wait_for_ready=False)
+            return self._rpc.report(None, metadata=self._md, timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ConnectError(
@@ -117,19 +124,19 @@ class Connection:
 
     def status(self) -> jumpstarter_pb2.GetStatusResponse:
         try:
-            return self._status(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
+            return self._rpc.status(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
         except grpc.RpcError as exc:
             raise translate(exc, "GetStatus") from None
 
     def end_session(self) -> jumpstarter_pb2.EndSessionResponse:
         try:
-            return self._end(jumpstarter_pb2.EndSessionRequest(), metadata=self._md, timeout=5)
+            return self._rpc.end(jumpstarter_pb2.EndSessionRequest(), metadata=self._md, timeout=5)
         except grpc.RpcError as exc:
             raise translate(exc, "EndSession") from None
 
     def logs(self) -> Iterator[jumpstarter_pb2.LogStreamResponse]:
         """Every log record of the exporter from now on (until the iterator is closed)."""
-        call = self._logs(None, metadata=self._md)
+        call = self._rpc.logs(None, metadata=self._md)
         try:
             yield from call
         except grpc.RpcError as exc:
@@ -157,7 +164,7 @@ class Connection:
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
         try:
-            response = self._call(request, metadata=self._md)
+            response = self._rpc.call(request, metadata=self._md)
         except grpc.RpcError as exc:
             raise self._checked(translate(exc, method), method, uuid) from None
         return values.decode(response.result)
@@ -166,7 +173,7 @@ class Connection:
         request = jumpstarter_pb2.StreamingDriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
-        call = self._streaming(request, metadata=self._md)
+        call = self._rpc.streaming(request, metadata=self._md)
         try:
             for response in call:
                 yield values.decode(response.result)
@@ -234,7 +241,7 @@ class BlockingStream:
     def __init__(self, connection: Connection, request: dict[str, Any], depth: int = 8) -> None:
         self._outgoing: queue.Queue[frames.Frame | None] = queue.Queue(depth)
         metadata = (("request", json.dumps(request)),) + tuple(connection.metadata)
-        self._call = connection._router(self._frames(), metadata=metadata)
+        self._call = connection._rpc.router(self._frames(), metadata=metadata)
         self._eof_sent = False
         self._eof_seen = False
         self._closed = False
