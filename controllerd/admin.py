@@ -72,7 +72,7 @@ class Admin:
             "release_lease": self.release_lease,
             "revoke": self.revoke,
             "rotate": self.rotate,
-            "audit": self.audit,
+            "audit": self.audit_history,
         }
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -317,7 +317,7 @@ class Admin:
         )  # every older token
         return await self._issue(kind.capitalize(), namespace, name, record.uid)
 
-    async def audit(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    async def audit_history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """The audit history matching `lease`, `exporter`, `client`, `since` (POSIX seconds), newest last."""
         events = await self.store.list_audit(query_from_args(args))
         return [dataclasses.asdict(e) for e in events]

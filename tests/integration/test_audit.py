@@ -11,10 +11,12 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from jumpstarter.client.v1 import client_pb2
 
@@ -22,6 +24,7 @@ from .audit_checks import audit_problems
 from .central import (
     Central,
     Peer,
+    S,
     StubExporter,
     close_central,
     condition,
@@ -217,3 +220,48 @@ def read_audit(central: Central, namespace: str) -> list[dict[str, Any]]:
     from jumpstarter.cli.admin import call
 
     return call(central.admin_socket, "audit", namespace=namespace, limit=10_000)  # type: ignore[no-any-return]
+
+
+def test_admin_actions_and_board_changes_are_audited_without_tokens(scope: Scope):
+    board = scope.exporter("adm", board="adm")
+    alice = scope.client("alice")
+    lease = alice.create_lease("board=adm", duration=300)
+    assert is_true(lease, "Ready")
+    board.report(S.EXPORTER_STATUS_AFTER_LEASE_HOOK_FAILED)
+    admin = scope.central.admin
+    admin(scope.ns, "label", "exporter", "adm", "-l", "board=adm2")
+    admin(scope.ns, "disable", "exporter", "adm")
+    admin(scope.ns, "policy", "set", "everyone", "--priority", "3")
+    admin(scope.ns, "policy", "delete", "everyone")
+    admin(scope.ns, "rotate", "client", "alice", "-o", f"{scope.central.directory}/alice2.yaml")
+    admin(scope.ns, "revoke", "client", "alice")
+    admin(scope.ns, "delete", "exporter", "adm")  # its lease ends for that cause
+
+    records = scope.audit()
+    seen = [(r["kind"], r["name"], r["action"], r["actor"]) for r in records]
+    expected = [
+        ("client", "alice", "created", "admin"),
+        ("lease", short(lease.name), "granted", "scheduler"),
+        ("exporter", "adm", "status", "exporter:adm"),
+        ("exporter", "adm", "labeled", "admin"),
+        ("exporter", "adm", "disabled", "admin"),
+        ("policy", "everyone", "set", "admin"),
+        ("policy", "everyone", "deleted", "admin"),
+        ("client", "alice", "rotated", "admin"),
+        ("client", "alice", "revoked", "admin"),
+        ("lease", short(lease.name), "ended", "admin"),
+        ("exporter", "adm", "deleted", "admin"),
+    ]
+    remaining = iter(seen)
+    assert all(step in remaining for step in expected), seen  # in this order, among the others
+    failed = next(r for r in records if r["action"] == "status" and r["reason"] == "HookFailed")
+    assert "AFTER_LEASE_HOOK_FAILED" in failed["message"]
+    ended = next(r for r in records if r["action"] == "ended")
+    assert ended["reason"] == "ExporterDeleted" and ended["exporter"] == "adm"
+    relabeled = next(r for r in records if r["action"] == "labeled")
+    before, after = relabeled["message"].split(" → ")
+    assert "board=adm," in before and "board=adm2," in after
+    rotated = yaml.safe_load(Path(f"{scope.central.directory}/alice2.yaml").read_text())["token"]
+    everything = json.dumps(scope.audit())
+    assert rotated not in everything and "eyJ" not in everything  # no JWT in any record
+    assert audit_problems(scope.audit(), active=scope.active()) == []
