@@ -290,3 +290,36 @@ def test_the_invariant_checker_finds_double_holds_lost_grants_and_queue_jumps():
         _record(4, "b", "granted", "e1", priority=5),
     ]
     assert audit_problems(priority) == []  # a higher priority may go first
+
+
+def test_retention_settings_have_defaults_are_documented_and_checked(tmp_path):
+    from pathlib import Path
+
+    from controllerd.config import load
+    from jumpstarter.errors import ConfigError
+
+    path = tmp_path / "controllerd.yaml"
+    path.write_text("listen: 127.0.0.1:8082\n")
+    assert (load(str(path)).audit_retention_days, load(str(path)).audit_max_records) == (90.0, 1_000_000)
+    shipped = Path(__file__).resolve().parents[2] / "etc" / "controllerd.yaml"
+    assert "audit_retention_days: 90" in shipped.read_text()
+    for text, problem in (
+        ("audit_retention_days: 0\n", ":1: audit_retention_days: expected a positive number"),
+        ("audit_max_records: 1.5\n", ":1: audit_max_records: expected a positive whole number"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            load(str(path))
+        assert f"{path}{problem}" in str(error.value)
+
+
+def test_since_takes_an_iso_time_or_a_duration_back_from_now():
+    from jumpstarter.cli.admin import since_seconds
+    from jumpstarter.errors import ConfigError
+
+    assert since_seconds("1970-01-02T00:00:00Z") == 86400.0
+    assert since_seconds("1970-01-02T00:00:00") == 86400.0  # UTC unless it says otherwise
+    assert since_seconds("1970-01-02T01:00:00+01:00") == 86400.0
+    assert since_seconds("10m", now=1000.0) == 400.0
+    with pytest.raises(ConfigError, match="ISO time or a duration"):
+        since_seconds("yesterday")
