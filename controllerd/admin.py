@@ -286,7 +286,7 @@ class Admin:
             jti = str(args["jti"])
             records = [r for r in await self.store.list_tokens() if r.jti == jti]
             if not records:
-                raise NotFound(f"token {jti} not found")
+                return {"revoked": 0}  # nothing changed: nothing to audit
             kind = records[0].kind.lower()
             revoked = audit.event(
                 records[0].namespace, kind, records[0].name, "revoked", ADMIN, "TokenRevoked", f"token {jti}"

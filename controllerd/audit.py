@@ -25,7 +25,7 @@ MAX_TEXT = 512  # reason/message characters kept
 MAX_DETAIL_TEXT = 256  # per detail value
 MAX_QUERY = 10_000  # events one query returns
 DEFAULT_QUERY = 1000
-PRUNE_EVERY = 3600.0  # seconds between prunes
+PRUNE_EVERY = 60.0  # seconds between prunes: cheap (indexed), and bounds a burst of records soon
 SCHEDULER, ADMIN = "scheduler", "admin"
 
 
