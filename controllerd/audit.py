@@ -266,5 +266,8 @@ async def prune(store: Store, retention_days: float, max_records: int) -> int:
 async def prune_forever(store: Store, retention_days: float, max_records: int) -> None:
     """Prune at start and then every PRUNE_EVERY seconds (a task of controllerd's main)."""
     while True:
-        await prune(store, retention_days, max_records)
+        try:
+            await prune(store, retention_days, max_records)
+        except Exception as exc:  # noqa: BLE001 - a busy or full disk now: try again next time
+            log.warning("audit prune failed", error=str(exc))
         await asyncio.sleep(PRUNE_EVERY)
