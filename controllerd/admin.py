@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import structlog
 
+from controllerd import audit
+from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
 from controllerd.records import AccessPolicy, Client, Exporter
 from controllerd.scheduler import LeaseScheduler
@@ -27,6 +29,10 @@ from jumpstarter.selector import parse
 log = structlog.get_logger("controllerd.admin")
 MAX_REQUEST = 1024 * 1024
 KINDS = {"clients", "exporters", "leases", "policies", "tokens"}
+
+
+def _labels_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
 class AdminError(Exception):
@@ -75,6 +81,7 @@ class Admin:
             "revoke": self.revoke,
             "rotate": self.rotate,
             "issue_server_cert": self.issue_server_cert,
+            "audit": self.audit_history,
         }
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -152,7 +159,8 @@ class Admin:
         except NotFound:
             pass
         client = Client(namespace, name, labels=labels)
-        await self.store.save_client(client)
+        created = audit.event(namespace, "client", name, "created", ADMIN, "Created", _labels_text(labels))
+        await self.store.save_client(client, [created])
         return await self._issue("Client", namespace, name, client.uid)
 
     async def create_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +175,8 @@ class Admin:
         except NotFound:
             pass
         exporter = Exporter(namespace, name, labels=labels)
-        await self.store.save_exporter(exporter)
+        created = audit.event(namespace, "exporter", name, "created", ADMIN, "Created", _labels_text(labels))
+        await self.store.save_exporter(exporter, [created])
         self.scheduler.hub.wake_scheduler()
         return await self._issue("Exporter", namespace, name, exporter.uid)
 
@@ -204,15 +213,25 @@ class Admin:
             await self.store.get_client(namespace, name)
             for lease in await self.store.list_leases(namespace, only_active=True):
                 if lease.client == name:
-                    await self.scheduler.release(lease, "Released", "client deleted")
-            await self.store.delete_client(namespace, name)
+                    await self.scheduler.release(
+                        lease, "Released", "client deleted", actor=ADMIN, cause="ClientDeleted"
+                    )
+            deleted = audit.event(
+                namespace, "client", name, "deleted", ADMIN, "Deleted", "its tokens are revoked"
+            )
+            await self.store.delete_client(namespace, name, [deleted])
             revoked = await self.auth.revoke(subject_prefix=f"client:{namespace}:{name}:")
         elif kind == "exporters":
             await self.store.get_exporter(namespace, name)
             for lease in await self.store.list_leases(namespace, only_active=True):
                 if lease.exporter == name:
-                    await self.scheduler.release(lease, "Released", "exporter deleted")
-            await self.store.delete_exporter(namespace, name)
+                    await self.scheduler.release(
+                        lease, "Released", "exporter deleted", actor=ADMIN, cause="ExporterDeleted"
+                    )
+            deleted = audit.event(
+                namespace, "exporter", name, "deleted", ADMIN, "Deleted", "its tokens are revoked"
+            )
+            await self.store.delete_exporter(namespace, name, [deleted])
             revoked = await self.auth.revoke(subject_prefix=f"exporter:{namespace}:{name}:")
             await self.scheduler.poke()
         else:
@@ -224,15 +243,29 @@ class Admin:
     async def enable_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
         exporter = await self.store.get_exporter(str(args.get("namespace") or "default"), str(args["name"]))
         exporter.enabled = bool(args.get("enabled", True))
-        await self.store.save_exporter(exporter)
+        action = "enabled" if exporter.enabled else "disabled"
+        changed = audit.event(
+            exporter.namespace, "exporter", exporter.name, action, ADMIN, action.capitalize()
+        )
+        await self.store.save_exporter(exporter, [changed])
         await self.scheduler.poke()
         return {"name": exporter.name, "enabled": exporter.enabled}
 
     async def label_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
         exporter = await self.store.get_exporter(str(args.get("namespace") or "default"), str(args["name"]))
         system = {k: v for k, v in exporter.labels.items() if reserved(k)}
+        old = exporter.labels
         exporter.labels = {**_labels(args), **system}
-        await self.store.save_exporter(exporter)
+        relabeled = audit.event(
+            exporter.namespace,
+            "exporter",
+            exporter.name,
+            "labeled",
+            ADMIN,
+            "Labeled",
+            f"{_labels_text(old)} → {_labels_text(exporter.labels)}",
+        )
+        await self.store.save_exporter(exporter, [relabeled])
         await self.scheduler.poke()
         return {"name": exporter.name, "labels": exporter.labels}
 
@@ -246,30 +279,52 @@ class Admin:
             priority=int(args.get("priority") or 0),
             maximum_duration=float(args["maximum_duration"]) if args.get("maximum_duration") else None,
         )
-        await self.store.save_policy(policy)
+        saved = audit.event(
+            namespace,
+            "policy",
+            name,
+            "set",
+            ADMIN,
+            "PolicySet",
+            f"exporters {policy.exporter_selector or '*'}, clients {policy.client_selector or '*'}, "
+            f"priority {policy.priority}, maximum duration {policy.maximum_duration}",
+        )
+        await self.store.save_policy(policy, [saved])
         await self.scheduler.poke()
         return dataclasses.asdict(policy)
 
     async def delete_policy(self, args: dict[str, Any]) -> dict[str, Any]:
-        await self.store.delete_policy(str(args.get("namespace") or "default"), str(args["name"]))
+        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        deleted = audit.event(namespace, "policy", name, "deleted", ADMIN, "PolicyDeleted")
+        await self.store.delete_policy(namespace, name, [deleted])
         await self.scheduler.poke()
         return {"deleted": args["name"]}
 
     async def release_lease(self, args: dict[str, Any]) -> dict[str, Any]:
         lease = await self.store.get_lease(str(args.get("namespace") or "default"), str(args["name"]))
-        lease = await self.scheduler.release(lease, "Released", "released by an administrator")
+        lease = await self.scheduler.release(lease, "Released", "released by an administrator", actor=ADMIN)
         return {"name": lease.name, "ended": lease.ended}
 
     async def revoke(self, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("jti"):
-            return {"revoked": await self.auth.revoke(jti=str(args["jti"]))}
+            jti = str(args["jti"])
+            records = [r for r in await self.store.list_tokens() if r.jti == jti]
+            if not records:
+                return {"revoked": 0}  # nothing changed: nothing to audit
+            kind = records[0].kind.lower()
+            revoked = audit.event(
+                records[0].namespace, kind, records[0].name, "revoked", ADMIN, "TokenRevoked", f"token {jti}"
+            )
+            return {"revoked": await self.auth.revoke(jti=jti, audit=[revoked])}
         kind = str(args.get("kind", "")).rstrip("s")
         if kind not in ("client", "exporter"):
             raise AdminError(
                 grpc.StatusCode.INVALID_ARGUMENT, "revoke needs jti, or kind (client/exporter) and name"
             )
-        prefix = f"{kind}:{args.get('namespace') or 'default'}:{args['name']}:"
-        return {"revoked": await self.auth.revoke(subject_prefix=prefix)}
+        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        revoked = audit.event(namespace, kind, name, "revoked", ADMIN, "TokenRevoked", "every token revoked")
+        prefix = f"{kind}:{namespace}:{name}:"
+        return {"revoked": await self.auth.revoke(subject_prefix=prefix, audit=[revoked])}
 
     async def rotate(self, args: dict[str, Any]) -> dict[str, Any]:
         kind = str(args.get("kind", "")).rstrip("s")
@@ -280,5 +335,13 @@ class Admin:
             record = await self.store.get_exporter(namespace, name)
         else:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "rotate needs kind client or exporter")
-        await self.auth.revoke(subject_prefix=subject(kind, namespace, name, ""))  # every older token
+        rotated = audit.event(namespace, kind, name, "rotated", ADMIN, "TokenRotated", "older tokens revoked")
+        await self.auth.revoke(
+            subject_prefix=subject(kind, namespace, name, ""), audit=[rotated]
+        )  # every older token
         return await self._issue(kind.capitalize(), namespace, name, record.uid)
+
+    async def audit_history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The audit history matching `lease`, `exporter`, `client`, `since` (POSIX seconds), newest last."""
+        events = await self.store.list_audit(query_from_args(args))
+        return [dataclasses.asdict(e) for e in events]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controllerd.records import TokenRecord
+from controllerd.records import AuditEvent, TokenRecord
 from controllerd.store import NotFound, Store
 from jumpstarter.errors import ConfigError
 from jumpstarter.files import write_atomic
@@ -123,19 +123,28 @@ class TokenAuthority:
         await self.store.save_token(TokenRecord(jti, str(claims["sub"]), namespace, kind, name, now, expires))
         return token, expires
 
-    async def revoke(self, *, jti: str | None = None, subject_prefix: str | None = None) -> int:
-        """Revoke one token, or every token of a subject (`client:ns:name:`); returns how many."""
-        count = 0
+    async def revoke(
+        self,
+        *,
+        jti: str | None = None,
+        subject_prefix: str | None = None,
+        audit: Sequence[AuditEvent] = (),
+    ) -> int:
+        """Revoke one token, or every token of a subject (`client:ns:name:`); returns how many.
+
+        The tokens and `audit` are stored in one write (the events are stored even if none matched)."""
+        matched = []
         for record in await self.store.list_tokens():
             if record.revoked:
                 continue
             if (jti and record.jti == jti) or (subject_prefix and record.subject.startswith(subject_prefix)):
                 record.revoked = True
-                await self.store.save_token(record)
-                self.revoked.add(record.jti)
-                self.on_revoke(record)
-                count += 1
-        return count
+                matched.append(record)
+        await self.store.save_tokens(matched, audit)
+        for record in matched:
+            self.revoked.add(record.jti)
+            self.on_revoke(record)
+        return len(matched)
 
     def verify(self, token: str) -> dict[str, Any]:
         if len(token) > MAX_TOKEN:

@@ -10,6 +10,8 @@ import grpc
 from google.protobuf import empty_pb2
 
 from controllerd import validate
+from controllerd.audit import client_actor
+from controllerd.audit import event as audit_event
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import exporter_message, lease_message, split_name, split_parent, timestamp
 from controllerd.records import Lease, uuid7
@@ -182,7 +184,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
                 lease.client = target
             validate.lease_times(lease, time.time(), self.max_lease_duration)
 
-        return lease_message(await self.scheduler.update(namespace, name, change))
+        return lease_message(await self.scheduler.update(namespace, name, change, client_actor(who.name)))
 
     @unary
     async def DeleteLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -192,7 +194,9 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
         if lease.ended:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} is already released")
-        await self.scheduler.release(lease, "Released", f"released by client {who.name}")
+        await self.scheduler.release(
+            lease, "Released", f"released by client {who.name}", actor=client_actor(who.name)
+        )
         return empty_pb2.Empty()
 
     @unary
@@ -201,5 +205,14 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         kind = parts[2] if len(parts) == 4 else None
         who, _, _ = await self._caller(context, request.parent, kind)
         token, expiry = await self.auth.issue("Client", who.namespace, who.name, who.uid)
-        await self.auth.revoke(jti=who.jti)  # the old token stops working now
+        rotated = audit_event(
+            who.namespace,
+            "client",
+            who.name,
+            "rotated",
+            client_actor(who.name),
+            "TokenRotated",
+            "token rotated",
+        )
+        await self.auth.revoke(jti=who.jti, audit=[rotated])  # the old token stops working now
         return client_pb2.RotateTokenResponse(token=token, expiry=timestamp(expiry))

@@ -30,6 +30,8 @@ TOP_KEYS = {
     "dial_rate",
     "dial_burst",
     "max_pending_dials",
+    "audit_retention_days",
+    "audit_max_records",
 }
 MAX_LEASE_DURATION_LIMIT = 3650 * 86400.0  # ten years: times stay representable in every message
 
@@ -59,6 +61,8 @@ class ControllerConfig:
     dial_rate: float = DEFAULT_DIAL_RATE
     dial_burst: int = DEFAULT_DIAL_BURST
     max_pending_dials: int = DEFAULT_MAX_PENDING_DIALS
+    audit_retention_days: float = 90.0
+    audit_max_records: int = 1_000_000  # bounds the table even if something floods it
 
 
 def load(path: str) -> ControllerConfig:
@@ -136,7 +140,8 @@ def load(path: str) -> ControllerConfig:
         raise where.child(doc, "max_pending_leases").error("expected a whole number of at least 1")
     config.max_pending_leases = limit
     config.dial_rate = number("dial_rate", config.dial_rate)
-    for key in ("dial_burst", "max_pending_dials"):
+    config.audit_retention_days = number("audit_retention_days", config.audit_retention_days)
+    for key in ("dial_burst", "max_pending_dials", "audit_max_records"):
         value = doc.get(key, getattr(config, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise where.child(doc, key).error("expected a positive whole number")

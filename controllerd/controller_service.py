@@ -11,7 +11,7 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
-from controllerd import validate
+from controllerd import audit, validate
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import legacy_lease_message
 from controllerd.dial_limits import DialLimits
@@ -32,7 +32,7 @@ from controllerd.store import NotFound, Store
 from jumpstarter import routertoken
 from jumpstarter.names import InvalidName
 from jumpstarter.selector import from_labels
-from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
 
 log = structlog.get_logger("controllerd")
 
@@ -74,6 +74,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     @unary
     async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who, exporter = await self._exporter(context)
+        old_labels = dict(exporter.labels)
         try:
             exporter.labels = validate.registered_labels(exporter.labels, dict(request.labels), who.name)
         except InvalidName:
@@ -89,7 +90,21 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         ]
         exporter.registered = True
         exporter.last_seen = now()
-        await self.store.save_exporter(exporter)
+        relabeled = (
+            f"; labels {_labels(old_labels)} → {_labels(exporter.labels)}"
+            if old_labels != exporter.labels
+            else ""
+        )
+        registered = audit.event(
+            who.namespace,
+            "exporter",
+            who.name,
+            "registered",
+            audit.exporter_actor(who.name),
+            "Registered",
+            f"{len(exporter.devices)} devices{relabeled}",
+        )
+        await self.store.save_exporter(exporter, [registered])
         log.info(
             "exporter registered", exporter=who.name, namespace=who.namespace, devices=len(exporter.devices)
         )
@@ -103,7 +118,16 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         exporter.devices = []
         exporter.status = OFFLINE
         exporter.status_message = request.reason or "Exporter unregistered"
-        await self.store.save_exporter(exporter)
+        gone = audit.event(
+            who.namespace,
+            "exporter",
+            who.name,
+            "unregistered",
+            audit.exporter_actor(who.name),
+            "Unregistered",
+            exporter.status_message,
+        )
+        await self.store.save_exporter(exporter, [gone])
         self.hub.exporter_changed(who.namespace, who.name)
         self.hub.wake_scheduler()
         log.info("exporter unregistered", exporter=who.name, reason=exporter.status_message)
@@ -113,17 +137,33 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     async def ReportStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who, exporter = await self._exporter(context)
         changed = exporter.status != request.status
+        events = []
+        if changed:
+            events.append(
+                audit.event(
+                    who.namespace,
+                    "exporter",
+                    who.name,
+                    "status",
+                    audit.exporter_actor(who.name),
+                    "HookFailed" if request.status in HOOK_FAILED else _status_name(request.status),
+                    f"{_status_name(exporter.status)} → {_status_name(request.status)}"
+                    + (f": {request.message}" if request.HasField("message") and request.message else ""),
+                )
+            )
         exporter.status = request.status
         exporter.status_message = request.message if request.HasField("message") else ""
         exporter.last_seen = now()
-        await self.store.save_exporter(exporter)
+        await self.store.save_exporter(exporter, events)
         if changed:
             self.hub.exporter_changed(who.namespace, who.name)
             self.hub.wake_scheduler()
         if request.HasField("release_lease") and request.release_lease:
             lease = await self._held_lease(who)
             if lease is not None:
-                await self.scheduler.release(lease, "Released", "released by the exporter")
+                await self.scheduler.release(
+                    lease, "Released", "released by the exporter", actor=audit.exporter_actor(who.name)
+                )
         return jumpstarter_pb2.ReportStatusResponse()
 
     async def _held_lease(self, who: Identity) -> Lease | None:
@@ -343,7 +383,10 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         elif lease.client != who.name:
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "ReleaseLease permission denied")
         if not lease.ended:
-            await self.scheduler.release(lease, "Released", f"released by {who.kind.lower()} {who.name}")
+            actor = audit.exporter_actor(who.name) if who.kind == "Exporter" else audit.client_actor(who.name)
+            await self.scheduler.release(
+                lease, "Released", f"released by {who.kind.lower()} {who.name}", actor=actor
+            )
         return jumpstarter_pb2.ReleaseLeaseResponse()
 
     @unary
@@ -371,3 +414,15 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                 message=entry.message[:1024],
             )
         return empty_pb2.Empty()
+
+
+def _status_name(status: int) -> str:
+    """`LEASE_READY` for 4: the protocol's own names, in audit messages."""
+    try:
+        return str(common_pb2.ExporterStatus.Name(status)).removeprefix("EXPORTER_STATUS_")
+    except ValueError:
+        return str(status)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"

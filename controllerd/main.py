@@ -45,6 +45,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
     from controllerd.admin import Admin
+    from controllerd.audit import prune_forever
     from controllerd.auth import TokenAuthority, load_or_create_key
     from controllerd.client_service import ClientService
     from controllerd.controller_service import ControllerService
@@ -173,6 +174,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         routers=config.routers,
     )
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    prune_task = asyncio.create_task(
+        prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -180,6 +184,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     await stop.wait()
     log.info("stopping")
     scheduler_task.cancel()
+    prune_task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)
     await admin_server.stop(grace=1)

@@ -155,3 +155,26 @@ class TokenRecord:
     issued: float
     expires: float
     revoked: bool = False
+
+
+@dataclass
+class AuditEvent:
+    """One transition of a lease, exporter, client or policy (DESIGN.md §5: the audit history).
+
+    Written by the store in the same transaction as the change it records; `id` is
+    assigned by the store and only grows, so it orders events even when clocks do not.
+    """
+
+    namespace: str
+    kind: str  # lease | exporter | client | policy
+    name: str  # the object's name
+    action: str  # created, granted, paused, released, online, ...
+    actor: str  # client:NAME, exporter:NAME, admin, scheduler
+    lease: str | None = None
+    exporter: str | None = None
+    client: str | None = None
+    reason: str = ""
+    message: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)  # small machine-readable facts (priority, selector)
+    time: float = field(default_factory=now)
+    id: int = 0

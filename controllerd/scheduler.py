@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import structlog
 
+from controllerd import audit
+from controllerd.audit import SCHEDULER, lease_event
 from controllerd.candidates import Candidates, Evaluation
 from controllerd.hub import Hub
 from controllerd.policy import PolicyDenied, approving_priority, held_for
@@ -82,6 +84,7 @@ class LeaseScheduler:
         self.lock = asyncio.Lock()
         self.on_event = on_event or (lambda kind, lease: None)
         self.stats = {"pending": 0, "active": 0, "online": 0, "evaluated": 0}  # evaluated: in the last pass
+        self.watch = audit.OnlineWatch(store, self.online, offline_after)
 
     # -- liveness --------------------------------------------------------------
 
@@ -94,7 +97,7 @@ class LeaseScheduler:
 
     # -- requests ----------------------------------------------------------------
 
-    async def submit(self, lease: Lease) -> Lease:
+    async def submit(self, lease: Lease, actor: str | None = None) -> Lease:
         """Validate and queue a new lease, then try to grant at once."""
         if not lease.selector and not lease.exporter_name:
             raise LeaseRequestError("a lease needs a selector or an exporter name")
@@ -109,29 +112,42 @@ class LeaseScheduler:
             await self._check_quota(lease.namespace, lease.client)
             lease.created = self.clock()
             lease.set_condition("Pending", "True", "Queued", "waiting for the scheduler")
-            await self.store.create_lease(lease)
+            created = audit.lease_created(lease, actor or audit.client_actor(lease.client))
+            await self.store.create_lease(lease, [created])
             self.on_event("created", lease)
             await self._pass()
         return await self.store.get_lease(lease.namespace, lease.name)
 
-    async def release(self, lease: Lease, reason: str = "Released", message: str = "released") -> Lease:
+    async def release(
+        self,
+        lease: Lease,
+        reason: str = "Released",
+        message: str = "released",
+        *,
+        actor: str = SCHEDULER,
+        cause: str | None = None,
+    ) -> Lease:
+        """End `lease` for `actor`; `cause` (e.g. ExporterDeleted) audits it as ended for that cause."""
         async with self.lock:
             lease = await self.store.get_lease(lease.namespace, lease.name)
             if lease.ended:
                 return lease
             lease.released = reason == "Released"
-            await self._end(lease, "Ready", "False", reason, message)
+            await self._end(lease, "Ready", "False", reason, message, actor=actor, cause=cause)
             await self._pass()
         return lease
 
-    async def update(self, namespace: str, name: str, change: Callable[[Lease], None]) -> Lease:
+    async def update(
+        self, namespace: str, name: str, change: Callable[[Lease], None], actor: str = audit.ADMIN
+    ) -> Lease:
         """Apply `change` (which may raise to refuse) to the stored lease, check it, save, re-plan.
 
         The lease is read under the lock, so a grant or release that happens meanwhile is never
         overwritten by a stale copy."""
         async with self.lock:
             lease = await self.store.get_lease(namespace, name)
-            owner = lease.client
+            owner, old_end = lease.client, lease.deadline()
+            old_times = (lease.duration, lease.begin_time, lease.end_time)
             change(lease)
             lease.duration, lease.begin_time, lease.end_time = resolve_times(
                 lease.duration, lease.begin_time, lease.end_time
@@ -139,7 +155,8 @@ class LeaseScheduler:
             await self.check_policies(lease)
             if lease.pending and lease.client != owner:
                 await self._check_quota(lease.namespace, lease.client)  # a transfer counts for the new owner
-            await self.store.save_lease(lease)
+            events = audit.lease_updated(lease, actor, owner, old_times, old_end)
+            await self.store.save_lease(lease, events)
             if lease.exporter:
                 self.hub.exporter_changed(lease.namespace, lease.exporter)
             await self._pass()
@@ -191,14 +208,36 @@ class LeaseScheduler:
 
     # -- the pass --------------------------------------------------------------
 
-    async def _end(self, lease: Lease, ctype: str, status: str, reason: str, message: str) -> None:
+    async def _end(
+        self,
+        lease: Lease,
+        ctype: str,
+        status: str,
+        reason: str,
+        message: str,
+        *,
+        actor: str = SCHEDULER,
+        cause: str | None = None,
+    ) -> None:
+        action = (
+            "ended"
+            if cause
+            else "released"
+            if lease.released
+            else "expired"
+            if reason == "Expired"
+            else "ended"
+        )
+        ended = lease_event(
+            lease, action, actor, cause or reason, message, was_pending=lease.pending, condition=ctype
+        )
         lease.ended = True
         lease.paused = False
         lease.effective_end = self.clock()
         lease.remove_condition("Pending")
         lease.remove_condition("Paused")
         lease.set_condition(ctype, status, reason, message)
-        await self.store.save_lease(lease)
+        await self.store.save_lease(lease, [ended])
         if lease.exporter:
             self.hub.exporter_changed(lease.namespace, lease.exporter)
         self.on_event(reason.lower(), lease)
@@ -219,10 +258,10 @@ class LeaseScheduler:
         leases = await self.store.list_leases(only_active=True)
         self.stats["active"] = sum(1 for le in leases if le.active)
         self.stats["pending"] = sum(1 for le in leases if le.pending)
-        if not leases:  # nothing to expire, pause or grant: skip decoding every exporter
-            return None
         exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters()}
-        self.stats["online"] = sum(1 for e in exporters.values() if self.online(e))
+        self.stats["online"] = await self.watch.look(exporters)
+        if not leases:  # nothing to expire, pause or grant
+            return None
         busy: set[tuple[str, str]] = set()
         pending: list[Lease] = []
         for lease in leases:
@@ -267,7 +306,9 @@ class LeaseScheduler:
         for lease, evaluation in decisions:
             if lease.begin_time is not None and lease.begin_time > now:
                 later(lease.begin_time)
-                await self._set_pending(lease, "Scheduled", f"starts at {_iso(lease.begin_time)}")
+                await self._set_pending(
+                    lease, "Scheduled", f"starts at {_iso(lease.begin_time)}", evaluation.priority
+                )
                 continue
             if evaluation.verdict is not None:
                 ctype, reason, message = evaluation.verdict
@@ -284,7 +325,7 @@ class LeaseScheduler:
             lease.remove_condition("Pending")
             lease.set_condition("Ready", "True", "Ready", f"exporter {exporter.name} acquired")
             try:
-                await self.store.save_lease(lease)
+                await self.store.save_lease(lease, [audit.lease_granted(lease, now)])
             except Conflict:  # the store caught what we must never do: reload next pass
                 log.error(
                     "refused a second active lease on one exporter", lease=lease.name, exporter=exporter.name
@@ -344,7 +385,9 @@ class LeaseScheduler:
                 competing += count if overlap[(group, other)] else 0
             ahead[group] = ahead.get(group, 0) + 1
             reason, message = reasons[id(evaluation)]
-            await self._set_pending(lease, reason, f"{message}; queue position {competing + 1}")
+            await self._set_pending(
+                lease, reason, f"{message}; queue position {competing + 1}", evaluation.priority
+            )
 
     def _wait_reason(self, evaluation: Evaluation, busy: set[tuple[str, str]]) -> tuple[str, str]:
         candidates = [e for _, e in evaluation.candidates]
@@ -355,11 +398,16 @@ class LeaseScheduler:
             return "NotAvailable", f"all {len(online)} matching online exporters are leased"
         return "NotReady", "the matching exporters are still cleaning up after a lease"
 
-    async def _set_pending(self, lease: Lease, reason: str, message: str) -> None:
+    async def _set_pending(self, lease: Lease, reason: str, message: str, priority: int) -> None:
         current = lease.condition("Pending")
         if current is None or (current.reason, current.message) != (reason, message):
+            # audited once, when the first pass places it: positions shift too often to log each
+            first = current is None or current.reason == "Queued"
+            events = (
+                [lease_event(lease, "queued", SCHEDULER, reason, message, priority=priority)] if first else []
+            )
             lease.set_condition("Pending", "True", reason, message)
-            await self.store.save_lease(lease)
+            await self.store.save_lease(lease, events)
 
     async def _pause_or_resume(self, lease: Lease, exporter: Exporter | None) -> None:
         online = exporter is not None and self.online(exporter)
@@ -371,13 +419,18 @@ class LeaseScheduler:
                 "ExporterOffline",
                 "the exporter went offline; the lease resumes when it returns",
             )
-            await self.store.save_lease(lease)
+            why = "exporter deleted" if exporter is None else self.watch.offline_reason(exporter)
+            await self.store.save_lease(
+                lease, [lease_event(lease, "paused", SCHEDULER, "ExporterOffline", why)]
+            )
             self.on_event("paused", lease)
             log.warning("lease paused: exporter offline", lease=lease.name, exporter=lease.exporter)
         elif online and lease.paused:
             lease.paused = False
             lease.remove_condition("Paused")
-            await self.store.save_lease(lease)
+            await self.store.save_lease(
+                lease, [lease_event(lease, "resumed", SCHEDULER, "ExporterOnline", "the exporter is back")]
+            )
             self.on_event("resumed", lease)
             log.info("lease resumed", lease=lease.name, exporter=lease.exporter)
 

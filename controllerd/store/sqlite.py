@@ -2,7 +2,8 @@
 
 No exporter is ever granted to two leases: a partial unique index allows at
 most one not-ended lease per assigned exporter, so even a buggy caller gets a
-`Conflict` instead of a double grant.
+`Conflict` instead of a double grant. Audit events are inserted in the same
+transaction as the change they record (`_writing`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import dataclasses
 import json
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controllerd.records import AccessPolicy, Client, Condition, Exporter, Lease, TokenRecord
+from controllerd.records import AccessPolicy, AuditEvent, Client, Condition, Exporter, Lease, TokenRecord
 from controllerd.store.base import Conflict, NotFound
 from jumpstarter.errors import ConfigError
 from jumpstarter.files import make_dirs
+
+if TYPE_CHECKING:
+    from controllerd.audit import AuditQuery
 
 MIGRATIONS: list[str] = [
     # v1
@@ -56,6 +61,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX leases_pending_by_client ON leases (namespace, client)
         WHERE exporter IS NULL AND ended = 0;
     """,
+    # v3: the audit history; AUTOINCREMENT so an id is never reused after pruning
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, namespace TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('lease', 'exporter', 'client', 'policy')),
+        name TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
+        lease TEXT, exporter TEXT, client TEXT,
+        reason TEXT NOT NULL CHECK (length(reason) <= 1024),
+        message TEXT NOT NULL CHECK (length(message) <= 1024),
+        detail TEXT NOT NULL CHECK (length(detail) <= 8192));
+    CREATE INDEX audit_lease ON audit (namespace, lease);
+    CREATE INDEX audit_exporter ON audit (namespace, exporter);
+    CREATE INDEX audit_client ON audit (namespace, client);
+    CREATE INDEX audit_time ON audit (time);
+    """,
 ]
 
 
@@ -76,7 +96,7 @@ def _private_files(path: str) -> None:
             os.chmod(path + suffix, 0o600)
 
 
-_JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions"}
+_JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions", "detail"}
 _BOOL_FIELDS = {"enabled", "registered", "allow_disabled", "released", "ended", "paused", "revoked"}
 
 
@@ -177,6 +197,47 @@ class SqliteStore:
         if cursor.rowcount == 0:
             raise NotFound(f"{table[:-1]} {namespace}/{name} not found")
 
+    @contextlib.contextmanager
+    def _writing(self, audit: Sequence[AuditEvent], *, atomic: bool = False) -> Iterator[None]:
+        """The change made in the block and its audit events: committed together, or neither.
+
+        Without events (and not `atomic`) each statement commits on its own, as before."""
+        if not audit and not atomic:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            for event in audit:
+                self._insert_audit(event)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def _insert_audit(self, event: AuditEvent) -> None:
+        # by hand, not `_encode`: asdict's deep copy would be most of the cost of a grant's write
+        cursor = self.db.execute(
+            "INSERT INTO audit (time, namespace, kind, name, action, actor, lease, exporter, client,"
+            " reason, message, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.time,
+                event.namespace,
+                event.kind,
+                event.name,
+                event.action,
+                event.actor,
+                event.lease,
+                event.exporter,
+                event.client,
+                event.reason,
+                event.message,
+                json.dumps(event.detail, sort_keys=True),
+            ),
+        )
+        event.id = int(cursor.lastrowid or 0)
+
     # -- exporters -------------------------------------------------------------
     # Exporters are read on every scheduler pass: keep them decoded in memory. This
     # process is the database's only writer (admin goes through the controller), so
@@ -202,12 +263,14 @@ class SqliteStore:
         cache = self._exporters()
         return [self._copy(e) for key, e in sorted(cache.items()) if namespace is None or key[0] == namespace]
 
-    async def save_exporter(self, exporter: Exporter) -> None:
-        self._upsert("exporters", exporter)
+    async def save_exporter(self, exporter: Exporter, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._upsert("exporters", exporter)
         self._exporters()[(exporter.namespace, exporter.name)] = self._copy(exporter)
 
-    async def delete_exporter(self, namespace: str, name: str) -> None:
-        self._delete("exporters", namespace, name)
+    async def delete_exporter(self, namespace: str, name: str, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._delete("exporters", namespace, name)
         self._exporters().pop((namespace, name), None)
 
     # -- clients ---------------------------------------------------------------
@@ -218,11 +281,13 @@ class SqliteStore:
     async def list_clients(self, namespace: str | None = None) -> list[Client]:
         return self._list(Client, "clients", namespace)
 
-    async def save_client(self, client: Client) -> None:
-        self._upsert("clients", client)
+    async def save_client(self, client: Client, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._upsert("clients", client)
 
-    async def delete_client(self, namespace: str, name: str) -> None:
-        self._delete("clients", namespace, name)
+    async def delete_client(self, namespace: str, name: str, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._delete("clients", namespace, name)
 
     # -- leases ----------------------------------------------------------------
 
@@ -257,19 +322,21 @@ class SqliteStore:
         leases = sorted(self._open().values(), key=lambda le: le.seq)
         return [self._copy_lease(le) for le in leases if namespace is None or le.namespace == namespace]
 
-    async def create_lease(self, lease: Lease) -> Lease:
-        exists = self.db.execute(
-            "SELECT 1 FROM leases WHERE namespace=? AND name=?", (lease.namespace, lease.name)
-        ).fetchone()
-        if exists:
-            raise Conflict(f"lease {lease.namespace}/{lease.name} already exists")
-        lease.seq = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM leases").fetchone()[0])
-        self._upsert("leases", lease)
+    async def create_lease(self, lease: Lease, audit: Sequence[AuditEvent] = ()) -> Lease:
+        with self._writing(audit):
+            exists = self.db.execute(
+                "SELECT 1 FROM leases WHERE namespace=? AND name=?", (lease.namespace, lease.name)
+            ).fetchone()
+            if exists:
+                raise Conflict(f"lease {lease.namespace}/{lease.name} already exists")
+            lease.seq = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM leases").fetchone()[0])
+            self._upsert("leases", lease)
         self._cache_lease(lease)
         return lease
 
-    async def save_lease(self, lease: Lease) -> None:
-        self._upsert("leases", lease)
+    async def save_lease(self, lease: Lease, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._upsert("leases", lease)
         self._cache_lease(lease)
 
     async def count_pending_leases(self, namespace: str, client: str) -> int:
@@ -284,16 +351,23 @@ class SqliteStore:
     async def list_policies(self, namespace: str | None = None) -> list[AccessPolicy]:
         return self._list(AccessPolicy, "policies", namespace)
 
-    async def save_policy(self, policy: AccessPolicy) -> None:
-        self._upsert("policies", policy)
+    async def save_policy(self, policy: AccessPolicy, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._upsert("policies", policy)
 
-    async def delete_policy(self, namespace: str, name: str) -> None:
-        self._delete("policies", namespace, name)
+    async def delete_policy(self, namespace: str, name: str, audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit):
+            self._delete("policies", namespace, name)
 
     # -- tokens ------------------------------------------------------------------
 
     async def save_token(self, token: TokenRecord) -> None:
         self._upsert("tokens", token)
+
+    async def save_tokens(self, tokens: list[TokenRecord], audit: Sequence[AuditEvent] = ()) -> None:
+        with self._writing(audit, atomic=True):  # all of them or none, with their audit events
+            for token in tokens:
+                self._upsert("tokens", token)
 
     async def list_tokens(self, subject: str | None = None) -> list[TokenRecord]:
         if subject is None:
@@ -306,3 +380,34 @@ class SqliteStore:
 
     async def revoked_tokens(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT jti FROM tokens WHERE revoked = 1").fetchall()}
+
+    # -- audit -------------------------------------------------------------------
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        with self._writing(events):
+            pass
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
+        where, args = ["1=1"], []
+        for column in ("namespace", "lease", "exporter", "client"):
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        if query.since is not None:
+            where.append("time>=?")
+            args.append(query.since)
+        rows = self.db.execute(
+            f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?", (*args, query.limit)
+        ).fetchall()
+        return [self._decode(AuditEvent, r) for r in reversed(rows)]
+
+    async def prune_audit(self, before: float, max_records: int) -> int:
+        with self._writing([], atomic=True):
+            removed = self.db.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
+            newest = self.db.execute("SELECT MAX(id) FROM audit").fetchone()[0]
+            if newest is not None:
+                removed += self.db.execute(
+                    "DELETE FROM audit WHERE id <= ?", (newest - max_records,)
+                ).rowcount
+        return int(removed)

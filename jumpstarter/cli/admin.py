@@ -129,6 +129,33 @@ COLUMNS = {
 }
 
 
+AUDIT_COLUMNS = ["id", "time", "kind", "name", "action", "actor", "exporter", "client", "reason", "message"]
+
+
+def since_seconds(text: str, now: float | None = None) -> float:
+    """`--since`: an ISO time (UTC unless it says otherwise) or a duration back from now (`10m`, `2h`)."""
+    import datetime
+
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return (time.time() if now is None else now) - duration_seconds(text)
+        except ConfigError:
+            raise ConfigError(f"--since: expected an ISO time or a duration like 10m, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _audit_row(event: dict[str, Any]) -> list[str]:
+    stamp = (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event["time"]))
+        + f".{int(event['time'] % 1 * 1000):03d}Z"
+    )
+    return [stamp if c == "time" else _cell(event.get(c)) for c in AUDIT_COLUMNS]
+
+
 def add_admin_parser(sub: Any) -> None:
     admin = sub.add_parser(
         "admin",
@@ -300,6 +327,38 @@ def add_admin_parser(sub: Any) -> None:
     )
     issue.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created 0700)")
     issue.set_defaults(func=run_issue_router_cert, needs_board=False)
+
+    audit = commands.add_parser(
+        "audit", help="the audit history: lease and exporter transitions and admin actions, oldest first"
+    )
+    audit.add_argument("--lease", metavar="ID")
+    audit.add_argument("--exporter", metavar="NAME")
+    audit.add_argument("--client", metavar="NAME")
+    audit.add_argument("--since", metavar="TIME", help="ISO time (UTC) or a duration back from now: 10m, 2h")
+    audit.add_argument("--limit", type=int, default=1000, help="the newest N records (at most 10000)")
+    audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    def run_audit(a: argparse.Namespace) -> int:
+        since = since_seconds(a.since) if a.since else None
+        events = call(
+            a.admin_socket,
+            "audit",
+            namespace=a.namespace,
+            lease=a.lease,
+            exporter=a.exporter,
+            client=a.client,
+            since=since,
+            limit=a.limit,
+        )
+        if a.output == "json":
+            print(json.dumps(events, indent=2))
+        elif not events:
+            print("(none)")
+        else:
+            table([_audit_row(e) for e in events], [c.upper() for c in AUDIT_COLUMNS])
+        return 0
+
+    audit.set_defaults(func=run_audit, needs_board=False)
 
     release = commands.add_parser("release", help="end a lease now")
     release.add_argument("kind", choices=["lease"])
