@@ -1,0 +1,516 @@
+"""controllerd killed with SIGKILL and restarted at random moments under lease traffic.
+
+20 clients run create / wait / extend / release / transfer on 12 exporters (2 real exporterd
+processes, 10 `LightExporter`s) while a chaos thread kills controllerd at seeded random
+moments and starts it again. Afterwards the SQLite store (read directly) and what the clients
+saw must agree: no exporter held by two leases at once, no granted lease lost, the queue in
+order. JUMPSTARTER_FAULT_SEED replays a run, JUMPSTARTER_FAULT_SCALE multiplies the load.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import signal
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from jumpstarter.client.v1 import client_pb2
+from tests.integration.central import Central, Identity, Peer, is_true, seconds, short, wait_until
+
+from .conftest import LightExporter, fault_scale, fault_seed, spawn_exporterd
+
+CLIENTS, LIGHT, REAL = 20, 10, 2
+OFFLINE_AFTER = 5.0
+BASE_OPS, BASE_RESTARTS = 1000, 6
+RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+POOL = "pool=chaos"
+ENDED_REASONS = {"Released", "Expired"}
+
+pytestmark = pytest.mark.timeout(int(300 * fault_scale()) + 60)
+
+
+@dataclass
+class Seen:
+    """One lease message a client received: the lease was in this state at some instant of [sent, got]."""
+
+    lease: str
+    observer: str
+    exporter: str
+    granted: bool  # Ready=True, an exporter, not ended
+    effective_begin: float | None
+    sent: float
+    got: float
+
+
+@dataclass
+class Owned:
+    name: str
+    duration: float
+    granted: bool = False
+
+
+@dataclass
+class Ledger:
+    """What the clients did and saw (appends from many threads: list.append is atomic)."""
+
+    seen: list[Seen] = field(default_factory=list)
+    released_ok: set[str] = field(default_factory=set)  # DeleteLease answered OK at the first try
+    release_asked: set[str] = field(default_factory=set)
+    ops: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    retries: int = 0
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, op: str) -> int:
+        with self.lock:
+            self.ops[op] += 1
+            return sum(self.ops.values())
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.ops.values())
+
+
+def ts(message: Any) -> float:
+    return message.seconds + message.nanos / 1e9
+
+
+class Retried(Exception):
+    """The call failed with `code` after at least one attempt that may have taken effect."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class Worker:
+    """One client: a seeded sequence of lease operations, retried through controller restarts."""
+
+    def __init__(self, index: int, peer: Peer, seed: int, ledger: Ledger, ctx: Chaos) -> None:
+        self.index = index
+        self.peer = peer
+        self.rng = random.Random(seed * 1000 + index)
+        self.ledger = ledger
+        self.ctx = ctx
+        self.owned: dict[str, Owned] = {}
+        self.inbox: queue.Queue[Owned] = queue.Queue()
+        self.counter = 0
+
+    @property
+    def name(self) -> str:
+        return self.peer.identity.name
+
+    def call(self, fn: Any) -> tuple[Any, bool]:
+        """Run `fn` until it gets an answer; (answer, whether an earlier attempt may have acted)."""
+        retried = False
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return fn(), retried
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRY or time.monotonic() > deadline:
+                    if retried:
+                        raise Retried(exc.code(), exc.details() or "") from None
+                    raise
+                retried = True
+                with self.ledger.lock:
+                    self.ledger.retries += 1
+                time.sleep(0.05 + self.rng.random() * 0.2)
+
+    def observe(self, lease: Any, sent: float) -> Any:
+        got = time.time()
+        granted = (
+            bool(lease.exporter) and is_true(lease, "Ready") and not lease.HasField("effective_end_time")
+        )
+        self.ledger.seen.append(
+            Seen(
+                short(lease.name),
+                self.name,
+                short(lease.exporter) if lease.exporter else "",
+                granted,
+                ts(lease.effective_begin_time) if lease.HasField("effective_begin_time") else None,
+                sent,
+                got,
+            )
+        )
+        return lease
+
+    def get(self, name: str) -> Any:
+        sent = time.time()
+        lease, _ = self.call(lambda: self.peer.get_lease(name))
+        return self.observe(lease, sent)
+
+    def refresh(self, owned: Owned) -> Any:
+        lease = self.get(owned.name)
+        if lease.HasField("effective_end_time") or any(
+            c.type == "Ready" and c.status == "False" for c in lease.conditions
+        ):
+            self.owned.pop(owned.name, None)
+        elif lease.client != self.peer.identity.resource:
+            raise AssertionError(f"{self.name} owns {owned.name} but the controller says {lease.client}")
+        else:
+            owned.granted = bool(lease.exporter)
+            owned.duration = lease.duration.seconds + lease.duration.nanos / 1e9
+        return lease
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def create(self, duration: float, pinned: str = "") -> None:
+        self.counter += 1
+        lease_id = f"{self.name}-{self.counter}"
+        sent = time.time()
+        selector = "" if pinned else POOL
+        try:
+            lease, _ = self.call(
+                lambda: self.peer.create_lease(selector, duration, exporter_name=pinned, lease_id=lease_id)
+            )
+            self.observe(lease, sent)
+        except Retried as exc:  # an attempt cut short by the kill may have created it
+            assert exc.code == grpc.StatusCode.ALREADY_EXISTS, f"create {lease_id}: {exc}"
+        self.owned[lease_id] = Owned(lease_id, duration)
+        self.refresh(self.owned[lease_id])
+
+    def wait(self, owned: Owned) -> None:
+        deadline = time.monotonic() + 1.0
+        while owned.name in self.owned and not owned.granted and time.monotonic() < deadline:
+            self.refresh(owned)
+            time.sleep(0.1)
+
+    def extend(self, owned: Owned) -> None:
+        longer = round(owned.duration + self.rng.uniform(1, 4), 3)
+        lease = client_pb2.Lease(name=self.peer.lease_name(owned.name), duration=seconds(longer))
+        sent = time.time()
+        try:
+            answer, _ = self.call(lambda: self.peer.update_lease(lease, ["duration"]))
+            self.observe(answer, sent)
+            owned.duration = longer
+        except (grpc.RpcError, Retried) as exc:
+            code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, f"extend {owned.name}: {exc}"
+            self.owned.pop(owned.name, None)  # it expired meanwhile
+
+    def release(self, owned: Owned) -> None:
+        self.ledger.release_asked.add(owned.name)
+        self.owned.pop(owned.name, None)
+        try:
+            _, retried = self.call(lambda: self.peer.delete_lease(owned.name))
+            if not retried:
+                self.ledger.released_ok.add(owned.name)
+        except (grpc.RpcError, Retried) as exc:
+            code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, f"release {owned.name}: {exc}"
+
+    def transfer(self, owned: Owned, to: Worker) -> None:
+        lease = client_pb2.Lease(name=self.peer.lease_name(owned.name), client=to.peer.identity.resource)
+        sent = time.time()
+        try:
+            answer, _ = self.call(lambda: self.peer.update_lease(lease, ["client"]))
+            self.observe(answer, sent)
+        except (grpc.RpcError, Retried) as exc:
+            code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
+            if code == grpc.StatusCode.FAILED_PRECONDITION:  # it expired meanwhile
+                self.owned.pop(owned.name, None)
+                return
+            assert isinstance(exc, Retried) and code == grpc.StatusCode.PERMISSION_DENIED, f"transfer: {exc}"
+            now_with = to.get(owned.name)  # an attempt cut short by the kill moved it already
+            assert now_with.client == to.peer.identity.resource, f"transfer {owned.name}: {now_with}"
+        self.owned.pop(owned.name, None)
+        to.inbox.put(owned)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def step(self, others: list[Worker]) -> None:
+        while not self.inbox.empty():
+            received = self.inbox.get_nowait()
+            self.owned[received.name] = received
+        leases = list(self.owned.values())
+        granted = [o for o in leases if o.granted]
+        pending = [o for o in leases if not o.granted]
+        roll = self.rng.random()
+        if not leases or (roll < 0.35 and len(leases) < 3):
+            pinned = self.ctx.exporters[self.rng.randrange(len(self.ctx.exporters))] if roll < 0.1 else ""
+            self.create(round(self.rng.uniform(1.5, 8), 3), pinned)
+            self.ledger.count("create")
+        elif pending and roll < 0.55:
+            self.wait(self.rng.choice(pending))
+            self.ledger.count("wait")
+        elif granted and roll < 0.7:
+            self.extend(self.rng.choice(granted))
+            self.ledger.count("extend")
+        elif granted and roll < 0.8:
+            self.transfer(self.rng.choice(granted), self.rng.choice(others))
+            self.ledger.count("transfer")
+        else:
+            self.release(self.rng.choice(leases))
+            self.ledger.count("release")
+
+    def run(self, others: list[Worker]) -> None:
+        try:
+            while not self.ctx.stop.is_set():
+                self.step(others)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            self.ledger.failures.append(f"{self.name}: {type(exc).__name__}: {exc}")
+            self.ctx.stop.set()
+
+    def finish(self) -> None:
+        """Release everything, then queue one long pool lease (and maybe one pinned): a queue to check."""
+        while not self.inbox.empty():
+            received = self.inbox.get_nowait()
+            self.owned[received.name] = received
+        for owned in list(self.owned.values()):
+            self.release(owned)
+        self.create(600)
+        if self.index % 2 == 0:
+            self.create(600, self.ctx.exporters[self.index % len(self.ctx.exporters)])
+
+
+@dataclass
+class Chaos:
+    central: Central
+    exporters: list[str]
+    rng: random.Random
+    stop: threading.Event = field(default_factory=threading.Event)
+    restarts: int = 0
+
+    def kill_and_restart(self) -> None:
+        controller = self.central.controller
+        assert controller is not None and controller.poll() is None, self.central.log("controllerd")[-3000:]
+        controller.send_signal(signal.SIGKILL)
+        controller.wait()
+        self.central.start_controller()
+        self.restarts += 1
+
+    def run(self, until: Any) -> None:
+        while not until():
+            if self.stop.wait(self.rng.uniform(1.0, 5.0)):
+                return
+            self.kill_and_restart()
+
+
+# -- checks on the store -----------------------------------------------------------------------
+
+
+def store_rows(central: Central) -> list[dict[str, Any]]:
+    """Every lease row, read from the SQLite file in one read transaction (WAL: a consistent snapshot)."""
+    db = sqlite3.connect(f"file:{central.state}/controller.db?mode=ro", uri=True, timeout=10)
+    try:
+        db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in db.execute("SELECT * FROM leases ORDER BY seq")]
+    finally:
+        db.close()
+    for row in rows:
+        row["conditions"] = {c["type"]: c for c in json.loads(row["conditions"])}
+    return rows
+
+
+def double_holds(rows: list[dict[str, Any]]) -> list[str]:
+    """Leases whose effective [begin, end) overlap on one exporter."""
+    by_exporter: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    problems = []
+    for row in rows:
+        if row["exporter"] is not None:
+            if row["effective_begin"] is None or (row["ended"] and row["effective_end"] is None):
+                problems.append(f"{row['name']}: granted without effective times: {row}")
+            by_exporter[row["exporter"]].append(row)
+    for exporter, held in by_exporter.items():
+        held.sort(key=lambda r: r["effective_begin"])
+        for before, after in zip(held, held[1:], strict=False):
+            end = before["effective_end"] if before["ended"] else float("inf")
+            if end > after["effective_begin"]:
+                problems.append(f"{exporter}: {before['name']} until {end} overlaps {after['name']}")
+    return problems
+
+
+def client_overlaps(seen: list[Seen]) -> list[str]:
+    """Two leases certainly held at one wall time on one exporter, by what clients saw.
+
+    A lease seen granted in answers [s1, g1] ... [sN, gN] was held all through [g1, sN].
+    """
+    spans: dict[tuple[str, str], list[float]] = {}
+    for s in seen:
+        if s.granted:
+            span = spans.setdefault((s.exporter, s.lease), [s.got, s.sent])
+            span[0], span[1] = min(span[0], s.got), max(span[1], s.sent)
+    by_exporter: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for (exporter, lease), (first, last) in spans.items():
+        if first < last:
+            by_exporter[exporter].append((first, last, lease))
+    problems = []
+    for exporter, held in by_exporter.items():
+        held.sort()
+        for (_, end, a), (begin, _, b) in zip(held, held[1:], strict=False):
+            if end > begin:
+                problems.append(f"{exporter}: clients held {a} and {b} at once around {begin:.3f}")
+    return problems
+
+
+def lost_leases(rows: list[dict[str, Any]], ledger: Ledger) -> list[str]:
+    by_name = {r["name"]: r for r in rows}
+    problems = []
+    for s in ledger.seen:
+        if not s.granted:
+            continue
+        row = by_name.get(s.lease)
+        if row is None:
+            problems.append(f"{s.lease}: seen granted by {s.observer}, not in the store")
+            continue
+        if (
+            row["exporter"] != s.exporter
+            or abs((row["effective_begin"] or 0) - (s.effective_begin or 0)) > 1e-3
+        ):
+            problems.append(f"{s.lease}: seen on {s.exporter} from {s.effective_begin}, stored {row}")
+        elif row["effective_begin"] > s.got or (row["ended"] and row["effective_end"] < s.sent):
+            problems.append(f"{s.lease}: seen granted at [{s.sent:.3f}, {s.got:.3f}], stored {row}")
+    for name in {s.lease for s in ledger.seen if s.granted}:
+        row = by_name.get(name)
+        if row is None or not row["ended"]:
+            continue
+        ready = row["conditions"].get("Ready", {})
+        reason = ready.get("reason")
+        if ready.get("status") != "False" or reason not in ENDED_REASONS:
+            problems.append(f"{name}: ended without a recorded reason: {row['conditions']}")
+        elif reason == "Released" and name not in ledger.release_asked:
+            problems.append(f"{name}: Released, but no client released it")
+        elif reason == "Expired" and row["effective_end"] < row["effective_begin"] + row["duration"] - 1e-3:
+            problems.append(f"{name}: Expired before its duration: {row}")
+        if name in ledger.released_ok and reason != "Released":
+            problems.append(f"{name}: DeleteLease answered OK, but it ended {reason}")
+    return problems
+
+
+def queue_problems(rows: list[dict[str, Any]], exporters: list[str]) -> list[str]:
+    """Pending leases: each with the position the (priority, request time) order gives it."""
+    pending = [r for r in rows if r["exporter"] is None and not r["ended"]]
+    busy = {r["exporter"] for r in rows if r["exporter"] is not None and not r["ended"]}
+    problems = []
+    earlier: list[set[str]] = []
+    for row in pending:  # rows are in seq order; all leases here have priority 0 (no policies)
+        wants = {row["exporter_name"]} if row["exporter_name"] else set(exporters)
+        position = 1 + sum(1 for other in earlier if other & wants)
+        earlier.append(wants)
+        message = row["conditions"].get("Pending", {}).get("message", "")
+        if not message.endswith(f"queue position {position}"):
+            problems.append(f"{row['name']} (seq {row['seq']}): expected position {position}, {message!r}")
+        if not wants <= busy:
+            problems.append(f"{row['name']} waits although {sorted(wants - busy)} are free")
+    return problems
+
+
+def fifo_problems(rows: list[dict[str, Any]]) -> list[str]:
+    """No pool lease was granted while an earlier pool lease (same candidates) was still waiting."""
+    pool = [r for r in rows if r["selector"] == POOL and not r["exporter_name"]]
+    problems = []
+    for later in pool:
+        if later["exporter"] is None:
+            continue
+        granted_at = later["effective_begin"]
+        for earlier in pool:
+            if earlier["seq"] >= later["seq"] or earlier["created"] > granted_at:
+                continue
+            waiting = (
+                earlier["effective_begin"] > granted_at
+                if earlier["exporter"] is not None
+                else not earlier["ended"] or earlier["effective_end"] > granted_at
+            )
+            if waiting:
+                problems.append(f"{later['name']} granted at {granted_at} before earlier {earlier['name']}")
+    return problems
+
+
+def online(peer: Peer, name: str) -> bool:
+    try:
+        return bool(peer.get_exporter(name).online)
+    except grpc.RpcError:
+        return False
+
+
+# -- the test ------------------------------------------------------------------------------------
+
+
+def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> None:
+    seed, scale = fault_seed(), fault_scale()
+    target_ops, min_restarts = int(BASE_OPS * scale), max(1, int(BASE_RESTARTS * scale))
+    started = time.monotonic()
+    central: Central = centrals(prefix="jsfk-", offline_after=OFFLINE_AFTER, dial_ready_wait=2.0)
+    ns = "chaos"
+    real = [central.create("exporter", ns, f"real{i}", pool="chaos") for i in range(REAL)]
+    light_ids = central.create_many("exporter", ns, [f"light{i:02d}" for i in range(LIGHT)], pool="chaos")
+    clients: list[Identity] = central.create_many("client", ns, [f"c{i:02d}" for i in range(CLIENTS)])
+    for i, identity in enumerate(real):
+        spawn_exporterd(central, identity, f"real{i}")
+    lights = [LightExporter(central, identity).start() for identity in light_ids]
+    names = [e.name for e in real] + [e.name for e in light_ids]
+    peers = [central.peer(identity) for identity in clients]
+    ledger = Ledger()
+    chaos = Chaos(central, names, random.Random(seed))
+    try:
+        watcher = peers[0]
+        wait_until(lambda: all(online(watcher, n) for n in names), 60, "all exporters online", 0.2)
+        workers = [Worker(i, peer, seed, ledger, chaos) for i, peer in enumerate(peers)]
+        threads = [
+            threading.Thread(target=w.run, args=([o for o in workers if o is not w],), daemon=True)
+            for w in workers
+        ]
+        for thread in threads:
+            thread.start()
+        chaos.run(
+            lambda: ledger.failures or (ledger.total() >= target_ops and chaos.restarts >= min_restarts)
+        )
+        chaos.stop.set()
+        for thread in threads:
+            thread.join(90)
+        assert not ledger.failures, "\n".join(ledger.failures[:10])
+        assert not any(thread.is_alive() for thread in threads), "a client is stuck"
+        traffic = time.monotonic() - started
+
+        for worker in workers:
+            worker.finish()
+        chaos.kill_and_restart()  # the queue as it was must come back from the store
+
+        try:
+            wait_until(lambda: not queue_problems(store_rows(central), names), 60, "a settled queue", 0.5)
+        except AssertionError:
+            pass  # the problems are reported below
+        rows = store_rows(central)
+        report = {
+            "seed": seed,
+            "ops": dict(ledger.ops),
+            "total_ops": ledger.total(),
+            "restarts": chaos.restarts,
+            "retried_calls": ledger.retries,
+            "leases": len(rows),
+            "granted_leases": sum(1 for r in rows if r["exporter"] is not None),
+            "pending_at_end": sum(1 for r in rows if r["exporter"] is None and not r["ended"]),
+            "traffic_seconds": round(traffic, 1),
+            "total_seconds": round(time.monotonic() - started, 1),
+            "exporter_reconnects": sum(light.connects for light in lights),
+        }
+        print("controller kill -9 run:", json.dumps(report, sort_keys=True))
+
+        assert ledger.total() >= target_ops and chaos.restarts >= min_restarts
+        assert double_holds(rows) == []
+        assert client_overlaps(ledger.seen) == []
+        assert lost_leases(rows, ledger) == []
+        assert queue_problems(rows, names) == []
+        assert fifo_problems(rows) == []
+        assert report["pending_at_end"] > 0, "the end phase should leave a queue to check"
+        assert all(light.errors == [] for light in lights), [light.errors for light in lights]
+        assert all(light.connects > chaos.restarts // 2 for light in lights)
+        for i in range(REAL):  # the real exporterd processes reconnected and are still online
+            wait_until(lambda i=i: online(watcher, f"real{i}"), 30, f"real{i} online", 0.2)
+    finally:
+        chaos.stop.set()
+        for light in lights:
+            light.close()
+        for peer in peers:
+            peer.close()
