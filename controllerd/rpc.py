@@ -13,7 +13,7 @@ from controllerd.auth import AuthError
 from controllerd.convert import BadName
 from controllerd.policy import PolicyDenied
 from controllerd.scheduler import LeaseRequestError, QuotaExceeded
-from controllerd.store import Conflict, NotFound
+from controllerd.store import Conflict, NotFound, StorageError
 
 log = structlog.get_logger("controllerd.rpc")
 
@@ -37,11 +37,15 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Conflict):
         return grpc.StatusCode.ALREADY_EXISTS, str(exc)
+    if isinstance(exc, StorageError):  # the caller may retry once the operator made room
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE), str(exc)
     return None
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, rpc: str) -> None:
     status = _status(exc)
+    if isinstance(exc, StorageError):
+        log.error("write refused by the store", rpc=rpc, error=str(exc))
     if status is None:
         log.exception("internal error", rpc=rpc)
         status = (grpc.StatusCode.INTERNAL, f"internal error in {rpc}")

@@ -10,8 +10,9 @@ and the SQLite store refuses a second active lease per exporter as well.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
@@ -21,7 +22,7 @@ from controllerd.candidates import Candidates, Evaluation
 from controllerd.hub import Hub
 from controllerd.policy import PolicyDenied, approving_priority, held_for
 from controllerd.records import Client, Exporter, Lease
-from controllerd.store import Conflict, NotFound, Store
+from controllerd.store import Conflict, NotFound, StorageError, Store
 from jumpstarter.selector import SelectorError, parse
 
 log = structlog.get_logger("scheduler")
@@ -31,6 +32,7 @@ BEFORE_LEASE_HOOK, LEASE_READY, AFTER_LEASE_HOOK = 3, 4, 5
 GRANTABLE_STATUS = frozenset({UNSPECIFIED, AVAILABLE})
 MAX_TICK = 5.0  # re-check liveness at least this often
 MAX_PENDING = 20  # pending leases per client unless controllerd.yaml says otherwise
+STORAGE_RETRY = 1.0  # seconds before a pass that could not be stored (disk full) is tried again
 
 
 class LeaseRequestError(ValueError):
@@ -95,6 +97,13 @@ class LeaseScheduler:
             return True
         return exporter.last_seen is not None and self.clock() - exporter.last_seen < self.offline_after
 
+    @contextlib.asynccontextmanager
+    async def _changing(self) -> AsyncIterator[None]:
+        """The lock, and one store transaction: a change and the pass it triggers are stored whole or not at all."""
+        async with self.lock:
+            with self.store.atomic():
+                yield
+
     # -- requests ----------------------------------------------------------------
 
     async def submit(self, lease: Lease, actor: str | None = None) -> Lease:
@@ -108,7 +117,7 @@ class LeaseScheduler:
         lease.duration, lease.begin_time, lease.end_time = resolve_times(
             lease.duration, lease.begin_time, lease.end_time
         )
-        async with self.lock:  # count and create under one lock: concurrent requests cannot overshoot
+        async with self._changing():  # count and create under one lock: concurrent requests cannot overshoot
             await self._check_quota(lease.namespace, lease.client)
             lease.created = self.clock()
             lease.set_condition("Pending", "True", "Queued", "waiting for the scheduler")
@@ -128,7 +137,7 @@ class LeaseScheduler:
         cause: str | None = None,
     ) -> Lease:
         """End `lease` for `actor`; `cause` (e.g. ExporterDeleted) audits it as ended for that cause."""
-        async with self.lock:
+        async with self._changing():
             lease = await self.store.get_lease(lease.namespace, lease.name)
             if lease.ended:
                 return lease
@@ -144,7 +153,7 @@ class LeaseScheduler:
 
         The lease is read under the lock, so a grant or release that happens meanwhile is never
         overwritten by a stale copy."""
-        async with self.lock:
+        async with self._changing():
             lease = await self.store.get_lease(namespace, name)
             owner, old_end = lease.client, lease.deadline()
             old_times = (lease.duration, lease.begin_time, lease.end_time)
@@ -203,7 +212,7 @@ class LeaseScheduler:
 
     async def poke(self) -> None:
         """Something changed (an exporter registered, came online, became ready): re-plan."""
-        async with self.lock:
+        async with self._changing():
             await self._pass()
 
     # -- the pass --------------------------------------------------------------
@@ -439,9 +448,13 @@ class LeaseScheduler:
     async def run(self) -> None:
         """Re-plan on every wake-up and at every timer deadline (and every few seconds for liveness)."""
         while True:
-            async with self.lock:
-                self.hub.scheduler_wakeup.clear()
-                deadline = await self._pass()
+            try:
+                async with self._changing():
+                    self.hub.scheduler_wakeup.clear()
+                    deadline = await self._pass()
+            except StorageError as exc:  # e.g. a full disk: nothing was stored, try again soon
+                log.error("scheduler pass not stored; retrying", error=str(exc), retry_in=STORAGE_RETRY)
+                deadline = self.clock() + STORAGE_RETRY
             delay = MAX_TICK if deadline is None else max(0.0, min(MAX_TICK, deadline - self.clock()))
             try:
                 await asyncio.wait_for(self.hub.scheduler_wakeup.wait(), delay)

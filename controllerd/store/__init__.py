@@ -1,8 +1,8 @@
 """Where the controller keeps its records: SQLite (embedded default) or Kubernetes."""
 
-from controllerd.store.base import Conflict, NotFound, Store
+from controllerd.store.base import Conflict, NotFound, StorageError, Store
 
-__all__ = ["Conflict", "NotFound", "Store", "open_store"]
+__all__ = ["Conflict", "NotFound", "StorageError", "Store", "open_store"]
 
 
 def open_store(url: str) -> Store:

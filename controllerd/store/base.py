@@ -7,6 +7,7 @@ the SQLite store runs them inline, which also serializes every state change.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from controllerd.records import AccessPolicy, AuditEvent, Client, Exporter, Lease, TokenRecord
@@ -23,9 +24,19 @@ class Conflict(RuntimeError):
     """A write that would break an invariant (e.g. a second active lease on one exporter)."""
 
 
+class StorageError(RuntimeError):
+    """The store could not write (disk full, I/O error): nothing of the change was stored."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
 class Store(Protocol):
     """Every write that changes state takes `audit`: the events recording that change, stored
     atomically with it (both or neither), so the audit history never disagrees with the state."""
+
+    def atomic(self) -> AbstractContextManager[None]: ...
 
     async def get_exporter(self, namespace: str, name: str) -> Exporter: ...
     async def list_exporters(self, namespace: str | None = None) -> list[Exporter]: ...

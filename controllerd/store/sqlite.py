@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from controllerd.records import AccessPolicy, AuditEvent, Client, Condition, Exporter, Lease, TokenRecord
-from controllerd.store.base import Conflict, NotFound
+from controllerd.store.base import Conflict, NotFound, StorageError
 from jumpstarter.errors import ConfigError
 from jumpstarter.files import make_dirs
 
@@ -136,6 +136,45 @@ class SqliteStore:
     def close(self) -> None:
         self.db.close()
 
+    # -- writes ------------------------------------------------------------------
+
+    def _write(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        """Execute one writing statement; a full disk or an I/O error becomes a StorageError."""
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if primary == sqlite3.SQLITE_FULL:
+                raise StorageError(
+                    f"controller database {self.path}: disk full (no space left on device); nothing was stored",
+                    full=True,
+                ) from None
+            if primary == sqlite3.SQLITE_IOERR:
+                raise StorageError(
+                    f"controller database {self.path}: cannot write ({exc}); nothing was stored", full=False
+                ) from None
+            raise
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction around every write of the block: if anything fails, none of it is stored.
+
+        Nested blocks join the outer one. The block must not await anything that suspends, or
+        another coroutine's writes would join (and roll back with) this transaction.
+        """
+        if self.db.in_transaction:
+            yield
+            return
+        self._write("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._write("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.rollback()
+            self._exporter_cache = self._open_leases = None  # they may hold rolled-back changes
+            raise
+
     # -- row <-> record ------------------------------------------------------
 
     @staticmethod
@@ -169,7 +208,7 @@ class SqliteStore:
         key = "jti" if table == "tokens" else "namespace, name"
         updates = ", ".join(f"{k}=excluded.{k}" for k in row if k not in ("namespace", "name", "jti"))
         try:
-            self.db.execute(
+            self._write(
                 f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {updates}",
                 row,
             )
@@ -193,7 +232,7 @@ class SqliteStore:
         return [self._decode(cls, r) for r in rows]
 
     def _delete(self, table: str, namespace: str, name: str) -> None:
-        cursor = self.db.execute(f"DELETE FROM {table} WHERE namespace=? AND name=?", (namespace, name))
+        cursor = self._write(f"DELETE FROM {table} WHERE namespace=? AND name=?", (namespace, name))
         if cursor.rowcount == 0:
             raise NotFound(f"{table[:-1]} {namespace}/{name} not found")
 
@@ -201,24 +240,19 @@ class SqliteStore:
     def _writing(self, audit: Sequence[AuditEvent], *, atomic: bool = False) -> Iterator[None]:
         """The change made in the block and its audit events: committed together, or neither.
 
-        Without events (and not `atomic`) each statement commits on its own, as before."""
+        Without events (and not `atomic`) each statement commits on its own (or with the
+        transaction of an enclosing `atomic()` block)."""
         if not audit and not atomic:
             yield
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.atomic():
             yield
             for event in audit:
                 self._insert_audit(event)
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
 
     def _insert_audit(self, event: AuditEvent) -> None:
         # by hand, not `_encode`: asdict's deep copy would be most of the cost of a grant's write
-        cursor = self.db.execute(
+        cursor = self._write(
             "INSERT INTO audit (time, namespace, kind, name, action, actor, lease, exporter, client,"
             " reason, message, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -404,10 +438,8 @@ class SqliteStore:
 
     async def prune_audit(self, before: float, max_records: int) -> int:
         with self._writing([], atomic=True):
-            removed = self.db.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
+            removed = self._write("DELETE FROM audit WHERE time < ?", (before,)).rowcount
             newest = self.db.execute("SELECT MAX(id) FROM audit").fetchone()[0]
             if newest is not None:
-                removed += self.db.execute(
-                    "DELETE FROM audit WHERE id <= ?", (newest - max_records,)
-                ).rowcount
+                removed += self._write("DELETE FROM audit WHERE id <= ?", (newest - max_records,)).rowcount
         return int(removed)

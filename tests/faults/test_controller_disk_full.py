@@ -1,0 +1,130 @@
+"""controllerd's state directory on a tiny tmpfs that fills up while it runs.
+
+The test runs as root (this machine's test runs do) and mounts `tmpfs -o size=2m` on the
+state directory before controllerd starts; the mount is removed in a `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tests.integration.central import Central, close_central, condition, is_true, short, wait_until
+
+from .conftest import LightExporter
+
+pytestmark = pytest.mark.timeout(120)
+SCHEDULER_MAX_TICK = 5.0  # controllerd.scheduler.MAX_TICK
+
+
+@pytest.fixture
+def tiny_state() -> Iterator[Central]:
+    """A Central whose state directory is a 2 MiB tmpfs (controllerd not started yet)."""
+    central = Central(tempfile.mkdtemp(prefix="jsfd-", dir="/tmp"), {"offline_after": 5.0})
+    os.makedirs(central.state, mode=0o700)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", central.state],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        yield central
+    finally:
+        central.close()
+        subprocess.run(["umount", central.state], check=True, capture_output=True, timeout=30)
+        close_central(central)
+
+
+def fill(directory: str) -> str:
+    """Write a file in `directory` until the filesystem has no free block left; returns its path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while os.write(fd, chunk) > 0:
+                    pass
+        with pytest.raises(OSError) as full:
+            os.write(fd, b"\0" * 4096)
+        assert full.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return path
+
+
+def stored_names(central: Central) -> set[str]:
+    db = sqlite3.connect(f"file:{central.state}/controller.db?mode=ro", uri=True, timeout=10)
+    try:
+        return {row[0] for row in db.execute("SELECT name FROM leases")}
+    finally:
+        db.close()
+
+
+def test_a_full_state_disk_refuses_writes_clearly_keeps_serving_and_recovers(tiny_state: Central):
+    central = tiny_state
+    central.start_controller()
+    alice = central.peer(central.create("client", "full", "alice"))
+    board = LightExporter(central, central.create("exporter", "full", "board", board="f")).start()
+    try:
+        wait_until(lambda: alice.get_exporter("board").online, 20, "the exporter online")
+        short_lease = alice.create_lease("board=f", duration=4.0)  # it ends while the disk is full
+        assert is_true(short_lease, "Ready"), short_lease
+        before = alice.list_leases(only_active=False)
+
+        filler = fill(central.state)
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                alice.create_lease("board=f", duration=60, lease_id="while-full")
+            code, details = refused.value.code(), refused.value.details() or ""
+            assert code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE), (code, details)
+            assert "disk full" in details.lower() or "no space" in details.lower(), details
+            assert central.state in details, details
+            print(f"CreateLease on a full disk: {code.name}: {details}")
+            assert "while-full" not in stored_names(central)  # nothing half-stored
+
+            # reads go on, from the same daemon
+            assert central.controller is not None and central.controller.poll() is None
+            with pytest.raises(grpc.RpcError) as missing:
+                alice.get_lease("while-full")
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            assert [le.name for le in alice.list_leases(only_active=False)] == [le.name for le in before]
+            assert alice.get_exporter("board").online
+            # the short lease reaches its end meanwhile: the scheduler cannot store that yet
+            wait_until(
+                lambda: "scheduler pass not stored" in central.log("controllerd"),
+                4.0 + SCHEDULER_MAX_TICK + 10,
+                "the scheduler to fail to store the short lease's end",
+                interval=0.2,
+            )
+            assert is_true(alice.get_lease(short_lease.name), "Ready")
+        finally:
+            os.unlink(filler)
+
+        # space is back: the scheduler records the expiry by itself (no write from us)...
+        ended = alice.wait_lease(
+            short_lease.name,
+            lambda le: condition(le, "Ready").status == "False",
+            "the short lease to end after space came back",
+            timeout=SCHEDULER_MAX_TICK + 15,
+        )
+        assert condition(ended, "Ready").reason == "Expired", ended
+        # ...and writes work again
+        again = alice.create_lease("board=f", duration=60, lease_id="while-full")
+        got = alice.wait_ready(again.name, timeout=20)
+        assert short(got.exporter) == "board"
+        assert central.controller.poll() is None
+        log = central.log("controllerd")
+        assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+    finally:
+        board.close()
+        alice.close()
