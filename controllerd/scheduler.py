@@ -227,6 +227,7 @@ class LeaseScheduler:
         *,
         actor: str = SCHEDULER,
         cause: str | None = None,
+        at: float | None = None,
     ) -> None:
         action = (
             "ended"
@@ -242,7 +243,7 @@ class LeaseScheduler:
         )
         lease.ended = True
         lease.paused = False
-        lease.effective_end = self.clock()
+        lease.effective_end = self.clock() if at is None else at
         lease.remove_condition("Pending")
         lease.remove_condition("Paused")
         lease.set_condition(ctype, status, reason, message)
@@ -277,7 +278,10 @@ class LeaseScheduler:
             deadline = lease.deadline()
             if lease.active:
                 if deadline is not None and deadline <= now:
-                    await self._end(lease, "Ready", "False", "Expired", "the lease reached its end time")
+                    # ended at the pass's time: a grant of its exporter later in this pass begins then too
+                    await self._end(
+                        lease, "Ready", "False", "Expired", "the lease reached its end time", at=now
+                    )
                     continue
                 later(deadline)
                 busy.add((lease.namespace, lease.exporter or ""))

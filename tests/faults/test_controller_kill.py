@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +24,23 @@ import grpc
 import pytest
 
 from jumpstarter.client.v1 import client_pb2
-from tests.integration.central import Central, Identity, Peer, is_true, seconds, short, wait_until
+from tests.integration.central import (
+    Central,
+    Identity,
+    Peer,
+    StubExporter,
+    condition,
+    is_true,
+    seconds,
+    short,
+    wait_until,
+)
 
 from .conftest import LightExporter, fault_scale, fault_seed, spawn_exporterd
 
 CLIENTS, LIGHT, REAL = 20, 10, 2
 OFFLINE_AFTER = 5.0
-BASE_OPS, BASE_RESTARTS = 1000, 6
+BASE_OPS, BASE_RESTARTS = 1500, 10
 RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 POOL = "pool=chaos"
 ENDED_REASONS = {"Released", "Expired"}
@@ -313,6 +323,14 @@ def store_rows(central: Central) -> list[dict[str, Any]]:
     return rows
 
 
+def describe(row: dict[str, Any]) -> str:
+    ready = row["conditions"].get("Ready", {})
+    return (
+        f"{row['name']} [{row['effective_begin']}, {row['effective_end']}] ended={row['ended']} "
+        f"duration={row['duration']} {ready.get('reason')}"
+    )
+
+
 def double_holds(rows: list[dict[str, Any]]) -> list[str]:
     """Leases whose effective [begin, end) overlap on one exporter."""
     by_exporter: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -327,8 +345,18 @@ def double_holds(rows: list[dict[str, Any]]) -> list[str]:
         for before, after in zip(held, held[1:], strict=False):
             end = before["effective_end"] if before["ended"] else float("inf")
             if end > after["effective_begin"]:
-                problems.append(f"{exporter}: {before['name']} until {end} overlaps {after['name']}")
+                problems.append(f"{exporter}: {describe(before)} overlaps {describe(after)}")
     return problems
+
+
+def held_spans(seen: list[Seen]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(exporter, lease) -> the wall-time span clients certainly saw it held (see client_overlaps)."""
+    spans: dict[tuple[str, str], tuple[float, float]] = {}
+    for s in seen:
+        if s.granted:
+            first, last = spans.get((s.exporter, s.lease), (s.got, s.sent))
+            spans[(s.exporter, s.lease)] = (min(first, s.got), max(last, s.sent))
+    return {key: span for key, span in spans.items() if span[0] < span[1]}
 
 
 def client_overlaps(seen: list[Seen]) -> list[str]:
@@ -336,15 +364,9 @@ def client_overlaps(seen: list[Seen]) -> list[str]:
 
     A lease seen granted in answers [s1, g1] ... [sN, gN] was held all through [g1, sN].
     """
-    spans: dict[tuple[str, str], list[float]] = {}
-    for s in seen:
-        if s.granted:
-            span = spans.setdefault((s.exporter, s.lease), [s.got, s.sent])
-            span[0], span[1] = min(span[0], s.got), max(span[1], s.sent)
     by_exporter: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    for (exporter, lease), (first, last) in spans.items():
-        if first < last:
-            by_exporter[exporter].append((first, last, lease))
+    for (exporter, lease), (first, last) in held_spans(seen).items():
+        by_exporter[exporter].append((first, last, lease))
     problems = []
     for exporter, held in by_exporter.items():
         held.sort()
@@ -494,6 +516,13 @@ def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> No
             "traffic_seconds": round(traffic, 1),
             "total_seconds": round(time.monotonic() - started, 1),
             "exporter_reconnects": sum(light.connects for light in lights),
+            "exporterd_registrations": sum(
+                central.log(f"exporterd-real{i}").count("registered with the controller") for i in range(REAL)
+            ),
+            "ended": dict(
+                Counter(r["conditions"].get("Ready", {}).get("reason") for r in rows if r["ended"])
+            ),
+            "client_held_spans": len(held_spans(ledger.seen)),
         }
         print("controller kill -9 run:", json.dumps(report, sort_keys=True))
 
@@ -504,6 +533,8 @@ def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> No
         assert queue_problems(rows, names) == []
         assert fifo_problems(rows) == []
         assert report["pending_at_end"] > 0, "the end phase should leave a queue to check"
+        assert report["client_held_spans"] > 0 and report["ended"].get("Expired", 0) > 0, report
+        assert report["exporterd_registrations"] > REAL * (1 + chaos.restarts // 2), report
         assert all(light.errors == [] for light in lights), [light.errors for light in lights]
         assert all(light.connects > chaos.restarts // 2 for light in lights)
         for i in range(REAL):  # the real exporterd processes reconnected and are still online
@@ -514,3 +545,54 @@ def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> No
             light.close()
         for peer in peers:
             peer.close()
+
+
+def test_an_expiry_and_the_next_grant_in_one_pass_do_not_overlap(centrals: Any) -> None:
+    """What the kill -9 run found: an exporter that reports AVAILABLE while leased (exporterd does on
+    re-registering after a restart) gets its lease's expiry and the next grant in one scheduler pass;
+    the ended lease must not be recorded as held after the next one began."""
+    central: Central = centrals(prefix="jsfo-", router=False)
+    board = StubExporter(central, central.create("exporter", "pass", "board"), auto=False).start()
+    alice = central.peer(central.create("client", "pass", "alice"))
+    bob = central.peer(central.create("client", "pass", "bob"))
+    try:
+        first = alice.create_lease(exporter_name="board", duration=1.5)
+        assert is_true(first, "Ready")
+        second = bob.create_lease(exporter_name="board", duration=60)  # queued behind it
+        assert not second.HasField("exporter")
+        got = bob.wait_ready(second.name, timeout=20)
+        ended = alice.get_lease(first.name)
+        assert ended.HasField("effective_end_time") and condition(ended, "Ready").reason == "Expired"
+        gap = ts(got.effective_begin_time) - ts(ended.effective_end_time)
+        assert gap >= 0, f"board recorded as held by both leases for {-gap * 1e6:.0f} µs"
+    finally:
+        board.close()
+        alice.close()
+        bob.close()
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    """The invariant checks above are not vacuous: each flags a made-up violation."""
+
+    def row(name: str, seq: int, exporter: str | None, begin: float | None, end: float | None, **kw: Any):
+        base = {
+            "name": name, "seq": seq, "exporter": exporter, "exporter_name": None, "selector": POOL,
+            "effective_begin": begin, "effective_end": end, "ended": int(end is not None), "duration": 10.0,
+            "created": 0.0, "conditions": {"Ready": {"status": "False", "reason": "Released"}},
+        }  # fmt: skip
+        return {**base, **kw}
+
+    overlapping = [row("a", 1, "e1", 1.0, 5.0), row("b", 2, "e1", 4.0, None)]
+    assert len(double_holds(overlapping)) == 1
+    assert double_holds([row("a", 1, "e1", 1.0, 4.0), row("b", 2, "e1", 4.0, None)]) == []
+    seen = [Seen("a", "c1", "e1", True, 1.0, 1.0, 1.1), Seen("a", "c1", "e1", True, 1.0, 3.0, 3.1)]
+    seen += [Seen("b", "c2", "e1", True, 2.0, 2.0, 2.1), Seen("b", "c2", "e1", True, 2.0, 4.0, 4.1)]
+    assert len(client_overlaps(seen)) == 1
+    ledger = Ledger(seen=seen)
+    assert any("not in the store" in p for p in lost_leases([row("a", 1, "e1", 1.0, None)], ledger))
+    waiting = [row("a", 1, "e1", 1.0, None), row("p", 2, None, None, None), row("q", 3, None, None, None)]
+    for pending, position in ((waiting[1], 1), (waiting[2], 1)):
+        pending["conditions"] = {"Pending": {"message": f"all busy; queue position {position}"}}
+    assert len(queue_problems(waiting, ["e1"])) == 1  # q must be position 2
+    skipped = [row("a", 1, None, None, None), row("b", 2, "e1", 5.0, None, created=1.0)]
+    assert len(fifo_problems(skipped)) == 1
