@@ -17,7 +17,15 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.integration.central import Central, close_central, condition, is_true, short, wait_until
+from tests.integration.central import (
+    Central,
+    StubExporter,
+    close_central,
+    condition,
+    is_true,
+    short,
+    wait_until,
+)
 
 from .conftest import LightExporter
 
@@ -125,6 +133,39 @@ def test_a_full_state_disk_refuses_writes_clearly_keeps_serving_and_recovers(tin
         assert central.controller.poll() is None
         log = central.log("controllerd")
         assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+    finally:
+        board.close()
+        alice.close()
+
+
+def test_a_lease_request_on_a_nearly_full_disk_is_stored_whole_or_not_at_all(tiny_state: Central):
+    """Room comes back one page at a time: each CreateLease either fails leaving nothing behind, or
+    succeeds with its grant; never a lease stored without the grant that its request triggered."""
+    central = tiny_state
+    central.start_controller()
+    alice = central.peer(central.create("client", "room", "alice"))
+    board = StubExporter(central, central.create("exporter", "room", "board"), auto=False).start()
+    try:
+        wait_until(lambda: alice.get_exporter("board").online, 20, "the exporter online")
+        filler = fill(central.state)
+        size = os.path.getsize(filler)
+        refusals = 0
+        for step in range(1, 200):
+            os.truncate(filler, max(0, size - step * 4096))
+            try:
+                lease = alice.create_lease(exporter_name="board", duration=60, lease_id=f"step-{step}")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (exc.code(), exc.details())
+                assert f"step-{step}" not in stored_names(central), f"step {step}: half-stored"
+                refusals += 1
+                continue
+            assert is_true(lease, "Ready") and short(lease.exporter) == "board", lease
+            break
+        else:
+            raise AssertionError("CreateLease never succeeded with 800 KiB back")
+        assert refusals > 0, "the disk was not full at the first step"
+        assert stored_names(central) == {f"step-{step}"}
+        print(f"nearly full disk: {refusals} refused CreateLease calls, then stored whole")
     finally:
         board.close()
         alice.close()
