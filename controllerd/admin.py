@@ -20,8 +20,9 @@ from controllerd import audit
 from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
 from controllerd.records import AccessPolicy, Client, Exporter
+from controllerd.rpc import storage_status
 from controllerd.scheduler import LeaseScheduler
-from controllerd.store import Conflict, NotFound, Store
+from controllerd.store import Conflict, NotFound, StorageError, Store
 from jumpstarter import tls
 from jumpstarter.names import InvalidName, check_host, check_labels, check_name, reserved
 from jumpstarter.selector import parse
@@ -107,6 +108,9 @@ class Admin:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Conflict as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except StorageError as exc:
+            log.error("admin write refused by the store", op=body.get("op"), error=str(exc))
+            await context.abort(*storage_status(exc))
         except (ValueError, KeyError, TypeError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         raise AssertionError("unreachable")

@@ -37,9 +37,14 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Conflict):
         return grpc.StatusCode.ALREADY_EXISTS, str(exc)
-    if isinstance(exc, StorageError):  # the caller may retry once the operator made room
-        return (grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE), str(exc)
+    if isinstance(exc, StorageError):
+        return storage_status(exc)
     return None
+
+
+def storage_status(exc: StorageError) -> tuple[grpc.StatusCode, str]:
+    """A write the store refused (also for the admin socket): the caller may retry once there is room."""
+    return (grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE), str(exc)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, rpc: str) -> None:

@@ -18,7 +18,9 @@ import grpc
 import pytest
 
 from tests.integration.central import (
+    CLI,
     Central,
+    S,
     StubExporter,
     close_central,
     condition,
@@ -38,12 +40,11 @@ def tiny_state() -> Iterator[Central]:
     """A Central whose state directory is a 2 MiB tmpfs (controllerd not started yet)."""
     central = Central(tempfile.mkdtemp(prefix="jsfd-", dir="/tmp"), {"offline_after": 5.0})
     os.makedirs(central.state, mode=0o700)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", central.state],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", central.state]
+    mounted = subprocess.run(mount, capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        close_central(central)
+        raise AssertionError(f"{' '.join(mount)} failed (needs root): {mounted.stderr}")
     try:
         yield central
     finally:
@@ -87,6 +88,9 @@ def test_a_full_state_disk_refuses_writes_clearly_keeps_serving_and_recovers(tin
         wait_until(lambda: alice.get_exporter("board").online, 20, "the exporter online")
         short_lease = alice.create_lease("board=f", duration=4.0)  # it ends while the disk is full
         assert is_true(short_lease, "Ready"), short_lease
+        wait_until(  # its answer to the grant is written before the disk fills
+            lambda: alice.get_exporter("board").status == S.EXPORTER_STATUS_LEASE_READY, 20, "LEASE_READY"
+        )
         before = alice.list_leases(only_active=False)
 
         filler = fill(central.state)
@@ -107,6 +111,25 @@ def test_a_full_state_disk_refuses_writes_clearly_keeps_serving_and_recovers(tin
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
             assert [le.name for le in alice.list_leases(only_active=False)] == [le.name for le in before]
             assert alice.get_exporter("board").online
+            admin = subprocess.run(  # the admin socket's writes say it too
+                [
+                    *CLI,
+                    "admin",
+                    "--admin-socket",
+                    central.admin_socket,
+                    "-n",
+                    "full",
+                    "create",
+                    "client",
+                    "bob",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert admin.returncode != 0 and "disk full" in admin.stderr and central.state in admin.stderr, (
+                admin
+            )
             # the short lease reaches its end meanwhile: the scheduler cannot store that yet
             wait_until(
                 lambda: "scheduler pass not stored" in central.log("controllerd"),
