@@ -13,11 +13,11 @@ import json
 import queue
 import random
 import signal
-import sqlite3
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
@@ -37,28 +37,25 @@ from tests.integration.central import (
 )
 
 from .conftest import LightExporter, fault_scale, fault_seed, spawn_exporterd
+from .lease_checks import (
+    Ledger,
+    Seen,
+    client_overlaps,
+    double_holds,
+    fifo_problems,
+    held_spans,
+    lost_leases,
+    queue_problems,
+    store_rows,
+)
 
 CLIENTS, LIGHT, REAL = 20, 10, 2
 OFFLINE_AFTER = 5.0
 BASE_OPS, BASE_RESTARTS = 1500, 10
 RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 POOL = "pool=chaos"
-ENDED_REASONS = {"Released", "Expired"}
 
 pytestmark = pytest.mark.timeout(int(300 * fault_scale()) + 60)
-
-
-@dataclass
-class Seen:
-    """One lease message a client received: the lease was in this state at some instant of [sent, got]."""
-
-    lease: str
-    observer: str
-    exporter: str
-    granted: bool  # Ready=True, an exporter, not ended
-    effective_begin: float | None
-    sent: float
-    got: float
 
 
 @dataclass
@@ -66,28 +63,6 @@ class Owned:
     name: str
     duration: float
     granted: bool = False
-
-
-@dataclass
-class Ledger:
-    """What the clients did and saw (appends from many threads: list.append is atomic)."""
-
-    seen: list[Seen] = field(default_factory=list)
-    released_ok: set[str] = field(default_factory=set)  # DeleteLease answered OK at the first try
-    release_asked: set[str] = field(default_factory=set)
-    ops: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    retries: int = 0
-    failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, op: str) -> int:
-        with self.lock:
-            self.ops[op] += 1
-            return sum(self.ops.values())
-
-    def total(self) -> int:
-        with self.lock:
-            return sum(self.ops.values())
 
 
 def ts(message: Any) -> float:
@@ -101,6 +76,16 @@ class Retried(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+
+def over(exc: grpc.RpcError | Retried) -> bool:
+    """UpdateLease refused because the lease ended, or reached its end time before the scheduler ended it."""
+    code, details = (
+        (exc.code(), exc.details() or "") if isinstance(exc, grpc.RpcError) else (exc.code, exc.details)
+    )
+    return code == grpc.StatusCode.FAILED_PRECONDITION or (
+        code == grpc.StatusCode.INVALID_ARGUMENT and "would end in the past" in details
+    )
 
 
 class Worker:
@@ -205,8 +190,7 @@ class Worker:
             self.observe(answer, sent)
             owned.duration = longer
         except (grpc.RpcError, Retried) as exc:
-            code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
-            assert code == grpc.StatusCode.FAILED_PRECONDITION, f"extend {owned.name}: {exc}"
+            assert over(exc), f"extend {owned.name}: {exc}"
             self.owned.pop(owned.name, None)  # it expired meanwhile
 
     def release(self, owned: Owned) -> None:
@@ -227,11 +211,11 @@ class Worker:
             answer, _ = self.call(lambda: self.peer.update_lease(lease, ["client"]))
             self.observe(answer, sent)
         except (grpc.RpcError, Retried) as exc:
-            code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
-            if code == grpc.StatusCode.FAILED_PRECONDITION:  # it expired meanwhile
+            if over(exc):
                 self.owned.pop(owned.name, None)
                 return
-            assert isinstance(exc, Retried) and code == grpc.StatusCode.PERMISSION_DENIED, f"transfer: {exc}"
+            denied = isinstance(exc, Retried) and exc.code == grpc.StatusCode.PERMISSION_DENIED
+            assert denied, f"transfer {owned.name}: {exc}"
             now_with = to.get(owned.name)  # an attempt cut short by the kill moved it already
             assert now_with.client == to.peer.identity.resource, f"transfer {owned.name}: {now_with}"
         self.owned.pop(owned.name, None)
@@ -307,148 +291,6 @@ class Chaos:
             self.kill_and_restart()
 
 
-# -- checks on the store -----------------------------------------------------------------------
-
-
-def store_rows(central: Central) -> list[dict[str, Any]]:
-    """Every lease row, read from the SQLite file in one read transaction (WAL: a consistent snapshot)."""
-    db = sqlite3.connect(f"file:{central.state}/controller.db?mode=ro", uri=True, timeout=10)
-    try:
-        db.row_factory = sqlite3.Row
-        rows = [dict(r) for r in db.execute("SELECT * FROM leases ORDER BY seq")]
-    finally:
-        db.close()
-    for row in rows:
-        row["conditions"] = {c["type"]: c for c in json.loads(row["conditions"])}
-    return rows
-
-
-def describe(row: dict[str, Any]) -> str:
-    ready = row["conditions"].get("Ready", {})
-    return (
-        f"{row['name']} [{row['effective_begin']}, {row['effective_end']}] ended={row['ended']} "
-        f"duration={row['duration']} {ready.get('reason')}"
-    )
-
-
-def double_holds(rows: list[dict[str, Any]]) -> list[str]:
-    """Leases whose effective [begin, end) overlap on one exporter."""
-    by_exporter: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    problems = []
-    for row in rows:
-        if row["exporter"] is not None:
-            if row["effective_begin"] is None or (row["ended"] and row["effective_end"] is None):
-                problems.append(f"{row['name']}: granted without effective times: {row}")
-            by_exporter[row["exporter"]].append(row)
-    for exporter, held in by_exporter.items():
-        held.sort(key=lambda r: r["effective_begin"])
-        for before, after in zip(held, held[1:], strict=False):
-            end = before["effective_end"] if before["ended"] else float("inf")
-            if end > after["effective_begin"]:
-                problems.append(f"{exporter}: {describe(before)} overlaps {describe(after)}")
-    return problems
-
-
-def held_spans(seen: list[Seen]) -> dict[tuple[str, str], tuple[float, float]]:
-    """(exporter, lease) -> the wall-time span clients certainly saw it held (see client_overlaps)."""
-    spans: dict[tuple[str, str], tuple[float, float]] = {}
-    for s in seen:
-        if s.granted:
-            first, last = spans.get((s.exporter, s.lease), (s.got, s.sent))
-            spans[(s.exporter, s.lease)] = (min(first, s.got), max(last, s.sent))
-    return {key: span for key, span in spans.items() if span[0] < span[1]}
-
-
-def client_overlaps(seen: list[Seen]) -> list[str]:
-    """Two leases certainly held at one wall time on one exporter, by what clients saw.
-
-    A lease seen granted in answers [s1, g1] ... [sN, gN] was held all through [g1, sN].
-    """
-    by_exporter: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    for (exporter, lease), (first, last) in held_spans(seen).items():
-        by_exporter[exporter].append((first, last, lease))
-    problems = []
-    for exporter, held in by_exporter.items():
-        held.sort()
-        for (_, end, a), (begin, _, b) in zip(held, held[1:], strict=False):
-            if end > begin:
-                problems.append(f"{exporter}: clients held {a} and {b} at once around {begin:.3f}")
-    return problems
-
-
-def lost_leases(rows: list[dict[str, Any]], ledger: Ledger) -> list[str]:
-    by_name = {r["name"]: r for r in rows}
-    problems = []
-    for s in ledger.seen:
-        if not s.granted:
-            continue
-        row = by_name.get(s.lease)
-        if row is None:
-            problems.append(f"{s.lease}: seen granted by {s.observer}, not in the store")
-            continue
-        if (
-            row["exporter"] != s.exporter
-            or abs((row["effective_begin"] or 0) - (s.effective_begin or 0)) > 1e-3
-        ):
-            problems.append(f"{s.lease}: seen on {s.exporter} from {s.effective_begin}, stored {row}")
-        elif row["effective_begin"] > s.got or (row["ended"] and row["effective_end"] < s.sent):
-            problems.append(f"{s.lease}: seen granted at [{s.sent:.3f}, {s.got:.3f}], stored {row}")
-    for name in {s.lease for s in ledger.seen if s.granted}:
-        row = by_name.get(name)
-        if row is None or not row["ended"]:
-            continue
-        ready = row["conditions"].get("Ready", {})
-        reason = ready.get("reason")
-        if ready.get("status") != "False" or reason not in ENDED_REASONS:
-            problems.append(f"{name}: ended without a recorded reason: {row['conditions']}")
-        elif reason == "Released" and name not in ledger.release_asked:
-            problems.append(f"{name}: Released, but no client released it")
-        elif reason == "Expired" and row["effective_end"] < row["effective_begin"] + row["duration"] - 1e-3:
-            problems.append(f"{name}: Expired before its duration: {row}")
-        if name in ledger.released_ok and reason != "Released":
-            problems.append(f"{name}: DeleteLease answered OK, but it ended {reason}")
-    return problems
-
-
-def queue_problems(rows: list[dict[str, Any]], exporters: list[str]) -> list[str]:
-    """Pending leases: each with the position the (priority, request time) order gives it."""
-    pending = [r for r in rows if r["exporter"] is None and not r["ended"]]
-    busy = {r["exporter"] for r in rows if r["exporter"] is not None and not r["ended"]}
-    problems = []
-    earlier: list[set[str]] = []
-    for row in pending:  # rows are in seq order; all leases here have priority 0 (no policies)
-        wants = {row["exporter_name"]} if row["exporter_name"] else set(exporters)
-        position = 1 + sum(1 for other in earlier if other & wants)
-        earlier.append(wants)
-        message = row["conditions"].get("Pending", {}).get("message", "")
-        if not message.endswith(f"queue position {position}"):
-            problems.append(f"{row['name']} (seq {row['seq']}): expected position {position}, {message!r}")
-        if not wants <= busy:
-            problems.append(f"{row['name']} waits although {sorted(wants - busy)} are free")
-    return problems
-
-
-def fifo_problems(rows: list[dict[str, Any]]) -> list[str]:
-    """No pool lease was granted while an earlier pool lease (same candidates) was still waiting."""
-    pool = [r for r in rows if r["selector"] == POOL and not r["exporter_name"]]
-    problems = []
-    for later in pool:
-        if later["exporter"] is None:
-            continue
-        granted_at = later["effective_begin"]
-        for earlier in pool:
-            if earlier["seq"] >= later["seq"] or earlier["created"] > granted_at:
-                continue
-            waiting = (
-                earlier["effective_begin"] > granted_at
-                if earlier["exporter"] is not None
-                else not earlier["ended"] or earlier["effective_end"] > granted_at
-            )
-            if waiting:
-                problems.append(f"{later['name']} granted at {granted_at} before earlier {earlier['name']}")
-    return problems
-
-
 def online(peer: Peer, name: str) -> bool:
     try:
         return bool(peer.get_exporter(name).online)
@@ -504,7 +346,7 @@ def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> No
         except AssertionError:
             pass  # the problems are reported below
         rows = store_rows(central)
-        report = {
+        report: dict[str, Any] = {
             "seed": seed,
             "ops": dict(ledger.ops),
             "total_ops": ledger.total(),
@@ -531,14 +373,14 @@ def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> No
         assert client_overlaps(ledger.seen) == []
         assert lost_leases(rows, ledger) == []
         assert queue_problems(rows, names) == []
-        assert fifo_problems(rows) == []
+        assert fifo_problems(rows, POOL) == []
         assert report["pending_at_end"] > 0, "the end phase should leave a queue to check"
         assert report["client_held_spans"] > 0 and report["ended"].get("Expired", 0) > 0, report
         assert report["exporterd_registrations"] > REAL * (1 + chaos.restarts // 2), report
         assert all(light.errors == [] for light in lights), [light.errors for light in lights]
         assert all(light.connects > chaos.restarts // 2 for light in lights)
-        for i in range(REAL):  # the real exporterd processes reconnected and are still online
-            wait_until(lambda i=i: online(watcher, f"real{i}"), 30, f"real{i} online", 0.2)
+        for identity in real:  # the real exporterd processes reconnected and are still online
+            wait_until(partial(online, watcher, identity.name), 30, f"{identity.name} online", 0.2)
     finally:
         chaos.stop.set()
         for light in lights:
@@ -595,4 +437,4 @@ def test_the_checks_see_what_they_look_for() -> None:
         pending["conditions"] = {"Pending": {"message": f"all busy; queue position {position}"}}
     assert len(queue_problems(waiting, ["e1"])) == 1  # q must be position 2
     skipped = [row("a", 1, None, None, None), row("b", 2, "e1", 5.0, None, created=1.0)]
-    assert len(fifo_problems(skipped)) == 1
+    assert len(fifo_problems(skipped, POOL)) == 1
