@@ -23,7 +23,9 @@ from typing import Any
 import grpc
 import pytest
 
+from jumpstarter.cli.admin import call
 from jumpstarter.client.v1 import client_pb2
+from tests.integration.audit_checks import audit_problems
 from tests.integration.central import (
     Central,
     Identity,
@@ -374,6 +376,12 @@ def test_kill_9_and_restart_controllerd_under_lease_traffic(centrals: Any) -> No
         assert lost_leases(rows, ledger) == []
         assert queue_problems(rows, names) == []
         assert fifo_problems(rows, POOL) == []
+        # The audit history, written with each transition, must tell the same story as the store.
+        records = call(central.admin_socket, "audit", namespace=ns, limit=10_000)
+        assert len(records) < 10_000, "raise the limit: the check must see the whole history"
+        active = {(ns, r["name"]) for r in rows if r["exporter"] is not None and not r["ended"]}
+        assert audit_problems(records, active=active) == []
+        assert {r["name"] for r in records if r["kind"] == "lease"} == {r["name"] for r in rows}
         assert report["pending_at_end"] > 0, "the end phase should leave a queue to check"
         assert report["client_held_spans"] > 0 and report["ended"].get("Expired", 0) > 0, report
         assert report["exporterd_registrations"] > REAL * (1 + chaos.restarts // 2), report
