@@ -14,11 +14,12 @@ The random moments come from a seed printed by each test; rerun one with JUMPSTA
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,12 @@ import yaml
 import jumpstarter
 from jumpstarter.client.remote import ControllerClient, lease_state, short_name
 from jumpstarter.config.client import load_client_config
-from jumpstarter.errors import JumpstarterError
+from jumpstarter.errors import BoardRestarted, ConnectError, DriverUnavailable, ExporterNotReady, JumpstarterError
+from jumpstarter.lab.sandbox import LabSandbox
+from jumpstarter.lab.supervisor import program_name
 from jumpstarter.v1 import common_pb2
-from tests.faults.router_helpers import RefusingPort, Worker, counter, describe, seeded_random, socket_fds
-from tests.integration.central import PY, Central, close_central, free_port, start_central, wait_until
+from tests.faults.router_helpers import RefusingPort, Worker, one_session, counter, describe, seeded_random, socket_fds
+from tests.integration.central import PY, Central, close_central, free_port, is_true, start_central, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -249,3 +252,166 @@ def progress(workers: list[Worker]) -> str:
         f"{w.name}: {w.sessions} sessions, in {w.step}, failures {[describe(f.error) for f in w.failures[-3:]]}"
         for w in workers
     )
+
+
+# -- exporterd killed under supervisord during a lease ----------------------------------------------
+
+EXPORTER_KILLS = 5
+OFFLINE_AFTER = 2.0
+# What an old handle may see while its exporter is away or coming back; anything else is its answer.
+TRANSIENT = (DriverUnavailable, ConnectError, ExporterNotReady)
+LAB_INVENTORY = """\
+controller:
+  endpoint: "{endpoint}"
+  namespace: faults
+  token_dir: "{tokens}"
+  tls: {{ca: "{ca}"}}
+boards:
+  - name: fboard
+    export:
+      power: {{type: power.mock}}
+      echo: {{type: network.echo}}
+"""
+
+
+@pytest.fixture
+def lab() -> Iterator[tuple[Central, LabSandbox]]:
+    central = start_central(prefix="jsfault-", offline_after=OFFLINE_AFTER, dial_ready_wait=1.5)
+    try:
+        with LabSandbox() as sandbox:
+            yield central, sandbox
+    finally:
+        close_central(central)
+
+
+def board_log(sandbox: LabSandbox) -> str:
+    """The whole log supervisord keeps of the board's exporterds (every restart appends to it)."""
+    return Path(sandbox.log_dir, f"{program_name('fboard')}.log").read_text(errors="replace")
+
+
+def first_lasting_answer(action: Callable[[], object], timeout: float) -> BaseException | None:
+    """Retry `action` while it fails transiently; None when it worked, else its first other error."""
+
+    def attempt() -> tuple[BaseException | None] | None:
+        try:
+            action()
+        except TRANSIENT:
+            return None
+        except Exception as exc:  # noqa: BLE001 - the answer under test
+            return (exc,)
+        return (None,)
+
+    return wait_until(attempt, timeout, "an answer that is not transient", interval=0.3)[0]
+
+
+def test_exporterd_killed_under_supervisord_pauses_the_lease_and_new_connections_work(lab):
+    central, sandbox = lab
+    rng = seeded_random("exporterd kills")
+    identity = central.create("exporter", "faults", "fboard", board="faulty")
+    tokens = Path(sandbox.directory) / "tokens"
+    tokens.mkdir(mode=0o755)
+    token = tokens / "fboard.token"
+    token.write_text(identity.token)
+    token.chmod(0o600)
+    os.chown(token, sandbox.uid, -1)  # exporterds run as the lab user, as on a lab host
+    ca = base64.b64encode(central.ca).decode()
+    sandbox.write_inventory(LAB_INVENTORY.format(endpoint=central.endpoint, tokens=tokens, ca=ca))
+    sandbox.start()
+    alice = central.create("client", "faults", "alice")
+    bob = central.create("client", "faults", "bob")
+    controller = ControllerClient(load_client_config(alice.config))
+    queued = ControllerClient(load_client_config(bob.config))
+    started = time.monotonic()
+    stats = {"kills": 0, "stream kills": 0, "sessions": 0}
+    try:
+        wait_until(lambda: online(controller, "board=faulty", common_pb2.EXPORTER_STATUS_AVAILABLE), 60, "fboard")
+        held = controller.acquire("board=faulty", duration=600, timeout=60)
+        lease = short_name(held.name)
+        waiting = short_name(queued.create_lease("board=faulty", duration=600).name)
+        granted = central.metric('jumpstarter_leases_total{event="granted"}')
+
+        def nobody_else() -> None:
+            assert leases_of(controller) == sorted(
+                [(lease, "alice", "fboard", "ready"), (waiting, "bob", "", "pending")]
+            )
+            assert central.metric('jumpstarter_leases_total{event="granted"}') == granted
+
+        def paused() -> float:
+            return central.metric('jumpstarter_leases_total{event="paused"}')
+
+        def resumed() -> float:
+            return central.metric('jumpstarter_leases_total{event="resumed"}')
+
+        # Half the time supervisord is held (SIGSTOP) until the controller saw the exporter gone, so
+        # the pause is certain; otherwise it restarts it at once, often before the controller notices.
+        frozen = [True, False] + [rng.random() < 0.5 for _ in range(EXPORTER_KILLS - 2)]
+        rng.shuffle(frozen)
+        assert sandbox.supervisord is not None
+        for kill in range(EXPORTER_KILLS):
+            with jumpstarter.lease(lease_name=lease, client=alice.config) as board:
+                for _ in range(rng.randint(1, 4)):  # a random moment: after a few sessions ...
+                    one_session(board, lambda step: None)
+                    stats["sessions"] += 1
+                in_stream = rng.random() < 0.5  # ... or while a byte stream is open
+                starts = board_log(sandbox).count('"lease started"')
+                pauses = paused()
+                old = sandbox.pid("fboard")
+                if frozen[kill]:
+                    sandbox.supervisord.send_signal(signal.SIGSTOP)
+                try:
+                    with board.echo.open() as stream:
+                        stream.send(b"before")
+                        assert stream.receive() == b"before"
+                        os.kill(old, signal.SIGKILL)
+                        killed = time.monotonic()
+                        stats["kills"] += 1
+                        if in_stream:
+                            stats["stream kills"] += 1
+                            with pytest.raises((JumpstarterError, ConnectionError)) as broken:
+                                while stream.receive():
+                                    pass
+                            assert time.monotonic() - killed < FAIL_FAST, "the open stream hung on the dead exporter"
+                            assert str(broken.value), describe(broken.value)
+                            print(f"kill {kill + 1}: the open stream failed with {describe(broken.value)}")
+                    if frozen[kill]:
+                        wait_until(lambda: paused() > pauses, LONG, f"kill {kill + 1}: the lease to pause")
+                        assert is_true(controller.get_lease(lease), "Paused")
+                        nobody_else()
+                finally:
+                    sandbox.supervisord.send_signal(signal.SIGCONT)
+                wait_until(
+                    lambda: board_log(sandbox).count('"lease started"') > starts,
+                    LONG,
+                    f"kill {kill + 1}: supervisord's new exporterd to take the lease",
+                )
+                assert sandbox.pid("fboard") != old
+                wait_until(
+                    lambda: paused() == resumed()
+                    and not is_true(controller.get_lease(lease), "Paused")
+                    and online(controller, "board=faulty", common_pb2.EXPORTER_STATUS_LEASE_READY),
+                    LONG,
+                    f"kill {kill + 1}: the lease to run on the new exporterd",
+                )
+                stats["pauses"] = int(paused())
+                nobody_else()
+                answer = first_lasting_answer(board.power.on, LONG)
+                assert isinstance(answer, BoardRestarted), f"old handle: {answer!r}"
+                assert "the board's exporter restarted; reconnect" in str(answer)
+            print(
+                f"kill {kill + 1} ({'in a stream' if in_stream else 'between calls'},"
+                f" {'supervisord held' if frozen[kill] else 'restarted at once'}):"
+                f" back after {time.monotonic() - killed:.1f} s"
+            )
+        with jumpstarter.lease(lease_name=lease, client=alice.config) as board:
+            one_session(board, lambda step: None)  # a new connection works on the last exporterd too
+            stats["sessions"] += 1
+        nobody_else()
+        wait_until(lambda: sandbox.state("fboard")[0] == "RUNNING", LONG, "supervisord to count fboard running")
+        # The queued request was live all along: it gets the board as soon as the lease ends.
+        assert controller.release(lease)
+        queued.wait_ready(waiting, timeout=LONG)
+        assert queued.release(waiting)
+    finally:
+        controller.close()
+        queued.close()
+    print(f"exporterd kills: {stats}, {time.monotonic() - started:.1f} s")
