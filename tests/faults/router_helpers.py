@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -15,8 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.errors import JumpstarterError
+from tests.integration.central import Central, wait_until
 
 SEED_VARIABLE = "JUMPSTARTER_FAULT_SEED"
+# Far above a healthy call (milliseconds) and below every timeout a hang runs into: gRPC's 20 s
+# connect timeout, the router's lone-peer timeout and the exporter's tunnel wait (LONG).
+FAIL_FAST = 15.0
+LONG = 60.0
+# What a call through a dead router or exporter says: what went away, not only gRPC's words.
+CLEAR = ("exporter unreachable", "the connection to the exporter was lost")
 
 
 def seeded_random(test: str) -> random.Random:
@@ -184,3 +193,64 @@ class RefusingPort:
         self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(5)
+
+
+@dataclass
+class RouterStorm:
+    """Kills routerd under running `Worker`s and starts it again, at moments drawn from `rng`."""
+
+    central: Central
+    workers: list[Worker]
+    rng: random.Random
+
+    def steps(self) -> int:
+        return sum(w.steps for w in self.workers)
+
+    def failures(self) -> int:
+        return sum(len(w.failures) for w in self.workers)
+
+    def kill_once(self, number: int) -> str:
+        """One kill -9 and restart; asserts fail-fast and recovery, returns what happened."""
+        moment = self.rng.choice(["call", "stream open"])
+        target = self.steps() + self.rng.randint(1, 12)
+
+        def busy() -> bool:
+            return self.steps() >= target and any(w.in_step(moment) for w in self.workers)
+
+        wait_until(busy, LONG, f"kill {number}: a client in a {moment}", interval=0.002)
+        router = self.central.router
+        assert router is not None
+        failed_before = self.failures()
+        router.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        router.wait()
+        # Every client's next call fails while the router is gone, fast and saying why.
+
+        def failed() -> list[Failure] | None:
+            seen = [w.failed_since(killed) for w in self.workers]
+            return [f for f in seen if f is not None] if all(seen) else None
+
+        failures = wait_until(failed, LONG, f"kill {number}: every client to fail")
+        for worker, failure in zip(self.workers, failures, strict=True):
+            assert failure.at - killed < FAIL_FAST, (
+                f"{worker.name}: the {failure.step} hung on the dead router"
+            )
+            assert isinstance(failure.error, (JumpstarterError, ConnectionError)), describe(failure.error)
+            assert any(text in str(failure.error) for text in CLEAR), describe(failure.error)
+        # Restart at a random moment too: after more failed attempts, gRPC channels back off further.
+        more = self.rng.randint(0, 4)
+        expected = failed_before + len(self.workers) + more
+        wait_until(lambda: self.failures() >= expected, LONG, f"kill {number}: {more} more failures")
+        self.central.start_router()
+        back = time.monotonic()
+
+        def again() -> bool:
+            return all(w.sessions_since(back) >= 1 for w in self.workers)
+
+        wait_until(again, LONG, f"kill {number}: every client to work through the new router")
+        recovered = time.monotonic() - back
+        assert recovered < FAIL_FAST, f"kill {number}: the clients worked again only {recovered:.1f} s later"
+        return (
+            f"kill {number} in a {moment}: calls failed after {[round(f.at - killed, 2) for f in failures]} s;"
+            f" router back after {back - killed:.1f} s ({more} more failures); sessions again {recovered:.1f} s later"
+        )

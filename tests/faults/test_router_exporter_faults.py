@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,21 +30,41 @@ import yaml
 import jumpstarter
 from jumpstarter.client.remote import ControllerClient, lease_state, short_name
 from jumpstarter.config.client import load_client_config
-from jumpstarter.errors import BoardRestarted, ConnectError, DriverUnavailable, ExporterNotReady, JumpstarterError
+from jumpstarter.errors import (
+    BoardRestarted,
+    ConnectError,
+    DriverUnavailable,
+    ExporterNotReady,
+)
 from jumpstarter.lab.sandbox import LabSandbox
 from jumpstarter.lab.supervisor import program_name
 from jumpstarter.v1 import common_pb2
-from tests.faults.router_helpers import RefusingPort, Worker, one_session, counter, describe, seeded_random, socket_fds
-from tests.integration.central import PY, Central, close_central, free_port, is_true, start_central, wait_until
+from tests.faults.router_helpers import (
+    CLEAR,
+    FAIL_FAST,
+    LONG,
+    RefusingPort,
+    RouterStorm,
+    Worker,
+    counter,
+    describe,
+    one_session,
+    seeded_random,
+    socket_fds,
+)
+from tests.integration.central import (
+    PY,
+    Central,
+    close_central,
+    free_port,
+    is_true,
+    start_central,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
 ROUTER_KILLS = 5
-# Far above a healthy call (milliseconds) and far below the timeouts a hang would run into
-# (the router's lone-peer timeout and the exporter's tunnel wait, both LONG): a call that
-# takes this long has hung on a dead stream.
-FAIL_FAST = 15.0
-LONG = 60.0
 TUNNEL_WAIT = 5.0  # exporterd --tunnel-wait: its unjoined router streams give up after this
 
 
@@ -104,79 +126,32 @@ def test_router_killed_at_random_moments_fails_calls_fast_and_the_same_handles_w
             jumpstarter.lease(selector="board=b2", duration="10m", client=bob.config) as board2,
         ):
             leases = leases_of(watcher)
-            assert sorted((client, exporter) for _, client, exporter, _ in leases) == [
-                ("alice", "board1"),
-                ("bob", "board2"),
-            ], leases
+            assert [(who, board) for _, who, board, _ in leases] == [("alice", "board1"), ("bob", "board2")]
             granted = central.metric('jumpstarter_leases_total{event="granted"}')
             workers = [Worker("alice", board1, stop), Worker("bob", board2, stop)]
             for worker in workers:
                 worker.start()
-            wait_until(lambda: all(w.sessions >= 2 for w in workers), 60, "two sessions per client")
+            wait_until(lambda: all(w.sessions >= 2 for w in workers), LONG, "two sessions per client")
             baseline = [socket_fds(p.pid) for p in exporterds]
 
-            for kill in range(ROUTER_KILLS):
-                moment = rng.choice(["call", "stream open"])
-                target = sum(w.steps for w in workers) + rng.randint(1, 12)
-                wait_until(
-                    lambda: sum(w.steps for w in workers) >= target and any(w.in_step(moment) for w in workers),
-                    60,
-                    f"kill {kill + 1}: a client in a {moment}",
-                    interval=0.002,
-                )
-                assert central.router is not None
-                failed_before = sum(len(w.failures) for w in workers)
-                central.router.send_signal(signal.SIGKILL)
-                killed = time.monotonic()
-                central.router.wait()
-                # Every client's next call fails while the router is gone, and fails fast.
-                failures = wait_until(
-                    lambda: all(w.failed_since(killed) for w in workers) and [w.failed_since(killed) for w in workers],
-                    LONG,
-                    f"kill {kill + 1}: every client to see the router gone",
-                )
-                for worker, failure in zip(workers, failures, strict=True):
-                    assert failure is not None
-                    assert failure.at - killed < FAIL_FAST, (
-                        f"{worker.name}: the {failure.step} hung {failure.at - killed:.1f} s on the dead router"
-                    )
-                    assert isinstance(failure.error, (JumpstarterError, ConnectionError)), describe(failure.error)
-                    assert str(failure.error), describe(failure.error)
-                # Restart at a random moment too: after a few more failed attempts (the clients' and
-                # exporters' gRPC channels back off further with each one).
-                more = rng.randint(0, 4)
-                wait_until(
-                    lambda: sum(len(w.failures) for w in workers) >= failed_before + len(workers) + more,
-                    LONG,
-                    f"kill {kill + 1}: {more} more failed attempts",
-                )
-                central.start_router()
-                back = time.monotonic()
-                wait_until(
-                    lambda: all(w.sessions_since(back) >= 1 for w in workers),
-                    LONG,
-                    f"kill {kill + 1}: every client to complete a session through the new router",
-                )
-                recovered = time.monotonic() - back
-                print(
-                    f"kill {kill + 1} in a {moment}, {more} more failures: failed after"
-                    f" {[round(f.at - killed, 2) for f in failures]} s, router back after {back - killed:.1f} s,"
-                    f" sessions again after {recovered:.1f} s"
-                )
-                assert recovered < FAIL_FAST, f"kill {kill + 1}: the clients worked again only {recovered:.1f} s later"
+            storm = RouterStorm(central, workers, rng)
+            for kill in range(1, ROUTER_KILLS + 1):
+                print(storm.kill_once(kill))
 
             stop.set()
             for worker in workers:
                 assert worker.join(LONG), f"{worker.name} is stuck in a {worker.step}"
-            for worker in workers:
-                late = [f for f in worker.failures if f.took >= FAIL_FAST]
-                assert not late, f"{worker.name}: calls that hung: {[(f.step, round(f.took, 1), describe(f.error)) for f in late]}"
+                hung = [
+                    (f.step, round(f.took, 1), describe(f.error))
+                    for f in worker.failures
+                    if f.took >= FAIL_FAST
+                ]
+                assert not hung, f"{worker.name}: calls that hung: {hung}"
                 assert worker.longest_ok < FAIL_FAST, f"{worker.name}: a step took {worker.longest_ok:.1f} s"
-
             # No lease was touched: the same two, still ready, and nothing else was granted.
             assert leases_of(watcher) == leases
             assert central.metric('jumpstarter_leases_total{event="granted"}') == granted
-            # The exporters keep no tunnel behind: unjoined router streams give up, spliced ones closed.
+            # The exporters keep no tunnel behind: unjoined router streams give up, spliced ones close.
             wait_until(
                 lambda: router_metric(central, "jumpstarter_router_streams_waiting") == 0,
                 TUNNEL_WAIT + LONG,
@@ -186,7 +161,7 @@ def test_router_killed_at_random_moments_fails_calls_fast_and_the_same_handles_w
                 wait_until(
                     lambda process=process, before=before: socket_fds(process.pid) <= before,
                     LONG,
-                    f"exporterd {process.pid}: sockets back to {before} (has {socket_fds(process.pid)})",
+                    f"exporterd {process.pid}: its sockets back to {before}",
                 )
                 assert process.poll() is None
     finally:
@@ -194,13 +169,11 @@ def test_router_killed_at_random_moments_fails_calls_fast_and_the_same_handles_w
         for worker in workers:
             worker.join(10)
         watcher.close()
-    kinds = sorted({f"{f.step}: {describe(f.error)}"[:150] for w in workers for f in w.failures})
-    print("\n".join(kinds))
-    sessions = {w.name: w.sessions for w in workers}
-    failed = {w.name: len(w.failures) for w in workers}
+    errors = sorted({f"{f.step}: {describe(f.error)}"[:160] for w in workers for f in w.failures})
+    print("what the clients saw:\n  " + "\n  ".join(errors))
     print(
-        f"router kills: {ROUTER_KILLS}, sessions {sessions}, failed calls {failed},"
-        f" {time.monotonic() - started:.1f} s"
+        f"router kills: {ROUTER_KILLS}; sessions {[w.sessions for w in workers]}, failed calls"
+        f" {[len(w.failures) for w in workers]}; {time.monotonic() - started:.1f} s"
     )
 
 
@@ -243,14 +216,8 @@ def leases_of(client: ControllerClient) -> list[tuple[str, str, str, str]]:
     """The namespace's active leases as (name, client, exporter, state), by name."""
     leases = client.list_leases()
     return sorted(
-        (short_name(le.name), short_name(le.client), short_name(le.exporter), lease_state(le)[0]) for le in leases
-    )
-
-
-def progress(workers: list[Worker]) -> str:
-    return "; ".join(
-        f"{w.name}: {w.sessions} sessions, in {w.step}, failures {[describe(f.error) for f in w.failures[-3:]]}"
-        for w in workers
+        (short_name(le.name), short_name(le.client), short_name(le.exporter), lease_state(le)[0])
+        for le in leases
     )
 
 
@@ -304,6 +271,85 @@ def first_lasting_answer(action: Callable[[], object], timeout: float) -> BaseEx
     return wait_until(attempt, timeout, "an answer that is not transient", interval=0.3)[0]
 
 
+@dataclass
+class HeldBoard:
+    """fboard under supervisord, leased by alice with bob's request queued behind her."""
+
+    central: Central
+    sandbox: LabSandbox
+    alice: str  # client config
+    controller: ControllerClient
+    lease: str
+    waiting: str
+    granted: float
+
+    def count(self, event: str) -> float:
+        return self.central.metric(f'jumpstarter_leases_total{{event="{event}"}}')
+
+    def nobody_else(self) -> None:
+        """alice still holds the board; bob's request still waits; nothing else was granted."""
+        expected = sorted([(self.lease, "alice", "fboard", "ready"), (self.waiting, "bob", "", "pending")])
+        assert leases_of(self.controller) == expected
+        assert self.count("granted") == self.granted
+
+    def kill_once(self, number: int, rng: random.Random, hold_supervisord: bool) -> str:
+        """kill -9 the exporterd at a random moment of a session; returns what happened."""
+        supervisord = self.sandbox.supervisord
+        assert supervisord is not None
+        with jumpstarter.lease(lease_name=self.lease, client=self.alice) as board:
+            for _ in range(rng.randint(1, 4)):  # a random moment: after a few sessions ...
+                one_session(board, lambda step: None)
+            in_stream = rng.random() < 0.5  # ... or while a byte stream is open
+            starts, pauses = board_log(self.sandbox).count('"lease started"'), self.count("paused")
+            old = self.sandbox.pid("fboard")
+            if hold_supervisord:
+                supervisord.send_signal(signal.SIGSTOP)
+            try:
+                with board.echo.open() as stream:
+                    stream.send(b"before")
+                    assert stream.receive() == b"before"
+                    os.kill(old, signal.SIGKILL)
+                    killed = time.monotonic()
+                    if in_stream:
+                        with pytest.raises(DriverUnavailable) as broken:
+                            while stream.receive():
+                                pass
+                        assert time.monotonic() - killed < FAIL_FAST, (
+                            "the open stream hung on the dead exporter"
+                        )
+                        assert any(text in str(broken.value) for text in CLEAR), describe(broken.value)
+                if hold_supervisord:  # the exporter stays gone until the controller noticed
+                    wait_until(
+                        lambda: self.count("paused") > pauses, LONG, f"kill {number}: the lease to pause"
+                    )
+                    assert is_true(self.controller.get_lease(self.lease), "Paused")
+                    self.nobody_else()
+            finally:
+                supervisord.send_signal(signal.SIGCONT)
+            wait_until(
+                lambda: board_log(self.sandbox).count('"lease started"') > starts,
+                LONG,
+                f"kill {number}: supervisord's new exporterd to take the lease",
+            )
+            assert self.sandbox.pid("fboard") != old
+            wait_until(
+                lambda: (
+                    self.count("paused") == self.count("resumed")
+                    and not is_true(self.controller.get_lease(self.lease), "Paused")
+                    and online(self.controller, "board=faulty", common_pb2.EXPORTER_STATUS_LEASE_READY)
+                ),
+                LONG,
+                f"kill {number}: the lease to run on the new exporterd",
+            )
+            self.nobody_else()
+            answer = first_lasting_answer(board.power.on, LONG)
+            assert isinstance(answer, BoardRestarted), f"old handle: {answer!r}"
+            assert "the board's exporter restarted; reconnect" in str(answer)
+        how = "supervisord held" if hold_supervisord else "restarted at once"
+        where = "in a byte stream" if in_stream else "between sessions"
+        return f"kill {number} {where} ({how}): paused {self.count('paused') > pauses}, back after {time.monotonic() - killed:.1f} s"
+
+
 def test_exporterd_killed_under_supervisord_pauses_the_lease_and_new_connections_work(lab):
     central, sandbox = lab
     rng = seeded_random("exporterd kills")
@@ -322,96 +368,34 @@ def test_exporterd_killed_under_supervisord_pauses_the_lease_and_new_connections
     controller = ControllerClient(load_client_config(alice.config))
     queued = ControllerClient(load_client_config(bob.config))
     started = time.monotonic()
-    stats = {"kills": 0, "stream kills": 0, "sessions": 0}
     try:
-        wait_until(lambda: online(controller, "board=faulty", common_pb2.EXPORTER_STATUS_AVAILABLE), 60, "fboard")
-        held = controller.acquire("board=faulty", duration=600, timeout=60)
-        lease = short_name(held.name)
+        wait_until(
+            lambda: online(controller, "board=faulty", common_pb2.EXPORTER_STATUS_AVAILABLE), LONG, "fboard"
+        )
+        lease = short_name(controller.acquire("board=faulty", duration=600, timeout=LONG).name)
         waiting = short_name(queued.create_lease("board=faulty", duration=600).name)
-        granted = central.metric('jumpstarter_leases_total{event="granted"}')
-
-        def nobody_else() -> None:
-            assert leases_of(controller) == sorted(
-                [(lease, "alice", "fboard", "ready"), (waiting, "bob", "", "pending")]
-            )
-            assert central.metric('jumpstarter_leases_total{event="granted"}') == granted
-
-        def paused() -> float:
-            return central.metric('jumpstarter_leases_total{event="paused"}')
-
-        def resumed() -> float:
-            return central.metric('jumpstarter_leases_total{event="resumed"}')
-
-        # Half the time supervisord is held (SIGSTOP) until the controller saw the exporter gone, so
-        # the pause is certain; otherwise it restarts it at once, often before the controller notices.
-        frozen = [True, False] + [rng.random() < 0.5 for _ in range(EXPORTER_KILLS - 2)]
-        rng.shuffle(frozen)
-        assert sandbox.supervisord is not None
-        for kill in range(EXPORTER_KILLS):
-            with jumpstarter.lease(lease_name=lease, client=alice.config) as board:
-                for _ in range(rng.randint(1, 4)):  # a random moment: after a few sessions ...
-                    one_session(board, lambda step: None)
-                    stats["sessions"] += 1
-                in_stream = rng.random() < 0.5  # ... or while a byte stream is open
-                starts = board_log(sandbox).count('"lease started"')
-                pauses = paused()
-                old = sandbox.pid("fboard")
-                if frozen[kill]:
-                    sandbox.supervisord.send_signal(signal.SIGSTOP)
-                try:
-                    with board.echo.open() as stream:
-                        stream.send(b"before")
-                        assert stream.receive() == b"before"
-                        os.kill(old, signal.SIGKILL)
-                        killed = time.monotonic()
-                        stats["kills"] += 1
-                        if in_stream:
-                            stats["stream kills"] += 1
-                            with pytest.raises((JumpstarterError, ConnectionError)) as broken:
-                                while stream.receive():
-                                    pass
-                            assert time.monotonic() - killed < FAIL_FAST, "the open stream hung on the dead exporter"
-                            assert str(broken.value), describe(broken.value)
-                            print(f"kill {kill + 1}: the open stream failed with {describe(broken.value)}")
-                    if frozen[kill]:
-                        wait_until(lambda: paused() > pauses, LONG, f"kill {kill + 1}: the lease to pause")
-                        assert is_true(controller.get_lease(lease), "Paused")
-                        nobody_else()
-                finally:
-                    sandbox.supervisord.send_signal(signal.SIGCONT)
-                wait_until(
-                    lambda: board_log(sandbox).count('"lease started"') > starts,
-                    LONG,
-                    f"kill {kill + 1}: supervisord's new exporterd to take the lease",
-                )
-                assert sandbox.pid("fboard") != old
-                wait_until(
-                    lambda: paused() == resumed()
-                    and not is_true(controller.get_lease(lease), "Paused")
-                    and online(controller, "board=faulty", common_pb2.EXPORTER_STATUS_LEASE_READY),
-                    LONG,
-                    f"kill {kill + 1}: the lease to run on the new exporterd",
-                )
-                stats["pauses"] = int(paused())
-                nobody_else()
-                answer = first_lasting_answer(board.power.on, LONG)
-                assert isinstance(answer, BoardRestarted), f"old handle: {answer!r}"
-                assert "the board's exporter restarted; reconnect" in str(answer)
-            print(
-                f"kill {kill + 1} ({'in a stream' if in_stream else 'between calls'},"
-                f" {'supervisord held' if frozen[kill] else 'restarted at once'}):"
-                f" back after {time.monotonic() - killed:.1f} s"
-            )
-        with jumpstarter.lease(lease_name=lease, client=alice.config) as board:
-            one_session(board, lambda step: None)  # a new connection works on the last exporterd too
-            stats["sessions"] += 1
-        nobody_else()
-        wait_until(lambda: sandbox.state("fboard")[0] == "RUNNING", LONG, "supervisord to count fboard running")
-        # The queued request was live all along: it gets the board as soon as the lease ends.
+        board = HeldBoard(central, sandbox, alice.config, controller, lease, waiting, 0)
+        board.granted = board.count("granted")
+        # Some kills hold supervisord (SIGSTOP) until the controller saw the exporter gone, so that
+        # the pause is certain; the others let it restart at once, often before the controller notices.
+        holds = [True, False] + [rng.random() < 0.5 for _ in range(EXPORTER_KILLS - 2)]
+        rng.shuffle(holds)
+        for number, hold_supervisord in enumerate(holds, 1):
+            print(board.kill_once(number, rng, hold_supervisord))
+        with jumpstarter.lease(lease_name=lease, client=alice.config) as handle:
+            one_session(handle, lambda step: None)  # a new connection works on the last exporterd too
+        board.nobody_else()
+        wait_until(
+            lambda: sandbox.state("fboard")[0] == "RUNNING", LONG, "supervisord to count fboard running"
+        )
+        # bob's request was live all along: it gets the board as soon as alice's lease ends.
         assert controller.release(lease)
         queued.wait_ready(waiting, timeout=LONG)
         assert queued.release(waiting)
     finally:
         controller.close()
         queued.close()
-    print(f"exporterd kills: {stats}, {time.monotonic() - started:.1f} s")
+    print(
+        f"exporterd kills: {EXPORTER_KILLS}, pauses {int(board.count('paused'))},"
+        f" {time.monotonic() - started:.1f} s"
+    )
