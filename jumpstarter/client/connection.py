@@ -291,7 +291,10 @@ class BlockingStream:
             if self._eof_sent or self._closed:
                 raise BrokenPipeError("send after end of stream")
             if self._call.done():
-                raise BrokenPipeError("the stream was closed by the exporter")
+                code = self._call.code()
+                if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                    raise BrokenPipeError("the stream was closed by the exporter")
+                raise BrokenPipeError(str(status_error(code, self._call.details(), "send")))
             try:
                 self._outgoing.put(frame, timeout=0.2)  # re-check liveness while backpressured
                 return

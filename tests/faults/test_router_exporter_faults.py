@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -191,8 +192,16 @@ def test_a_client_that_connects_right_after_the_router_returns_is_not_left_waiti
             board.power.on()
             (lease, *_), *_ = leases_of(controller)
             assert central.router is not None
-            central.router.send_signal(signal.SIGKILL)
-            central.router.wait()
+            with board.echo.open() as stream:
+                stream.send(b"ping")
+                assert stream.receive() == b"ping"
+                central.router.send_signal(signal.SIGKILL)
+                central.router.wait()
+                # Writing into the cut stream fails soon, and says what went away.
+                cut = wait_until(lambda: send_error(stream), LONG, "a send into the cut stream to fail")
+                assert isinstance(cut, BrokenPipeError) and any(text in str(cut) for text in CLEAR), describe(
+                    cut
+                )
             with RefusingPort(central.rport) as down:
                 # Each Dial sends the exporter to the router; each failed attempt backs its channel off more.
                 wait_until(
@@ -210,6 +219,14 @@ def test_a_client_that_connects_right_after_the_router_returns_is_not_left_waiti
             assert took < FAIL_FAST, f"a new connection after the router came back took {took:.1f} s"
             print(f"a new connection worked {took:.1f} s after the router came back")
             assert leases_of(controller) == [(lease, "alice", "board1", "ready")]
+
+
+def send_error(stream: Any) -> BaseException | None:
+    try:
+        stream.send(b"after")
+    except ConnectionError as exc:  # BrokenPipeError included
+        return exc
+    return None
 
 
 def leases_of(client: ControllerClient) -> list[tuple[str, str, str, str]]:
