@@ -34,8 +34,8 @@ DATA = router_pb2.FRAME_TYPE_DATA
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 UNMARKED_STREAM_GRACE = 0.05
-# gRPC's details when an established connection (a router tunnel, an exporter socket) went away mid-call
-CONNECTION_LOST = ("Socket closed", "Stream removed", "Connection reset")
+# gRPC's own details when the connection (a router tunnel, an exporter socket) went away under a call
+CONNECTION_LOST = ("Stream removed", "Socket closed")
 
 
 def empty_request(_: Any) -> bytes:
@@ -46,14 +46,14 @@ def translate(exc: grpc.RpcError, what: str) -> DriverError:
     """A failed RPC as the matching Python exception (ValueError, TimeoutError, ...)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
+        return ConnectError(f"{what}: exporter unreachable: {details}")  # type: ignore[return-value]
     return status_error(code, details, what)
 
 
 def status_error(code: grpc.StatusCode, details: str | None, what: str) -> DriverError:
-    """The exception for a call of `what` that ended with `code`; UNAVAILABLE says what went away."""
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
-        return ConnectError(f"{what}: exporter unreachable: {details}")  # type: ignore[return-value]
-    if code == grpc.StatusCode.UNAVAILABLE and any(text in (details or "") for text in CONNECTION_LOST):
+    """`error_for`, except that a connection gRPC lost under the call says so."""
+    if code == grpc.StatusCode.UNAVAILABLE and (details or "").startswith(CONNECTION_LOST):
         # gRPC's own words ("Stream removed (Socket closed)") do not say what went away
         return DriverUnavailable(
             f"{what}: the connection to the exporter was lost ({details}); the next call reconnects",
