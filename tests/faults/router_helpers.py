@@ -1,6 +1,9 @@
-"""Helpers for the router/exporter fault tests: a seeded RNG, a board client that runs sessions, counters.
+"""Helpers for tests/faults/test_router_exporter_faults.py.
 
-The stack itself (controllerd, routerd, identities) comes from tests/integration/central.py.
+A seeded random generator, a user's session on a leased board, `Worker` (a client running
+sessions on its own thread), `RouterStorm` (kill -9 routerd under the workers and start it
+again) and `RefusingPort` (a router that is down but counts who tried it). The stack itself
+(controllerd, routerd, identities) comes from tests/integration/central.py.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ def echo_round_trips(board: DriverClient, rounds: int, size: int, on_open: Calla
     """Open the board's echo stream and bounce `rounds` chunks of `size` bytes through it."""
     with board.echo.open() as stream:
         on_open()
-        for n in range(rounds):
-            payload = os.urandom(size // 2).hex().encode()[:size] + bytes([n % 256])
+        for _ in range(rounds):
+            payload = os.urandom(size)
             stream.send(payload)
             received = b""
             while len(received) < len(payload):

@@ -4,6 +4,9 @@
   leases held with `jumpstarter.lease()`: the calls and byte streams going through it fail fast
   with a clear error, the same handles work again (a new connection, so a new Dial) once the
   router is back, no lease is touched, and the exporters keep no tunnels behind.
+- the exporter's channel to the router backs off while the router is down: a client that comes
+  right after the router returns (after a short or a long outage) works within seconds, and the
+  tunnels the exporter kept waiting meanwhile give up.
 - a board's exporterd runs under the real supervisord (rendered from an inventory with a
   `controller:` section) and is killed during a lease a few times: supervisord restarts it, the
   lease pauses and resumes, old handles say `BoardRestarted`, a new connection works, and the
@@ -20,6 +23,7 @@ import random
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +102,6 @@ def central() -> Iterator[Central]:
 
 
 def router_metric(central: Central, sample: str) -> float:
-    import urllib.request
-
     address = central.router_settings["metrics"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         return counter(response.read().decode(), sample)
@@ -223,6 +225,12 @@ def test_a_client_that_connects_right_after_the_router_returns_is_not_left_waiti
             assert took < FAIL_FAST, f"a new connection after the router came back took {took:.1f} s"
             print(f"{attempts} attempts: a new connection worked {took:.1f} s after the router came back")
             assert leases_of(controller) == [(lease, "alice", "board1", "ready")]
+            # The tunnels the Dials made the exporter wait with joined the new router alone; they give up.
+            wait_until(
+                lambda: router_metric(central, "jumpstarter_router_streams_waiting") == 0,
+                TUNNEL_WAIT + LONG,
+                "no exporter tunnel left waiting at the router",
+            )
 
 
 def send_error(stream: Any) -> BaseException | None:
