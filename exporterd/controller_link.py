@@ -319,8 +319,10 @@ class LeaseRun:
                 endpoint, self._router_credentials(endpoint)
             )
         writer: asyncio.StreamWriter | None = None
+        # Wait for the router: after an outage the channel may still be backing off while the
+        # client already waits there; failing at once would leave it alone (`pending` bounds the wait).
         call = router_pb2_grpc.RouterServiceStub(channel).Stream(
-            metadata=(("authorization", f"Bearer {token}"),)
+            metadata=(("authorization", f"Bearer {token}"),), wait_for_ready=True
         )
         try:
             first = await self.pending.first_frame(call)

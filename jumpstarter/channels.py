@@ -24,6 +24,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.enable_retries", 0),
+    # gRPC backs reconnects off up to 120 s: after a long router or exporter outage a channel would
+    # sit out that long with its peer back; a few seconds keeps recovery quick and costs a SYN.
+    ("grpc.max_reconnect_backoff_ms", 3000),
 ]
 PASSPHRASE_HEADER = "x-jumpstarter-passphrase"
 

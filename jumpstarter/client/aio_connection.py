@@ -22,10 +22,11 @@ from jumpstarter.client.connection import (
     UNMARKED_STREAM_GRACE,
     ExporterMethods,
     default_target,
+    status_error,
     translate,
 )
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
-from jumpstarter.errors import ConnectError, DriverError, JumpstarterError, error_for
+from jumpstarter.errors import ConnectError, DriverError, JumpstarterError
 from jumpstarter.v1 import jumpstarter_pb2
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class AsyncConnection:
             except TimeoutError:
                 code = grpc.StatusCode.OK
             if code != grpc.StatusCode.OK:
-                error = error_for(code, await call.details())
+                error = status_error(code, await call.details(), what)
                 raise await self._checked(error, what, request.get("uuid")) from None
         stream = AsyncStream(call, dict(initial or ()))
         try:

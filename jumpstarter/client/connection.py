@@ -22,7 +22,7 @@ import grpc
 
 from jumpstarter import channels, frames, values
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
-from jumpstarter.errors import ConnectError, DriverError, JumpstarterError, error_for
+from jumpstarter.errors import ConnectError, DriverError, DriverUnavailable, JumpstarterError, error_for
 from jumpstarter.v1 import jumpstarter_pb2, router_pb2
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ DATA = router_pb2.FRAME_TYPE_DATA
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 UNMARKED_STREAM_GRACE = 0.05
+# gRPC's own details when the connection (a router tunnel, an exporter socket) went away under a call
+CONNECTION_LOST = ("Stream removed", "Socket closed")
 
 
 def empty_request(_: Any) -> bytes:
@@ -46,6 +48,17 @@ def translate(exc: grpc.RpcError, what: str) -> DriverError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
         return ConnectError(f"{what}: exporter unreachable: {details}")  # type: ignore[return-value]
+    return status_error(code, details, what)
+
+
+def status_error(code: grpc.StatusCode, details: str | None, what: str) -> DriverError:
+    """`error_for`, except that a connection gRPC lost under the call says so."""
+    if code == grpc.StatusCode.UNAVAILABLE and (details or "").startswith(CONNECTION_LOST):
+        # gRPC's own words ("Stream removed (Socket closed)") do not say what went away
+        return DriverUnavailable(
+            f"{what}: the connection to the exporter was lost ({details}); the next call reconnects",
+            code.name,
+        )
     return error_for(code, details)
 
 
@@ -257,7 +270,7 @@ class BlockingStream:
                 finished = threading.Event()
                 self._call.add_done_callback(lambda *_: finished.set())
                 if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
-                    raise error_for(self._call.code(), self._call.details())
+                    raise status_error(self._call.code(), self._call.details(), str(what))
         except BaseException:
             self.close()  # ends gRPC's request thread, which would wait on our queue forever
             raise
@@ -278,7 +291,10 @@ class BlockingStream:
             if self._eof_sent or self._closed:
                 raise BrokenPipeError("send after end of stream")
             if self._call.done():
-                raise BrokenPipeError("the stream was closed by the exporter")
+                code = self._call.code()
+                if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                    raise BrokenPipeError("the stream was closed by the exporter")
+                raise BrokenPipeError(str(status_error(code, self._call.details(), "send")))
             try:
                 self._outgoing.put(frame, timeout=0.2)  # re-check liveness while backpressured
                 return
