@@ -316,7 +316,14 @@ class Central:
         return out
 
     def channel(self) -> grpc.Channel:
-        return grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials(root_certificates=self.ca))
+        """A raw channel to the controller with our clients' reconnect backoff (capped at a few
+        seconds): after a controller restart, gRPC's default backoff (up to 120 s) would keep
+        failing calls with the old "connection refused" long after the controller is back."""
+        from jumpstarter.channels import CHANNEL_OPTIONS
+
+        return grpc.secure_channel(
+            self.endpoint, grpc.ssl_channel_credentials(root_certificates=self.ca), options=CHANNEL_OPTIONS
+        )
 
     def peer(self, identity: Identity) -> Peer:
         return Peer(self, identity)
