@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -91,7 +92,7 @@ def spread(values: list[float]) -> tuple[str, str, str, str]:
     return (ms(pct(values, 0.5)), ms(pct(values, 0.9)), ms(pct(values, 0.99)), ms(max(values)))
 
 
-def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     print(f"\n{title}\n")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
@@ -109,8 +110,8 @@ def create_lab(
         labels = {"board": f"b{i % BOARDS}", **({"hot": "yes"} if i < HOT else {})}
         groups.setdefault(tuple(sorted(labels.items())), []).append(f"e{i:04d}")
     made: dict[str, Identity] = {}
-    for labels, names in groups.items():
-        made.update({e.name: e for e in admin_create(central, "exporter", NS, names, **dict(labels))})
+    for group, names in groups.items():
+        made.update({e.name: e for e in admin_create(central, "exporter", NS, names, **dict(group))})
     crowd = admin_create(central, "client", NS, [f"c{i:03d}" for i in range(clients)])
     specs = [
         (c, "hot=yes", True) if i % HOT_SHARE == 0 else (c, f"board=b{i % BOARDS}", False)

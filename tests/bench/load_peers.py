@@ -69,7 +69,7 @@ class SimExporter:
         self.stub = jumpstarter_pb2_grpc.ControllerServiceStub(channel)
         self.md = identity.metadata()
         self.record = record
-        self.status = AVAILABLE
+        self.status: int = AVAILABLE
         self.online = asyncio.Event()
 
     async def report(self, status: int) -> None:
