@@ -194,7 +194,7 @@ def report(
     for b in range(buckets):
         pool = [lat for t, lat, hot, _ in cli.grants if not hot and bucket(t) == b]
         hot = [lat for t, lat, h, _ in cli.grants if h and bucket(t) == b]
-        errors = sum(1 for t, _, code in calls if code != "OK" and bucket(t) == b)
+        errors = sum(1 for t, _, code, _ in calls if code != "OK" and bucket(t) == b)
         before = samples[0] if b == 0 else ends[b - 1]
         span = max(1e-9, ends[b].t - before.t)
         rows.append(
@@ -224,7 +224,7 @@ def report(
             str(len(hot)),
             ms(pct(hot, 0.5)) if hot else "-",
             ms(pct(hot, 0.99)) if hot else "-",
-            str(sum(1 for _, _, code in calls if code != "OK")),
+            str(sum(1 for _, _, code, _ in calls if code != "OK")),
             f"{(last.ctrl_ticks - samples[0].ctrl_ticks) / CLK_TCK / span * 100:.0f} %",
             f"{(last.gen_ticks - samples[0].gen_ticks) / CLK_TCK / span * 100:.0f} %",
             f"peak {max(s.rss for s in samples) / 1024:.1f}",
@@ -257,16 +257,31 @@ def report(
     )
 
     ops: dict[str, Counter[str]] = {}
-    for _, op, code in calls:
+    took: dict[str, list[float]] = {}
+    for _, op, code, seconds in calls:
         ops.setdefault(op, Counter())[code] += 1
+        if code == "OK" and seconds:
+            took.setdefault(op, []).append(seconds)
     table(
-        "operations (status codes; grant: a lease that ended ungranted or was still queued at the end)",
-        ("operation", "OK", "errors by code"),
+        "operations (unary calls: latency of the successful ones; grant: a lease that ended ungranted "
+        "or was still queued at the end)",
+        ("operation", "OK", "p50", "p99", "errors by code"),
         [
-            (op, str(c.get("OK", 0)), ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k != "OK") or "-")
+            (
+                op,
+                str(c.get("OK", 0)),
+                *spread(took.get(op, []))[0:3:2],
+                ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k != "OK") or "-",
+            )
             for op, c in sorted(ops.items())
         ],
     )
+    refused = [s for _, op, code, s in calls if op == "Listen" and code != "OK"]
+    if refused:
+        print(
+            "\nListen refused, from leased=true to the refusal p50/p90/p99/max: "
+            + " / ".join(spread(refused))
+        )
 
     levels, other = log_levels(log)
     table(

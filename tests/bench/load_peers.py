@@ -43,16 +43,17 @@ ONLINE_BATCH = 50  # exporters brought online at once
 @dataclass
 class Record:
     kind: str
-    calls: list[tuple[float, str, str]] = field(default_factory=list)  # (time, op, status code name)
+    calls: list[tuple[float, str, str, float]] = field(default_factory=list)  # (time, op, code, seconds)
     grants: list[tuple[float, float, bool, bool]] = field(default_factory=list)  # (time, s, hot, immediate)
 
     async def call(self, op: str, pending: Any) -> Any:
+        started = time.perf_counter()
         try:
             result = await pending
         except grpc.aio.AioRpcError as exc:
-            self.calls.append((time.time(), op, exc.code().name))
+            self.calls.append((time.time(), op, exc.code().name, time.perf_counter() - started))
             raise
-        self.calls.append((time.time(), op, "OK"))
+        self.calls.append((time.time(), op, "OK", time.perf_counter() - started))
         return result
 
 
@@ -118,29 +119,29 @@ class SimExporter:
                     if listen is not None:
                         listen.cancel()
                     current = message.lease_name
-                    listen = asyncio.create_task(self._listen(short(current)))
+                    listen = asyncio.create_task(self._listen(short(current), time.perf_counter()))
                     await self.report(LEASE_READY)
                 elif not message.leased and current is not None:
                     if listen is not None:
                         listen.cancel()
                     current, listen = None, None
                     await self.report(AVAILABLE)
-            self.record.calls.append((time.time(), "Status", "OK"))
+            self.record.calls.append((time.time(), "Status", "OK", 0.0))
         except grpc.aio.AioRpcError as exc:
-            self.record.calls.append((time.time(), "Status", exc.code().name))
+            self.record.calls.append((time.time(), "Status", exc.code().name, 0.0))
         finally:
             if listen is not None:
                 listen.cancel()
             call.cancel()
 
-    async def _listen(self, lease: str) -> None:
+    async def _listen(self, lease: str, told: float) -> None:
         try:
             async for _ in self.stub.Listen(
                 jumpstarter_pb2.ListenRequest(lease_name=lease), metadata=self.md
             ):
                 pass
-        except grpc.aio.AioRpcError as exc:
-            self.record.calls.append((time.time(), "Listen", exc.code().name))
+        except grpc.aio.AioRpcError as exc:  # seconds: from leased=true to the refusal
+            self.record.calls.append((time.time(), "Listen", exc.code().name, time.perf_counter() - told))
 
 
 async def _exporters(endpoint: str, ca: bytes, identities: list[Identity], ready: Any, stop: Any) -> Record:
@@ -209,7 +210,9 @@ class SimClient:
             if ended or time.time() > end:  # refused/expired, or the run is over while it queues
                 if not ended:
                     await self._release(lease.name)
-                self.record.calls.append((time.time(), "grant", "ENDED_UNGRANTED" if ended else "RUN_OVER"))
+                self.record.calls.append(
+                    (time.time(), "grant", "ENDED_UNGRANTED" if ended else "RUN_OVER", 0.0)
+                )
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)  # exact for quick grants, cheap for queued ones
