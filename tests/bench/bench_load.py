@@ -38,9 +38,12 @@ from dataclasses import dataclass
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+import grpc  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc  # noqa: E402
 from tests.bench.bench_controller import admin_create, ms  # noqa: E402
 from tests.bench.bench_exporter import CLK_TCK, cpu_ticks, rollup_kib  # noqa: E402
 from tests.bench.load_peers import Record, client_worker, exporter_worker  # noqa: E402
@@ -61,6 +64,7 @@ class Sample:
     rss: int  # KiB
     pss: int  # KiB
     load1: float
+    probe: float  # seconds for one ReportStatus of an idle exporter of its own (-1: failed)
 
 
 def loadavg() -> list[str]:
@@ -68,7 +72,25 @@ def loadavg() -> list[str]:
         return handle.read().split()[:3]
 
 
-def sample(pid: int, workers: list[int]) -> Sample:
+class Probe:
+    """An exporter outside the simulation (labels no lease asks for) whose ReportStatus is timed."""
+
+    def __init__(self, central: Central) -> None:
+        self.identity = admin_create(central, "exporter", NS, ["probe"], board="probe")[0]
+        self.channel = central.channel()
+        self.stub = jumpstarter_pb2_grpc.ControllerServiceStub(self.channel)
+
+    def __call__(self) -> float:
+        request = jumpstarter_pb2.ReportStatusRequest(status=common_pb2.EXPORTER_STATUS_AVAILABLE)
+        started = time.perf_counter()
+        try:
+            self.stub.ReportStatus(request, metadata=self.identity.metadata(), timeout=60)
+        except grpc.RpcError:
+            return -1.0
+        return time.perf_counter() - started
+
+
+def sample(pid: int, workers: list[int], probe: Probe) -> Sample:
     gen = 0
     for worker in workers:
         try:
@@ -76,9 +98,9 @@ def sample(pid: int, workers: list[int]) -> Sample:
         except OSError:
             pass  # a worker that already finished
     load1 = float(loadavg()[0])
-    return Sample(
-        time.time(), cpu_ticks(pid), gen, rollup_kib(pid, "Rss") or 0, rollup_kib(pid, "Pss") or 0, load1
-    )
+    t = time.time()
+    ctrl, rss, pss = cpu_ticks(pid), rollup_kib(pid, "Rss") or 0, rollup_kib(pid, "Pss") or 0
+    return Sample(t, ctrl, gen, rss, pss, load1, probe())
 
 
 def pct(values: list[float], q: float) -> float:
@@ -141,6 +163,7 @@ def run(args: argparse.Namespace, central: Central) -> tuple[list[Sample], float
     pid = central.controller.pid
     started = time.perf_counter()
     exporters, specs = create_lab(central, args.exporters, args.clients)
+    probe = Probe(central)
     created = time.perf_counter() - started
     print(f"created {len(exporters)} exporters and {len(specs)} clients in {created:.1f} s", flush=True)
 
@@ -158,10 +181,10 @@ def run(args: argparse.Namespace, central: Central) -> tuple[list[Sample], float
     end = t0 + args.duration
     cw = ctx.Process(target=client_worker, args=(central.endpoint, central.ca, specs, end, out))
     cw.start()
-    samples = [sample(pid, [ew.pid or 0, cw.pid or 0])]
+    samples = [sample(pid, [ew.pid or 0, cw.pid or 0], probe)]
     while time.time() < end:
         time.sleep(min(args.sample, max(0.0, end - time.time())))
-        samples.append(sample(pid, [ew.pid or 0, cw.pid or 0]))
+        samples.append(sample(pid, [ew.pid or 0, cw.pid or 0], probe))
         if central.controller.poll() is not None:
             raise SystemExit(f"controllerd exited with {central.controller.returncode}")
     records = {}
@@ -197,6 +220,10 @@ def report(
         errors = sum(1 for t, _, code, _ in calls if code != "OK" and bucket(t) == b)
         before = samples[0] if b == 0 else ends[b - 1]
         span = max(1e-9, ends[b].t - before.t)
+        reports = [
+            sec for t, op, code, sec in exp.calls if op == "ReportStatus" and code == "OK" and bucket(t) == b
+        ]
+        probes = [p.probe for p in samples[1:] if bucket(p.t) == b and p.t <= t0 + args.duration]
         rows.append(
             (
                 f"{b * width:.0f}-{(b + 1) * width:.0f} s",
@@ -206,6 +233,8 @@ def report(
                 ms(pct(hot, 0.5)) if hot else "-",
                 ms(pct(hot, 0.99)) if hot else "-",
                 str(errors),
+                ms(pct(reports, 0.5)) if reports else "-",
+                ms(max(probes)) if probes else "-",
                 f"{(ends[b].ctrl_ticks - before.ctrl_ticks) / CLK_TCK / span * 100:.0f} %",
                 f"{(ends[b].gen_ticks - before.gen_ticks) / CLK_TCK / span * 100:.0f} %",
                 f"{ends[b].rss / 1024:.1f}",
@@ -225,6 +254,13 @@ def report(
             ms(pct(hot, 0.5)) if hot else "-",
             ms(pct(hot, 0.99)) if hot else "-",
             str(sum(1 for _, _, code, _ in calls if code != "OK")),
+            ms(
+                pct(
+                    [sec for _, op, code, sec in exp.calls if op == "ReportStatus" and code == "OK"] or [0],
+                    0.5,
+                )
+            ),
+            ms(max(p.probe for p in samples)),
             f"{(last.ctrl_ticks - samples[0].ctrl_ticks) / CLK_TCK / span * 100:.0f} %",
             f"{(last.gen_ticks - samples[0].gen_ticks) / CLK_TCK / span * 100:.0f} %",
             f"peak {max(s.rss for s in samples) / 1024:.1f}",
@@ -247,6 +283,8 @@ def report(
             "hot wait p50",
             "hot wait p99",
             "errors",
+            "exporters' ReportStatus p50",
+            "probe ReportStatus max",
             "controllerd CPU",
             "load gen CPU",
             "RSS MiB",

@@ -58,7 +58,9 @@ class Record:
 
 
 def _channel(endpoint: str, ca: bytes) -> grpc.aio.Channel:
-    return grpc.aio.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates=ca))
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    # a connection of its own: channels with the same target and options may share one otherwise
+    return grpc.aio.secure_channel(endpoint, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 # -- exporters ----------------------------------------------------------------------------------
