@@ -209,10 +209,15 @@ class LeaseScheduler:
         store their changes, and a pass that started after a change already planned it. Under
         load that is one pass per burst instead of one per request (tests/bench/bench_load.py).
         """
-        await asyncio.sleep(0)
-        async with self.lock:
+        try:
+            await asyncio.sleep(0)
+            async with self.lock:
+                if self._planned < change:
+                    await self._pass()
+        except asyncio.CancelledError:  # the caller went away: its change still gets planned
             if self._planned < change:
-                await self._pass()
+                self.hub.wake_scheduler()
+            raise
 
     async def poke(self) -> None:
         """Something changed (an exporter registered, came online, became ready): re-plan."""

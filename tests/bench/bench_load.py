@@ -15,9 +15,11 @@ and queues behind the others. Grant latency is CreateLease sent → Ready seen b
 (GetLease polled from 20 ms, backing off to 250 ms), reported separately for the two kinds.
 
 Every SAMPLE seconds controllerd's CPU time (/proc/PID/stat) and RSS/PSS (/proc/PID/smaps_rollup)
-are read, with the workers' CPU and the load average. Prints per-BUCKET (default a minute) tables,
-operations and errors by code, controllerd's warning/error log lines, and whether memory stayed
-flat (the last bucket's RSS within MARGIN of the second's). A benchmark: nothing is asserted.
+are read, with the workers' CPU and the load average, and one ReportStatus of a probe exporter
+outside the simulation is timed (how long any exporter's call waits now). Prints per-BUCKET
+(default a minute) tables, operations with latency and errors by code, controllerd's warning/error
+log lines, and whether memory stayed flat (the last bucket's RSS within MARGIN of the second's).
+A benchmark: nothing is asserted.
 Not a pytest test (bench_*.py is not collected).
 """
 
