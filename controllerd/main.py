@@ -45,6 +45,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
     from controllerd.admin import Admin
+    from controllerd.arrival_order import ArrivalOrder
     from controllerd.audit import prune_forever
     from controllerd.auth import TokenAuthority, load_or_create_key
     from controllerd.client_service import ClientService
@@ -93,7 +94,8 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None
 
     server = grpc.aio.server(options=SERVER_OPTIONS + server_keepalive_options(config.offline_after))
-    registry = guarded(server)  # malformed requests: INVALID_ARGUMENT, no traceback in the log
+    # malformed requests: INVALID_ARGUMENT, no traceback in the log; calls served in arrival order
+    registry = ArrivalOrder(guarded(server))
     jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(
         ControllerService(
             store,

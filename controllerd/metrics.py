@@ -25,9 +25,13 @@ class ControllerMetrics:
         )
         self.active = Gauge("jumpstarter_leases_active", "Leases holding an exporter", registry=self.registry)
         self.online = Gauge("jumpstarter_exporters_online", "Exporters online", registry=self.registry)
+        self.passes = Gauge(
+            "jumpstarter_scheduler_passes", "Scheduler passes since start (a counter)", registry=self.registry
+        )
         self.pending.set_function(lambda: scheduler.stats["pending"])
         self.active.set_function(lambda: scheduler.stats["active"])
         self.online.set_function(lambda: scheduler.stats["online"])
+        self.passes.set_function(lambda: scheduler.stats["passes"])
         scheduler.on_event = self.event
 
     def event(self, kind: str, lease: Lease) -> None:

@@ -9,14 +9,12 @@ transaction as the change they record (`_writing`).
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from controllerd.records import AccessPolicy, AuditEvent, Client, Condition, Exporter, Lease, TokenRecord
 from controllerd.store.base import Conflict, NotFound, StorageError
@@ -94,6 +92,17 @@ def _private_files(path: str) -> None:
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(path + suffix, 0o600)
+
+
+R = TypeVar("R")
+
+
+def _clone(record: R) -> R:
+    """A shallow copy of a record: every scheduler pass copies all of them, and this is 3x cheaper
+    than copy.copy or dataclasses.replace (tests/bench/bench_load.py)."""
+    out = object.__new__(type(record))
+    out.__dict__.update(record.__dict__)
+    return out
 
 
 _JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions", "detail"}
@@ -285,7 +294,9 @@ class SqliteStore:
 
     @staticmethod
     def _copy(exporter: Exporter) -> Exporter:
-        return dataclasses.replace(exporter, labels=dict(exporter.labels))
+        copied = _clone(exporter)
+        copied.labels = dict(exporter.labels)
+        return copied
 
     async def get_exporter(self, namespace: str, name: str) -> Exporter:
         exporter = self._exporters().get((namespace, name))
@@ -339,9 +350,9 @@ class SqliteStore:
 
     @staticmethod
     def _copy_lease(lease: Lease) -> Lease:
-        copied = copy.copy(lease)  # callers change what they get back: never the cached object
+        copied = _clone(lease)  # callers change what they get back: never the cached object
         copied.tags, copied.context = dict(lease.tags), dict(lease.context)
-        copied.conditions = [copy.copy(c) for c in lease.conditions]
+        copied.conditions = [_clone(c) for c in lease.conditions]
         return copied
 
     def _cache_lease(self, lease: Lease) -> None:

@@ -457,3 +457,34 @@ def test_an_update_applies_to_the_current_record_and_keeps_a_grant_made_meanwhil
         assert stored.exporter == "e1" and stored.duration == 7200.0
 
     run(scenario())
+
+
+def test_requests_that_arrive_together_share_one_pass(env):
+    """Each submit/release/update used to run its own full pass: a burst of N requests cost N
+    passes over every exporter and lease, which saturated controllerd (tests/bench/bench_load.py)."""
+    store, scheduler, clock, _ = env
+    burst = 30
+
+    async def scenario():
+        for i in range(burst):
+            await add_exporter(store, clock, f"e{i:02d}")
+        await add_client(store, "alice")
+        scheduler.max_pending = burst
+        before = scheduler.stats["passes"]
+        leases = await asyncio.gather(
+            *(
+                scheduler.submit(Lease("lab", f"l{i:02d}", "alice", selector="board=rpi4", duration=60))
+                for i in range(burst)
+            )
+        )
+        created = scheduler.stats["passes"] - before
+        assert all(lease.exporter is not None for lease in leases)  # each saw its grant on return
+        assert len({lease.exporter for lease in leases}) == burst
+        before = scheduler.stats["passes"]
+        await asyncio.gather(*(scheduler.release(lease) for lease in leases))
+        released = scheduler.stats["passes"] - before
+        assert all([(await store.get_lease("lab", lease.name)).ended for lease in leases])
+        return created, released
+
+    created, released = run(scenario())
+    assert created < burst / 2 and released < burst / 2, (created, released)
