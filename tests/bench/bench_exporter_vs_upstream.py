@@ -274,13 +274,32 @@ def median(runs: list[dict[str, dict[str, float]]], test: str, key: str) -> floa
     return statistics.median(r[test][key] for r in runs)
 
 
+def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
+    """Our exporterd as of `ref` (its packages exported from git, first on PYTHONPATH), same venv."""
+    tree = os.path.join(workdir, "before")
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "jumpstarter", "exporterd"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    sock = os.path.join(workdir, "before.sock")
+    env = {**os.environ, "PYTHONPATH": tree}
+    with open(os.path.join(workdir, "before.log"), "wb") as log:
+        process = spawn([sys.executable, "-m", "exporterd.main", "--config", config, "--socket", sock],
+                        cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+    report = wait_for_report(process, sock)
+    return {"name": "before", "process": process, "pid": process.pid, "socket": sock,
+            **{n: uuid_of(report, n) for n in ("power", "echo", "sink")}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the table shows medians (default 5)")
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures as JSON")
-    parser.add_argument("--only", choices=["ours", "upstream", "bare"], action="append",
-                        help="measure only these servers (repeatable; for profiling)")
+    parser.add_argument("--only", choices=["before", "ours", "upstream", "bare"], action="append",
+                        help="measure only these servers (repeatable)")
+    parser.add_argument("--before", metavar="GITREF",
+                        help="also measure our exporterd as of GITREF (column 'before'), in the same run")
     args = parser.parse_args(argv)
     calls, total = (300, 16 * MiB) if args.quick else (2000, 128 * MiB)
     load_start = os.getloadavg()
@@ -290,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     echo_port, sink_port = services.stdout.readline().split()
     config = os.path.join(workdir, "exporter.yaml")
     Path(config).write_text(CONFIG.format(echo=int(echo_port), sink=int(sink_port)))
-    wanted = args.only or ["ours", "upstream", "bare"]
+    wanted = args.only or (["before"] if args.before else []) + ["ours", "upstream", "bare"]
     targets: dict[str, dict[str, Any]] = {}
     try:
+        if "before" in wanted:
+            targets["before"] = start_before(args.before, workdir, config)
         if "ours" in wanted:
             sock = os.path.join(workdir, "ours.sock")
             process, _, report = start_exporterd(config, sock, os.path.join(workdir, "ours.log"))
@@ -327,26 +348,26 @@ def main(argv: list[str] | None = None) -> int:
           f"{calls:,} sequential calls, {total // MiB} MiB per stream, 64 KiB frames)")
     print()
     print(f"- load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; nproc {os.cpu_count()}")
+    if args.before:
+        print(f"- before: our exporterd as of {args.before}")
     print()
     names = list(targets)
-    header = " | ".join(names)
-    print(f"| metric | {header} |" + (" ours / upstream |" if {"ours", "upstream"} <= set(names) else ""))
-    print("|---|" + "---:|" * len(names) + ("---:|" if {"ours", "upstream"} <= set(names) else ""))
+    ratios = [r for r in ("upstream", "before") if "ours" in names and r in names]
+    print("| metric | " + " | ".join(names) + " |" + "".join(f" ours / {r} |" for r in ratios))
+    print("|---|" + "---:|" * (len(names) + len(ratios)))
     rows = [
-        ("unary DriverCall (MockPower on), sequential, calls/s", "unary", "calls_per_s", "{:,.0f}", True),
-        ("server CPU per unary call, µs", "unary", "server_us_per_call", "{:,.0f}", False),
-        ("echo through TcpNetwork to a local echo server, MB/s", "echo", "mb_per_s", "{:,.0f}", True),
-        ("  server CPU during echo, %", "echo", "server_cpu_pct", "{:.0f}", False),
-        ("one-way through TcpNetwork into a local sink, MB/s", "sink", "mb_per_s", "{:,.0f}", True),
-        ("  server CPU during one-way, %", "sink", "server_cpu_pct", "{:.0f}", False),
+        ("unary DriverCall (MockPower on), sequential, calls/s", "unary", "calls_per_s", "{:,.0f}"),
+        ("server CPU per unary call, µs", "unary", "server_us_per_call", "{:,.0f}"),
+        ("echo through TcpNetwork to a local echo server, MB/s", "echo", "mb_per_s", "{:,.0f}"),
+        ("  server CPU during echo, %", "echo", "server_cpu_pct", "{:.0f}"),
+        ("one-way through TcpNetwork into a local sink, MB/s", "sink", "mb_per_s", "{:,.0f}"),
+        ("  server CPU during one-way, %", "sink", "server_cpu_pct", "{:.0f}"),
     ]
-    for label, test, key, fmt, ratio in rows:
+    for label, test, key, fmt in rows:
         cells = [fmt.format(median(rounds[n], test, key)) for n in names]
-        line = f"| {label} | " + " | ".join(cells) + " |"
-        if {"ours", "upstream"} <= set(names):
-            ours, theirs = median(rounds["ours"], test, key), median(rounds["upstream"], test, key)
-            line += f" {ours / theirs:.2f}× |" if ratio else f" {ours / theirs:.2f} |"
-        print(line)
+        ours = median(rounds["ours"], test, key) if ratios else 0.0
+        extra = "".join(f" {ours / median(rounds[r], test, key):.2f}× |" for r in ratios)
+        print(f"| {label} | " + " | ".join(cells) + " |" + extra)
     print()
     print("spread (min–max over rounds): " + "; ".join(
         f"{n} unary {min(r['unary']['calls_per_s'] for r in rounds[n]):,.0f}–"
