@@ -22,9 +22,22 @@ SECRET_KEYS = ("token", "authorization", "passphrase", "password", "secret")
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
+#: key -> looks like a secret; keys come from code, so this stays small (bounded anyway).
+_secret_key: dict[str, bool] = {}
+
+
+def _is_secret(key: str) -> bool:
+    known = _secret_key.get(key)
+    if known is None:
+        known = any(s in key.lower() for s in SECRET_KEYS)
+        if len(_secret_key) < 4096:
+            _secret_key[key] = known
+    return known
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
-        if any(s in key.lower() for s in SECRET_KEYS):
+        if _is_secret(key):
             event[key] = "[redacted]"
         elif isinstance(value, str) and "eyJ" in value:
             event[key] = JWT.sub("[redacted]", value)
@@ -62,6 +75,12 @@ class Throttle:
 def configure(level: str | int = "INFO", *, json: bool | None = None, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging through one handler on `stream` (stdout for daemons)."""
     stream = stream or sys.stdout
+    # Nothing we render uses the caller's frame, thread or process: skip looking them up per record
+    # (the "Optimization" table of the logging HOWTO).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     if json is None:
         json = not stream.isatty()
     shared: list[Any] = [

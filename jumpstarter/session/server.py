@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -54,6 +55,26 @@ GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 
 
+class FreshIds:
+    """Fresh canonical UUIDs for response messages (PROTOCOL.md §4: "any fresh uuid").
+
+    One random UUIDv4 per process whose last 48 bits count up: unique like uuid4() for this
+    purpose, without a getrandom() call and a UUID object per response.
+    """
+
+    def __init__(self) -> None:
+        seed = uuidlib.uuid4()
+        self._prefix = str(seed)[:24]
+        self._counter = itertools.count(seed.int & 0xFFFFFFFFFFFF)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+fresh_uuid = FreshIds()
+Prepared: TypeAlias = tuple[Callable[..., Any], Any, bool]
+
+
 class Session:
     """A driver tree plus its status; the state behind one session server."""
 
@@ -81,6 +102,8 @@ class Session:
         self.on_end_session: Callable[[], Any] | None = None
         self.logs: LogBroadcaster | None = None
         self._report: jumpstarter_pb2.GetReportResponse | None = None
+        #: (driver uuid, method, kind) -> bound method, binder, is_async; only names that exist get in.
+        self._methods: dict[tuple[str, str, str], Prepared] = {}
 
     def set_status(self, status: Status, message: str = "") -> None:
         if status == self.status and message == self.status_message:
@@ -112,6 +135,17 @@ class Session:
         if driver is None:
             raise MethodNotFound(f"no driver with uuid {uuid!r} in this session (call GetReport again)")
         return driver
+
+    def method(self, uuid: str, name: str, kind: str) -> Prepared:
+        """The bound method `name` of driver `uuid`, its argument binder and whether it is async."""
+        key = (uuid, name, kind)
+        prepared = self._methods.get(key)
+        if prepared is None:
+            driver = self.driver(uuid)
+            exported, function = driver.method(name, kind)
+            prepared = (function, exported.binder(type(driver)), exported.is_async)
+            self._methods[key] = prepared
+        return prepared
 
     def check_ready(self) -> None:
         if self.status not in CALLABLE_STATES:
@@ -169,10 +203,10 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
     def _prepare(self, request: Any, kind: str) -> tuple[Callable[..., Any], list[Any], bool]:
         session = self.session
         session.check_ready()
-        driver = session.driver(request.uuid)
-        exported, function = driver.method(request.method, kind)
-        args = exported.binder(type(driver)).bind([values.decode(a) for a in request.args])
-        return function, args, exported.is_async
+        function, binder, is_async = session.method(request.uuid, request.method, kind)
+        wire = request.args
+        args = binder.bind([values.decode(a) for a in wire] if wire else [])
+        return function, args, is_async
 
     async def DriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -181,7 +215,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
                 result = await function(*args)
             else:
                 result = await asyncio.to_thread(function, *args)
-            return jumpstarter_pb2.DriverCallResponse(uuid=str(uuidlib.uuid4()), result=values.encode(result))
+            response = jumpstarter_pb2.DriverCallResponse(uuid=fresh_uuid())
+            values.encode_into(response.result, result)
+            return response
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -205,9 +241,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
 
     @staticmethod
     def _item(item: Any) -> Any:
-        return jumpstarter_pb2.StreamingDriverCallResponse(
-            uuid=str(uuidlib.uuid4()), result=values.encode(item)
-        )
+        response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=fresh_uuid())
+        values.encode_into(response.result, item)
+        return response
 
     async def LogStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if self.session.logs is None:
