@@ -39,6 +39,7 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.so_reuseport", 0),
+    ("grpc.http2.max_frame_size", 1 << 20),
 ]
 CALLABLE_STATES = frozenset(
     {

@@ -249,7 +249,8 @@ async def stream(socket: str, uuid: str, total: int, pid: int, echo: bool) -> di
     expected = count * FRAME if echo else 0
     if received != expected:
         raise AssertionError(f"stream: received {received} bytes, expected {expected}")
-    return {"mb_per_s": count * FRAME / 1e6 / wall, "server_cpu_pct": 100 * cpu / wall}
+    mb = count * FRAME / 1e6
+    return {"mb_per_s": mb / wall, "server_cpu_pct": 100 * cpu / wall, "server_us_per_mb": cpu / mb * 1e6}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -294,6 +295,8 @@ def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--mib", type=int, default=128, help="MiB per stream (default 128)")
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per round (default 2000)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the table shows medians (default 5)")
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures as JSON")
     parser.add_argument("--only", choices=["before", "ours", "upstream", "bare"], action="append",
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", metavar="GITREF",
                         help="also measure our exporterd as of GITREF (column 'before'), in the same run")
     args = parser.parse_args(argv)
-    calls, total = (300, 16 * MiB) if args.quick else (2000, 128 * MiB)
+    calls, total = (300, 16 * MiB) if args.quick else (args.calls, args.mib * MiB)
     load_start = os.getloadavg()
     workdir = tempfile.mkdtemp(prefix="jmp-vs-up-")
     services = spawn([sys.executable, "-c", TCP_SERVICES], stdout=subprocess.PIPE)
@@ -359,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         ("unary DriverCall (MockPower on), sequential, calls/s", "unary", "calls_per_s", "{:,.0f}"),
         ("server CPU per unary call, µs", "unary", "server_us_per_call", "{:,.0f}"),
         ("echo through TcpNetwork to a local echo server, MB/s", "echo", "mb_per_s", "{:,.0f}"),
-        ("  server CPU during echo, %", "echo", "server_cpu_pct", "{:.0f}"),
+        ("  server CPU per MB echoed, µs", "echo", "server_us_per_mb", "{:,.0f}"),
         ("one-way through TcpNetwork into a local sink, MB/s", "sink", "mb_per_s", "{:,.0f}"),
-        ("  server CPU during one-way, %", "sink", "server_cpu_pct", "{:.0f}"),
+        ("  server CPU per MB one-way, µs", "sink", "server_us_per_mb", "{:,.0f}"),
     ]
     for label, test, key, fmt in rows:
         cells = [fmt.format(median(rounds[n], test, key)) for n in names]
