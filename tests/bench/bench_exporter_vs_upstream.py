@@ -13,7 +13,9 @@ stream: echoes / swallows frames) gives the ceiling of this machine.
 
 Upstream runs from its own virtualenv (`.venv-upstream`, or $JUMPSTARTER_UPSTREAM_VENV;
 `scripts/upstream-venv` makes it). Every figure is measured `--repeat` times, the servers
-taking turns, and the table shows medians; the load average is printed at start and end.
+taking turns in short rounds (so that other load on the machine hits each alike); rates are the
+median round, CPU per call / per MB the total over all rounds (server threads, user + system,
+from /proc). The load average is printed at start and end.
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ async def unary(socket: str, power: str, warmup: int, count: int, pid: int) -> d
             await call(jumpstarter_pb2.DriverCallRequest(uuid=power, method="on", args=[]))
         wall = time.perf_counter() - t0
         cpu = (cpu_ticks(pid) - cpu0) / CLK_TCK
-    return {"calls_per_s": count / wall, "server_us_per_call": cpu / count * 1e6}
+    return {"calls_per_s": count / wall, "server_us_per_call": cpu / count * 1e6, "cpu_s": cpu, "work": count}
 
 
 async def stream(socket: str, uuid: str, total: int, pid: int, echo: bool) -> dict[str, float]:
@@ -250,7 +252,8 @@ async def stream(socket: str, uuid: str, total: int, pid: int, echo: bool) -> di
     if received != expected:
         raise AssertionError(f"stream: received {received} bytes, expected {expected}")
     mb = count * FRAME / 1e6
-    return {"mb_per_s": mb / wall, "server_cpu_pct": 100 * cpu / wall, "server_us_per_mb": cpu / mb * 1e6}
+    return {"mb_per_s": mb / wall, "server_cpu_pct": 100 * cpu / wall, "server_us_per_mb": cpu / mb * 1e6,
+            "cpu_s": cpu, "work": mb}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -272,6 +275,9 @@ def measure(target: dict[str, Any], calls: int, total: int) -> dict[str, dict[st
 
 
 def median(runs: list[dict[str, dict[str, float]]], test: str, key: str) -> float:
+    """Rates: the median over rounds. CPU per unit: total CPU over total work (ticks are 10 ms coarse)."""
+    if key.startswith("server_us_per_"):
+        return sum(r[test]["cpu_s"] for r in runs) / sum(r[test]["work"] for r in runs) * 1e6
     return statistics.median(r[test][key] for r in runs)
 
 
@@ -295,9 +301,10 @@ def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument("--mib", type=int, default=128, help="MiB per stream (default 128)")
-    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per round (default 2000)")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds; the table shows medians (default 5)")
+    parser.add_argument("--mib", type=int, default=32, help="MiB per stream and round (default 32)")
+    parser.add_argument("--calls", type=int, default=500, help="sequential calls per round (default 500)")
+    parser.add_argument("--repeat", type=int, default=15,
+                        help="rounds, the servers taking turns in each (default 15): short rounds, many turns")
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures as JSON")
     parser.add_argument("--only", choices=["before", "ours", "upstream", "bare"], action="append",
                         help="measure only these servers (repeatable)")
@@ -347,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         stop(services)
     load_end = os.getloadavg()
 
-    print(f"## exporterd vs upstream 0.9 ({args.repeat} rounds, medians; "
-          f"{calls:,} sequential calls, {total // MiB} MiB per stream, 64 KiB frames)")
+    print(f"## exporterd vs upstream 0.9 ({args.repeat} rounds of {calls:,} sequential calls and "
+          f"{total // MiB} MiB per stream in 64 KiB frames; rates: median round; CPU: total / total work)")
     print()
     print(f"- load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; nproc {os.cpu_count()}")
     if args.before:
