@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -89,7 +89,8 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
             and not record.stack_info
             and hasattr(record, "_logger")
         ):
-            return self.processors[-1](record._logger, record._name, dict(event))  # type: ignore[attr-defined, no-any-return]
+            render = self.processors[-1]
+            return cast(str, render(record._logger, record._name, dict(event)))  # type: ignore[attr-defined]
         return super().format(record)
 
 

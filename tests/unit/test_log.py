@@ -60,7 +60,7 @@ def test_the_short_formatting_path_renders_exactly_what_the_full_one_does() -> N
         capture.emit = records.append  # type: ignore[method-assign]
         root.addHandler(capture)
         try:
-            log = structlog.get_logger("driver.Test").bind(driver_type="power")
+            log = structlog.get_logger("short-path-test").bind(driver_type="power")  # no level set on it anywhere
             log.info("power on")
             log.warning("odd \"quotes\" and ünïcode", count=3, ratio=0.5, token=TOKEN, note=f"Bearer {TOKEN}")
             try:
