@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from bench_exporter import CLK_TCK, cpu_ticks, spawn, start_exporterd, stop, uuid_of  # type: ignore[import-not-found]
+
 from jumpstarter.v1 import jumpstarter_pb2, router_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +154,11 @@ def upstream_python() -> str:
 
 def upstream_env(home: str) -> dict[str, str]:
     """Upstream must never import our package: no PYTHONPATH, no virtualenv variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "JMP_", "JUMPSTARTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "JMP_", "JUMPSTARTER_"))
+    }
     env["HOME"] = home
     return env
 
@@ -252,8 +256,13 @@ async def stream(socket: str, uuid: str, total: int, pid: int, echo: bool) -> di
     if received != expected:
         raise AssertionError(f"stream: received {received} bytes, expected {expected}")
     mb = count * FRAME / 1e6
-    return {"mb_per_s": mb / wall, "server_cpu_pct": 100 * cpu / wall, "server_us_per_mb": cpu / mb * 1e6,
-            "cpu_s": cpu, "work": mb}
+    return {
+        "mb_per_s": mb / wall,
+        "server_cpu_pct": 100 * cpu / wall,
+        "server_us_per_mb": cpu / mb * 1e6,
+        "cpu_s": cpu,
+        "work": mb,
+    }
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -264,7 +273,12 @@ def measure(target: dict[str, Any], calls: int, total: int) -> dict[str, dict[st
 
     async def run() -> dict[str, dict[str, float]]:
         out = {"unary": await unary(target["socket"], target["power"], calls // 10, calls, pid)}
-        print(f"  {target['name']}: unary {out['unary']['calls_per_s']:,.0f}/s", end="", file=sys.stderr, flush=True)
+        print(
+            f"  {target['name']}: unary {out['unary']['calls_per_s']:,.0f}/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         out["echo"] = await stream(target["socket"], target["echo"], total, pid, echo=True)
         print(f", echo {out['echo']['mb_per_s']:,.0f} MB/s", end="", file=sys.stderr, flush=True)
         out["sink"] = await stream(target["socket"], target["sink"], total, pid, echo=False)
@@ -285,31 +299,55 @@ def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
     """Our exporterd as of `ref` (its packages exported from git, first on PYTHONPATH), same venv."""
     tree = os.path.join(workdir, "before")
     os.makedirs(tree)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "jumpstarter", "exporterd"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "jumpstarter", "exporterd"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
     sock = os.path.join(workdir, "before.sock")
     env = {**os.environ, "PYTHONPATH": tree}
     with open(os.path.join(workdir, "before.log"), "wb") as log:
-        process = spawn([sys.executable, "-m", "exporterd.main", "--config", config, "--socket", sock],
-                        cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = spawn(
+            [sys.executable, "-m", "exporterd.main", "--config", config, "--socket", sock],
+            cwd=tree,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     report = wait_for_report(process, sock)
-    return {"name": "before", "process": process, "pid": process.pid, "socket": sock,
-            **{n: uuid_of(report, n) for n in ("power", "echo", "sink")}}
+    return {
+        "name": "before",
+        "process": process,
+        "pid": process.pid,
+        "socket": sock,
+        **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--mib", type=int, default=32, help="MiB per stream and round (default 32)")
     parser.add_argument("--calls", type=int, default=500, help="sequential calls per round (default 500)")
-    parser.add_argument("--repeat", type=int, default=15,
-                        help="rounds, the servers taking turns in each (default 15): short rounds, many turns")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=15,
+        help="rounds, the servers taking turns in each (default 15): short rounds, many turns",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures as JSON")
-    parser.add_argument("--only", choices=["before", "ours", "upstream", "bare"], action="append",
-                        help="measure only these servers (repeatable)")
-    parser.add_argument("--before", metavar="GITREF",
-                        help="also measure our exporterd as of GITREF (column 'before'), in the same run")
+    parser.add_argument(
+        "--only",
+        choices=["before", "ours", "upstream", "bare"],
+        action="append",
+        help="measure only these servers (repeatable)",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="GITREF",
+        help="also measure our exporterd as of GITREF (column 'before'), in the same run",
+    )
     args = parser.parse_args(argv)
     calls, total = (300, 16 * MiB) if args.quick else (args.calls, args.mib * MiB)
     load_start = os.getloadavg()
@@ -327,23 +365,45 @@ def main(argv: list[str] | None = None) -> int:
         if "ours" in wanted:
             sock = os.path.join(workdir, "ours.sock")
             process, _, report = start_exporterd(config, sock, os.path.join(workdir, "ours.log"))
-            targets["ours"] = {"name": "ours", "process": process, "pid": process.pid, "socket": sock,
-                               **{n: uuid_of(report, n) for n in ("power", "echo", "sink")}}
+            targets["ours"] = {
+                "name": "ours",
+                "process": process,
+                "pid": process.pid,
+                "socket": sock,
+                **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
+            }
         if "upstream" in wanted:
             sock = os.path.join(workdir, "upstream.sock")
             os.makedirs(os.path.join(workdir, "home"), exist_ok=True)
             with open(os.path.join(workdir, "upstream.log"), "wb") as log:
-                process = spawn([upstream_python(), "-c", UPSTREAM_SERVER, config, sock], cwd=workdir,
-                                env=upstream_env(os.path.join(workdir, "home")), stdout=log, stderr=subprocess.STDOUT)
+                process = spawn(
+                    [upstream_python(), "-c", UPSTREAM_SERVER, config, sock],
+                    cwd=workdir,
+                    env=upstream_env(os.path.join(workdir, "home")),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             report = wait_for_report(process, sock)
-            targets["upstream"] = {"name": "upstream", "process": process, "pid": process.pid, "socket": sock,
-                                   **{n: uuid_of(report, n) for n in ("power", "echo", "sink")}}
+            targets["upstream"] = {
+                "name": "upstream",
+                "process": process,
+                "pid": process.pid,
+                "socket": sock,
+                **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
+            }
         if "bare" in wanted:
             sock = os.path.join(workdir, "bare.sock")
             process = spawn([sys.executable, "-c", BARE_SERVER, sock])
             wait_for_socket(process, sock)
-            targets["bare"] = {"name": "bare", "process": process, "pid": process.pid, "socket": sock,
-                               "power": "none", "echo": "echo", "sink": "sink"}
+            targets["bare"] = {
+                "name": "bare",
+                "process": process,
+                "pid": process.pid,
+                "socket": sock,
+                "power": "none",
+                "echo": "echo",
+                "sink": "sink",
+            }
         rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in targets}
         for _ in range(args.repeat):
             for name, target in targets.items():  # the servers take turns: same noise for each
@@ -354,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         stop(services)
     load_end = os.getloadavg()
 
-    print(f"## exporterd vs upstream 0.9 ({args.repeat} rounds of {calls:,} sequential calls and "
-          f"{total // MiB} MiB per stream in 64 KiB frames; rates: median round; CPU: total / total work)")
+    print(
+        f"## exporterd vs upstream 0.9 ({args.repeat} rounds of {calls:,} sequential calls and "
+        f"{total // MiB} MiB per stream in 64 KiB frames; rates: median round; CPU: total / total work)"
+    )
     print()
     print(f"- load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; nproc {os.cpu_count()}")
     if args.before:
@@ -379,12 +441,16 @@ def main(argv: list[str] | None = None) -> int:
         extra = "".join(f" {ours / median(rounds[r], test, key):.2f}× |" for r in ratios)
         print(f"| {label} | " + " | ".join(cells) + " |" + extra)
     print()
-    print("spread (min–max over rounds): " + "; ".join(
-        f"{n} unary {min(r['unary']['calls_per_s'] for r in rounds[n]):,.0f}–"
-        f"{max(r['unary']['calls_per_s'] for r in rounds[n]):,.0f}/s, echo "
-        f"{min(r['echo']['mb_per_s'] for r in rounds[n]):,.0f}–{max(r['echo']['mb_per_s'] for r in rounds[n]):,.0f}"
-        f", sink {min(r['sink']['mb_per_s'] for r in rounds[n]):,.0f}–{max(r['sink']['mb_per_s'] for r in rounds[n]):,.0f} MB/s"
-        for n in names))
+    print(
+        "spread (min–max over rounds): "
+        + "; ".join(
+            f"{n} unary {min(r['unary']['calls_per_s'] for r in rounds[n]):,.0f}–"
+            f"{max(r['unary']['calls_per_s'] for r in rounds[n]):,.0f}/s, echo "
+            f"{min(r['echo']['mb_per_s'] for r in rounds[n]):,.0f}–{max(r['echo']['mb_per_s'] for r in rounds[n]):,.0f}"
+            f", sink {min(r['sink']['mb_per_s'] for r in rounds[n]):,.0f}–{max(r['sink']['mb_per_s'] for r in rounds[n]):,.0f} MB/s"
+            for n in names
+        )
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"load": [load_start, load_end], "rounds": rounds}, indent=2))
     return 0

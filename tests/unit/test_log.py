@@ -60,9 +60,11 @@ def test_the_short_formatting_path_renders_exactly_what_the_full_one_does() -> N
         capture.emit = records.append  # type: ignore[method-assign]
         root.addHandler(capture)
         try:
-            log = structlog.get_logger("short-path-test").bind(driver_type="power")  # no level set on it anywhere
+            log = structlog.get_logger("short-path-test").bind(
+                driver_type="power"
+            )  # no level set on it anywhere
             log.info("power on")
-            log.warning("odd \"quotes\" and ünïcode", count=3, ratio=0.5, token=TOKEN, note=f"Bearer {TOKEN}")
+            log.warning('odd "quotes" and ünïcode', count=3, ratio=0.5, token=TOKEN, note=f"Bearer {TOKEN}")
             try:
                 raise ValueError("boom")
             except ValueError:
@@ -74,7 +76,9 @@ def test_the_short_formatting_path_renders_exactly_what_the_full_one_does() -> N
             structlog.reset_defaults()
         assert len(records) == 4
         for record in records[:3]:  # structlog's (stamped already); the stdlib one is stamped when formatted
-            full = structlog.stdlib.ProcessorFormatter.format(formatter, logging.makeLogRecord(record.__dict__))
+            full = structlog.stdlib.ProcessorFormatter.format(
+                formatter, logging.makeLogRecord(record.__dict__)
+            )
             assert formatter.format(record) == full
         assert isinstance(records[0].msg, dict), "the record other handlers see is left as it was"
         out = stream.getvalue()
