@@ -405,9 +405,11 @@ def main(argv: list[str] | None = None) -> int:
                 "sink": "sink",
             }
         rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in targets}
-        for _ in range(args.repeat):
-            for name, target in targets.items():  # the servers take turns: same noise for each
-                rounds[name].append(measure(target, calls, total))
+        order = list(targets)
+        for index in range(args.repeat):
+            # the servers take turns (same noise for each), each going first in turn
+            for name in order[index % len(order) :] + order[: index % len(order)]:
+                rounds[name].append(measure(targets[name], calls, total))
     finally:
         for target in targets.values():
             stop(target["process"])
