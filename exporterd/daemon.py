@@ -86,7 +86,7 @@ class Daemon:
         if not self.args.listen:
             return
         from jumpstarter import tls
-        from jumpstarter.session.server import serve_tcp
+        from jumpstarter.session.direct import serve_tcp
 
         credentials = None
         if not self.args.insecure_listener:

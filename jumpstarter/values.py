@@ -30,6 +30,11 @@ def encode(obj: Any) -> Value:
     return value
 
 
+def encode_into(value: Value, obj: Any) -> None:
+    """Like `encode`, into a `Value` field of a message being built (no copy of the result)."""
+    _fill(value, obj)
+
+
 def _fill(value: Value, obj: Any) -> None:
     if obj is None:
         value.null_value = NULL_VALUE

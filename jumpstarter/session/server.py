@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.so_reuseport", 0),
+    ("grpc.http2.max_frame_size", 1 << 20),
 ]
 CALLABLE_STATES = frozenset(
     {
@@ -52,6 +54,26 @@ DATA = router_pb2.FRAME_TYPE_DATA
 OPEN_MARKER = "x-jumpstarter-stream-open"
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
+
+
+class FreshIds:
+    """Fresh canonical UUIDs for response messages (PROTOCOL.md §4: "any fresh uuid").
+
+    One random UUIDv4 per process whose last 48 bits count up: unique like uuid4() for this
+    purpose, without a getrandom() call and a UUID object per response.
+    """
+
+    def __init__(self) -> None:
+        seed = uuidlib.uuid4()
+        self._prefix = str(seed)[:24]
+        self._counter = itertools.count(seed.int & 0xFFFFFFFFFFFF)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+fresh_uuid = FreshIds()
+Prepared: TypeAlias = tuple[Callable[..., Any], Any, bool]
 
 
 class Session:
@@ -81,6 +103,8 @@ class Session:
         self.on_end_session: Callable[[], Any] | None = None
         self.logs: LogBroadcaster | None = None
         self._report: jumpstarter_pb2.GetReportResponse | None = None
+        #: (driver uuid, method, kind) -> bound method, binder, is_async; only names that exist get in.
+        self._methods: dict[tuple[str, str, str], Prepared] = {}
 
     def set_status(self, status: Status, message: str = "") -> None:
         if status == self.status and message == self.status_message:
@@ -112,6 +136,17 @@ class Session:
         if driver is None:
             raise MethodNotFound(f"no driver with uuid {uuid!r} in this session (call GetReport again)")
         return driver
+
+    def method(self, uuid: str, name: str, kind: str) -> Prepared:
+        """The bound method `name` of driver `uuid`, its argument binder and whether it is async."""
+        key = (uuid, name, kind)
+        prepared = self._methods.get(key)
+        if prepared is None:
+            driver = self.driver(uuid)
+            exported, function = driver.method(name, kind)
+            prepared = (function, exported.binder(type(driver)), exported.is_async)
+            self._methods[key] = prepared
+        return prepared
 
     def check_ready(self) -> None:
         if self.status not in CALLABLE_STATES:
@@ -169,10 +204,10 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
     def _prepare(self, request: Any, kind: str) -> tuple[Callable[..., Any], list[Any], bool]:
         session = self.session
         session.check_ready()
-        driver = session.driver(request.uuid)
-        exported, function = driver.method(request.method, kind)
-        args = exported.binder(type(driver)).bind([values.decode(a) for a in request.args])
-        return function, args, exported.is_async
+        function, binder, is_async = session.method(request.uuid, request.method, kind)
+        wire = request.args
+        args = binder.bind([values.decode(a) for a in wire] if wire else [])
+        return function, args, is_async
 
     async def DriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -181,7 +216,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
                 result = await function(*args)
             else:
                 result = await asyncio.to_thread(function, *args)
-            return jumpstarter_pb2.DriverCallResponse(uuid=str(uuidlib.uuid4()), result=values.encode(result))
+            response = jumpstarter_pb2.DriverCallResponse(uuid=fresh_uuid())
+            values.encode_into(response.result, result)
+            return response
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -205,9 +242,9 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
 
     @staticmethod
     def _item(item: Any) -> Any:
-        return jumpstarter_pb2.StreamingDriverCallResponse(
-            uuid=str(uuidlib.uuid4()), result=values.encode(item)
-        )
+        response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=fresh_uuid())
+        values.encode_into(response.result, item)
+        return response
 
     async def LogStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if self.session.logs is None:
@@ -379,68 +416,6 @@ def _claim_socket_path(path: str) -> None:
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, f"another exporter is serving on {path}")
-
-
-class PassphraseInterceptor(grpc.aio.ServerInterceptor):
-    """Direct (TCP) mode: every call must carry `x-jumpstarter-passphrase` (PROTOCOL.md §3)."""
-
-    def __init__(self, passphrase: str) -> None:
-        self.passphrase = passphrase.encode()
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        import hmac
-
-        given = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "x-jumpstarter-passphrase":
-                given = value.encode() if isinstance(value, str) else value
-        if given and hmac.compare_digest(given, self.passphrase):
-            return await continuation(details)
-        handler = await continuation(details)
-        return _refusal(handler)
-
-
-def _refusal(handler: Any) -> Any:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-jumpstarter-passphrase")
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-jumpstarter-passphrase")
-        yield  # pragma: no cover
-
-    if handler is None:
-        return None
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-@contextlib.asynccontextmanager
-async def serve_tcp(
-    session: Session | SessionSlot,
-    address: str,
-    credentials: grpc.ServerCredentials | None,
-    passphrase: str | None,
-) -> AsyncIterator[grpc.aio.Server]:
-    """Direct mode: the session on TCP, TLS unless `credentials` is None (plaintext only when asked)."""
-    interceptors = [PassphraseInterceptor(passphrase)] if passphrase else None
-    server = build_server(session, interceptors)
-    try:
-        if credentials is None:
-            server.add_insecure_port(address)
-        else:
-            server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        raise OSError(f"{address}: cannot listen ({exc})") from None
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(grace=1)
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,10 @@
 """Exporter benchmark: unary DriverCall latency, byte-stream throughput, cold start, RSS, CLI.
 
-    /work/venv/bin/python tests/bench/bench_exporter.py [--quick] [--json FILE]
+    .venv/bin/python tests/bench/bench_exporter.py [--quick] [--json FILE]
+    .venv/bin/python tests/bench/bench_exporter.py --upstream [--quick] [--repeat N]
+
+`--upstream` runs bench_exporter_vs_upstream.py instead: our exporterd, upstream 0.9's exporter
+and a bare grpc.aio server side by side, with a wire-level client shaped like upstream's.
 
 Starts real `jumpstarter-exporterd` processes on temporary unix sockets (config:
 power.mock, network.echo, network.discard) and prints a markdown table with the
@@ -522,6 +526,10 @@ def machine() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--upstream" in argv:  # the side-by-side script has its own options
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_exporter_vs_upstream.py")
+        os.execv(sys.executable, [sys.executable, script, *(a for a in argv if a != "--upstream")])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -44,3 +44,42 @@ def test_throttle_lets_one_record_through_per_interval_and_counts_the_rest() -> 
 def test_fatal_prints_one_line_and_returns_the_status(capsys) -> None:  # type: ignore[no-untyped-def]
     assert fatal("prog", "/x/y: cannot read:\n  line two") == 2
     assert capsys.readouterr().err == "prog: /x/y: cannot read: line two\n"
+
+
+def test_the_short_formatting_path_renders_exactly_what_the_full_one_does() -> None:
+    """Records from structlog skip most of ProcessorFormatter; the line written must not change."""
+    for json in (True, False):
+        stream = io.StringIO()
+        configure("INFO", json=json, stream=stream)
+        root = logging.getLogger()
+        handler = next(h for h in root.handlers if h.get_name() == "jumpstarter")
+        formatter = handler.formatter
+        assert formatter is not None
+        records: list[logging.LogRecord] = []
+        capture = logging.Handler()
+        capture.emit = records.append  # type: ignore[method-assign]
+        root.addHandler(capture)
+        try:
+            log = structlog.get_logger("short-path-test").bind(
+                driver_type="power"
+            )  # no level set on it anywhere
+            log.info("power on")
+            log.warning('odd "quotes" and ünïcode', count=3, ratio=0.5, token=TOKEN, note=f"Bearer {TOKEN}")
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                log.exception("failed")
+            logging.getLogger("grpc").error("stdlib record with %s", "args")
+        finally:
+            root.removeHandler(capture)
+            root.removeHandler(handler)
+            structlog.reset_defaults()
+        assert len(records) == 4
+        for record in records[:3]:  # structlog's (stamped already); the stdlib one is stamped when formatted
+            full = structlog.stdlib.ProcessorFormatter.format(
+                formatter, logging.makeLogRecord(record.__dict__)
+            )
+            assert formatter.format(record) == full
+        assert isinstance(records[0].msg, dict), "the record other handlers see is left as it was"
+        out = stream.getvalue()
+        assert "power on" in out and "boom" in out and TOKEN.split(".")[1] not in out

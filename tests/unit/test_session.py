@@ -381,3 +381,52 @@ def test_async_stream_open_failure_surfaces_at_open(served):
                     pass
 
     asyncio.run(scenario())
+
+
+def test_a_method_found_once_is_still_checked_on_every_call(tmp_path):
+    """The exporter remembers where a method is, never that a call was allowed."""
+    from jumpstarter.session.server import Session
+    from jumpstarter.v1 import common_pb2
+
+    async def scenario() -> None:
+        from jumpstarter.client.aio_connection import AsyncConnection
+        from jumpstarter.session.server import serve_unix
+
+        session = Session(tree())
+        path = str(tmp_path / "s.sock")
+        async with serve_unix(session, path):
+            connection = AsyncConnection(path)
+            gadget = (await connection.report()).reports[2].uuid
+            assert await connection.call(gadget, "add", [20, 22]) == 42
+            with pytest.raises(DriverInvalidArgument, match="takes 2 argument"):
+                await connection.call(gadget, "add", [1])
+            with pytest.raises(DriverMethodNotFound):
+                await connection.call(gadget, "count", [1])  # a streaming method, not unary
+            session.set_status(common_pb2.EXPORTER_STATUS_AVAILABLE)
+            with pytest.raises(ExporterNotReady, match="not ready for driver calls"):
+                await connection.call(gadget, "add", [20, 22])
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+def test_every_response_carries_a_fresh_canonical_uuid(served):
+    import grpc
+
+    from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
+
+    connection = Connection(served)
+    gadget = connection.report().reports[2].uuid
+    connection.close()
+    with grpc.insecure_channel(f"unix:{served}") as channel:
+        stub = jumpstarter_pb2_grpc.ExporterServiceStub(channel)
+        request = jumpstarter_pb2.DriverCallRequest(uuid=gadget, method="add")
+        request.args.add().number_value = 1
+        request.args.add().number_value = 2
+        ids = [stub.DriverCall(request).uuid for _ in range(50)]
+        streamed = jumpstarter_pb2.StreamingDriverCallRequest(uuid=gadget, method="sync_count")
+        streamed.args.add().number_value = 5
+        ids += [item.uuid for item in stub.StreamingDriverCall(streamed)]
+    assert len(ids) == 55 and len(set(ids)) == 55
+    for text in ids:
+        assert str(uuid.UUID(text)) == text and uuid.UUID(text).version == 4
