@@ -13,6 +13,7 @@ import structlog
 from jumpstarter.driver.decorators import export_kind, export_name
 from jumpstarter.driver.signature import Binder
 from jumpstarter.errors import MethodNotFound
+from jumpstarter.log import ensure_configured
 
 CLIENT_LABEL = "jumpstarter.dev/client"
 NAME_LABEL = "jumpstarter.dev/name"
@@ -84,6 +85,8 @@ class Driver:
         #: The session's name (the lease name in distributed mode, "local" otherwise); set before reset().
         self.session_name = "local"
         logger_name = f"driver.{type(self).__name__}"
+        # bind() fixes the routing now: without it a driver built before its session starts logs past LogStream
+        ensure_configured()
         self.log = structlog.get_logger(logger_name).bind(driver_type=self.kind)
         if log_level is not None:  # upstream's per-driver `config: {log_level: DEBUG}`
             import logging

@@ -27,6 +27,7 @@ import pytest
 from jumpstarter import routertoken, tls
 from jumpstarter.channels import MAX_MESSAGE
 from jumpstarter.v1 import router_pb2, router_pb2_grpc
+from routerd.service import COMPLETION_GRACE
 
 PY = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -190,6 +191,18 @@ async def status_of(call: Any, timeout: float = 10) -> grpc.StatusCode:
     return await asyncio.wait_for(call.code(), timeout)
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def ended(router: Routerd, stream_id: str) -> list[dict[str, Any]]:
+    return [e for e in router.events() if e.get("event") == "stream ended" and e["stream"] == stream_id]
+
+
 # --- pairing and forwarding ---------------------------------------------------------
 
 
@@ -226,8 +239,10 @@ def test_frames_of_every_type_arrive_verbatim_in_both_directions(router: Routerd
 
 
 def test_half_close_leaves_the_other_direction_flowing_and_both_end_ok(router: Routerd) -> None:
+    stream_id = str(uuid.uuid4())
+
     async def scenario() -> None:
-        token = routertoken.mint(router.key)
+        token = routertoken.mint(router.key, stream_id)
         async with router.channel() as ch_a, router.channel() as ch_b:
             a, b = open_stream(ch_a, token), open_stream(ch_b, token)
             await a.write(frame(b"last words"))
@@ -237,8 +252,15 @@ def test_half_close_leaves_the_other_direction_flowing_and_both_end_ok(router: R
             for i in range(20):  # B -> A keeps flowing after A half-closed
                 await b.write(frame(b"more %d" % i))
             assert await read_n(a, 20) == [(DATA, b"more %d" % i) for i in range(20)]
-            await asyncio.sleep(0.3)
-            assert not a.done() and not b.done()  # neither call ends while one direction is open
+            # Round trips B -> A for 20 times the router's completion grace after A's half-close: each
+            # one proves the splice still forwards, and the router logged no end for it meanwhile.
+            window = time.monotonic() + 20 * COMPLETION_GRACE
+            i = 20
+            while time.monotonic() < window:
+                await b.write(frame(b"more %d" % i))
+                assert await read_n(a, 1) == [(DATA, b"more %d" % i)]
+                i += 1
+            assert not ended(router, stream_id), "the router ended the stream with one direction open"
             await b.write(frame(b"", GOAWAY))
             await b.done_writing()
             assert await read_n(a, 1) == [(GOAWAY, b"")]
@@ -248,6 +270,7 @@ def test_half_close_leaves_the_other_direction_flowing_and_both_end_ok(router: R
             assert await status_of(b) == grpc.StatusCode.OK
 
     run(scenario())
+    assert [e["outcome"] for e in ended(router, stream_id)] == ["ok"]
 
 
 def test_a_cancelled_peer_ends_the_other_at_once_with_unavailable(router: Routerd) -> None:
@@ -257,10 +280,9 @@ def test_a_cancelled_peer_ends_the_other_at_once_with_unavailable(router: Router
             a, b = open_stream(ch_a, token), open_stream(ch_b, token)
             await a.write(frame(b"ping"))
             assert await read_n(b, 1) == [(DATA, b"ping")]
-            started = time.monotonic()
             a.cancel()
+            # "at once": well inside the 30 s lone-peer timeout and the keepalive that would end B otherwise
             assert await status_of(b, timeout=5) == grpc.StatusCode.UNAVAILABLE
-            assert time.monotonic() - started < 1.0
             assert "went away" in await b.details()
 
     run(scenario())
@@ -293,10 +315,9 @@ def test_a_killed_peer_process_ends_the_other_at_once_with_unavailable(router: R
             async with router.channel() as ch_b:
                 b = open_stream(ch_b, token)
                 assert await read_n(b, 1, timeout=15) == [(DATA, b"alive")]
-                started = time.monotonic()
                 peer.kill()
+                # "at once": far sooner than the 60 s + 20 s keepalive that finds silent peers
                 assert await status_of(b, timeout=5) == grpc.StatusCode.UNAVAILABLE
-                assert time.monotonic() - started < 2.0
         finally:
             peer.kill()
             peer.wait()
@@ -376,7 +397,7 @@ def test_a_lone_peer_is_dropped_with_deadline_exceeded_after_the_timeout(routers
             await call.write(frame(b"anyone?"))
             assert await status_of(call, timeout=10) == grpc.StatusCode.DEADLINE_EXCEEDED
             elapsed = time.monotonic() - started
-            assert 0.9 <= elapsed < 3, elapsed
+            assert elapsed >= 0.9, elapsed  # not before the timeout; status_of bounds it from above
             assert "no peer joined" in await call.details()
 
     run(scenario())
@@ -387,21 +408,27 @@ def test_a_lone_peer_is_dropped_with_deadline_exceeded_after_the_timeout(routers
 def test_streams_beyond_max_streams_are_refused_with_resource_exhausted(routers: RouterdFactory) -> None:
     router = routers.start("small", max_streams=2)
 
+    def waiting() -> float:
+        return router.metric("jumpstarter_router_streams_waiting")
+
     async def scenario() -> None:
         async with router.channel() as channel:
             held = [open_stream(channel, routertoken.mint(router.key)) for _ in range(2)]
             for call in held:
                 await call.write(frame(b"x"))
-            await asyncio.sleep(0.3)
+            await until(lambda: waiting() == 2, "both held streams to wait for their peers")
             extra = open_stream(channel, routertoken.mint(router.key))
             assert await status_of(extra) == grpc.StatusCode.RESOURCE_EXHAUSTED
             held[0].cancel()
-            await asyncio.sleep(0.3)
-            again = open_stream(channel, routertoken.mint(router.key))
+            await until(lambda: waiting() == 1, "the router to free the cancelled stream's slot")
+            # A freed slot is usable again: a new stream id is admitted and its peer reaches it.
+            token = routertoken.mint(router.key)
+            again = open_stream(channel, token)
             await again.write(frame(b"y"))
-            await asyncio.sleep(0.3)
-            assert not again.done()  # a freed slot is usable again
-            for call in [*held, again]:
+            await until(lambda: waiting() == 2, "the new stream to be admitted")
+            partner = open_stream(channel, token)
+            assert await read_n(partner, 1) == [(DATA, b"y")]
+            for call in [*held, again, partner]:
                 call.cancel()
 
     run(scenario())
@@ -492,7 +519,14 @@ def test_a_fast_sender_to_a_peer_that_does_not_read_is_held_back(routers: Router
                     sent += len(chunk)
 
             flooding = asyncio.ensure_future(flood())
-            await asyncio.sleep(4)
+            # Wait until the sender is blocked: nothing more accepted for 2 s (or it got through).
+            deadline = time.monotonic() + 120
+            last, since = -1, time.monotonic()
+            while not flooding.done() and time.monotonic() - since < 2:
+                assert time.monotonic() < deadline, f"sender never stalled: {sent / MiB:.0f} MiB accepted"
+                if sent != last:
+                    last, since = sent, time.monotonic()
+                await asyncio.sleep(0.1)
             growth = (router.rss_kib() - before) / 1024
             assert not flooding.done(), "1 GiB went through a peer that reads nothing"
             assert sent < 200 * MiB, f"sender was not held back: {sent / MiB:.0f} MiB accepted"

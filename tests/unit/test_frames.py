@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from jumpstarter import frames
 from jumpstarter.v1 import router_pb2
@@ -29,6 +30,15 @@ def test_unusual_layouts_fall_back_to_protobuf():
     assert (decoded.payload, decoded.frame_type) == (b"abc", 7)
 
 
-def test_garbage_is_rejected():
-    with pytest.raises(Exception):
-        frames.decode(b"\x0a\xff\xff\xff")
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\xff\xff\xff",  # payload length varint never ends
+        b"\x0a\x05ab",  # payload shorter than its length
+        b"\x0a\x01ab",  # bytes after the payload that are no whole field
+        b"\x10",  # frame type tag without its value
+    ],
+)
+def test_garbage_is_rejected_as_a_protobuf_decode_error(data):
+    with pytest.raises(DecodeError, match="Error parsing message with type 'jumpstarter.v1.StreamRequest'"):
+        frames.decode(data)

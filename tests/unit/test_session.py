@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import bz2
 import gzip
 import lzma
@@ -135,12 +136,13 @@ def test_unknown_client_label_gets_a_generic_client(board):
     assert board.net.echo.path == "net.echo"
 
 
-def test_integers_stay_integers_and_bytes_stay_bytes(board):
+def test_integers_stay_integers_and_bytes_come_back_as_base64_text(board):
     result = board.gadget.call("add", 2, 3)
     assert result == 5 and type(result) is int
-    assert (
-        jumpstarter.values.b64decode(board.gadget.call("blocking_echo", b"\x00\x01\xff")) == b"\xff\x01\x00"
-    )
+    # bytes travel as base64 text (as upstream does) and the generic client hands that text back as is
+    echoed = board.gadget.call("blocking_echo", b"\x00\x01\xff")
+    assert type(echoed) is str and echoed == base64.b64encode(b"\xff\x01\x00").decode("ascii")
+    assert jumpstarter.values.b64decode(echoed) == b"\xff\x01\x00"
 
 
 @pytest.mark.parametrize(
@@ -255,6 +257,7 @@ def test_every_log_subscriber_gets_every_record(served):
     a, b = Connection(served), Connection(served)
     streams = [a.logs(), b.logs()]
     got: list[list[str]] = [[], []]
+    shouted: list[tuple[str, str] | None] = [None, None]  # checked in this thread after the join
     ready = threading.Barrier(3)
 
     def follow(index: int) -> None:
@@ -263,10 +266,10 @@ def test_every_log_subscriber_gets_every_record(served):
         for record in iterator:
             got[index].append(record.message)
             if record.message == "shouting":
-                assert record.severity == "WARNING" and record.structured_fields["text"] == "hey"
+                shouted[index] = (record.severity, record.structured_fields["text"])
                 return
 
-    threads = [threading.Thread(target=follow, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(2)]
     for t in threads:
         t.start()
     ready.wait()
@@ -278,12 +281,16 @@ def test_every_log_subscriber_gets_every_record(served):
                 break
             threads[0].join(0.01)
     for t in threads:
-        t.join(5)
-    assert "shouting" in got[0] and "shouting" in got[1]
+        t.join(30)
+    alive = [t.is_alive() for t in threads]
+    a.close()  # ends the log stream of a follower still waiting, so its thread can finish
+    b.close()
+    for t in threads:
+        t.join(30)
     for s in streams:
         s.close()
-    a.close()
-    b.close()
+    assert alive == [False, False], got
+    assert shouted == [("WARNING", "hey"), ("WARNING", "hey")], got
 
 
 def test_status_is_lease_ready_and_end_session_without_lease_says_so(served):
