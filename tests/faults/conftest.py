@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
-from tests.integration.central import PY, Central, Identity, S, close_central, start_central
+from tests.integration.central import Central, Identity, S, close_central, start_central
 
 DEFAULT_SEED = 20261201
 
@@ -154,28 +154,14 @@ def spawn_exporterd(
     `endpoint` replaces the controller endpoint of its config (e.g. a StallProxy in between).
     The process is added to `central.extra`, so closing the Central stops it.
     """
-    document = yaml.safe_load(Path(identity.config).read_text())
-    document["export"] = {"echo": {"type": "network.echo"}}
+    config = identity.config
     if endpoint is not None:
+        document = yaml.safe_load(Path(config).read_text())
         document["endpoint"] = endpoint
-    config = os.path.join(central.directory, f"exporterd-{tag}.yaml")
-    Path(config).write_text(yaml.safe_dump(document))
-    process = central._spawn(
-        f"exporterd-{tag}",
-        [
-            PY,
-            "-m",
-            "exporterd.main",
-            "--config",
-            config,
-            "--socket",
-            os.path.join(central.directory, f"{tag}.sock"),
-            "--log-format",
-            "json",
-        ],
-    )
-    central.extra.append(process)
-    return process
+        config = os.path.join(central.directory, f"exporterd-{tag}.yaml")
+        Path(config).write_text(yaml.safe_dump(document))
+    socket = os.path.join(central.directory, f"{tag}.sock")
+    return central.spawn_exporterd(f"exporterd-{tag}", config, {"echo": {"type": "network.echo"}}, socket)
 
 
 # -- a TCP proxy that can stall ------------------------------------------------------------------

@@ -200,6 +200,19 @@ class Central:
                 umask=self.umask,
             )
 
+    def spawn_exporterd(
+        self, name: str, config: str, export: dict[str, Any], socket: str, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        """A real exporterd serving `config` (an admin-written ExporterConfig) with `export` as its
+        driver tree on `socket`; closing this Central stops it. Its log is `name`.log."""
+        document = yaml.safe_load(Path(config).read_text())
+        document["export"] = export
+        Path(config).write_text(yaml.safe_dump(document))
+        argv = [PY, "-m", "exporterd.main", "--config", config, "--socket", socket, "--log-format", "json"]
+        process = self._spawn(name, [*argv, *extra])
+        self.extra.append(process)
+        return process
+
     def _wait_listening(self, name: str, process: subprocess.Popen[bytes], port: int) -> None:
         try:
             wait_until(lambda: _listening(port) or process.poll() is not None, 20, f"{name} to listen")

@@ -33,7 +33,6 @@ from jumpstarter.client.v1 import client_pb2
 from jumpstarter.v1 import jumpstarter_pb2
 
 from .central import (
-    PY,
     Central,
     Identity,
     Peer,
@@ -45,8 +44,8 @@ from .central import (
     is_true,
     short,
     start_central,
-    stream_of,
     stop_process,
+    stream_of,
     wait_until,
 )
 
@@ -95,24 +94,9 @@ class Scope:
 
     def exporterd(self, identity: Identity, tag: str) -> Any:
         """A real exporterd for `identity` (its admin-written config plus an `export:` tree)."""
-        document = yaml.safe_load(Path(identity.config).read_text())
-        document["export"] = {"echo": {"type": "network.echo"}}
-        Path(identity.config).write_text(yaml.safe_dump(document))
-        process = self.central._spawn(
-            f"exporterd-{tag}",
-            [
-                PY,
-                "-m",
-                "exporterd.main",
-                "--config",
-                identity.config,
-                "--socket",
-                os.path.join(self.central.directory, f"{identity.name}.sock"),
-                "--log-format",
-                "json",
-            ],
-        )
-        self.central.extra.append(process)
+        socket = os.path.join(self.central.directory, f"{identity.name}.sock")
+        echo = {"echo": {"type": "network.echo"}}
+        process = self.central.spawn_exporterd(f"exporterd-{tag}", identity.config, echo, socket)
         self.closers.append(lambda: stop_process(process))
         return process
 

@@ -75,26 +75,9 @@ def admin_config(central: Central, kind: str, name: str, *labels: str) -> str:
 
 
 def spawn_exporter(central: Central, name: str, config: str, *extra: str) -> subprocess.Popen[bytes]:
-    document = yaml.safe_load(Path(config).read_text())
-    document["export"] = {"power": {"type": "power.command", "config": {"on": "true", "off": "true"}}}
-    Path(config).write_text(yaml.safe_dump(document))
-    process = central._spawn(
-        name,
-        [
-            PY,
-            "-m",
-            "exporterd.main",
-            "--config",
-            config,
-            "--socket",
-            os.path.join(central.directory, f"{name}.sock"),
-            "--log-format",
-            "json",
-            *extra,
-        ],
-    )
-    central.extra.append(process)
-    return process
+    power = {"power": {"type": "power.command", "config": {"on": "true", "off": "true"}}}
+    socket = os.path.join(central.directory, f"{name}.sock")
+    return central.spawn_exporterd(name, config, power, socket, *extra)
 
 
 def records(central: Central, name: str) -> list[dict[str, Any]]:
