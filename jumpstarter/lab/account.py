@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from jumpstarter.config.inventory import Inventory
 from jumpstarter.errors import ConfigError
+from jumpstarter.files import make_dirs
 
 SOCKET_DIR_MODE = 0o750  # the lab user creates sockets; its group (board users) may reach them
 LOG_DIR_MODE = 0o750
@@ -61,7 +62,7 @@ def prepare_dirs(inventory: Inventory, account: LabAccount) -> None:
         (inventory.log_dir, LOG_DIR_MODE),
     ):
         try:
-            os.makedirs(path, mode=mode, exist_ok=True)
+            make_dirs(path, mode)
             if os.geteuid() == 0 and path == inventory.socket_dir:
                 os.chown(path, account.uid, account.gid)
                 os.chmod(path, mode)

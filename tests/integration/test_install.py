@@ -160,8 +160,9 @@ def test_lab_host_install_puts_venv_units_rule_configs_and_group_under_destdir(
     uid = int(user.split(":")[2])
     assert uid != 0 and user.endswith(":/var/lib/jumpstarter:/usr/sbin/nologin")
     groups = {g.split(":")[0]: g.split(":") for g in (root / "etc/group").read_text().splitlines()}
-    for name in ("dialout", "disk", "plugdev", "gpio"):
+    for name in ("dialout", "plugdev", "gpio"):
         assert groups[name][3].split(",") == ["jumpstarter"], groups[name]
+    assert "jumpstarter" not in groups.get("disk", ["", "", "", ""])[3].split(","), "disk = every block device"
     assert groups["dialout"][2] == "20" and groups["root"][3] == ""  # existing groups kept, root untouched
     for target, owner, mode in [
         ("etc/jumpstarter/tokens", (uid, gid), 0o700),
@@ -201,8 +202,8 @@ def test_second_install_changes_nothing_and_says_unchanged(lab: tuple[Path, str]
     result = run_install(checkout, "--lab-host", "--destdir", str(root))
     assert snapshot(root, times=True) == before
     lines = result.stdout.splitlines()[1:]  # after "installing under ..."
-    # venv, group, user, 4 device groups, 3 directories, files, link; no commands
-    assert len(lines) == 1 + 1 + 1 + 4 + 3 + len(LAB_FILES) + 1, result.stdout
+    # venv, group, user, 3 device groups (never disk), 3 directories, files, link; no commands
+    assert len(lines) == 1 + 1 + 1 + 3 + 3 + len(LAB_FILES) + 1, result.stdout
     assert all(line.startswith("unchanged  ") for line in lines), result.stdout
     assert result.stderr == ""
 
