@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
@@ -47,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc  # noqa: E402
-from tests.bench.bench_controller import admin_create, ms  # noqa: E402
+from tests.bench.bench_controller import admin_create, ms, table  # noqa: E402
 from tests.bench.bench_exporter import CLK_TCK, cpu_ticks, rollup_kib  # noqa: E402
 from tests.bench.load_peers import Record, client_worker, exporter_worker  # noqa: E402
 from tests.integration.central import Central, Identity  # noqa: E402
@@ -115,15 +114,6 @@ def spread(values: list[float]) -> tuple[str, str, str, str]:
     if not values:
         return ("-", "-", "-", "-")
     return (ms(pct(values, 0.5)), ms(pct(values, 0.9)), ms(pct(values, 0.99)), ms(max(values)))
-
-
-def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    print(f"\n{title}\n")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 def create_lab(
