@@ -15,14 +15,14 @@ import grpc
 import pytest
 
 from controllerd.liveness import silence_window
+from controllerd.scheduler import MAX_TICK
 from tests.integration.central import Central, Peer, S, condition, get_report, is_true, refused, wait_until
 
 from .conftest import spawn_exporterd
 
 OFFLINE_AFTER = 2.0
-SCHEDULER_MAX_TICK = 5.0  # controllerd.scheduler.MAX_TICK
 # offline within offline_after of the last answer; a scheduler pass at most MAX_TICK later; slack for load
-BOUND = OFFLINE_AFTER + SCHEDULER_MAX_TICK + 10
+BOUND = OFFLINE_AFTER + MAX_TICK + 10
 CODE = grpc.StatusCode
 
 pytestmark = pytest.mark.timeout(180)
