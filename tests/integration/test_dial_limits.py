@@ -93,8 +93,10 @@ def test_a_client_flooding_dial_is_refused_while_another_client_still_dials(cent
         assert "dial_rate" in (refused.details() or "")
         assert other.dial(other_lease).router_token  # another client is not affected
     finally:
-        for closable in [*peers, *boards]:
-            closable.close()
+        for peer in peers:
+            peer.close()
+        for board in boards:
+            board.close()
 
 
 def test_a_lease_has_a_bounded_number_of_dials_in_progress(central: Central) -> None:
