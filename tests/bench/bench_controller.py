@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -79,6 +80,16 @@ def admin_create(
             reply = json.loads(method(json.dumps(request).encode(), timeout=60))["result"]
             out.append(Identity(kind.capitalize(), namespace, name, reply["token"]))
     return out
+
+
+def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A markdown table under `title`, columns padded to their widest cell."""
+    print(f"\n{title}\n")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 class Load:
@@ -258,15 +269,8 @@ def main() -> int:
         close_central(central)
         shutil.rmtree(central.directory, ignore_errors=True)
 
-    print(
-        f"\ncontrollerd benchmark ({os.cpu_count()} CPUs, SQLite store, TLS on loopback, grpcio {grpc.__version__})\n"
-    )
-    header = ("measurement", "result")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+    title = f"controllerd benchmark ({os.cpu_count()} CPUs, SQLite store, TLS on loopback, grpcio {grpc.__version__})"
+    table(title, ("measurement", "result"), rows)
     return 0
 
 

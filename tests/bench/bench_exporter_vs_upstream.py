@@ -295,6 +295,17 @@ def median(runs: list[dict[str, dict[str, float]]], test: str, key: str) -> floa
     return statistics.median(r[test][key] for r in runs)
 
 
+def exporter_target(name: str, process: subprocess.Popen[bytes], sock: str, report: Any) -> dict[str, Any]:
+    """A measured exporter: its process, socket and the uuids of its power, echo and sink drivers."""
+    return {
+        "name": name,
+        "process": process,
+        "pid": process.pid,
+        "socket": sock,
+        **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
+    }
+
+
 def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
     """Our exporterd as of `ref` (its packages exported from git, first on PYTHONPATH), same venv."""
     tree = os.path.join(workdir, "before")
@@ -313,14 +324,7 @@ def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    report = wait_for_report(process, sock)
-    return {
-        "name": "before",
-        "process": process,
-        "pid": process.pid,
-        "socket": sock,
-        **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
-    }
+    return exporter_target("before", process, sock, wait_for_report(process, sock))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,13 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         if "ours" in wanted:
             sock = os.path.join(workdir, "ours.sock")
             process, _, report = start_exporterd(config, sock, os.path.join(workdir, "ours.log"))
-            targets["ours"] = {
-                "name": "ours",
-                "process": process,
-                "pid": process.pid,
-                "socket": sock,
-                **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
-            }
+            targets["ours"] = exporter_target("ours", process, sock, report)
         if "upstream" in wanted:
             sock = os.path.join(workdir, "upstream.sock")
             os.makedirs(os.path.join(workdir, "home"), exist_ok=True)
@@ -383,14 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-            report = wait_for_report(process, sock)
-            targets["upstream"] = {
-                "name": "upstream",
-                "process": process,
-                "pid": process.pid,
-                "socket": sock,
-                **{n: uuid_of(report, n) for n in ("power", "echo", "sink")},
-            }
+            targets["upstream"] = exporter_target("upstream", process, sock, wait_for_report(process, sock))
         if "bare" in wanted:
             sock = os.path.join(workdir, "bare.sock")
             process = spawn([sys.executable, "-c", BARE_SERVER, sock])

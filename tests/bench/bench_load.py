@@ -35,8 +35,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc  # noqa: E402
-from tests.bench.bench_controller import admin_create, ms  # noqa: E402
+from tests.bench.bench_controller import admin_create, ms, table  # noqa: E402
 from tests.bench.bench_exporter import CLK_TCK, cpu_ticks, rollup_kib  # noqa: E402
 from tests.bench.load_peers import Record, client_worker, exporter_worker  # noqa: E402
 from tests.integration.central import Central, Identity  # noqa: E402
@@ -116,15 +116,6 @@ def spread(values: list[float]) -> tuple[str, str, str, str]:
     return (ms(pct(values, 0.5)), ms(pct(values, 0.9)), ms(pct(values, 0.99)), ms(max(values)))
 
 
-def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    print(f"\n{title}\n")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-
-
 def create_lab(
     central: Central, exporters: int, clients: int
 ) -> tuple[list[Identity], list[tuple[Identity, str, bool]]]:
@@ -171,33 +162,45 @@ def run(args: argparse.Namespace, central: Central) -> tuple[list[Sample], float
 
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    ew = ctx.Process(target=exporter_worker, args=(central.endpoint, central.ca, exporters, ready, stop, out))
+    ew = ctx.Process(
+        target=exporter_worker, args=(central.endpoint, central.ca, exporters, ready, stop, out), daemon=True
+    )
     ew.start()
-    started = time.perf_counter()
-    while not ready.wait(1):
-        if not ew.is_alive() or time.perf_counter() - started > 600:
-            raise SystemExit("the exporter worker did not bring every exporter online")
-    print(f"{len(exporters)} exporters online in {time.perf_counter() - started:.1f} s", flush=True)
+    cw: BaseProcess | None = None
+    try:
+        started = time.perf_counter()
+        while not ready.wait(1):
+            if not ew.is_alive() or time.perf_counter() - started > 600:
+                raise SystemExit("the exporter worker did not bring every exporter online")
+        print(f"{len(exporters)} exporters online in {time.perf_counter() - started:.1f} s", flush=True)
 
-    t0 = time.time()
-    end = t0 + args.duration
-    cw = ctx.Process(target=client_worker, args=(central.endpoint, central.ca, specs, end, out))
-    cw.start()
-    samples = [sample(pid, [ew.pid or 0, cw.pid or 0], probe)]
-    while time.time() < end:
-        time.sleep(min(args.sample, max(0.0, end - time.time())))
-        samples.append(sample(pid, [ew.pid or 0, cw.pid or 0], probe))
-        if central.controller.poll() is not None:
-            raise SystemExit(f"controllerd exited with {central.controller.returncode}")
-    records = {}
-    first = out.get(timeout=300)  # the clients finish their held leases, then report
-    records[first.kind] = first
-    stop.set()
-    second = out.get(timeout=120)
-    records[second.kind] = second
-    for worker in (cw, ew):
-        worker.join(30)
-    return samples, t0, records["exporters"], records["clients"], created
+        t0 = time.time()
+        end = t0 + args.duration
+        cw = ctx.Process(
+            target=client_worker, args=(central.endpoint, central.ca, specs, end, out), daemon=True
+        )
+        cw.start()
+        samples = [sample(pid, [ew.pid or 0, cw.pid or 0], probe)]
+        while time.time() < end:
+            time.sleep(min(args.sample, max(0.0, end - time.time())))
+            samples.append(sample(pid, [ew.pid or 0, cw.pid or 0], probe))
+            if central.controller.poll() is not None:
+                raise SystemExit(f"controllerd exited with {central.controller.returncode}")
+        records = {}
+        first = out.get(timeout=300)  # the clients finish their held leases, then report
+        records[first.kind] = first
+        stop.set()
+        second = out.get(timeout=120)
+        records[second.kind] = second
+        return samples, t0, records["exporters"], records["clients"], created
+    finally:  # on an error too: stop both workers, so none is left running or blocks the exit
+        stop.set()
+        for worker in (cw, ew):
+            if worker is not None:
+                worker.join(30)
+                if worker.is_alive():
+                    worker.terminate()
+                    worker.join(10)
 
 
 def report(

@@ -38,6 +38,7 @@ from controllerd.hub import Hub  # noqa: E402
 from controllerd.records import AccessPolicy, Client, Exporter, Lease  # noqa: E402
 from controllerd.scheduler import AVAILABLE, LeaseScheduler  # noqa: E402
 from controllerd.store.sqlite import SqliteStore  # noqa: E402
+from tests.bench.bench_controller import table  # noqa: E402
 from tests.unit.worktrace import count_lines  # noqa: E402
 
 NS = "bench"
@@ -134,16 +135,11 @@ def main() -> int:
         rows.append((str(pending), f"{seconds * 1000:.1f} ms", f"{lines:,}"))
     if args.profile:
         asyncio.run(measure(args.exporters, args.profile, args.selectors, 1, True))
-    print(
-        f"\nscheduler pass, {args.exporters} exporters (all leased), {args.selectors} distinct selectors, "
-        f"2 policies ({os.cpu_count()} CPUs)\n"
+    title = (
+        f"scheduler pass, {args.exporters} exporters (all leased), {args.selectors} distinct selectors, "
+        f"2 policies ({os.cpu_count()} CPUs)"
     )
-    header = ("pending leases", "one pass (median)", "lines executed")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+    table(title, ("pending leases", "one pass (median)", "lines executed"), rows)
     return 0
 
 

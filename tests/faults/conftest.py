@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -45,11 +44,6 @@ def fault_seed() -> int:
 def fault_scale() -> float:
     """How much more load than the default the long fault tests apply (JUMPSTARTER_FAULT_SCALE)."""
     return max(0.05, float(os.environ.get("JUMPSTARTER_FAULT_SCALE", "1")))
-
-
-@pytest.fixture
-def seeded_random() -> random.Random:
-    return random.Random(fault_seed())
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Helpers for tests/faults/test_router_exporter_faults.py.
 
-A seeded random generator, a user's session on a leased board, `Worker` (a client running
+A user's session on a leased board, `Worker` (a client running
 sessions on its own thread), `RouterStorm` (kill -9 routerd under the workers and start it
 again) and `RefusingPort` (a router that is down but counts who tried it). The stack itself
 (controllerd, routerd, identities) comes from tests/integration/central.py.
@@ -22,20 +22,9 @@ from jumpstarter.client.base import DriverClient
 from jumpstarter.errors import JumpstarterError
 from tests.integration.central import Central, wait_until
 
-SEED_VARIABLE = "JUMPSTARTER_FAULT_SEED"
-# Far above a healthy call (milliseconds) and below every timeout a hang runs into: gRPC's 20 s
-# connect timeout, the router's lone-peer timeout and the exporter's tunnel wait (LONG).
-FAIL_FAST = 15.0
 LONG = 60.0
 # What a call through a dead router or exporter says: what went away, not only gRPC's words.
 CLEAR = ("exporter unreachable", "the connection to the exporter was lost")
-
-
-def seeded_random(test: str) -> random.Random:
-    """A random generator whose seed is printed (pytest shows it on failure) and set by $JUMPSTARTER_FAULT_SEED."""
-    seed = int(os.environ.get(SEED_VARIABLE) or random.SystemRandom().randrange(1 << 32))
-    print(f"{test}: random seed {seed} (rerun with {SEED_VARIABLE}={seed})")
-    return random.Random(seed)
 
 
 def socket_fds(pid: int) -> int:
@@ -84,7 +73,6 @@ def one_session(board: DriverClient, step: Callable[[str], None]) -> None:
 @dataclass
 class Failure:
     at: float  # time.monotonic() when the call failed
-    took: float  # seconds from the start of the failing step
     step: str
     error: BaseException
 
@@ -99,8 +87,6 @@ class Worker:
     sessions: int = 0
     steps: int = 0
     step: str = "idle"
-    step_started: float = 0.0
-    longest_ok: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     thread: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,11 +97,8 @@ class Worker:
         self.thread.start()
 
     def _mark(self, step: str) -> None:
-        now = time.monotonic()
         with self.lock:
-            if self.step != "idle":
-                self.longest_ok = max(self.longest_ok, now - self.step_started)
-            self.step, self.step_started = step, now
+            self.step = step
             self.steps += 1
 
     def _run(self) -> None:
@@ -123,16 +106,14 @@ class Worker:
             try:
                 one_session(self.board, self._mark)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and judged by the test
-                now = time.monotonic()
                 with self.lock:
-                    self.failures.append(Failure(now, now - self.step_started, self.step, exc))
+                    self.failures.append(Failure(time.monotonic(), self.step, exc))
                     self.step = "idle"
                 self.stop.wait(0.2)  # a user's retry pace; the stop flag ends it at once
                 continue
             with self.lock:
                 self.sessions += 1
                 self.session_ends.append(time.monotonic())
-                self.longest_ok = max(self.longest_ok, time.monotonic() - self.step_started)
                 self.step = "idle"
 
     def in_step(self, prefix: str) -> bool:
@@ -151,14 +132,6 @@ class Worker:
         assert self.thread is not None
         self.thread.join(timeout)
         return not self.thread.is_alive()
-
-
-def counter(metrics: str, sample: str) -> float:
-    """The value of one sample line of a Prometheus text page (0 if absent)."""
-    for line in metrics.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def describe(error: Any) -> str:
@@ -213,7 +186,7 @@ class RouterStorm:
         return sum(len(w.failures) for w in self.workers)
 
     def kill_once(self, number: int) -> str:
-        """One kill -9 and restart; asserts fail-fast and recovery, returns what happened."""
+        """One kill -9 and restart; asserts clear failures and recovery, returns what happened."""
         moment = self.rng.choice(["call", "stream open"])
         target = self.steps() + self.rng.randint(1, 12)
 
@@ -227,17 +200,14 @@ class RouterStorm:
         router.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         router.wait()
-        # Every client's next call fails while the router is gone, fast and saying why.
+        # Every client's next call fails while the router is gone, saying why (LONG and pytest-timeout catch a hang).
 
         def failed() -> list[Failure] | None:
             seen = [w.failed_since(killed) for w in self.workers]
             return [f for f in seen if f is not None] if all(seen) else None
 
         failures = wait_until(failed, LONG, f"kill {number}: every client to fail")
-        for worker, failure in zip(self.workers, failures, strict=True):
-            assert failure.at - killed < FAIL_FAST, (
-                f"{worker.name}: the {failure.step} hung on the dead router"
-            )
+        for failure in failures:
             assert isinstance(failure.error, (JumpstarterError, ConnectionError)), describe(failure.error)
             assert any(text in str(failure.error) for text in CLEAR), describe(failure.error)
         # Restart at a random moment too: after more failed attempts, gRPC channels back off further.
@@ -252,7 +222,6 @@ class RouterStorm:
 
         wait_until(again, LONG, f"kill {number}: every client to work through the new router")
         recovered = time.monotonic() - back
-        assert recovered < FAIL_FAST, f"kill {number}: the clients worked again only {recovered:.1f} s later"
         return (
             f"kill {number} in a {moment}: calls failed after {[round(f.at - killed, 2) for f in failures]} s;"
             f" router back after {back - killed:.1f} s ({more} more failures); sessions again {recovered:.1f} s later"

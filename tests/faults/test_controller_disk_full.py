@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from controllerd.scheduler import MAX_TICK
 from tests.integration.central import (
     CLI,
     Central,
@@ -32,7 +33,6 @@ from tests.integration.central import (
 from .conftest import LightExporter
 
 pytestmark = pytest.mark.timeout(120)
-SCHEDULER_MAX_TICK = 5.0  # controllerd.scheduler.MAX_TICK
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_a_full_state_disk_refuses_writes_clearly_keeps_serving_and_recovers(tin
             # the short lease reaches its end meanwhile: the scheduler cannot store that yet
             wait_until(
                 lambda: "scheduler pass not stored" in central.log("controllerd"),
-                4.0 + SCHEDULER_MAX_TICK + 10,
+                4.0 + MAX_TICK + 10,
                 "the scheduler to fail to store the short lease's end",
                 interval=0.2,
             )
@@ -146,7 +146,7 @@ def test_a_full_state_disk_refuses_writes_clearly_keeps_serving_and_recovers(tin
             short_lease.name,
             lambda le: condition(le, "Ready").status == "False",
             "the short lease to end after space came back",
-            timeout=SCHEDULER_MAX_TICK + 15,
+            timeout=MAX_TICK + 15,
         )
         assert condition(ended, "Ready").reason == "Expired", ended
         # ...and writes work again

@@ -15,14 +15,14 @@ import grpc
 import pytest
 
 from controllerd.liveness import silence_window
-from tests.integration.central import Central, Peer, S, condition, get_report, is_true, wait_until
+from controllerd.scheduler import MAX_TICK
+from tests.integration.central import Central, Peer, S, condition, get_report, is_true, refused, wait_until
 
 from .conftest import spawn_exporterd
 
 OFFLINE_AFTER = 2.0
-SCHEDULER_MAX_TICK = 5.0  # controllerd.scheduler.MAX_TICK
 # offline within offline_after of the last answer; a scheduler pass at most MAX_TICK later; slack for load
-BOUND = OFFLINE_AFTER + SCHEDULER_MAX_TICK + 10
+BOUND = OFFLINE_AFTER + MAX_TICK + 10
 CODE = grpc.StatusCode
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.timeout(180)
 def exporter_is(peer: Peer, name: str, online: bool, status: int | None = None) -> bool:
     exporter = peer.get_exporter(name)
     return exporter.online == online and (status is None or exporter.status == status)
-
-
-def refused(call: Any) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value  # type: ignore[return-value]
 
 
 def test_a_partitioned_exporter_goes_offline_pauses_gets_nothing_new_and_recovers(

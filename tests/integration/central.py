@@ -63,6 +63,30 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
+def counter(metrics: str, sample: str) -> float:
+    """The value of one sample line of a Prometheus text page (0 if absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def refused(
+    call: Callable[[], Any], code: grpc.StatusCode | None = None, text: str | None = None
+) -> grpc.RpcError:
+    """The RpcError `call` raises; AssertionError if it returns, or if the code or the details
+    (`text`, case-insensitive) differ."""
+    try:
+        result = call()
+    except grpc.RpcError as error:
+        if code is not None:
+            assert error.code() == code, f"{error.code()}: {error.details()}"
+        if text is not None:
+            assert text.lower() in (error.details() or "").lower(), error.details()
+        return error
+    raise AssertionError(f"the call was not refused: it returned {result!r}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -289,10 +313,13 @@ class Central:
 
     def metric(self, sample: str) -> float:
         """The value of one sample line, e.g. `jumpstarter_leases_total{event="granted"}` (0 if absent)."""
-        for line in self.metrics().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return counter(self.metrics(), sample)
+
+    def router_metric(self, sample: str) -> float:
+        """One sample of routerd's metrics page; needs `router_settings={"metrics": "HOST:PORT"}`."""
+        address = self.router_settings["metrics"]
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+            return counter(response.read().decode(), sample)
 
     # -- administration ------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ def test_listen_sessions_and_a_sigterm_leave_no_pending_task_behind():
         board = StubExporter(central, central.create("exporter", "shutdown", "board", board="s")).start()
         alice = central.peer(central.create("client", "shutdown", "alice"))
         lease = alice.create_lease("board=s")
-        first = board.listener(lease.name)
+        first = board.listener(lease.name, timeout=30)
         dial = alice.dial(lease.name)
         assert stream_of(first.next(timeout=30).router_token) == stream_of(dial.router_token)
 

@@ -22,7 +22,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jumpstarter.client.v1 import client_pb2
 from jumpstarter.v1 import jumpstarter_pb2, kubernetes_pb2
 
-from .central import CLI, ROOT, Central, Peer, StubExporter, close_central, condition, is_true, start_central
+from .central import (
+    CLI,
+    ROOT,
+    Central,
+    Peer,
+    StubExporter,
+    close_central,
+    condition,
+    is_true,
+    refused,
+    start_central,
+)
 
 CODE = grpc.StatusCode
 MAX_LEASE = 3600.0  # this controllerd's max_lease_duration
@@ -73,15 +84,6 @@ def scope(central: Central, request: pytest.FixtureRequest) -> Iterator[Scope]:
         yield s
     finally:
         s.close()
-
-
-def refused(call: Callable[[], Any], code: grpc.StatusCode, text: str) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    error: grpc.RpcError = info.value  # type: ignore[assignment]
-    assert error.code() == code, f"{error.code()}: {error.details()}"
-    assert text.lower() in (error.details() or "").lower(), error.details()
-    return error
 
 
 def create(peer: Peer, **fields: Any) -> client_pb2.Lease:

@@ -9,18 +9,15 @@ gives up on each after its `--tunnel-wait`.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from .central import (
-    PY,
     Central,
     Identity,
     Peer,
@@ -35,7 +32,6 @@ from .central import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-ROUTER_METRICS = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,7 @@ def central() -> Iterator[Central]:
         dial_burst=6,
         max_pending_dials=2,
         dial_ready_wait=60,
-        router_settings={"metrics": f"127.0.0.1:{ROUTER_METRICS}", "lone_peer_timeout": 600},
+        router_settings={"metrics": f"127.0.0.1:{free_port()}", "lone_peer_timeout": 600},
     )
     try:
         yield c
@@ -54,21 +50,12 @@ def central() -> Iterator[Central]:
         close_central(c)
 
 
-def router_metric(sample: str) -> float:
-    url = f"http://127.0.0.1:{ROUTER_METRICS}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-    return 0.0
+def waiting(central: Central) -> float:
+    return central.router_metric("jumpstarter_router_streams_waiting")
 
 
-def waiting() -> float:
-    return router_metric("jumpstarter_router_streams_waiting")
-
-
-def cancelled() -> float:
-    return router_metric('jumpstarter_router_calls_total{outcome="cancelled"}')
+def cancelled(central: Central) -> float:
+    return central.router_metric('jumpstarter_router_calls_total{outcome="cancelled"}')
 
 
 def leased(central: Central, client: str, exporter: Identity) -> tuple[Peer, str]:
@@ -78,60 +65,67 @@ def leased(central: Central, client: str, exporter: Identity) -> tuple[Peer, str
     return peer, lease.name
 
 
-def exporterd(central: Central, identity: Identity, *flags: str) -> Any:
-    document = yaml.safe_load(Path(identity.config).read_text())
-    document["export"] = {"echo": {"type": "network.echo"}}
-    Path(identity.config).write_text(yaml.safe_dump(document))
+def exporterd(central: Central, identity: Identity, *flags: str) -> subprocess.Popen[bytes]:
     socket_path = os.path.join(central.directory, f"{identity.name}.sock")
-    argv = [PY, "-m", "exporterd.main", "--config", identity.config, "--socket", socket_path]
-    process = central._spawn(f"exporterd-{identity.name}", [*argv, "--log-format", "json", *flags])
-    central.extra.append(process)
-    return process
+    export = {"echo": {"type": "network.echo"}}
+    return central.spawn_exporterd(f"exporterd-{identity.name}", identity.config, export, socket_path, *flags)
 
 
 def test_a_client_flooding_dial_is_refused_while_another_client_still_dials(central: Central) -> None:
-    boards = [StubExporter(central, central.create("exporter", "flood", f"b{i}")).start() for i in (1, 2)]
-    flooder, lease = leased(central, "flooder", boards[0].identity)
-    other, other_lease = leased(central, "other", boards[1].identity)
-    refused = None
-    for _ in range(30):
-        try:
-            flooder.dial(lease)
-        except grpc.RpcError as exc:
-            refused = exc
-            break
-    assert refused is not None, "30 Dials in a row were all accepted"
-    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "dial_rate" in (refused.details() or "")
-    assert other.dial(other_lease).router_token  # another client is not affected
-    for board in boards:
-        board.close()
+    boards: list[StubExporter] = []
+    peers: list[Peer] = []
+    try:
+        for i in (1, 2):
+            boards.append(StubExporter(central, central.create("exporter", "flood", f"b{i}")).start())
+        flooder, lease = leased(central, "flooder", boards[0].identity)
+        peers.append(flooder)
+        other, other_lease = leased(central, "other", boards[1].identity)
+        peers.append(other)
+        refused = None
+        for _ in range(30):
+            try:
+                flooder.dial(lease)
+            except grpc.RpcError as exc:
+                refused = exc
+                break
+        assert refused is not None, "30 Dials in a row were all accepted"
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "dial_rate" in (refused.details() or "")
+        assert other.dial(other_lease).router_token  # another client is not affected
+    finally:
+        for peer in peers:
+            peer.close()
+        for board in boards:
+            board.close()
 
 
 def test_a_lease_has_a_bounded_number_of_dials_in_progress(central: Central) -> None:
     board = StubExporter(central, central.create("exporter", "pending", "b"), auto=False).start()
-    peer, lease = leased(central, "waiter", board.identity)
-    board.listen(lease)  # the exporter listens but is not ready: Dials wait for it
-    results: list[Any] = []
+    try:
+        peer, lease = leased(central, "waiter", board.identity)
+        board.listen(lease)  # the exporter listens but is not ready: Dials wait for it
+        results: list[Any] = []
 
-    def dial() -> None:
-        try:
-            results.append(peer.dial(lease, timeout=90))
-        except grpc.RpcError as exc:
-            results.append(exc)
+        def dial() -> None:
+            try:
+                results.append(peer.dial(lease, timeout=90))
+            except grpc.RpcError as exc:
+                results.append(exc)
 
-    threads = [threading.Thread(target=dial) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: len(results) >= 1, 30, "one Dial to be refused")
-    assert isinstance(results[0], grpc.RpcError), results[0]
-    assert results[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "max_pending_dials" in (results[0].details() or "")
-    board.report(S.EXPORTER_STATUS_LEASE_READY)  # the pending two now go through
-    for thread in threads:
-        thread.join(60)
-    assert sum(1 for r in results if not isinstance(r, grpc.RpcError)) == 2
-    board.close()
+        threads = [threading.Thread(target=dial) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(results) >= 1, 30, "one Dial to be refused")
+        assert isinstance(results[0], grpc.RpcError), results[0]
+        assert results[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_pending_dials" in (results[0].details() or "")
+        board.report(S.EXPORTER_STATUS_LEASE_READY)  # the pending two now go through
+        for thread in threads:
+            thread.join(60)
+        assert sum(1 for r in results if not isinstance(r, grpc.RpcError)) == 2
+        peer.close()
+    finally:
+        board.close()
 
 
 def test_an_exporter_keeps_few_tunnels_waiting_for_clients_that_never_come(central: Central) -> None:
@@ -139,15 +133,15 @@ def test_an_exporter_keeps_few_tunnels_waiting_for_clients_that_never_come(centr
     process = exporterd(central, identity, "--max-pending-tunnels", "2", "--tunnel-wait", "600")
     try:
         peer, lease = leased(central, "prober", identity)
-        base_waiting, base_cancelled = waiting(), cancelled()
+        base_waiting, base_cancelled = waiting(central), cancelled(central)
         for k in range(1, 6):  # Dials whose client never connects, as upstream's readiness probe
             peer.dial(lease, timeout=60)
             wait_until(
-                lambda k=k: waiting() - base_waiting + cancelled() - base_cancelled >= k,
+                lambda k=k: waiting(central) - base_waiting + cancelled(central) - base_cancelled >= k,
                 30,
                 f"the exporter's router stream for Dial {k}",
             )
-        assert waiting() - base_waiting <= 2
+        assert waiting(central) - base_waiting <= 2
         # The newest Dial still reaches the board.
         report = get_report(central, peer.dial(lease), os.path.join(central.directory, "pile.sock"))
         assert report.reports
@@ -160,11 +154,11 @@ def test_an_exporter_gives_up_on_a_tunnel_whose_client_never_comes(central: Cent
     process = exporterd(central, identity, "--tunnel-wait", "1")
     try:
         peer, lease = leased(central, "lonely", identity)
-        base_waiting = waiting()
+        base_waiting = waiting(central)
         for _ in range(3):
             peer.dial(lease, timeout=60)
         log = f"exporterd-{identity.name}"
         wait_until(lambda: central.log(log).count("tunnel given up") >= 3, 60, "3 tunnels given up")
-        wait_until(lambda: waiting() <= base_waiting, 30, "the router's waiting streams to go")
+        wait_until(lambda: waiting(central) <= base_waiting, 30, "the router's waiting streams to go")
     finally:
         stop_process(process)

@@ -12,11 +12,9 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import jumpstarter
 from jumpstarter.client.remote import ControllerClient, short_name
@@ -39,20 +37,16 @@ class Board:
         self.central = central
         self.flag = os.path.join(central.directory, "powered")
         self.identity = central.create("exporter", "restart", "board", board="restart")
-        document = yaml.safe_load(Path(self.identity.config).read_text())
-        document["export"] = {
+        self.export = {
             "power": {"type": "power.command", "config": {"on": f"touch {self.flag}", "off": "true"}}
         }
-        Path(self.identity.config).write_text(yaml.safe_dump(document))
         self.socket = os.path.join(central.directory, "board.sock")
         self.starts = 0
 
     def start(self) -> subprocess.Popen[bytes]:
         self.starts += 1
-        argv = [PY, "-m", "exporterd.main", "--config", self.identity.config, "--socket", self.socket]
-        process = self.central._spawn(f"exporterd-{self.starts}", [*argv, "--log-format", "json"])
-        self.central.extra.append(process)
-        return process
+        name = f"exporterd-{self.starts}"
+        return self.central.spawn_exporterd(name, self.identity.config, self.export, self.socket)
 
 
 @pytest.fixture

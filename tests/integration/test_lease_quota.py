@@ -7,9 +7,8 @@ namespace on one exporter that is never online, so every lease stays pending.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from jumpstarter.client.v1 import client_pb2
 from jumpstarter.v1 import jumpstarter_pb2, kubernetes_pb2
 
-from .central import Central, Peer, close_central, condition, short, start_central
+from .central import Central, Peer, close_central, condition, refused, short, start_central
 
 LIMIT = 3
 CODE = grpc.StatusCode
@@ -46,12 +45,6 @@ def peers(central: Central, request: pytest.FixtureRequest) -> Iterator[dict[str
     finally:
         for peer in out.values():
             peer.close()
-
-
-def refused(call: Callable[[], Any]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value  # type: ignore[return-value]
 
 
 def fill(peer: Peer) -> list[str]:

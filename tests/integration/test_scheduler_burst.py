@@ -30,18 +30,24 @@ def central(request: pytest.FixtureRequest) -> Iterator[Central]:
         close_central(c)
 
 
-def burst(central: Central, namespace: str, clients: list[str], each: int) -> list[grpc.Future]:
-    """`each` CreateLease(board=q) from every client in `clients`, all sent at once; their futures."""
+def burst(central: Central, namespace: str, clients: list[str], each: int) -> list[client_pb2.Lease]:
+    """`each` CreateLease(board=q) from every client in `clients`, all sent at once; their answers
+    (the first refusal raises). The clients' channels are closed afterwards."""
     peers = [central.peer(i) for i in central.create_many("client", namespace, clients)]
     spec = client_pb2.Lease(selector="board=q")
     spec.duration.CopyFrom(seconds(600))
-    return [
-        peer.clients.CreateLease.future(
-            client_pb2.CreateLeaseRequest(parent=peer.parent, lease=spec), metadata=peer.md, timeout=60
-        )
-        for _ in range(each)
-        for peer in peers
-    ]
+    try:
+        futures = [
+            peer.clients.CreateLease.future(
+                client_pb2.CreateLeaseRequest(parent=peer.parent, lease=spec), metadata=peer.md, timeout=60
+            )
+            for _ in range(each)
+            for peer in peers
+        ]
+        return [f.result() for f in futures]
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 @pytest.mark.parametrize("central", [1], indirect=True)  # one pending lease per client
@@ -53,7 +59,7 @@ def test_a_burst_that_free_exporters_can_grant_is_not_refused_by_the_pending_quo
         for e in central.create_many("exporter", "free", [f"e{i}" for i in range(count)], board="q")
     ]
     try:
-        leases = [f.result() for f in burst(central, "free", ["alice"], count)]
+        leases = burst(central, "free", ["alice"], count)
     except grpc.RpcError as exc:
         raise AssertionError(f"a grantable request was refused: {exc.code().name}: {exc.details()}") from None
     finally:

@@ -35,19 +35,17 @@ def serve(cert_pem: bytes, key_pem: bytes) -> tuple[grpc.Server, int]:
 
 def test_two_daemons_issuing_at_once_share_one_ca_whose_key_is_private(tmp_path: Any) -> None:
     ca_cert, ca_key = str(tmp_path / "tls" / "ca.crt"), str(tmp_path / "tls" / "ca.key")
-    results: dict[str, tuple[bytes, bytes, bool]] = {}
     barrier = threading.Barrier(2)
 
-    def start(name: str) -> None:
-        barrier.wait()
+    def start(name: str) -> tuple[bytes, bytes, bool]:
+        barrier.wait(30)
         paths = str(tmp_path / "tls" / f"{name}.crt"), str(tmp_path / "tls" / f"{name}.key")
-        results[name] = tls.load_or_issue(*paths, [f"{name}.lab.example"], ca_cert, ca_key)
+        return tls.load_or_issue(*paths, [f"{name}.lab.example"], ca_cert, ca_key)
 
-    threads = [threading.Thread(target=start, args=(n,)) for n in ("controller", "router")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    # .result() re-raises a thread's exception, so a broken CA race fails the test instead of vanishing
+    with ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(start, name) for name in ("controller", "router")}
+        results = {name: future.result(timeout=60) for name, future in futures.items()}
     with open(ca_cert, "rb") as handle:
         ca_pem = handle.read()
     for name, (cert_pem, _key, generated) in results.items():
