@@ -47,7 +47,7 @@ def _labels(args: dict[str, Any]) -> dict[str, str]:
 
 
 def _new_name(args: dict[str, Any], kind: str) -> tuple[str, str]:
-    """(namespace, name) of a record about to be created: both DNS-1123 labels, checked first."""
+    """(namespace, name) of a record to create or act on: both DNS-1123 labels, checked first."""
     namespace = check_name(args.get("namespace") or "default", "namespace")
     return namespace, check_name(args.get("name"), f"{kind} name")
 
@@ -312,7 +312,7 @@ class Admin:
     async def revoke(self, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("jti"):
             jti = str(args["jti"])
-            records = [r for r in await self.store.list_tokens() if r.jti == jti]
+            records = [r for r in await self.store.list_tokens() if r.jti == jti and not r.revoked]
             if not records:
                 return {"revoked": 0}  # nothing changed: nothing to audit
             kind = records[0].kind.lower()
@@ -325,20 +325,23 @@ class Admin:
             raise AdminError(
                 grpc.StatusCode.INVALID_ARGUMENT, "revoke needs jti, or kind (client/exporter) and name"
             )
-        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        namespace, name = _new_name(args, kind)  # bounded, before anything is looked up or stored
+        await self._record(kind, namespace, name)  # NOT_FOUND: nobody to revoke, nothing to audit
         revoked = audit.event(namespace, kind, name, "revoked", ADMIN, "TokenRevoked", "every token revoked")
         prefix = f"{kind}:{namespace}:{name}:"
         return {"revoked": await self.auth.revoke(subject_prefix=prefix, audit=[revoked])}
 
+    async def _record(self, kind: str, namespace: str, name: str) -> Client | Exporter:
+        if kind == "client":
+            return await self.store.get_client(namespace, name)
+        if kind == "exporter":
+            return await self.store.get_exporter(namespace, name)
+        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be client or exporter, not {kind!r}")
+
     async def rotate(self, args: dict[str, Any]) -> dict[str, Any]:
         kind = str(args.get("kind", "")).rstrip("s")
         namespace, name = str(args.get("namespace") or "default"), str(args["name"])
-        if kind == "client":
-            record: Any = await self.store.get_client(namespace, name)
-        elif kind == "exporter":
-            record = await self.store.get_exporter(namespace, name)
-        else:
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "rotate needs kind client or exporter")
+        record = await self._record(kind, namespace, name)
         rotated = audit.event(namespace, kind, name, "rotated", ADMIN, "TokenRotated", "older tokens revoked")
         await self.auth.revoke(
             subject_prefix=subject(kind, namespace, name, ""), audit=[rotated]
