@@ -91,7 +91,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         exporter.registered = True
         exporter.last_seen = now()
         relabeled = (
-            f"; labels {_labels(old_labels)} → {_labels(exporter.labels)}"
+            f"; labels {audit.labels_text(old_labels)} → {audit.labels_text(exporter.labels)}"
             if old_labels != exporter.labels
             else ""
         )
@@ -432,7 +432,3 @@ def _status_name(status: int) -> str:
         return str(common_pb2.ExporterStatus.Name(status)).removeprefix("EXPORTER_STATUS_")
     except ValueError:
         return str(status)
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"

@@ -213,7 +213,11 @@ class LeaseScheduler:
             asked = dataclasses.replace(lease, selector="", exporter_name=lease.exporter, allow_disabled=True)
         now = self.clock()
         evaluation = Candidates(exporters, policies, now).evaluate(asked, client)
-        if not evaluation.candidates and evaluation.verdict is not None and evaluation.verdict[1] == "NoAccess":
+        if (
+            not evaluation.candidates
+            and evaluation.verdict is not None
+            and evaluation.verdict[1] == "NoAccess"
+        ):
             raise PolicyDenied(
                 f"permission denied: no access policy lets client {lease.client} hold "
                 f"{lease.exporter or lease.selector} for {round(held_for(lease, now))}s"

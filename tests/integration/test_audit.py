@@ -274,7 +274,11 @@ def test_only_revocations_that_happen_are_audited(scope: Scope):
 
     socket = scope.central.admin_socket
     scope.client("alice")
-    jti = next(t["jti"] for t in call(socket, "get", kind="tokens", namespace=scope.ns) if (t["namespace"], t["name"]) == (scope.ns, "alice"))
+    jti = next(
+        t["jti"]
+        for t in call(socket, "get", kind="tokens", namespace=scope.ns)
+        if (t["namespace"], t["name"]) == (scope.ns, "alice")
+    )
     assert call(socket, "revoke", jti=jti) == {"revoked": 1}
     assert call(socket, "revoke", jti=jti) == {"revoked": 0}  # already revoked: nothing happened
     with pytest.raises(JumpstarterError, match="not found"):

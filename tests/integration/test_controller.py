@@ -941,7 +941,9 @@ def test_a_waiting_dial_rereads_its_lease(patient: Central, change: str):
             with pytest.raises(TimeoutError):
                 dialing.result(timeout=1.0)  # waiting: the exporter is AVAILABLE, not LEASE_READY
             if change == "transfer":
-                alice.update_lease(client_pb2.Lease(name=lease.name, client=bob.identity.resource), ["client"])
+                alice.update_lease(
+                    client_pb2.Lease(name=lease.name, client=bob.identity.resource), ["client"]
+                )
             else:
                 alice.delete_lease(lease.name)
             board.report(S.EXPORTER_STATUS_LEASE_READY)  # ready now: the old Dial handed alice a token
