@@ -20,11 +20,11 @@ from controllerd import audit
 from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
 from controllerd.records import AccessPolicy, Client, Exporter
-from controllerd.rpc import storage_status
+from controllerd.rpc import RpcError, status_of
 from controllerd.scheduler import LeaseScheduler
-from controllerd.store import Conflict, NotFound, StorageError, Store
+from controllerd.store import NotFound, StorageError, Store
 from jumpstarter import tls
-from jumpstarter.names import InvalidName, check_host, check_labels, check_name, reserved
+from jumpstarter.names import check_host, check_labels, check_name, reserved
 from jumpstarter.selector import parse
 
 log = structlog.get_logger("controllerd.admin")
@@ -32,22 +32,12 @@ MAX_REQUEST = 1024 * 1024
 KINDS = {"clients", "exporters", "leases", "policies", "tokens"}
 
 
-def _labels_text(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
-
-
-class AdminError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _labels(args: dict[str, Any]) -> dict[str, str]:
     return check_labels(args.get("labels") or {})
 
 
 def _new_name(args: dict[str, Any], kind: str) -> tuple[str, str]:
-    """(namespace, name) of a record about to be created: both DNS-1123 labels, checked first."""
+    """(namespace, name) of a record to create or act on: both DNS-1123 labels, checked first."""
     namespace = check_name(args.get("namespace") or "default", "namespace")
     return namespace, check_name(args.get("name"), f"{kind} name")
 
@@ -88,11 +78,11 @@ class Admin:
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             if len(request) > MAX_REQUEST:
-                raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "request too large")
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "request too large")
             body = json.loads(request)
             op = self.ops.get(body.get("op", ""))
             if op is None:
-                raise AdminError(
+                raise RpcError(
                     grpc.StatusCode.UNIMPLEMENTED,
                     f"unknown op {body.get('op')!r} (ops: {', '.join(sorted(self.ops))})",
                 )
@@ -100,19 +90,15 @@ class Admin:
             result = await op(args)
             log.info("admin", op=body.get("op"), namespace=args.get("namespace"), name=args.get("name"))
             return json.dumps({"result": result}).encode()
-        except AdminError as exc:
-            await context.abort(exc.code, str(exc))
-        except InvalidName as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except Conflict as exc:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except StorageError as exc:
-            log.error("admin write refused by the store", op=body.get("op"), error=str(exc))
-            await context.abort(*storage_status(exc))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:  # a missing or mistyped argument
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
+        except Exception as exc:
+            status = status_of(exc)
+            if status is None:
+                raise
+            if isinstance(exc, StorageError):
+                log.error("admin write refused by the store", op=body.get("op"), error=str(exc))
+            await context.abort(*status)
         raise AssertionError("unreachable")
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -129,14 +115,14 @@ class Admin:
     async def issue_server_cert(self, args: dict[str, Any]) -> dict[str, Any]:
         """A server certificate signed by the lab CA (for a routerd on another host), with its key."""
         if self.lab_ca is None:
-            raise AdminError(
+            raise RpcError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "this controller has no lab CA key (its certificates were configured by hand):"
                 " issue the router's certificate with your own CA",
             )
         hosts = args.get("hosts")
         if not isinstance(hosts, list) or not 1 <= len(hosts) <= 16:
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "hosts: expected 1 to 16 host names or IPs")
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "hosts: expected 1 to 16 host names or IPs")
         names = [check_host(h) for h in hosts]
         cert_pem, key_pem = tls.issue(self.lab_ca, names)
         return {"cert": cert_pem.decode(), "key": key_pem.decode(), "ca": self.lab_ca.cert_pem.decode()}
@@ -157,13 +143,15 @@ class Admin:
         labels = _labels(args)
         try:
             await self.store.get_client(namespace, name)
-            raise AdminError(
+            raise RpcError(
                 grpc.StatusCode.ALREADY_EXISTS, f"client {namespace}/{name} exists (rotate its token instead)"
             )
         except NotFound:
             pass
         client = Client(namespace, name, labels=labels)
-        created = audit.event(namespace, "client", name, "created", ADMIN, "Created", _labels_text(labels))
+        created = audit.event(
+            namespace, "client", name, "created", ADMIN, "Created", audit.labels_text(labels)
+        )
         await self.store.save_client(client, [created])
         return await self._issue("Client", namespace, name, client.uid)
 
@@ -172,14 +160,16 @@ class Admin:
         labels = _labels(args)
         try:
             await self.store.get_exporter(namespace, name)
-            raise AdminError(
+            raise RpcError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"exporter {namespace}/{name} exists (rotate its token instead)",
             )
         except NotFound:
             pass
         exporter = Exporter(namespace, name, labels=labels)
-        created = audit.event(namespace, "exporter", name, "created", ADMIN, "Created", _labels_text(labels))
+        created = audit.event(
+            namespace, "exporter", name, "created", ADMIN, "Created", audit.labels_text(labels)
+        )
         await self.store.save_exporter(exporter, [created])
         self.scheduler.hub.wake_scheduler()
         return await self._issue("Exporter", namespace, name, exporter.uid)
@@ -188,7 +178,7 @@ class Admin:
         kind = args.get("kind")
         namespace = args.get("namespace")
         if kind not in KINDS:
-            raise AdminError(
+            raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(sorted(KINDS))}"
             )
         records: list[Any]
@@ -239,7 +229,7 @@ class Admin:
             revoked = await self.auth.revoke(subject_prefix=f"exporter:{namespace}:{name}:")
             await self.scheduler.poke()
         else:
-            raise AdminError(
+            raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, "delete clients or exporters (policies: delete_policy)"
             )
         return {"deleted": f"{namespace}/{name}", "tokens_revoked": revoked}
@@ -267,7 +257,7 @@ class Admin:
             "labeled",
             ADMIN,
             "Labeled",
-            f"{_labels_text(old)} → {_labels_text(exporter.labels)}",
+            f"{audit.labels_text(old)} → {audit.labels_text(exporter.labels)}",
         )
         await self.store.save_exporter(exporter, [relabeled])
         await self.scheduler.poke()
@@ -312,7 +302,7 @@ class Admin:
     async def revoke(self, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("jti"):
             jti = str(args["jti"])
-            records = [r for r in await self.store.list_tokens() if r.jti == jti]
+            records = [r for r in await self.store.list_tokens() if r.jti == jti and not r.revoked]
             if not records:
                 return {"revoked": 0}  # nothing changed: nothing to audit
             kind = records[0].kind.lower()
@@ -322,23 +312,26 @@ class Admin:
             return {"revoked": await self.auth.revoke(jti=jti, audit=[revoked])}
         kind = str(args.get("kind", "")).rstrip("s")
         if kind not in ("client", "exporter"):
-            raise AdminError(
+            raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, "revoke needs jti, or kind (client/exporter) and name"
             )
-        namespace, name = str(args.get("namespace") or "default"), str(args["name"])
+        namespace, name = _new_name(args, kind)  # bounded, before anything is looked up or stored
+        await self._record(kind, namespace, name)  # NOT_FOUND: nobody to revoke, nothing to audit
         revoked = audit.event(namespace, kind, name, "revoked", ADMIN, "TokenRevoked", "every token revoked")
         prefix = f"{kind}:{namespace}:{name}:"
         return {"revoked": await self.auth.revoke(subject_prefix=prefix, audit=[revoked])}
 
+    async def _record(self, kind: str, namespace: str, name: str) -> Client | Exporter:
+        if kind == "client":
+            return await self.store.get_client(namespace, name)
+        if kind == "exporter":
+            return await self.store.get_exporter(namespace, name)
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be client or exporter, not {kind!r}")
+
     async def rotate(self, args: dict[str, Any]) -> dict[str, Any]:
         kind = str(args.get("kind", "")).rstrip("s")
         namespace, name = str(args.get("namespace") or "default"), str(args["name"])
-        if kind == "client":
-            record: Any = await self.store.get_client(namespace, name)
-        elif kind == "exporter":
-            record = await self.store.get_exporter(namespace, name)
-        else:
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "rotate needs kind client or exporter")
+        record = await self._record(kind, namespace, name)
         rotated = audit.event(namespace, kind, name, "rotated", ADMIN, "TokenRotated", "older tokens revoked")
         await self.auth.revoke(
             subject_prefix=subject(kind, namespace, name, ""), audit=[rotated]

@@ -43,6 +43,11 @@ def exporter_actor(name: str) -> str:
     return f"exporter:{name}"
 
 
+def labels_text(labels: dict[str, str]) -> str:
+    """`a=1,b=2` (sorted; `-` for none): how audit messages show a label set."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
 def _detail(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():

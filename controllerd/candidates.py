@@ -2,7 +2,7 @@
 
 One scheduler pass builds a `Candidates` from the exporters and policies it read. Exporters
 are indexed by label, so a selector's matches are an intersection of sets; leases that ask
-the same thing (namespace, selector, exporter, allow_disabled, client labels, duration)
+the same thing (namespace, selector, exporter, allow_disabled, client labels, requested hold)
 share one `Evaluation`, so a queue of a thousand leases with a few distinct requests costs
 a few evaluations, not a thousand scans of every exporter.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from controllerd.policy import held_for
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from jumpstarter.selector import LabelIndex, parse
 
@@ -35,8 +36,11 @@ class Evaluation:
 class Candidates:
     """Evaluates pending leases against one pass's exporters and policies, once per distinct request."""
 
-    def __init__(self, exporters: dict[ExporterKey, Exporter], policies: list[AccessPolicy]) -> None:
+    def __init__(
+        self, exporters: dict[ExporterKey, Exporter], policies: list[AccessPolicy], now: float
+    ) -> None:
         self.exporters = exporters
+        self.now = now  # what held_for measures a request's hold from
         self._index: dict[str, LabelIndex[ExporterKey]] = {}
         for key, exporter in exporters.items():
             self._index.setdefault(key[0], LabelIndex()).add(key, exporter.labels)
@@ -53,21 +57,22 @@ class Candidates:
 
     def evaluate(self, lease: Lease, client: Client | None) -> Evaluation:
         labels = None if client is None else tuple(sorted(client.labels.items()))
+        held = held_for(lease, self.now)
         key = (
             lease.namespace,
             lease.selector,
             lease.exporter_name,
             lease.allow_disabled,
             labels,
-            lease.duration or 0.0,
+            held,
         )
         evaluation = self._evaluations.get(key)
         if evaluation is None:
-            evaluation = self._evaluations[key] = self._evaluate(lease, client)
+            evaluation = self._evaluations[key] = self._evaluate(lease, client, held)
             self.evaluated += 1
         return evaluation
 
-    def _evaluate(self, lease: Lease, client: Client | None) -> Evaluation:
+    def _evaluate(self, lease: Lease, client: Client | None, held: float) -> Evaluation:
         evaluation = Evaluation()
         selector = parse(lease.selector)
         if lease.exporter_name:
@@ -104,7 +109,7 @@ class Candidates:
                     f"all {len(matching)} exporters matching {lease.selector} are disabled",
                 )
                 return evaluation
-        self._approve(evaluation, lease, client, candidates)
+        self._approve(evaluation, lease, client, candidates, held)
         if not evaluation.candidates:
             evaluation.verdict = (
                 "Unsatisfiable",
@@ -118,14 +123,19 @@ class Candidates:
         return evaluation
 
     def _approve(
-        self, evaluation: Evaluation, lease: Lease, client: Client | None, candidates: list[Exporter]
+        self,
+        evaluation: Evaluation,
+        lease: Lease,
+        client: Client | None,
+        candidates: list[Exporter],
+        requested: float,
     ) -> None:
-        """Keep the candidates a policy lets this client have, each at its best policy's priority."""
+        """Keep the candidates a policy lets this client have for `requested` seconds (held_for), each
+        at its best policy's priority."""
         policies = self._policies.get(lease.namespace, [])
         if not policies:  # no policy in the namespace: everyone may lease everything
             evaluation.candidates = [(0, e) for e in candidates]
             return
-        requested = lease.duration or 0.0
         allowed = [
             p
             for p in policies

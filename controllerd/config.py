@@ -135,13 +135,9 @@ def load(path: str) -> ControllerConfig:
         raise where.child(doc, "max_lease_duration").error(
             f"at most {int(MAX_LEASE_DURATION_LIMIT)} seconds (ten years)"
         )
-    limit = doc.get("max_pending_leases", config.max_pending_leases)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise where.child(doc, "max_pending_leases").error("expected a whole number of at least 1")
-    config.max_pending_leases = limit
     config.dial_rate = number("dial_rate", config.dial_rate)
     config.audit_retention_days = number("audit_retention_days", config.audit_retention_days)
-    for key in ("dial_burst", "max_pending_dials", "audit_max_records"):
+    for key in ("max_pending_leases", "dial_burst", "max_pending_dials", "audit_max_records"):
         value = doc.get(key, getattr(config, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise where.child(doc, key).error("expected a positive whole number")

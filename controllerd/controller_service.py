@@ -91,7 +91,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         exporter.registered = True
         exporter.last_seen = now()
         relabeled = (
-            f"; labels {_labels(old_labels)} → {_labels(exporter.labels)}"
+            f"; labels {audit.labels_text(old_labels)} → {audit.labels_text(exporter.labels)}"
             if old_labels != exporter.labels
             else ""
         )
@@ -199,9 +199,10 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                 seen = watch.version
                 lease = await self._held_lease(who)
                 for message in self._transitions(key, lease, last):
-                    yield message
-                    last = message
+                    # recorded before the yield: a stream closed while suspended there counts it told
                     self.hub.announced[key] = message.lease_name if message.leased else None
+                    last = message
+                    yield message
                 await watch.wait_newer(seen)  # liveness is keepalive's job (controllerd/liveness.py)
         finally:
             self.hub.status_streams[key] -= 1
@@ -293,7 +294,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         if lease.ended or lease.exporter is None:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease.name} is not active")
         with self.dial_limits.dialing(who.namespace, lease.name):
-            exporter = await self._wait_dialable(lease)
+            exporter = await self._wait_dialable(lease, who.name)
         if self.routers is None:
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "no router configured on the controller")
         endpoint = next(self.routers)
@@ -311,12 +312,21 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         log.info("dial", lease=lease.name, client=who.name, exporter=exporter.name, router=endpoint)
         return jumpstarter_pb2.DialResponse(router_endpoint=endpoint, router_token=token)
 
-    async def _wait_dialable(self, lease: Lease) -> Exporter:
+    async def _wait_dialable(self, lease: Lease, caller: str) -> Exporter:
         assert lease.exporter is not None
         key = (lease.namespace, lease.exporter)
         deadline = asyncio.get_running_loop().time() + self.dial_ready_wait
         while True:
             seen = self.hub.exporters[key].version
+            # the lease may be transferred or ended while we wait: every lease change bumps its exporter
+            current = await self.store.get_lease(lease.namespace, lease.name)
+            if current.client != caller:
+                raise RpcError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"permission denied: lease {lease.name} belongs to another client",
+                )
+            if current.ended or current.exporter != lease.exporter:
+                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease.name} is not active")
             exporter = await self.store.get_exporter(*key)
             if not self.scheduler.online(exporter):
                 raise RpcError(
@@ -422,7 +432,3 @@ def _status_name(status: int) -> str:
         return str(common_pb2.ExporterStatus.Name(status)).removeprefix("EXPORTER_STATUS_")
     except ValueError:
         return str(status)
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"

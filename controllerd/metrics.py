@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 from controllerd.records import Lease
 from jumpstarter.metrics import MetricsServer, new_registry, start_http
@@ -25,13 +27,10 @@ class ControllerMetrics:
         )
         self.active = Gauge("jumpstarter_leases_active", "Leases holding an exporter", registry=self.registry)
         self.online = Gauge("jumpstarter_exporters_online", "Exporters online", registry=self.registry)
-        self.passes = Gauge(
-            "jumpstarter_scheduler_passes", "Scheduler passes since start (a counter)", registry=self.registry
-        )
+        self.registry.register(_PassCounter(scheduler))
         self.pending.set_function(lambda: scheduler.stats["pending"])
         self.active.set_function(lambda: scheduler.stats["active"])
         self.online.set_function(lambda: scheduler.stats["online"])
-        self.passes.set_function(lambda: scheduler.stats["passes"])
         scheduler.on_event = self.event
 
     def event(self, kind: str, lease: Lease) -> None:
@@ -41,3 +40,17 @@ class ControllerMetrics:
 
     def serve(self, address: str) -> MetricsServer:
         return start_http(self.registry, address)
+
+
+class _PassCounter:
+    """`jumpstarter_scheduler_passes_total`: the scheduler counts its passes, this exposes the count."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "jumpstarter_scheduler_passes",
+            "Scheduler passes since start",
+            value=self.scheduler.stats["passes"],
+        )

@@ -24,7 +24,8 @@ class RpcError(Exception):
         self.code = code
 
 
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The one table of our errors' statuses (the admin socket uses it too); None: an internal error."""
     if isinstance(exc, (AuthError, RpcError)):
         return exc.code, str(exc)
     if isinstance(exc, QuotaExceeded):
@@ -37,18 +38,13 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Conflict):
         return grpc.StatusCode.ALREADY_EXISTS, str(exc)
-    if isinstance(exc, StorageError):
-        return storage_status(exc)
+    if isinstance(exc, StorageError):  # a write the store refused: retry once there is room
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE), str(exc)
     return None
 
 
-def storage_status(exc: StorageError) -> tuple[grpc.StatusCode, str]:
-    """A write the store refused (also for the admin socket): the caller may retry once there is room."""
-    return (grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE), str(exc)
-
-
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, rpc: str) -> None:
-    status = _status(exc)
+    status = status_of(exc)
     if isinstance(exc, StorageError):
         log.error("write refused by the store", rpc=rpc, error=str(exc))
     if status is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -20,7 +21,7 @@ from controllerd import audit
 from controllerd.audit import SCHEDULER, lease_event
 from controllerd.candidates import Candidates, Evaluation
 from controllerd.hub import Hub
-from controllerd.policy import PolicyDenied, approving_priority, held_for
+from controllerd.policy import PolicyDenied, held_for
 from controllerd.records import Client, Exporter, Lease
 from controllerd.store import Conflict, NotFound, StorageError, Store
 from jumpstarter.selector import SelectorError, parse
@@ -109,8 +110,13 @@ class LeaseScheduler:
     async def _changing(self) -> AsyncIterator[None]:
         """The lock, and one store transaction: a change and the pass it triggers are stored whole or not at all."""
         async with self.lock:
-            with self.store.atomic():
-                yield
+            planned = self._planned
+            try:
+                with self.store.atomic():
+                    yield
+            except BaseException:  # a pass rolled back with the transaction (even at COMMIT) was not planned
+                self._planned = planned
+                raise
 
     # -- requests ----------------------------------------------------------------
 
@@ -126,13 +132,16 @@ class LeaseScheduler:
             lease.duration, lease.begin_time, lease.end_time
         )
         async with self._changing():  # count and create under one lock: concurrent requests cannot overshoot
-            await self._check_quota(lease.namespace, lease.client)
-            lease.created = self.clock()
-            lease.set_condition("Pending", "True", "Queued", "waiting for the scheduler")
-            created = audit.lease_created(lease, actor or audit.client_actor(lease.client))
-            await self.store.create_lease(lease, [created])
-            self.on_event("created", lease)
-            mine = self._changed()
+            refused = await self._check_quota(lease.namespace, lease.client)
+            if refused is None:
+                lease.created = self.clock()
+                lease.set_condition("Pending", "True", "Queued", "waiting for the scheduler")
+                created = audit.lease_created(lease, actor or audit.client_actor(lease.client))
+                await self.store.create_lease(lease, [created])
+                self.on_event("created", lease)
+                mine = self._changed()
+        if refused is not None:  # raised after the transaction: the pass the count ran stays committed
+            raise QuotaExceeded(refused)
         await self._replan(mine)
         return await self.store.get_lease(lease.namespace, lease.name)
 
@@ -172,19 +181,25 @@ class LeaseScheduler:
                 lease.duration, lease.begin_time, lease.end_time
             )
             await self.check_policies(lease)
-            if lease.pending and lease.client != owner:
-                await self._check_quota(lease.namespace, lease.client)  # a transfer counts for the new owner
-            events = audit.lease_updated(lease, actor, owner, old_times, old_end)
-            await self.store.save_lease(lease, events)
-            if lease.exporter:
-                self.hub.exporter_changed(lease.namespace, lease.exporter)
-            mine = self._changed()
+            refused = None
+            if lease.pending and lease.client != owner:  # a transfer counts for the new owner
+                refused = await self._check_quota(lease.namespace, lease.client)
+            if refused is None:
+                events = audit.lease_updated(lease, actor, owner, old_times, old_end)
+                await self.store.save_lease(lease, events)
+                if lease.exporter:
+                    self.hub.exporter_changed(lease.namespace, lease.exporter)
+                mine = self._changed()
+        if refused is not None:  # raised after the transaction: the pass the count ran stays committed
+            raise QuotaExceeded(refused)
         await self._replan(mine)
-        return lease
+        return await self.store.get_lease(namespace, name)
 
     async def check_policies(self, lease: Lease) -> None:
         """Raise PolicyDenied unless a policy lets the lease's client hold its exporter (a pending
-        lease: some exporter it matches) for as long as the lease now lasts; for UpdateLease."""
+        lease: some exporter it matches) for as long as the lease now lasts; for UpdateLease.
+
+        The pass's own evaluation (Candidates) decides, so an approved update is never then ended."""
         policies = await self.store.list_policies(lease.namespace)
         if not policies:
             return
@@ -192,37 +207,34 @@ class LeaseScheduler:
             client: Client | None = await self.store.get_client(lease.namespace, lease.client)
         except NotFound:
             client = None
-        if lease.exporter is not None:
-            exporters = [await self.store.get_exporter(lease.namespace, lease.exporter)]
-        else:
-            selector = parse(lease.selector)
-            exporters = [
-                e
-                for e in await self.store.list_exporters(lease.namespace)
-                if selector.matches(e.labels) and lease.exporter_name in (None, "", e.name)
-            ]
-        held = held_for(lease, self.clock())
-        if exporters and all(approving_priority(policies, e, client, held) is None for e in exporters):
-            which = (
-                f"exporter {exporters[0].name}"
-                if len(exporters) == 1
-                else f"any of {len(exporters)} exporters"
-            )
+        exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters(lease.namespace)}
+        asked = lease
+        if lease.exporter is not None:  # held: only its own exporter counts, whatever its labels now
+            asked = dataclasses.replace(lease, selector="", exporter_name=lease.exporter, allow_disabled=True)
+        now = self.clock()
+        evaluation = Candidates(exporters, policies, now).evaluate(asked, client)
+        if (
+            not evaluation.candidates
+            and evaluation.verdict is not None
+            and evaluation.verdict[1] == "NoAccess"
+        ):
             raise PolicyDenied(
-                f"permission denied: no access policy lets client {lease.client} hold {which} "
-                f"for {round(held)}s"
+                f"permission denied: no access policy lets client {lease.client} hold "
+                f"{lease.exporter or lease.selector} for {round(held_for(lease, now))}s"
             )
 
-    async def _check_quota(self, namespace: str, client: str) -> None:
+    async def _check_quota(self, namespace: str, client: str) -> str | None:
+        """Why `client` may not queue another lease, or None; may run a pass, which the caller commits."""
         pending = await self.store.count_pending_leases(namespace, client)
         if pending >= self.max_pending and self._planned < self._changes:
             await self._pass()  # leases of requests not planned yet may be granted: count after planning
             pending = await self.store.count_pending_leases(namespace, client)
         if pending >= self.max_pending:
-            raise QuotaExceeded(
+            return (
                 f"client {client} already has {pending} pending leases, the limit is {self.max_pending} "
                 "(max_pending_leases in controllerd.yaml): release one or wait until one is granted"
             )
+        return None
 
     def _changed(self) -> int:
         self._changes += 1
@@ -296,13 +308,9 @@ class LeaseScheduler:
     async def _pass(self) -> float | None:
         """Expire, pause/resume, then grant in queue order. Returns the next timer deadline."""
         now = self.clock()
-        planned, self._planned = self._planned, self._changes
+        self._planned = self._changes  # restored by _changing() if the transaction rolls back
         self.stats["passes"] += 1
-        try:
-            return await self._plan(now)
-        except BaseException:
-            self._planned = planned  # rolled back with the store's transaction: not planned after all
-            raise
+        return await self._plan(now)
 
     async def _plan(self, now: float) -> float | None:
         next_deadline: float | None = None
@@ -349,7 +357,7 @@ class LeaseScheduler:
                 pending.append(lease)
         if not pending:
             return next_deadline
-        candidates = Candidates(exporters, await self.store.list_policies())
+        candidates = Candidates(exporters, await self.store.list_policies(), now)
         clients: dict[tuple[str, str], Client | None] = {}
         decisions: list[tuple[Lease, Evaluation]] = []
         for lease in pending:

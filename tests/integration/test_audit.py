@@ -265,3 +265,25 @@ def test_admin_actions_and_board_changes_are_audited_without_tokens(scope: Scope
     everything = json.dumps(scope.audit())
     assert rotated not in everything and "eyJ" not in everything  # no JWT in any record
     assert audit_problems(scope.audit(), active=scope.active()) == []
+
+
+def test_only_revocations_that_happen_are_audited(scope: Scope):
+    """Revoking a jti twice, or the tokens of a client that does not exist, stored events for nothing."""
+    from jumpstarter.cli.admin import call
+    from jumpstarter.errors import JumpstarterError
+
+    socket = scope.central.admin_socket
+    scope.client("alice")
+    jti = next(
+        t["jti"]
+        for t in call(socket, "get", kind="tokens", namespace=scope.ns)
+        if (t["namespace"], t["name"]) == (scope.ns, "alice")
+    )
+    assert call(socket, "revoke", jti=jti) == {"revoked": 1}
+    assert call(socket, "revoke", jti=jti) == {"revoked": 0}  # already revoked: nothing happened
+    with pytest.raises(JumpstarterError, match="not found"):
+        call(socket, "revoke", kind="client", namespace=scope.ns, name="ghost")
+    with pytest.raises(JumpstarterError, match="name"):
+        call(socket, "revoke", kind="client", namespace=scope.ns, name="x" * 10_000)
+    revoked = [(r["name"], r["message"]) for r in scope.audit() if r["action"] == "revoked"]
+    assert revoked == [("alice", f"token {jti}")], revoked

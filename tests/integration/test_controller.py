@@ -916,6 +916,66 @@ def test_dial_fails_not_ready_after_dial_ready_wait(scope: Scope):
     assert listener.drain() == []
 
 
+@pytest.fixture(scope="module")
+def patient() -> Iterator[Central]:
+    """A pair whose Dial waits long for readiness: what changes meanwhile is seen, not timed out."""
+    c = start_central(prefix="jsc-patient-", offline_after=OFFLINE_AFTER, dial_ready_wait=30.0)
+    try:
+        yield c
+    finally:
+        close_central(c)
+
+
+@pytest.mark.parametrize("change", ["transfer", "end"])
+def test_a_waiting_dial_rereads_its_lease(patient: Central, change: str):
+    """A lease transferred to bob (or ended) while alice's Dial waits for readiness gets alice no token."""
+    scope = Scope(patient, f"waiting-dial-{change}")
+    try:
+        board = scope.exporter("board", auto=False, board="wd")
+        alice, bob = scope.client("alice"), scope.client("bob")
+        lease = alice.create_lease("board=wd")
+        board.wait_status(lambda s: s.leased, "leased=true")
+        listener = board.listen(lease.name)
+        with ThreadPoolExecutor(1) as pool:
+            dialing = pool.submit(lambda: rpc_error(lambda: alice.dial(lease.name, timeout=40)))
+            with pytest.raises(TimeoutError):
+                dialing.result(timeout=1.0)  # waiting: the exporter is AVAILABLE, not LEASE_READY
+            if change == "transfer":
+                alice.update_lease(
+                    client_pb2.Lease(name=lease.name, client=bob.identity.resource), ["client"]
+                )
+            else:
+                alice.delete_lease(lease.name)
+            board.report(S.EXPORTER_STATUS_LEASE_READY)  # ready now: the old Dial handed alice a token
+            error = dialing.result(timeout=35)
+        expected = CODE.PERMISSION_DENIED if change == "transfer" else CODE.FAILED_PRECONDITION
+        assert error.code() == expected, error.details()
+        assert listener.drain() == []  # nothing was pushed to the exporter for alice
+    finally:
+        scope.close()
+
+
+def test_a_new_status_stream_first_ends_the_lease_a_closed_one_announced(scope: Scope):
+    board = scope.exporter("board", board="ann")
+    alice, bob = scope.client("alice"), scope.client("bob")
+    first = alice.create_lease("board=ann")
+    board.wait_status(lambda s: s.lease_name == short(first.name), "alice's lease")
+    board.close_status()
+    told = len(board.statuses)
+    second = bob.create_lease("board=ann")
+    alice.delete_lease(first.name)
+
+    def granted() -> bool:
+        board.report(S.EXPORTER_STATUS_AVAILABLE)  # cleaned up, and heard from: grantable again
+        return is_true(bob.get_lease(second.name), "Ready")
+
+    wait_until(granted, 15, "bob's lease granted while no Status stream is open")
+    board.open_status()
+    wait_until(lambda: len(board.statuses) >= told + 2, 10, "the new stream's messages")
+    seen = [(s.leased, s.lease_name) for s in board.statuses[told:]]
+    assert seen == [(False, ""), (True, short(second.name))], seen
+
+
 # -- health and metrics -------------------------------------------------------------------------------------
 
 

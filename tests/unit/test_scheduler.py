@@ -488,3 +488,96 @@ def test_requests_that_arrive_together_share_one_pass(env):
 
     created, released = run(scenario())
     assert created < burst / 2 and released < burst / 2, (created, released)
+
+
+def test_a_quota_refusal_keeps_the_pass_its_count_ran(env):
+    """The quota check plans unplanned requests first; refusing used to roll that pass back after its
+    grant was announced, and left it marked planned, so bob's lease waited for an unrelated change."""
+    from controllerd.scheduler import QuotaExceeded
+
+    store, _, clock, hub = env
+    granted: list[str] = []
+    scheduler = LeaseScheduler(
+        store,
+        hub,
+        clock=clock,
+        offline_after=60,
+        max_pending=1,
+        on_event=lambda kind, le: granted.append(le.name) if kind == "granted" else None,
+    )
+
+    async def scenario():
+        await add_exporter(store, clock, "e1", labels={"board": "x"})
+        await add_exporter(store, clock, "e2", labels={"board": "y"})
+        await scheduler.submit(lease("a1", selector="board=x"))  # holds e1
+        assert (await scheduler.submit(lease("a2", selector="board=x"))).exporter is None  # alice: 1 pending
+        results = await asyncio.gather(
+            scheduler.submit(lease("b1", client="bob", selector="board=y")),
+            scheduler.submit(lease("a3", selector="board=x")),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], QuotaExceeded)
+        assert "b1" in granted
+        assert (await store.get_lease("lab", "b1")).exporter == "e2"  # what was announced is stored
+
+    run(scenario())
+
+
+def test_update_returns_the_lease_as_its_pass_left_it(env):
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_exporter(store, clock, "e1")
+        later = await scheduler.submit(lease("later", begin_time=clock.now + 3600))
+        assert later.condition("Pending").reason == "Scheduled"
+
+        def now_please(current: Lease) -> None:
+            current.begin_time = None
+
+        updated = await scheduler.update("lab", "later", now_please)
+        assert updated.exporter == "e1" and updated.condition("Ready").status == "True"
+
+    run(scenario())
+
+
+def test_an_update_approved_by_policy_is_not_then_ended_by_the_pass(env):
+    """UpdateLease and the pass judged a lease by different holds (held_for vs duration)."""
+    store, scheduler, clock, _ = env
+
+    async def scenario():
+        await add_client(store, "alice", {"team": "a"})
+        await store.save_policy(AccessPolicy("lab", "p", client_selector="team=a", maximum_duration=600))
+        await add_exporter(store, clock, "e1")
+        await scheduler.submit(lease("holder", duration=300))
+        assert (await scheduler.submit(lease("waiting", duration=300))).exporter is None
+
+        def until(current: Lease) -> None:  # holds 500s from now, though its duration says 1000
+            current.duration, current.end_time = 1000.0, clock.now + 500
+
+        await scheduler.update("lab", "waiting", until)
+        stored = await store.get_lease("lab", "waiting")
+        assert not stored.ended and stored.pending, stored.conditions
+
+        def too_long(current: Lease) -> None:
+            current.duration, current.end_time = 1000.0, clock.now + 900
+
+        from controllerd.policy import PolicyDenied
+
+        with pytest.raises(PolicyDenied):
+            await scheduler.update("lab", "waiting", too_long)
+
+    run(scenario())
+
+
+def test_a_burst_from_one_client_is_counted_after_planning(env):
+    """max_pending=1 and six free exporters: six submits at once are all granted, none refused."""
+    store, _, clock, hub = env
+    scheduler = LeaseScheduler(store, hub, clock=clock, offline_after=60, max_pending=1)
+
+    async def scenario():
+        for i in range(6):
+            await add_exporter(store, clock, f"e{i}")
+        return await asyncio.gather(*(scheduler.submit(lease(f"l{i}")) for i in range(6)))
+
+    leases = run(scenario())
+    assert sorted(le.exporter for le in leases) == [f"e{i}" for i in range(6)]
