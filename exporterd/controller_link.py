@@ -22,7 +22,7 @@ import grpc
 import structlog
 
 from exporterd.hooks import run_hook
-from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT, NoClient, PendingTunnels, Prefetched
+from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT, NoClient, PendingTunnels
 from jumpstarter import channels
 from jumpstarter.session.server import Session, SessionSlot
 from jumpstarter.splice import splice
@@ -327,9 +327,12 @@ class LeaseRun:
         try:
             first = await self.pending.first_frame(call)
             reader, writer = await asyncio.open_unix_connection(self.link.daemon.path)
-            await splice(reader, writer, Prefetched(call, first))
+            await splice(reader, writer, call, first=first)
         except NoClient as exc:
-            log.info("tunnel given up", router=endpoint, reason=str(exc))
+            # wait_for_ready hides a failed TLS handshake: a router never reached may be the cause
+            ready = channel.get_state() == grpc.ChannelConnectivity.READY
+            if ready or not await self.link.tls_failed(endpoint):
+                log.info("tunnel given up", router=endpoint, reason=str(exc))
         except (grpc.RpcError, OSError) as exc:
             details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:

@@ -11,7 +11,6 @@ pushes out the oldest. Only a joined tunnel gets a connection to the session.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -59,19 +58,3 @@ class PendingTunnels:
         if task is not None:
             self.joined(task)
         return frame
-
-
-class Prefetched:
-    """A router call whose first response was already read; iterating yields it first."""
-
-    def __init__(self, call: Any, first: Any) -> None:
-        self.call = call
-        self.first = first
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.call, name)
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        yield self.first
-        while (frame := await self.call.read()) is not grpc.aio.EOF:
-            yield frame

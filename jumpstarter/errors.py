@@ -3,7 +3,7 @@
 Driver side: `status_for(exc)` picks the code a driver exception travels as.
 Client side: `error_for(code, details)` turns a status back into a Python
 exception of the matching builtin kind, so `except ValueError` works on both
-sides of the wire.
+sides of the wire; a lost or unreachable exporter connection says so.
 """
 
 from __future__ import annotations
@@ -121,7 +121,24 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return code, message
 
 
-def error_for(code: grpc.StatusCode, details: str | None) -> DriverError:
-    """The client-side exception for a failed call."""
+# gRPC's own details when the connection (a router tunnel, an exporter socket) went away under a call
+CONNECTION_LOST = ("Stream removed", "Socket closed")
+# gRPC's own details when it could not connect at all (not a driver's "cannot connect to ..." message)
+UNREACHABLE = ("failed to connect", "connections to all backends failing")
+
+
+def error_for(code: grpc.StatusCode, details: str | None, what: str = "") -> JumpstarterError:
+    """The client-side exception for a failed call (`what`: the call, named in connection errors)."""
+    import grpc
+
+    text = details or ""
+    if code == grpc.StatusCode.UNAVAILABLE and text.startswith(CONNECTION_LOST):
+        # gRPC's own words ("Stream removed (Socket closed)") do not say what went away
+        return DriverUnavailable(
+            f"{what}: the connection to the exporter was lost ({details}); the next call reconnects",
+            code.name,
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and any(words in text.lower() for words in UNREACHABLE):
+        return ConnectError(f"{what}: exporter unreachable: {details}")
     kind = _tables()[1].get(code, DriverError)
     return kind(details or code.name, code.name)

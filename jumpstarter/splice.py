@@ -21,13 +21,18 @@ RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 
 
 async def splice(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: Any, linger: float = 10.0
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    call: Any,
+    linger: float = 10.0,
+    first: Any = None,
 ) -> None:
     """Copy bytes between a local connection and a router stream (PROTOCOL.md §5 frames).
 
     EOF travels as GOAWAY + half-close one way and as a half-close of the local
     socket the other way; the call is read to its end so that the router can end
     both sides OK. After local EOF the exporter gets `linger` seconds to finish.
+    `first` is a frame already read from the call (the exporter waits for it).
     """
 
     async def up() -> None:  # local -> router
@@ -36,21 +41,23 @@ async def splice(
         await call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
         await call.done_writing()
 
+    async def deliver(frame: Any) -> bool:  # router -> local for one frame; True at EOF (GOAWAY)
+        if frame.frame_type == DATA:
+            if frame.payload:
+                writer.write(frame.payload)
+                await writer.drain()
+        elif frame.frame_type == GOAWAY:
+            writer.write_eof()
+            return True
+        elif frame.frame_type == RST_STREAM:
+            raise ConnectionResetError("the exporter reset the stream")
+        return False  # PING and unknown frame types are ignored
+
     async def down() -> None:  # router -> local; GOAWAY or the end of the call = EOF
-        eof = False
+        eof = first is not None and await deliver(first)
         async for frame in call:
-            if eof:
-                continue
-            if frame.frame_type == DATA:
-                if frame.payload:
-                    writer.write(frame.payload)
-                    await writer.drain()
-            elif frame.frame_type == GOAWAY:
-                eof = True
-                writer.write_eof()
-            elif frame.frame_type == RST_STREAM:
-                raise ConnectionResetError("the exporter reset the stream")
-            # PING and unknown frame types are ignored
+            if not eof:
+                eof = await deliver(frame)
         if not eof:
             writer.write_eof()
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from jumpstarter import channels, frames, values
 from jumpstarter.client.connection import (
@@ -20,14 +21,14 @@ from jumpstarter.client.connection import (
     GOAWAY,
     RST_STREAM,
     UNMARKED_STREAM_GRACE,
-    ExporterMethods,
     default_target,
-    status_error,
+    report_error,
+    router_stream,
     translate,
 )
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
-from jumpstarter.errors import ConnectError, DriverError, JumpstarterError
-from jumpstarter.v1 import jumpstarter_pb2
+from jumpstarter.errors import DriverError, JumpstarterError, error_for
+from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 if TYPE_CHECKING:
     from jumpstarter.client.base import DriverClient
@@ -41,36 +42,32 @@ class AsyncConnection:
         #: The session the client tree was built from (set by `build_tree`).
         self.pin: SessionPin | None = None
         self.channel, self.metadata = channels.open_aio_channel(target)
-        ch = self.channel
         self._md = tuple(self.metadata) or None
-        self._rpc = ExporterMethods(ch)
+        self._rpc = jumpstarter_pb2_grpc.ExporterServiceStub(self.channel)
+        self._router = router_stream(self.channel)
 
     async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
         try:
-            return await self._rpc.report(None, metadata=self._md, timeout=timeout)
+            return await self._rpc.GetReport(  # type: ignore[no-any-return]
+                empty_pb2.Empty(), metadata=self._md, timeout=timeout
+            )
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ConnectError(
-                    f"cannot reach the exporter at {channels.describe(self.target)}: {exc.details()}"
-                ) from None
-            raise translate(exc, "GetReport") from None
+            raise report_error(exc, self.target) from None
 
     async def _checked(self, error: JumpstarterError, what: str, uuid: str | None) -> JumpstarterError:
         """`error`, or `BoardRestarted` when it is a NOT_FOUND because the exporter's session changed."""
         if self.pin is None or not self.pin.suspects(error, uuid):
             return error
-        try:
-            report = await self.report(timeout=REPORT_TIMEOUT)
-        except JumpstarterError:
-            return error
-        return self.pin.error(what) if self.pin.changed(report) else error
+        with contextlib.suppress(JumpstarterError):  # no report: the error stands
+            return self.pin.verdict(error, what, await self.report(timeout=REPORT_TIMEOUT))
+        return error
 
     async def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
         request = jumpstarter_pb2.DriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
         try:
-            response = await self._rpc.call(request, metadata=self._md)
+            response = await self._rpc.DriverCall(request, metadata=self._md)
         except grpc.RpcError as exc:
             raise await self._checked(translate(exc, method), method, uuid) from None
         return values.decode(response.result)
@@ -79,7 +76,7 @@ class AsyncConnection:
         request = jumpstarter_pb2.StreamingDriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
-        call = self._rpc.streaming(request, metadata=self._md)
+        call = self._rpc.StreamingDriverCall(request, metadata=self._md)
         try:
             async for response in call:
                 yield values.decode(response.result)
@@ -91,7 +88,7 @@ class AsyncConnection:
     @contextlib.asynccontextmanager
     async def open_stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncStream]:
         metadata = (("request", json.dumps(request)),) + tuple(self.metadata)
-        call = self._rpc.router(metadata=metadata)
+        call = self._router(metadata=metadata)
         what = str(request.get("method", "stream"))
         try:
             initial = await call.initial_metadata()
@@ -103,7 +100,7 @@ class AsyncConnection:
             except TimeoutError:
                 code = grpc.StatusCode.OK
             if code != grpc.StatusCode.OK:
-                error = status_error(code, await call.details(), what)
+                error = error_for(code, await call.details(), what)
                 raise await self._checked(error, what, request.get("uuid")) from None
         stream = AsyncStream(call, dict(initial or ()))
         try:

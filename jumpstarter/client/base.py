@@ -96,6 +96,8 @@ class DriverClient:
         return self.link.sync.upload(self.uuid, source, encoding)
 
     async def call_async(self, method: str, *args: Any) -> Any:
+        """`call` for asyncio. A tree from `connect()` opens a new channel for each such call:
+        for many async calls use `connect_async`, whose tree shares one."""
         async with self.link.aio() as connection:
             return await connection.call(self.uuid, method, args)
 

@@ -19,89 +19,43 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from jumpstarter import channels, frames, values
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
-from jumpstarter.errors import ConnectError, DriverError, DriverUnavailable, JumpstarterError, error_for
-from jumpstarter.v1 import jumpstarter_pb2, router_pb2
+from jumpstarter.errors import ConnectError, DriverError, JumpstarterError, error_for
+from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2
 
 if TYPE_CHECKING:
     from jumpstarter.client.base import DriverClient
 
-EXPORTER_SERVICE = "/jumpstarter.v1.ExporterService/"
-_EMPTY = b""
 DATA = router_pb2.FRAME_TYPE_DATA
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
 RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 UNMARKED_STREAM_GRACE = 0.05
-# gRPC's own details when the connection (a router tunnel, an exporter socket) went away under a call
-CONNECTION_LOST = ("Stream removed", "Socket closed")
 
 
-def empty_request(_: Any) -> bytes:
-    return _EMPTY
-
-
-def translate(exc: grpc.RpcError, what: str) -> DriverError:
+def translate(exc: grpc.RpcError, what: str) -> JumpstarterError:
     """A failed RPC as the matching Python exception (ValueError, TimeoutError, ...)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
-        return ConnectError(f"{what}: exporter unreachable: {details}")  # type: ignore[return-value]
-    return status_error(code, details, what)
+    return error_for(code, details, what)
 
 
-def status_error(code: grpc.StatusCode, details: str | None, what: str) -> DriverError:
-    """`error_for`, except that a connection gRPC lost under the call says so."""
-    if code == grpc.StatusCode.UNAVAILABLE and (details or "").startswith(CONNECTION_LOST):
-        # gRPC's own words ("Stream removed (Socket closed)") do not say what went away
-        return DriverUnavailable(
-            f"{what}: the connection to the exporter was lost ({details}); the next call reconnects",
-            code.name,
-        )
-    return error_for(code, details)
+def report_error(exc: grpc.RpcError, target: str) -> JumpstarterError:
+    """A failed GetReport: an exporter that does not answer is named by its target."""
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ConnectError(f"cannot reach the exporter at {channels.describe(target)}: {exc.details()}")
+    return translate(exc, "GetReport")
 
 
-class ExporterMethods:
-    """The exporter's RPCs on one channel, blocking or asyncio (both offer the same factories)."""
-
-    def __init__(self, ch: Any) -> None:
-        pb = jumpstarter_pb2
-        self.report = ch.unary_unary(
-            EXPORTER_SERVICE + "GetReport",
-            request_serializer=empty_request,
-            response_deserializer=pb.GetReportResponse.FromString,
-        )
-        self.call = ch.unary_unary(
-            EXPORTER_SERVICE + "DriverCall",
-            request_serializer=pb.DriverCallRequest.SerializeToString,
-            response_deserializer=pb.DriverCallResponse.FromString,
-        )
-        self.streaming = ch.unary_stream(
-            EXPORTER_SERVICE + "StreamingDriverCall",
-            request_serializer=pb.StreamingDriverCallRequest.SerializeToString,
-            response_deserializer=pb.StreamingDriverCallResponse.FromString,
-        )
-        self.status = ch.unary_unary(
-            EXPORTER_SERVICE + "GetStatus",
-            request_serializer=pb.GetStatusRequest.SerializeToString,
-            response_deserializer=pb.GetStatusResponse.FromString,
-        )
-        self.end = ch.unary_unary(
-            EXPORTER_SERVICE + "EndSession",
-            request_serializer=pb.EndSessionRequest.SerializeToString,
-            response_deserializer=pb.EndSessionResponse.FromString,
-        )
-        self.logs = ch.unary_stream(
-            EXPORTER_SERVICE + "LogStream",
-            request_serializer=empty_request,
-            response_deserializer=pb.LogStreamResponse.FromString,
-        )
-        self.router = ch.stream_stream(
-            "/jumpstarter.v1.RouterService/Stream",
-            request_serializer=frames.encode,
-            response_deserializer=frames.decode,
-        )
+def router_stream(ch: Any) -> Any:
+    """The session-level `RouterService.Stream` on a blocking or asyncio channel, with the fast frame codec."""
+    return ch.stream_stream(
+        "/jumpstarter.v1.RouterService/Stream",
+        request_serializer=frames.encode,
+        response_deserializer=frames.decode,
+    )
 
 
 def default_target() -> str:
@@ -120,36 +74,34 @@ class Connection:
         self.pin: SessionPin | None = None
         self.channel, self.metadata = channels.open_channel(target)
         self._md = tuple(self.metadata) or None
-        ch = self.channel
-        self._rpc = ExporterMethods(ch)
+        self._rpc = jumpstarter_pb2_grpc.ExporterServiceStub(self.channel)
+        self._router = router_stream(self.channel)
 
     # -- session-level RPCs ------------------------------------------------
 
     def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
         try:
-            return self._rpc.report(None, metadata=self._md, timeout=timeout, wait_for_ready=False)
+            return self._rpc.GetReport(  # type: ignore[no-any-return]
+                empty_pb2.Empty(), metadata=self._md, timeout=timeout, wait_for_ready=False
+            )
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ConnectError(
-                    f"cannot reach the exporter at {channels.describe(self.target)}: {exc.details()}"
-                ) from None
-            raise translate(exc, "GetReport") from None
+            raise report_error(exc, self.target) from None
 
     def status(self) -> jumpstarter_pb2.GetStatusResponse:
         try:
-            return self._rpc.status(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
+            return self._rpc.GetStatus(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
         except grpc.RpcError as exc:
             raise translate(exc, "GetStatus") from None
 
     def end_session(self) -> jumpstarter_pb2.EndSessionResponse:
         try:
-            return self._rpc.end(jumpstarter_pb2.EndSessionRequest(), metadata=self._md, timeout=5)
+            return self._rpc.EndSession(jumpstarter_pb2.EndSessionRequest(), metadata=self._md, timeout=5)
         except grpc.RpcError as exc:
             raise translate(exc, "EndSession") from None
 
     def logs(self) -> Iterator[jumpstarter_pb2.LogStreamResponse]:
         """Every log record of the exporter from now on (until the iterator is closed)."""
-        call = self._rpc.logs(None, metadata=self._md)
+        call = self._rpc.LogStream(empty_pb2.Empty(), metadata=self._md)
         try:
             yield from call
         except grpc.RpcError as exc:
@@ -166,18 +118,16 @@ class Connection:
         """`error`, or `BoardRestarted` when it is a NOT_FOUND because the exporter's session changed."""
         if self.pin is None or not self.pin.suspects(error, uuid):
             return error
-        try:
-            report = self.report(timeout=REPORT_TIMEOUT)
-        except JumpstarterError:
-            return error
-        return self.pin.error(what) if self.pin.changed(report) else error
+        with contextlib.suppress(JumpstarterError):  # no report: the error stands
+            return self.pin.verdict(error, what, self.report(timeout=REPORT_TIMEOUT))
+        return error
 
     def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
         request = jumpstarter_pb2.DriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
         try:
-            response = self._rpc.call(request, metadata=self._md)
+            response = self._rpc.DriverCall(request, metadata=self._md)
         except grpc.RpcError as exc:
             raise self._checked(translate(exc, method), method, uuid) from None
         return values.decode(response.result)
@@ -186,7 +136,7 @@ class Connection:
         request = jumpstarter_pb2.StreamingDriverCallRequest(
             uuid=uuid, method=method, args=[values.encode(a) for a in args]
         )
-        call = self._rpc.streaming(request, metadata=self._md)
+        call = self._rpc.StreamingDriverCall(request, metadata=self._md)
         try:
             for response in call:
                 yield values.decode(response.result)
@@ -254,7 +204,7 @@ class BlockingStream:
     def __init__(self, connection: Connection, request: dict[str, Any], depth: int = 8) -> None:
         self._outgoing: queue.Queue[frames.Frame | None] = queue.Queue(depth)
         metadata = (("request", json.dumps(request)),) + tuple(connection.metadata)
-        self._call = connection._rpc.router(self._frames(), metadata=metadata)
+        self._call = connection._router(self._frames(), metadata=metadata)
         self._eof_sent = False
         self._eof_seen = False
         self._closed = False
@@ -270,7 +220,7 @@ class BlockingStream:
                 finished = threading.Event()
                 self._call.add_done_callback(lambda *_: finished.set())
                 if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
-                    raise status_error(self._call.code(), self._call.details(), str(what))
+                    raise error_for(self._call.code(), self._call.details(), str(what))
         except BaseException:
             self.close()  # ends gRPC's request thread, which would wait on our queue forever
             raise
@@ -294,7 +244,7 @@ class BlockingStream:
                 code = self._call.code()
                 if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
                     raise BrokenPipeError("the stream was closed by the exporter")
-                raise BrokenPipeError(str(status_error(code, self._call.details(), "send")))
+                raise BrokenPipeError(str(error_for(code, self._call.details(), "send")))
             try:
                 self._outgoing.put(frame, timeout=0.2)  # re-check liveness while backpressured
                 return

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jumpstarter.errors import BoardRestarted, DriverMethodNotFound
+from jumpstarter.errors import BoardRestarted, DriverMethodNotFound, JumpstarterError
 
 RESTARTED = (
     "the board's exporter restarted; reconnect (its drivers are new and the board may have been reset)"
@@ -45,3 +45,7 @@ class SessionPin:
 
     def error(self, what: str) -> BoardRestarted:
         return BoardRestarted(f"{what}: {RESTARTED}")
+
+    def verdict(self, error: JumpstarterError, what: str, report: Any) -> JumpstarterError:
+        """What a suspect `error` means given the exporter's current `report`: itself, or BoardRestarted."""
+        return self.error(what) if self.changed(report) else error

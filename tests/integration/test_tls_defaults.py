@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from jumpstarter import channels, tls
-from jumpstarter.client.remote import ControllerClient
+from jumpstarter.client.remote import ControllerClient, short_name
 from jumpstarter.config.client import load_client_config
 
 from .central import Central, close_central, free_port, start_central, wait_until
@@ -253,3 +253,32 @@ def test_a_router_on_another_host_gets_a_lab_ca_certificate_from_the_admin_comma
         timeout=30,
     )
     assert bad.returncode != 0 and "invalid host 'a b'" in bad.stderr and not os.path.exists(out + "x")
+
+
+def test_exporterd_names_a_router_whose_certificate_its_ca_does_not_sign(mixed: Central):
+    config = admin_config(mixed, "exporter", "board3", "board=mixed3")
+    spawn_exporter(mixed, "exporterd-board3", config, "--tunnel-wait", "2", "--log-level", "debug")
+    client = os.path.join(mixed.directory, "client-bob.yaml")
+    wait_online(client, "board3")
+    problem = f"TLS to {mixed.router_endpoint} failed: certificate verify failed"
+
+    def errors() -> list[dict[str, Any]]:
+        return [r for r in records(mixed, "exporterd-board3") if r.get("level") == "error"]
+
+    with controller(client) as c:
+        name = short_name(c.acquire("board=mixed3", timeout=60).name)
+        try:
+            for _ in range(2):  # each Dial sends the exporter to the router; the cause is named once
+                assert c.dial(name, timeout=60)[0] == mixed.router_endpoint
+            wait_until(lambda: bool(errors()), 60, "exporterd to name the router's TLS failure", interval=0.2)
+            wait_until(
+                lambda: mixed.log("exporterd-board3").count("TLS to") >= 2,
+                60,
+                "the second tunnel",
+                interval=0.2,
+            )
+        finally:
+            c.release(name)
+    logged = errors()
+    assert [problem in str(r["event"]) for r in logged] == [True], logged
+    assert "does not sign this server's certificate" in logged[0]["event"]

@@ -53,3 +53,26 @@ def test_client_errors_are_builtin_kinds_with_the_server_message(code, builtin):
     exc = errors.error_for(code, "the server said so")
     assert isinstance(exc, builtin) and isinstance(exc, errors.DriverError)
     assert str(exc) == "the server said so" and exc.code == code.name
+
+
+@pytest.mark.parametrize(
+    "details, kind, text",
+    [
+        (
+            "Stream removed (Connection reset)",
+            errors.DriverUnavailable,
+            "the connection to the exporter was lost",
+        ),
+        ("Socket closed", errors.DriverUnavailable, "the connection to the exporter was lost"),
+        ("failed to connect to all addresses", errors.ConnectError, "exporter unreachable"),
+        ("connections to all backends failing; last error: ...", errors.ConnectError, "exporter unreachable"),
+        (
+            "cannot connect to 127.0.0.1:1",
+            errors.DriverUnavailable,
+            "cannot connect to 127.0.0.1:1",
+        ),  # a driver's
+    ],
+)
+def test_unavailable_says_whether_the_exporter_connection_was_lost_or_unreachable(details, kind, text):
+    exc = errors.error_for(grpc.StatusCode.UNAVAILABLE, details, "power.on")
+    assert type(exc) is kind and isinstance(exc, ConnectionError) and text in str(exc)
