@@ -54,8 +54,10 @@ async def splice(
         return False  # PING and unknown frame types are ignored
 
     async def down() -> None:  # router -> local; GOAWAY or the end of the call = EOF
+        # read(), not `async for`: grpc.aio refuses to mix the two styles, and the
+        # exporter has already read `first` with read()
         eof = first is not None and await deliver(first)
-        async for frame in call:
+        while (frame := await call.read()) is not grpc.aio.EOF:
             if not eof:
                 eof = await deliver(frame)
         if not eof:
