@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jumpstarter.errors import JumpstarterError
 
 if TYPE_CHECKING:
+    from jumpstarter.driver.interface import Interface
     from jumpstarter.client.aio_connection import AsyncConnection, AsyncStream
     from jumpstarter.client.connection import BlockingStream, Connection
 
@@ -53,6 +54,9 @@ class DriverClient:
     Generic access that works for any driver: `call(method, *args)`,
     `streamingcall(method, *args)`, `stream(method)`, and their `*_async` forms.
     """
+
+    #: The hardware interface this client drives (its methods and result types), or None.
+    interface: ClassVar[type[Interface] | None] = None
 
     def __init__(
         self,

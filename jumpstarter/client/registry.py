@@ -1,7 +1,7 @@
 """Which client class drives a reported driver (the `jumpstarter.dev/client` label).
 
-A fixed table maps our own class paths and the upstream ones of PROTOCOL.md §8
-to our client classes; installed packages may add more through the
+A fixed table, built from the hardware interfaces (`jumpstarter.interfaces`), maps
+our own class paths and the upstream ones of PROTOCOL.md §8 to our client classes; installed packages may add more through the
 `jumpstarter.clients` entry-point group. A class path sent by a server is never
 imported: unknown labels get `GenericClient`.
 """
@@ -14,26 +14,29 @@ from functools import cache
 from jumpstarter.client.base import DriverClient
 
 _D = "jumpstarter.client.drivers."
-KNOWN: dict[str, str] = {
-    # upstream Jumpstarter 0.9 class paths
-    "jumpstarter_driver_composite.client.CompositeClient": _D + "composite:CompositeClient",
-    "jumpstarter_driver_power.client.PowerClient": _D + "power:PowerClient",
-    "jumpstarter_driver_power.client.VirtualPowerClient": _D + "power:VirtualPowerClient",
-    "jumpstarter_driver_pyserial.client.PySerialClient": _D + "serial:SerialClient",
-    "jumpstarter_driver_network.client.NetworkClient": _D + "network:NetworkClient",
-    "jumpstarter_driver_shell.client.ShellClient": _D + "shell:ShellClient",
-    "jumpstarter_driver_opendal.client.FlasherClient": _D + "storage:FlasherClient",
-    "jumpstarter.client.flasher.FlasherClient": _D + "storage:FlasherClient",
-    # our own
-    _D + "composite.CompositeClient": _D + "composite:CompositeClient",
-    _D + "power.PowerClient": _D + "power:PowerClient",
-    _D + "serial.SerialClient": _D + "serial:SerialClient",
-    _D + "network.NetworkClient": _D + "network:NetworkClient",
-    _D + "shell.ShellClient": _D + "shell:ShellClient",
-    _D + "storage.FlasherClient": _D + "storage:FlasherClient",
-    _D + "generic.GenericClient": _D + "generic:GenericClient",
-}
 
+
+def _known() -> dict[str, str]:
+    """Label -> `module:Class`: each hardware interface's labels, then the kinds without one."""
+    from jumpstarter.interfaces import INTERFACES
+
+    known: dict[str, str] = {}
+    for interface in INTERFACES:
+        for label in (interface.client, *interface.also_drives):
+            known[label] = interface.client_class
+    known.update(
+        {
+            "jumpstarter_driver_composite.client.CompositeClient": _D + "composite:CompositeClient",
+            _D + "composite.CompositeClient": _D + "composite:CompositeClient",
+            # upstream's QEMU power; no driver of ours reports it
+            "jumpstarter_driver_power.client.VirtualPowerClient": _D + "power:VirtualPowerClient",
+            _D + "generic.GenericClient": _D + "generic:GenericClient",
+        }
+    )
+    return known
+
+
+KNOWN: dict[str, str] = _known()
 
 def _load(spec: str) -> type[DriverClient]:
     module, _, name = spec.partition(":")

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 import structlog
 
-from jumpstarter.driver.decorators import export_kind, export_name
+from jumpstarter.driver.decorators import BYTESTREAM, STREAMING, UNARY, export_kind, export_name
+from jumpstarter.driver.interface import Interface, check_order, contract_error, interface_of
 from jumpstarter.driver.signature import Binder
 from jumpstarter.errors import MethodNotFound
 from jumpstarter.log import ensure_configured
@@ -37,6 +38,35 @@ class ExportedMethod:
             self._binder = Binder(self.function, f"{owner.__name__}.{self.name}")
         return self._binder
 
+    def bind(self, driver: Driver) -> Callable[..., Any]:
+        """The method bound to `driver`; typed results (`to_value()`) leave as their wire value."""
+        function = self.function.__get__(driver, type(driver))
+        if self.kind == UNARY and self.is_async:
+
+            async def call_async(*args: Any) -> Any:
+                return to_wire(await function(*args))
+
+            return call_async
+        if self.kind == UNARY:
+            return lambda *args: to_wire(function(*args))
+        if self.kind == STREAMING and self.is_async:
+
+            async def stream_async(*args: Any) -> AsyncIterator[Any]:
+                async with contextlib.aclosing(function(*args)) as items:  # closing us closes the driver's
+                    async for item in items:
+                        yield to_wire(item)
+
+            return stream_async
+        if self.kind == STREAMING:
+            return lambda *args: map(to_wire, function(*args))
+        return function  # type: ignore[no-any-return]
+
+
+def to_wire(value: Any) -> Any:
+    """A result type of an interface (PowerReading, ShellChunk...) as its wire value; others as is."""
+    to_value = getattr(value, "to_value", None)
+    return to_value() if callable(to_value) else value
+
 
 class Driver:
     """One piece of hardware, exported over gRPC.
@@ -51,19 +81,30 @@ class Driver:
     client: ClassVar[str] = "jumpstarter.client.drivers.generic.GenericClient"
     #: A short kind for logs (power, serial, network, shell, composite, ...).
     kind: ClassVar[str] = "other"
+    #: The hardware interface this driver implements (set from its bases), or None.
+    interface: ClassVar[type[Interface] | None] = None
     _exported: ClassVar[dict[str, ExportedMethod]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        check_order(cls, Driver)
+        cls.interface = interface_of(cls)
         exported: dict[str, ExportedMethod] = {}
+        wire_names: dict[str, str] = {}  # attribute name -> exported name (`close_port` -> "close")
         for klass in reversed(cls.__mro__):
             for attr_name, attr in vars(klass).items():
-                name = export_name(attr, attr_name)
                 kind = export_kind(attr)
-                if kind is None and name in exported and callable(attr):
-                    kind = exported[name].kind  # an override of an exported method stays exported
                 if kind is not None:
-                    exported[name] = ExportedMethod(name, kind, attr)
+                    name = export_name(attr, attr_name)
+                elif attr_name in wire_names and callable(attr):
+                    name = wire_names[attr_name]  # an override of an exported method stays exported
+                    kind = exported[name].kind
+                    if kind == BYTESTREAM and inspect.isasyncgenfunction(attr):
+                        attr = contextlib.asynccontextmanager(attr)
+                else:
+                    continue
+                wire_names[attr_name] = name
+                exported[name] = ExportedMethod(name, kind, attr)
         cls._exported = exported
 
     def __init__(
@@ -75,6 +116,9 @@ class Driver:
         labels: dict[str, str] | None = None,
         log_level: str | None = None,
     ) -> None:
+        broken = contract_error(type(self))
+        if broken is not None:
+            raise TypeError(broken)
         self.uuid = str(uuidlib.uuid4())
         self.children: dict[str, Driver] = dict(children or {})
         self.description = description
@@ -140,7 +184,7 @@ class Driver:
                 f"{type(self).__name__} has no {kind} method {name!r}"
                 f" (it has: {', '.join(sorted(wanted)) or 'none'})"
             )
-        return exported, exported.function.__get__(self, type(self))
+        return exported, exported.bind(self)
 
     # -- resources -------------------------------------------------------
 

@@ -13,17 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jumpstarter.driver import Driver, export, exportstream
+from jumpstarter.interfaces.network import NetworkInterface
 from jumpstarter.streams import PipeEnd, SocketStream
 
 CONNECT_TIMEOUT = 10.0
 
 
-class NetworkInterface(Driver):
-    client = "jumpstarter_driver_network.client.NetworkClient"
-    kind = "network"
-
-
-class TcpNetwork(NetworkInterface):
+class TcpNetwork(NetworkInterface, Driver):
     """A TCP service (SSH on the board, a web UI, a debugger port).
 
     Config: `host`, `port`, `enable_address` (allow clients to learn the address, default true).
@@ -64,7 +60,7 @@ class TcpNetwork(NetworkInterface):
         return f"tcp://{host}:{self.port}"
 
 
-class UnixNetwork(NetworkInterface):
+class UnixNetwork(NetworkInterface, Driver):
     """A unix socket service on the lab host. Config: `path`."""
 
     def __init__(self, *, path: str, **base: Any) -> None:
@@ -119,7 +115,7 @@ class _DatagramStream(asyncio.DatagramProtocol):
             self.queue.put_nowait(b"")
 
 
-class UdpNetwork(NetworkInterface):
+class UdpNetwork(NetworkInterface, Driver):
     """A UDP service; datagram boundaries are kept. Config: `host`, `port`, `enable_address`."""
 
     def __init__(self, *, host: str, port: int, enable_address: bool = True, **base: Any) -> None:
@@ -146,7 +142,7 @@ class UdpNetwork(NetworkInterface):
         return f"udp://{self.host}:{self.port}"
 
 
-class EchoNetwork(NetworkInterface):
+class EchoNetwork(NetworkInterface, Driver):
     """A loopback service: every connection echoes back what it receives."""
 
     @exportstream
@@ -174,7 +170,7 @@ class _Discard:
         self.done.set()
 
 
-class DiscardNetwork(NetworkInterface):
+class DiscardNetwork(NetworkInterface, Driver):
     """A sink: swallows everything sent to it; ends its side when the client does."""
 
     @exportstream

@@ -9,32 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jumpstarter.driver import Driver, export
+from jumpstarter.interfaces.power import PowerInterface, PowerReading
 
 
-class PowerInterface(Driver):
-    """A power switch. Implementations provide `on()` and `off()`; `read()` if they can measure."""
-
-    client = "jumpstarter_driver_power.client.PowerClient"
-    kind = "power"
-
-    @export
-    async def on(self) -> None:
-        """Switch the board on."""
-        raise NotImplementedError
-
-    @export
-    async def off(self) -> None:
-        """Switch the board off."""
-        raise NotImplementedError
-
-    @export
-    async def read(self) -> AsyncIterator[dict[str, float]]:
-        """Voltage and current readings."""
-        raise NotImplementedError(f"{type(self).__name__} cannot measure power")
-        yield {}  # pragma: no cover
-
-
-class MockPower(PowerInterface):
+class MockPower(PowerInterface, Driver):
     """A power switch that only remembers its state (for tests and demos)."""
 
     def __init__(self, **base: Any) -> None:
@@ -57,9 +35,9 @@ class MockPower(PowerInterface):
         self.log.info("power off")
 
     @export
-    async def read(self) -> AsyncIterator[dict[str, float]]:
+    async def read(self) -> AsyncIterator[PowerReading]:
         """One reading: 5 V, 2 A when on, 0 A when off."""
-        yield {"voltage": 5.0, "current": 2.0 if self.state else 0.0}
+        yield PowerReading(5.0, 2.0 if self.state else 0.0)
 
 
 def _request_spec(value: Any, default_method: str, where: str) -> dict[str, Any]:
@@ -75,7 +53,7 @@ def _request_spec(value: Any, default_method: str, where: str) -> dict[str, Any]
     return {"method": default_method, **value}
 
 
-class HttpPower(PowerInterface):
+class HttpPower(PowerInterface, Driver):
     """A network power switch driven by HTTP requests (Shelly, Tasmota, PDUs with a web API).
 
     Config: `on` and `off` (a URL, POSTed, or {url, method, body, headers}),
@@ -148,7 +126,7 @@ class HttpPower(PowerInterface):
         return re.search(pattern, text, re.IGNORECASE) is not None
 
 
-class CommandPower(PowerInterface):
+class CommandPower(PowerInterface, Driver):
     """A power switch driven by commands run on the lab host (uhubctl, relay tools, ipmitool).
 
     Config: `on`, `off` (shell command lines), optional `timeout` (seconds).

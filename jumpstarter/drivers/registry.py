@@ -3,7 +3,7 @@
 Short names of ours, the upstream class paths of the standard drivers (so an
 upstream `ExporterConfig` loads unchanged), and the `jumpstarter.drivers`
 entry-point group for drivers from other installed packages. Nothing else is
-imported.
+imported. A driver that leaves a method of its interface unimplemented is refused here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib
 from functools import cache
 
 from jumpstarter.driver.base import Driver
+from jumpstarter.driver.interface import contract_error
 from jumpstarter.errors import ConfigError
 
 _M = "jumpstarter.drivers."
@@ -63,4 +64,7 @@ def driver_class(type_name: str) -> type[Driver]:
     cls = getattr(importlib.import_module(module), name)
     if not (isinstance(cls, type) and issubclass(cls, Driver)):
         raise ConfigError(f"driver type {type_name!r} does not name a Driver class")
+    broken = contract_error(cls)  # at registration, not at the first call that reaches the gap
+    if broken is not None:
+        raise ConfigError(f"driver type {type_name!r}: {broken}")
     return cls

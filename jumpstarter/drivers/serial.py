@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jumpstarter.driver import Driver, export, exportstream
+from jumpstarter.interfaces.serial import SerialInterface
 
 REOPEN_INTERVAL = 0.5
 SUBSCRIBER_DEPTH = 1024
@@ -50,7 +51,7 @@ class _Subscriber:
             self.port.log.warning("a slow console viewer missed output", bytes=self.dropped)
 
 
-class Serial(Driver):
+class Serial(SerialInterface, Driver):
     """A serial port (device path or pyserial URL such as `loop://`, `socket://host:port`).
 
     Config: `url`, `baudrate` (115200), `check_present` (fail at load when a
@@ -58,9 +59,6 @@ class Serial(Driver):
     `scrollback` (bytes of recent output kept, 65536), `console_log` (a directory: every session
     writes the console output to its own file there, at most `console_log_max` bytes).
     """
-
-    client = "jumpstarter_driver_pyserial.client.PySerialClient"
-    kind = "serial"
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jumpstarter.driver import Driver, export
+from jumpstarter.interfaces.shell import ShellChunk, ShellInterface
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -118,15 +119,12 @@ def parse_method(name: str, spec: Any) -> tuple[Method, str | None]:
     return Method(_text(scripts[0], f"methods: {name}", MAX_SCRIPT), timeout, names), description
 
 
-class Shell(Driver):
+class Shell(ShellInterface, Driver):
     """Configured commands run on the lab host (see the module docstring for writing them safely).
 
     Config: `methods` (name -> script, or {script|command, env_from_client, description,
     timeout}), `shell` (["bash", "-c"]), `timeout` (300 s), `cwd`, `env` (fixed variables).
     """
-
-    client = "jumpstarter_driver_shell.client.ShellClient"
-    kind = "shell"
 
     def __init__(
         self,
@@ -192,7 +190,7 @@ class Shell(Driver):
         return list(self.methods)
 
     @export
-    async def call_method(self, method: str, env: dict[str, Any], *args: str) -> AsyncIterator[list[Any]]:
+    async def call_method(self, method: str, env: dict[str, Any], *args: str) -> AsyncIterator[ShellChunk]:
         """Run a configured command; yields [stdout, stderr, None] pieces, then [.., .., exit code]."""
         spec = self.methods.get(method)
         if spec is None:
@@ -235,9 +233,9 @@ class Shell(Driver):
                 if item is None:
                     open_pipes -= 1
                 elif item[1]:
-                    yield [item[1], "", None] if item[0] == 0 else ["", item[1], None]
+                    yield ShellChunk(item[1], "", None) if item[0] == 0 else ShellChunk("", item[1], None)
             code = await asyncio.wait_for(process.wait(), max(0.1, deadline - loop.time()))
-            yield ["", "", code]
+            yield ShellChunk("", "", code)
         except TimeoutError:
             raise TimeoutError(f"command {method!r} did not finish within {timeout:g}s") from None
         finally:

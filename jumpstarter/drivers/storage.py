@@ -13,19 +13,13 @@ import time
 from typing import Any
 
 from jumpstarter.driver import Driver, export
+from jumpstarter.interfaces.storage import DumpResult, FlashResult, FlasherInterface
 
 WRITE_BLOCK = 4 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 
 
-class FlasherInterface(Driver):
-    """Flash images to the board's storage: `flash(handle, target)`, `dump(handle, target)`."""
-
-    client = "jumpstarter.client.flasher.FlasherClient"  # upstream's generic flasher client (core package)
-    kind = "storage"
-
-
-class FileFlasher(FlasherInterface):
+class FileFlasher(FlasherInterface, Driver):
     """Flash into a file or block device on the lab host (an SD card behind a mux, a disk image).
 
     Config: `path` (default target), `targets` (name -> path, for `flash(..., target)`),
@@ -48,7 +42,7 @@ class FileFlasher(FlasherInterface):
         return self.targets[target]  # type: ignore[index]
 
     @export
-    async def flash(self, source: Any, target: str | None = None) -> dict[str, Any]:
+    async def flash(self, source: Any, target: str | None = None) -> FlashResult:
         """Write the image from `source` (a resource handle) to the target; returns bytes written."""
         path = self._path(target)
         is_block = os.path.exists(path) and stat.S_ISBLK(os.stat(path).st_mode)
@@ -72,10 +66,10 @@ class FileFlasher(FlasherInterface):
             os.close(fd)
         seconds = time.monotonic() - started
         self.log.info("flashed", path=path, bytes=written, seconds=round(seconds, 3))
-        return {"bytes": written, "seconds": seconds, "target": target or "default"}
+        return FlashResult(written, seconds, target or "default")
 
     @export
-    async def dump(self, destination: Any, target: str | None = None) -> dict[str, Any]:
+    async def dump(self, destination: Any, target: str | None = None) -> DumpResult:
         """Read the target and send it to `destination` (a resource handle)."""
         path = self._path(target)
         fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
@@ -88,7 +82,7 @@ class FileFlasher(FlasherInterface):
                 await stream.send_eof()
         finally:
             os.close(fd)
-        return {"bytes": sent, "target": target or "default"}
+        return DumpResult(sent, target or "default")
 
 
 def _write_all(fd: int, data: bytes) -> int:

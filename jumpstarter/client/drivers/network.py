@@ -10,10 +10,13 @@ import threading
 from collections.abc import Iterator
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.interfaces.network import NetworkInterface
 
 
 class NetworkClient(DriverClient):
     """A network service near the board: forward a local port, pipe, address."""
+
+    interface = NetworkInterface
 
     def address(self) -> str:
         """The service address as the exporter sees it, e.g. tcp://192.0.2.10:22."""

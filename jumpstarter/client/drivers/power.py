@@ -6,23 +6,17 @@ import argparse
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.interfaces.power import PowerInterface, PowerReading
 
-
-@dataclass(frozen=True)
-class PowerReading:
-    voltage: float
-    current: float
-
-    @property
-    def power(self) -> float:
-        return self.voltage * self.current
+__all__ = ["PowerClient", "PowerReading", "VirtualPowerClient"]
 
 
 class PowerClient(DriverClient):
     """Power switch: on, off, cycle, read."""
+
+    interface = PowerInterface
 
     def on(self) -> None:
         """Switch the board on."""
@@ -41,7 +35,7 @@ class PowerClient(DriverClient):
     def read(self) -> Iterator[PowerReading]:
         """Voltage/current readings, as the switch reports them."""
         for item in self.streamingcall("read"):
-            yield PowerReading(float(item["voltage"]), float(item["current"]))
+            yield PowerReading.from_value(item)
 
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")

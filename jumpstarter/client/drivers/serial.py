@@ -6,10 +6,13 @@ import argparse
 import sys
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.interfaces.serial import SerialInterface
 
 
 class SerialClient(DriverClient):
     """Serial console: attach interactively, pipe, or expect text."""
+
+    interface = SerialInterface
 
     def open(self):  # type: ignore[no-untyped-def]
         """The console as a byte stream (context manager with send/receive)."""
@@ -26,6 +29,12 @@ class SerialClient(DriverClient):
 
     def set_rts(self, value: bool) -> None:
         self.call("set_rts", value)
+
+    def read_scrollback(self) -> bytes:
+        """The most recent console output the exporter kept."""
+        from jumpstarter.values import b64decode
+
+        return b64decode(self.call("read_scrollback"))
 
     def close_port(self) -> None:
         """Force-close the exporter's port (it is reopened on the next attach)."""

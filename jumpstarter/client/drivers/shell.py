@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.interfaces.shell import ShellChunk, ShellInterface, ShellResult
 
-
-@dataclass
-class ShellResult:
-    stdout: str
-    stderr: str
-    returncode: int
+__all__ = ["ShellChunk", "ShellClient", "ShellResult"]
 
 
 class ShellClient(DriverClient):
@@ -23,15 +19,16 @@ class ShellClient(DriverClient):
     `board.tools.run("flash", "image.bin")` or `board.tools.flash("image.bin")`.
     """
 
+    interface = ShellInterface
+
     def methods(self) -> list[str]:
         """The command names this shell driver offers."""
         return [str(m) for m in self.call("get_methods")]
 
-    def stream_run(self, method: str, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    def stream_run(self, method: str, *args: str, env: dict[str, str] | None = None) -> Iterator[ShellChunk]:
         """Yields (stdout, stderr, returncode-or-None) pieces as the command runs."""
         for item in self.streamingcall("call_method", method, env or {}, *args):
-            stdout, stderr, code = item
-            yield stdout or "", stderr or "", code
+            yield ShellChunk.from_value(item)
 
     def run(self, method: str, *args: str, env: dict[str, str] | None = None) -> ShellResult:
         """Run a configured command to completion."""
@@ -42,7 +39,7 @@ class ShellClient(DriverClient):
             out.append(stdout)
             err.append(stderr)
             if rc is not None:
-                code = int(rc)
+                code = rc
         return ShellResult("".join(out), "".join(err), code)
 
     def __getattr__(self, name: str) -> Any:

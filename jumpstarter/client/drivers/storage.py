@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from jumpstarter import compression
 from jumpstarter.client.base import DriverClient
+from jumpstarter.interfaces.storage import FlasherInterface, FlashResult
 
 CHUNK = 1024 * 1024
 
@@ -55,20 +56,22 @@ def _chunks(handle: IO[bytes], progress: Progress) -> Iterator[bytes]:
 class FlasherClient(DriverClient):
     """Flash images to the board's storage and dump them back."""
 
+    interface = FlasherInterface
+
     def flash(
         self,
         path: str,
         target: str | None = None,
         compression_name: str | None = "auto",
         progress: bool | None = None,
-    ) -> dict[str, Any]:
+    ) -> FlashResult:
         """Write a local image (or an http(s) URL the exporter downloads itself) to the target.
 
         Compressed images (.gz .xz .bz2 .zst) travel compressed and are unpacked by the exporter.
         """
         if path.startswith(("http://", "https://")):
             request = {"kind": "presigned_request", "url": path, "method": "GET", "headers": {}}
-            return dict(self.call("flash", request, target) or {})
+            return FlashResult.from_value(self.call("flash", request, target))
         encoding = (
             compression.guess(path) if compression_name == "auto" else compression.check(compression_name)
         )
@@ -77,7 +80,7 @@ class FlasherClient(DriverClient):
         with open(path, "rb") as handle, self.upload(_chunks(handle, meter), encoding) as resource:
             result = self.call("flash", resource, target)
         meter.finish()
-        return dict(result or {})
+        return FlashResult.from_value(result)
 
     def dump(self, path: str, target: str | None = None, progress: bool | None = None) -> int:
         """Read the target into a local file; returns the bytes received."""
@@ -122,9 +125,8 @@ class FlasherClient(DriverClient):
         def run_flash(a: argparse.Namespace) -> None:
             name = None if a.compression == "none" else a.compression
             result = self.flash(a.image, a.target, name, a.progress)
-            seconds = float(result.get("seconds") or 0)
-            rate = f" ({result['bytes'] / seconds / 1e6:,.1f} MB/s)" if seconds else ""
-            print(f"flashed {result.get('bytes', 0):,} bytes to {result.get('target', 'default')}{rate}")
+            rate = f" ({result.bytes / result.seconds / 1e6:,.1f} MB/s)" if result.seconds else ""
+            print(f"flashed {result.bytes:,} bytes to {result.target}{rate}")
 
         flash.set_defaults(func=run_flash)
         dump = sub.add_parser("dump", help="read the board's storage into a local file")
