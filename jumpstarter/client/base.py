@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from jumpstarter.errors import JumpstarterError
 
 if TYPE_CHECKING:
-    from jumpstarter.driver.interface import Interface
     from jumpstarter.client.aio_connection import AsyncConnection, AsyncStream
     from jumpstarter.client.connection import BlockingStream, Connection
+    from jumpstarter.driver.interface import Interface
 
 
 class Link:

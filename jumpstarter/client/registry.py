@@ -38,6 +38,7 @@ def _known() -> dict[str, str]:
 
 KNOWN: dict[str, str] = _known()
 
+
 def _load(spec: str) -> type[DriverClient]:
     module, _, name = spec.partition(":")
     cls = getattr(importlib.import_module(module), name)

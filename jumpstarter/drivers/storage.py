@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from jumpstarter.driver import Driver, export
-from jumpstarter.interfaces.storage import DumpResult, FlashResult, FlasherInterface
+from jumpstarter.interfaces.storage import DumpResult, FlasherInterface, FlashResult
 
 WRITE_BLOCK = 4 * 1024 * 1024
 READ_BLOCK = 1024 * 1024

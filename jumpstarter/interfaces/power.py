@@ -69,4 +69,3 @@ class PowerInterface(Interface):
         """Voltage and current readings."""
         raise NotImplementedError(f"{type(self).__name__} cannot measure power")
         yield  # pragma: no cover
-

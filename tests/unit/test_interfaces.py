@@ -131,7 +131,12 @@ def test_result_types_round_trip_and_refuse_malformed_wire_values():
     assert reading.to_value() == {"voltage": 5.0, "current": 2.0}
     assert all(type(v) is float for v in reading.to_value().values())  # upstream checks strictly
     assert PowerReading.from_value(reading.to_value()) == PowerReading(5.0, 2.0)
-    for bad in ({"voltage": True, "current": 1.0}, {"voltage": 1.0}, [5.0, 2.0], {"voltage": "5", "current": 1}):
+    for bad in (
+        {"voltage": True, "current": 1.0},
+        {"voltage": 1.0},
+        [5.0, 2.0],
+        {"voltage": "5", "current": 1},
+    ):
         with pytest.raises(ValueError, match="power reading"):
             PowerReading.from_value(bad)
 

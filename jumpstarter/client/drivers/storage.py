@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 
 from jumpstarter import compression
 from jumpstarter.client.base import DriverClient
