@@ -18,6 +18,7 @@ from jumpstarter.driver import Driver, export, exportstream
 from jumpstarter.interfaces.serial import SerialInterface
 
 REOPEN_INTERVAL = 0.5
+THREAD_READ_TIMEOUT = 0.2  # URL handlers are read by a thread: a blocking read, not a busy loop
 SUBSCRIBER_DEPTH = 1024
 READ_SIZE = 64 * 1024
 
@@ -122,6 +123,7 @@ class Serial(SerialInterface, Driver):
         else:
             import threading
 
+            port.timeout = THREAD_READ_TIMEOUT
             self._reader_thread = threading.Thread(target=self._read_thread, args=(port,), daemon=True)
             self._reader_thread.start()
         self._present.set()
