@@ -49,10 +49,10 @@ class ControllerLink:
         self.new_session = new_session
         self.socket_path = socket_path
         self.limits = limits
-        self.stop = stop
+        self._stop = stop
         self.controller = ControllerCalls(config, slot)
         self.lease: LeaseRun | None = None
-        self.exit_code = 0  # what run() returns once the daemon cancels it
+        self._exit_code = 0  # what run() returns once the daemon cancels it
 
     async def run(self) -> int:
         """Serve the controller until cancelled (then sign off); the exporter's exit code.
@@ -64,8 +64,8 @@ class ControllerLink:
         try:
             return await self._serve()
         except asyncio.CancelledError:
-            if self.exit_code:
-                return self.exit_code  # we asked to be stopped: the daemon awaits this code
+            if self._exit_code:
+                return self._exit_code  # we asked to be stopped: the daemon awaits this code
             raise
 
     async def _serve(self) -> int:
@@ -108,8 +108,8 @@ class ControllerLink:
 
     def _hook_exit(self) -> None:
         """afterLease with `onFailure: exit` failed after EndSession: stop the exporter with code 1."""
-        self.exit_code = 1
-        self.stop()
+        self._exit_code = 1
+        self._stop()
 
     async def _register(self) -> None:
         await self.controller.register(self.config.name)
