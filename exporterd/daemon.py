@@ -1,15 +1,25 @@
-"""The exporterd main loop: serve sessions on the board's socket, handle signals."""
+"""The exporterd main loop: serve sessions on the board's socket, handle signals, reload.
+
+The Daemon owns the board's socket, the slot holding the session served now, the
+signals (SIGTERM/SIGINT stop, SIGHUP finishes the session and reloads the config), the
+direct TCP listener and, in distributed mode, the `ControllerLink` it builds for each
+config. It is built by `main` with explicit inputs and knows nothing of the command line.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from exporterd.controller_link import ControllerLink
+from exporterd.direct import DirectListener, serve_direct
+from exporterd.tunnels import TunnelLimits
 from jumpstarter.config.exporter import BoardConfig
 from jumpstarter.errors import ConfigError
 from jumpstarter.session import Session, serve_unix
@@ -20,10 +30,23 @@ log = structlog.get_logger("exporterd")
 
 
 class Daemon:
-    def __init__(self, args: argparse.Namespace, config: BoardConfig, path: str) -> None:
-        self.args = args
+    def __init__(
+        self,
+        config: BoardConfig,
+        socket_path: str,
+        *,
+        load_config: Callable[[], BoardConfig],
+        socket_mode: int = 0o660,
+        direct: DirectListener | None = None,
+        limits: TunnelLimits = TunnelLimits(),
+    ) -> None:
+        """`load_config` reads the config again on SIGHUP (raising ConfigError keeps the old one)."""
         self.config = config
-        self.path = path
+        self.path = socket_path
+        self.load_config = load_config
+        self.socket_mode = socket_mode
+        self.direct = direct
+        self.limits = limits
         self.stop = asyncio.Event()
         self.reload = asyncio.Event()
 
@@ -34,6 +57,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
 
     async def run(self) -> int:
+        """Serve until a signal stops it; the exit code (non-zero when the controller link failed)."""
         self._signals()
         structlog.contextvars.bind_contextvars(board=self.config.name)
         while True:
@@ -48,26 +72,27 @@ class Daemon:
             link_task: asyncio.Task[int] | None = None
             try:
                 async with (
-                    serve_unix(slot, self.path, self.args.socket_mode) as server,
+                    serve_unix(slot, self.path, self.socket_mode) as server,
                     contextlib.AsyncExitStack() as direct,
                 ):
                     log.info(
                         "serving",
                         socket=self.path,
                         drivers=len(slot.current.drivers),
-                        pid=_pid(),
+                        pid=os.getpid(),
                         controller=self.config.endpoint if distributed else None,
                     )
-                    await self._serve_direct(slot, direct)
+                    if self.direct is not None:
+                        await serve_direct(slot, self.direct, direct)
                     if distributed:
-                        from exporterd.controller_link import ControllerLink
-
-                        link = ControllerLink(self, slot)
+                        link = ControllerLink(
+                            self.config, slot, self.new_session, self.path, self.limits, stop=self.stop.set
+                        )
                         link_task = asyncio.create_task(link.run(), name="controller-link")
                         link_task.add_done_callback(lambda t: self.stop.set())
                     await self._wait()
                     if link_task is not None:
-                        code = await self._stop_link(link_task) or link.exit_code
+                        code = await self._stop_link(link_task)
                         if code:
                             return code
                     if self.reload.is_set() and not self.stop.is_set():
@@ -81,31 +106,8 @@ class Daemon:
             self.reload.clear()
             self._reload_config()
 
-    async def _serve_direct(self, slot: SessionSlot, stack: contextlib.AsyncExitStack) -> None:
-        """`--listen`: the same session on TCP with TLS and a passphrase (closed with `stack`)."""
-        if not self.args.listen:
-            return
-        from jumpstarter import tls
-        from jumpstarter.session.direct import serve_tcp
-
-        credentials = None
-        if not self.args.insecure_listener:
-            host = self.args.listen.rpartition(":")[0]
-            cert, key = tls.load_or_create(self.args.tls_cert, self.args.tls_key, [host])
-            credentials = tls.server_credentials(cert, key)
-        passphrase = None
-        if self.args.passphrase_file:
-            passphrase = _read_passphrase(self.args.passphrase_file)
-        await stack.enter_async_context(serve_tcp(slot, self.args.listen, credentials, passphrase))
-        log.info(
-            "serving directly",
-            listen=self.args.listen,
-            tls=credentials is not None,
-            passphrase=passphrase is not None,
-            certificate=self.args.tls_cert,
-        )
-
     def new_session(self, status: int, name: str = "local") -> Session:
+        """A session with fresh drivers from the current config (not yet started)."""
         return Session(
             self.config.build(),
             labels=self.config.labels,
@@ -115,6 +117,7 @@ class Daemon:
         )
 
     async def _stop_link(self, task: asyncio.Task[int]) -> int:
+        """The link's exit code: its own when it ended by itself, else 0 after cancelling it."""
         if task.done():
             return task.result() if not task.cancelled() and task.exception() is None else 1
         task.cancel()
@@ -137,29 +140,8 @@ class Daemon:
         stop.cancel()
 
     def _reload_config(self) -> None:
-        from exporterd.main import load
-
         try:
-            self.config = load(self.args)
+            self.config = self.load_config()
             log.info("config reloaded", source=self.config.source)
         except ConfigError as exc:
             log.error("config reload failed; keeping the previous config", error=str(exc))
-
-
-def _read_passphrase(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            passphrase = handle.read(64 * 1024).decode().strip()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the passphrase file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the passphrase file is not text") from None
-    if not passphrase:
-        raise ConfigError(f"{path}: empty passphrase")
-    return passphrase
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

@@ -1,4 +1,7 @@
-"""`jumpstarter-exporterd`: serve one board on its unix socket.
+"""`jumpstarter-exporterd`: serve one board on its unix socket (the command line).
+
+Owns the arguments, loading the config, and the socket path; builds the Daemon
+from them with explicit inputs (nothing below reads the arguments).
 
     jumpstarter-exporterd --config /etc/jumpstarter/exporters/rpi4.yaml
     jumpstarter-exporterd --inventory /etc/jumpstarter/inventory.yaml --board rpi4-01
@@ -13,11 +16,15 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT
+from exporterd.tunnels import DEFAULT_MAX_PENDING, DEFAULT_TUNNEL_WAIT, TunnelLimits
 
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
 PROG = "jumpstarter-exporterd"
+
+if TYPE_CHECKING:
+    from exporterd.direct import DirectListener
 
 
 def _seconds(text: str) -> float:
@@ -116,6 +123,21 @@ def socket_path(args: argparse.Namespace, name: str) -> str:
     return os.path.join(directory, f"{name}.sock")
 
 
+def direct_listener(args: argparse.Namespace) -> DirectListener | None:
+    """`--listen` and its TLS and passphrase options, or None without `--listen`."""
+    if not args.listen:
+        return None
+    from exporterd.direct import DirectListener
+
+    return DirectListener(
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        passphrase_file=args.passphrase_file,
+        insecure=args.insecure_listener,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jumpstarter.errors import ConfigError
@@ -129,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from exporterd.daemon import Daemon
 
-        daemon = Daemon(args, config, socket_path(args, config.name))
+        daemon = Daemon(
+            config,
+            socket_path(args, config.name),
+            load_config=lambda: load(args),
+            socket_mode=args.socket_mode,
+            direct=direct_listener(args),
+            limits=TunnelLimits(args.tunnel_wait, args.max_pending_tunnels),
+        )
         return asyncio.run(daemon.run())
     except ConfigError as exc:
         return fatal(PROG, exc)

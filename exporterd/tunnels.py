@@ -11,12 +11,21 @@ pushes out the oldest. Only a joined tunnel gets a connection to the session.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 DEFAULT_TUNNEL_WAIT = 30.0
 DEFAULT_MAX_PENDING = 8
+
+
+@dataclass(frozen=True)
+class TunnelLimits:
+    """How long a tunnel waits for its client, and how many may wait per lease."""
+
+    wait: float = DEFAULT_TUNNEL_WAIT
+    max_pending: int = DEFAULT_MAX_PENDING
 
 
 class NoClient(Exception):

@@ -31,7 +31,7 @@ from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc  # 
 from tests.integration.central import Identity, condition, is_true, seconds, short  # noqa: E402
 
 AVAILABLE, LEASE_READY = common_pb2.EXPORTER_STATUS_AVAILABLE, common_pb2.EXPORTER_STATUS_LEASE_READY
-HEARTBEAT = 10.0  # seconds, as exporterd (exporterd/controller_link.py)
+HEARTBEAT = 10.0  # seconds, as exporterd (exporterd/controller_calls.py)
 RPC_TIMEOUT = 60.0
 THINK = (0.5, 2.0)  # seconds a client waits between leases
 HOLD = (1.0, 4.0)  # seconds a client holds a granted lease

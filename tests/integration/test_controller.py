@@ -460,7 +460,7 @@ def test_last_seen_moves_only_with_what_the_exporter_sends(scope: Scope):
     wait_until(status_stream_open, 10, "exporterd's Status stream")
     registered = last_seen(scope.central, scope.ns, "beating")
 
-    heartbeat = 10.0  # exporterd.controller_link.HEARTBEAT
+    heartbeat = 10.0  # exporterd.controller_calls.HEARTBEAT
     wait_until(
         lambda: last_seen(scope.central, scope.ns, "beating") > registered,
         heartbeat + 15,
