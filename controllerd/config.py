@@ -84,7 +84,10 @@ def _metrics(value: Any, where: Where) -> str | None:
 
 DEFAULTS = ControllerConfig(source="")
 TLS = Section(
-    *(Field(name, path(), attr=f"tls_{name}", default=None, unset="falsy") for name in ("cert", "key", "ca", "ca_key")),
+    *(
+        Field(name, path(), attr=f"tls_{name}", default=None, unset="falsy")
+        for name in ("cert", "key", "ca", "ca_key")
+    ),
     what="a mapping with cert, key, ca and ca_key",
 )
 POSITIVE = ("offline_after", "dial_ready_wait", "token_ttl_days", "dial_rate", "audit_retention_days")
@@ -102,7 +105,10 @@ CONTROLLER = Section(
     *(Field(key, number(), default=getattr(DEFAULTS, key)) for key in POSITIVE),
     Field(
         "max_lease_duration",
-        number(at_most=MAX_LEASE_DURATION_LIMIT, too_big=f"at most {int(MAX_LEASE_DURATION_LIMIT)} seconds (ten years)"),
+        number(
+            at_most=MAX_LEASE_DURATION_LIMIT,
+            too_big=f"at most {int(MAX_LEASE_DURATION_LIMIT)} seconds (ten years)",
+        ),
         default=DEFAULTS.max_lease_duration,
     ),
     *(Field(key, number(whole=True), default=getattr(DEFAULTS, key)) for key in WHOLE),

@@ -117,7 +117,9 @@ TLS = Section(
     *(Field(name, path(), attr=f"tls_{name}", default=OMIT) for name in ("cert", "key", "ca", "ca_key")),
     what="a mapping with 'cert' and 'key'",
 )
-METRICS = Section(Field("listen", anything, default=DEFAULT_METRICS), Field("allow_remote", boolean, default=False))
+METRICS = Section(
+    Field("listen", anything, default=DEFAULT_METRICS), Field("allow_remote", boolean, default=False)
+)
 ROUTER = Section(
     Field("listen", _address, default=OMIT),
     Field("advertise", _advertise, default=OMIT, unset="null"),

@@ -119,7 +119,12 @@ TLS = Section(
     what="a mapping with ca (base64 PEM) and insecure",
 )
 DRIVERS = Section(
-    Field("allow", list_of(text("a module pattern"), "a list of module patterns"), default=DEFAULT_ALLOW, unset="falsy"),
+    Field(
+        "allow",
+        list_of(text("a module pattern"), "a list of module patterns"),
+        default=DEFAULT_ALLOW,
+        unset="falsy",
+    ),
     Field("unsafe", truthy, default=False),
     what="a mapping with allow and unsafe",
 )

@@ -16,8 +16,8 @@ from jumpstarter.config.schema import (
     Field,
     Section,
     anything,
-    load_document,
     choice,
+    load_document,
     mapping,
     number,
     pattern,
@@ -125,7 +125,9 @@ def _settings(type_name: str, accepted: set[str], required: set[str]) -> Section
     )
 
 
-def _children(raw: Any, where: Where, devices: dict[str, dict[str, str]], refs: list[Any]) -> dict[str, Driver]:
+def _children(
+    raw: Any, where: Where, devices: dict[str, dict[str, str]], refs: list[Any]
+) -> dict[str, Driver]:
     children: dict[str, Driver] = {}
     for name, child in raw.items():
         here = where.child(raw, str(name))
@@ -147,7 +149,9 @@ def _build_node(
         refs.append((placeholder, values["ref"], values.at("ref")))
         return placeholder
     base: dict[str, Any] = {"children": _children(values["children"], values.at("children"), devices, refs)}
-    base.update({key: values[key] for key in ("description", "methods_description", "labels") if key in values})
+    base.update(
+        {key: values[key] for key in ("description", "methods_description", "labels") if key in values}
+    )
     type_name = values["type"]
     try:
         cls = driver_class(type_name)

@@ -163,19 +163,17 @@ def stringified(value: Any, where: Where) -> str:
     return str(value)
 
 
-def number(
-    *, whole: bool = False, unit: str = "", at_most: float | None = None, too_big: str = ""
-) -> Check:
+def number(*, whole: bool = False, unit: str = "", at_most: float | None = None, too_big: str = "") -> Check:
     """A positive number (a positive whole number when `whole`), optionally at most `at_most`."""
     what = "a positive whole number" if whole else f"a positive number{' of ' + unit if unit else ''}"
 
     def check(value: Any, where: Where) -> float | int:
-        kinds: tuple[type, ...] = (int,) if whole else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        wrong_kind = not isinstance(value, int) if whole else not isinstance(value, (int, float))
+        if isinstance(value, bool) or wrong_kind or value <= 0:
             raise where.error(f"expected {what}, got {got(value)}")
         if at_most is not None and value > at_most:
             raise where.error(too_big or f"at most {at_most}")
-        return value if whole else float(value)
+        return int(value) if whole else float(value)
 
     return check
 
