@@ -6,7 +6,7 @@ and every error is a `ConfigError` that names the file, the line (PyYAML's node 
 `yamlload`) and the dotted key:
 
     TLS = Section(Field("cert", path(), default=None), Field("key", path(), default=None))
-    ROUTER = Section(Field("listen", address, default="0.0.0.0:8083"), Field("tls", TLS, default=EMPTY))
+    ROUTER = Section(Field("listen", text("HOST:PORT"), default="0.0.0.0:8083"), Field("tls", TLS, default=EMPTY))
     values = load_document("/etc/jumpstarter/routerd.yaml", ROUTER, empty_ok=True)
     values["listen"], values["tls"]["cert"]      # typed; values.at("listen").error("...") for cross-key rules
 

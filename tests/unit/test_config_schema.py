@@ -97,7 +97,9 @@ def test_declared_values_are_checked_converted_and_renamed(tmp_path: Path) -> No
 def test_unset_null_and_falsy_count_as_absent_only_where_declared(tmp_path: Path) -> None:
     values = load(tmp_path, "name: rpi4\ntag: null\nmotd: ''\n")
     assert (values["tag"], values["banner"]) == (None, "")
-    assert refused(tmp_path, "name: rpi4\nmode: null\n") == "FILE:2: mode: expected one of fast, safe, got null"
+    assert (
+        refused(tmp_path, "name: rpi4\nmode: null\n") == "FILE:2: mode: expected one of fast, safe, got null"
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,8 +120,14 @@ def test_unset_null_and_falsy_count_as_absent_only_where_declared(tmp_path: Path
         ("name: a\npeers:\n  - a:1\n  - 7\n", "FILE:2: peers.1: expected HOST:PORT, got 7"),
         ("name: a\nlabels: [x]\n", "FILE:2: labels: expected a mapping, got list"),
         ("- name\n", "FILE:1: expected a mapping of settings, got list"),
-        ("name: a\n\ntls:\n  cert: x\n  insecure: maybe\n", "FILE:5: tls.insecure: expected true or false, got 'maybe'"),
-        ("name: a\ntls:\n  cert: x\n\n  chain: y\n", "FILE:5: tls.chain: unknown key (accepted: cert, insecure)"),
+        (
+            "name: a\n\ntls:\n  cert: x\n  insecure: maybe\n",
+            "FILE:5: tls.insecure: expected true or false, got 'maybe'",
+        ),
+        (
+            "name: a\ntls:\n  cert: x\n\n  chain: y\n",
+            "FILE:5: tls.chain: unknown key (accepted: cert, insecure)",
+        ),
         ("name: a\ntls: yes\n", "FILE:2: tls: expected a mapping with cert and insecure, got True"),
         ("name: a\ntls:\n  cert: ''\n", "FILE:3: tls.cert: expected a file path, got ''"),
     ],
@@ -149,7 +157,9 @@ def test_an_empty_file_is_an_empty_mapping_only_when_allowed(tmp_path: Path) -> 
 def test_values_point_at_a_key_for_rules_across_keys(tmp_path: Path) -> None:
     values = load_document(str(_write(tmp_path, "name: a\n\nretries: 9\n")), SETTINGS)
     assert str(values.at("retries").error("too many")).endswith("settings.yaml:3: retries: too many")
-    assert str(values.at("mode").error("x")).endswith("settings.yaml:1: mode: x")  # absent: the section's line
+    assert str(values.at("mode").error("x")).endswith(
+        "settings.yaml:1: mode: x"
+    )  # absent: the section's line
 
 
 def _write(tmp_path: Path, text_: str) -> Path:
