@@ -23,7 +23,20 @@ from typing import Any
 
 import yaml
 
-from jumpstarter.config.yamlload import Where, load_yaml
+from jumpstarter.config.schema import (
+    EMPTY,
+    OMIT,
+    Field,
+    Section,
+    anything,
+    choice,
+    list_of,
+    load_document,
+    stringified,
+    text,
+    truthy,
+)
+from jumpstarter.config.yamlload import load_yaml
 from jumpstarter.errors import ConfigError
 
 API_VERSION = "jumpstarter.dev/v1alpha1"
@@ -95,28 +108,52 @@ def decode_claims(token: str) -> dict[str, Any]:
         raise ConfigError(f"not a JWT token: {exc}") from None
 
 
+METADATA = Section(
+    Field("namespace", stringified, default="default", unset="falsy"),
+    Field("name", stringified, default="", unset="falsy"),
+    what="a mapping with namespace and name",
+)
+TLS = Section(
+    Field("ca", stringified, default="", unset="falsy"),
+    Field("insecure", truthy, default=False),
+    what="a mapping with ca (base64 PEM) and insecure",
+)
+DRIVERS = Section(
+    Field(
+        "allow",
+        list_of(text("a module pattern"), "a list of module patterns"),
+        default=DEFAULT_ALLOW,
+        unset="falsy",
+    ),
+    Field("unsafe", truthy, default=False),
+    what="a mapping with allow and unsafe",
+)
+# Every key upstream's ClientConfigV1Alpha1 writes is accepted; the ones this client does not use are ignored.
+CLIENT = Section(
+    Field("kind", choice("ClientConfig"), missing="expected kind: ClientConfig"),
+    Field("apiVersion", anything, default=OMIT),
+    Field("metadata", METADATA, default=EMPTY, unset="falsy"),
+    Field("endpoint", text(nonempty=True)),
+    Field("token", text(nonempty=True)),
+    Field("refresh_token", anything, default=OMIT),
+    Field("tls", TLS, default=EMPTY, unset="falsy"),
+    Field("grpcOptions", anything, default=OMIT),
+    Field("drivers", DRIVERS, default=EMPTY, unset="falsy"),
+    Field("shell", anything, default=OMIT),
+    Field("leases", anything, default=OMIT),
+    what="a ClientConfig mapping",
+)
+
+
 def load_client_config(path: str) -> ClientConfig:
-    doc = load_yaml(path)
-    where = Where(path, (), getattr(doc, "line", 1))
-    if not isinstance(doc, dict):
-        raise where.error("expected a ClientConfig mapping")
-    if doc.get("kind") != "ClientConfig":
-        raise where.child(doc, "kind").error("expected kind: ClientConfig")
-    metadata = doc.get("metadata") or {}
-    for key in ("endpoint", "token"):
-        if not isinstance(doc.get(key), str) or not doc.get(key):
-            raise where.child(doc, key).error("required")
-    tls = doc.get("tls") or {}
-    drivers = doc.get("drivers") or {}
+    """Read and validate a client config; its alias is the file name without `.yaml`."""
+    values = load_document(path, CLIENT)
     return ClientConfig(
-        namespace=str(metadata.get("namespace") or "default"),
-        name=str(metadata.get("name") or ""),
-        endpoint=doc["endpoint"],
-        token=doc["token"],
-        ca=str(tls.get("ca") or ""),
-        insecure=bool(tls.get("insecure", False)),
-        allow=list(drivers.get("allow") or DEFAULT_ALLOW),
-        unsafe=bool(drivers.get("unsafe", False)),
+        **values["metadata"],
+        endpoint=values["endpoint"],
+        token=values["token"],
+        **values["tls"],
+        **values["drivers"],
         alias=os.path.splitext(os.path.basename(path))[0],
         path=path,
     )

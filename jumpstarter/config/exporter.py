@@ -10,6 +10,22 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from jumpstarter.config.schema import (
+    EMPTY,
+    OMIT,
+    Field,
+    Section,
+    anything,
+    choice,
+    load_document,
+    mapping,
+    number,
+    pattern,
+    stringified,
+    text,
+    text_mapping,
+    truthy,
+)
 from jumpstarter.config.yamlload import Located, Where, load_yaml
 from jumpstarter.driver.base import Driver
 from jumpstarter.errors import ConfigError
@@ -18,9 +34,8 @@ API_VERSION = "jumpstarter.dev/v1alpha1"
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 CHILD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 SUBST_RE = re.compile(r"\$\{([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\}")
-NODE_KEYS = {"type", "description", "methods_description", "config", "children", "ref", "labels"}
-HOOK_KEYS = {"script", "exec", "timeout", "onFailure"}
 ON_FAILURE = ("warn", "endLease", "exit")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass
@@ -55,12 +70,6 @@ class BoardConfig:
         return build_root(self.export, self.where, self.description, self.devices)
 
 
-def _expect(where: Where, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(value, kind):
-        raise where.error(f"expected {what}, got {type(value).__name__}")
-    return value
-
-
 def _substitute(value: Any, devices: dict[str, dict[str, str]], where: Where) -> Any:
     """Replace `${device.property}` with what the inventory's `match` found."""
     if isinstance(value, str):
@@ -86,67 +95,75 @@ def _substitute(value: Any, devices: dict[str, dict[str, str]], where: Where) ->
     return value
 
 
+def _log_level(value: Any, where: Where) -> str:
+    if str(value).upper() not in LOG_LEVELS:
+        raise where.error("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return str(value).upper()
+
+
+NODE = Section(
+    Field("type", text("a driver type name"), default="composite"),
+    Field("description", text("text"), default=OMIT),
+    Field("methods_description", text_mapping(), default=OMIT),
+    Field("labels", text_mapping(), default=OMIT),
+    Field("config", mapping("a mapping of settings"), default={}, unset="falsy"),
+    Field("children", mapping("a mapping of names to drivers"), default={}, unset="falsy"),
+    Field("ref", text("a dotted driver path"), default=OMIT),
+    what="a driver (a mapping with 'type', 'children' or 'ref')",
+)
+DRIVER_NAME = pattern(CHILD_RE, "driver names start with a letter and use letters, digits, '_' or '-'")
+
+
+def _settings(type_name: str, accepted: set[str], required: set[str]) -> Section:
+    """A driver's `config:` section, declared by its constructor (`Driver.config_keys`)."""
+    return Section(
+        *(Field(key, anything, missing=f"{type_name} needs the setting {key!r}") for key in sorted(required)),
+        *(Field(key, anything, default=OMIT) for key in sorted(accepted - required)),
+        Field("log_level", _log_level, default=OMIT),  # accepted by every driver, as upstream
+        what="a mapping of settings",
+        unknown=f"unknown setting for {type_name}",
+    )
+
+
+def _children(
+    raw: Any, where: Where, devices: dict[str, dict[str, str]], refs: list[Any]
+) -> dict[str, Driver]:
+    children: dict[str, Driver] = {}
+    for name, child in raw.items():
+        here = where.child(raw, str(name))
+        children[DRIVER_NAME(name, here)] = _build_node(child, here, devices, refs)
+    return children
+
+
 def _build_node(
     node: Any, where: Where, devices: dict[str, dict[str, str]], refs: list[tuple[Any, str, Where]]
 ) -> Driver:
     from jumpstarter.drivers.registry import driver_class
 
-    node = _expect(where, node, dict, "a driver (a mapping with 'type', 'children' or 'ref')")
-    unknown = sorted(set(node) - NODE_KEYS)
-    if unknown:
-        raise where.child(node, unknown[0]).error(f"unknown key (accepted: {', '.join(sorted(NODE_KEYS))})")
-    if "ref" in node:
-        if set(node) - {"ref", "description"}:
-            raise where.error("a 'ref' node takes no other keys than 'description'")
-        ref = _expect(where.child(node, "ref"), node["ref"], str, "a dotted driver path")
+    node = NODE.check_keys(node, where)
+    if "ref" in node and set(node) - {"ref", "description"}:
+        raise where.error("a 'ref' node takes no other keys than 'description'")
+    values = NODE.read(node, where)
+    if "ref" in values:
         placeholder = _Placeholder()
-        refs.append((placeholder, ref, where.child(node, "ref")))
+        refs.append((placeholder, values["ref"], values.at("ref")))
         return placeholder
-    children: dict[str, Driver] = {}
-    raw_children = node.get("children") or {}
-    child_where = where.child(node, "children")
-    _expect(child_where, raw_children, dict, "a mapping of names to drivers")
-    for name, child in raw_children.items():
-        here = child_where.child(raw_children, str(name))
-        if not isinstance(name, str) or not CHILD_RE.match(name):
-            raise here.error("driver names start with a letter and use letters, digits, '_' or '-'")
-        children[name] = _build_node(child, here, devices, refs)
-    base: dict[str, Any] = {"children": children}
-    for key in ("description",):
-        if key in node:
-            base[key] = _expect(where.child(node, key), node[key], str, "text")
-    if "methods_description" in node:
-        md = _expect(where.child(node, "methods_description"), node["methods_description"], dict, "a mapping")
-        base["methods_description"] = {str(k): str(v) for k, v in md.items()}
-    if "labels" in node:
-        lb = _expect(where.child(node, "labels"), node["labels"], dict, "a mapping")
-        base["labels"] = {str(k): str(v) for k, v in lb.items()}
-    type_where = where.child(node, "type")
-    type_name = node.get("type", "composite")
-    _expect(type_where, type_name, str, "a driver type name")
+    base: dict[str, Any] = {"children": _children(values["children"], values.at("children"), devices, refs)}
+    base.update(
+        {key: values[key] for key in ("description", "methods_description", "labels") if key in values}
+    )
+    type_name = values["type"]
     try:
         cls = driver_class(type_name)
     except ConfigError as exc:
-        raise type_where.error(str(exc)) from None
-    config_where = where.child(node, "config")
-    config = _expect(config_where, node.get("config") or {}, dict, "a mapping of settings")
-    config = _substitute(config, devices, config_where)
+        raise values.at("type").error(str(exc)) from None
+    config_where = values.at("config")
     accepted, required = cls.config_keys()
     accepted -= {"children", "description", "methods_description", "labels"}
-    if "log_level" in config:  # accepted by every driver, as upstream
-        level = config.pop("log_level")
-        if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise config_where.child(config, "log_level").error(
-                "expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
-            )
-        base["log_level"] = str(level).upper()
-    for key in config:
-        if key not in accepted:
-            raise config_where.child(config, str(key)).error(
-                f"unknown setting for {type_name} (accepted: {', '.join(sorted(accepted)) or 'none'})"
-            )
-    for key in sorted(required - set(config) - {"children"}):
-        raise config_where.error(f"{type_name} needs the setting {key!r}")
+    settings = _settings(type_name, accepted, required - {"children"})
+    config = settings.read(_substitute(values["config"], devices, config_where), config_where)
+    if "log_level" in config:
+        base["log_level"] = config.pop("log_level")
     try:
         return cls(**config, **base)
     except ConfigError as exc:
@@ -164,14 +181,9 @@ def build_root(
 ) -> Driver:
     from jumpstarter.drivers.composite import Composite, Proxy
 
-    export = _expect(where, export, dict, "a mapping of names to drivers")
+    export = mapping("a mapping of names to drivers")(export, where)
     refs: list[tuple[Any, str, Where]] = []
-    children: dict[str, Driver] = {}
-    for name, node in export.items():
-        here = where.child(export, str(name))
-        if not isinstance(name, str) or not CHILD_RE.match(name):
-            raise here.error("driver names start with a letter and use letters, digits, '_' or '-'")
-        children[name] = _build_node(node, here, devices, refs)
+    children = _children(export, where, devices, refs)
     root: Driver = Composite(children=children, description=description)
     for placeholder, path, here in refs:
         target: Driver = root
@@ -191,93 +203,89 @@ def build_root(
     return root
 
 
-def _hooks(doc: Located, where: Where) -> dict[str, HookConfig]:
-    hooks: dict[str, HookConfig] = {}
-    raw = doc.get("hooks") or {}
-    hw = where.child(doc, "hooks")
-    _expect(hw, raw, dict, "a mapping with beforeLease/afterLease")
-    for key, value in raw.items():
-        here = hw.child(raw, str(key))
-        if key not in ("beforeLease", "afterLease"):
-            raise here.error("unknown hook (beforeLease or afterLease)")
-        _expect(here, value, dict, "a mapping with 'script'")
-        unknown = sorted(set(value) - HOOK_KEYS)
-        if unknown:
-            raise here.child(value, unknown[0]).error(
-                f"unknown key (accepted: {', '.join(sorted(HOOK_KEYS))})"
-            )
-        script = _expect(here.child(value, "script"), value.get("script"), str, "a script")
-        timeout = value.get("timeout", 120)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise here.child(value, "timeout").error("expected a positive number of seconds")
-        on_failure = value.get("onFailure", "warn")
-        if on_failure not in ON_FAILURE:
-            raise here.child(value, "onFailure").error(f"expected one of {', '.join(ON_FAILURE)}")
-        hooks[key] = HookConfig(
-            script=script, exec=value.get("exec"), timeout=float(timeout), on_failure=on_failure
-        )
-    return hooks
+def _hook(value: Any, where: Where) -> HookConfig:
+    return HookConfig(**HOOK.read(value, where))
 
 
-def _labels(doc: Located, where: Where) -> dict[str, str]:
-    raw = doc.get("labels") or {}
-    _expect(where.child(doc, "labels"), raw, dict, "a mapping of label names to values")
-    return {str(k): str(v) for k, v in raw.items()}
+HOOK = Section(
+    Field("script", text("a script")),
+    Field("exec", text("a command"), default=None, unset="null"),
+    Field("timeout", number(unit="seconds"), default=120.0),
+    Field("onFailure", choice(*ON_FAILURE), attr="on_failure", default="warn"),
+    what="a mapping with 'script'",
+)
+HOOKS = Section(
+    Field("beforeLease", _hook, default=OMIT),
+    Field("afterLease", _hook, default=OMIT),
+    what="a mapping with beforeLease/afterLease",
+    unknown="unknown hook",
+)
+TLS = Section(
+    Field("ca", stringified, attr="tls_ca", default="", unset="falsy"),
+    Field("insecure", truthy, attr="tls_insecure", default=False),
+    what="a mapping with ca (base64 PEM) and insecure",
+)
+LABELS = text_mapping("a mapping of label names to values")
+METADATA = Section(
+    Field("name", stringified, default=None, unset="falsy"),
+    Field("namespace", stringified, default="default", unset="falsy"),
+    what="a mapping with name/namespace",
+)
+# The fields a board shares between an ExporterConfig file and an inventory entry.
+BOARD_FIELDS = (
+    Field("export", anything, missing="missing 'export' (the driver tree)"),
+    Field("labels", LABELS, default={}, unset="falsy"),
+    Field("description", text(), default=None, unset="null"),
+    Field("motd", stringified, default="", unset="falsy"),
+    Field("endpoint", text("HOST:PORT"), default=None, unset="null"),
+    Field("hooks", HOOKS, default=EMPTY, unset="falsy"),
+)
+EXPORTER = Section(
+    Field("kind", choice("ExporterConfig"), default="ExporterConfig"),
+    Field("apiVersion", choice(API_VERSION), default=API_VERSION),
+    Field("metadata", METADATA, default=EMPTY, unset="falsy"),
+    *BOARD_FIELDS,
+    Field("token", text(), default=None, unset="null"),
+    Field("tls", TLS, default=EMPTY, unset="falsy"),
+    *(Field(key, anything, default=OMIT) for key in ("grpcOptions", "failureDetection", "exitOnLeaseEnd")),
+    what="a mapping (an ExporterConfig document)",
+)
+
+
+def board_config(name: str, path: str, values: dict[str, Any], where: Where, **extra: Any) -> BoardConfig:
+    """A BoardConfig from a board's checked values (`BOARD_FIELDS`), its driver tree validated now."""
+    config = BoardConfig(
+        name=name,
+        source=path,
+        export=values["export"],
+        where=where,
+        labels=values["labels"],
+        description=values["description"],
+        motd=values["motd"],
+        hooks=dict(values["hooks"]),
+        **extra,
+    )
+    config.build()  # validate now: a bad tree fails at load, not at the first lease
+    return config
 
 
 def load_exporter_config(path: str) -> BoardConfig:
     """Load an upstream-style `ExporterConfig` file and validate its driver tree."""
-    doc = load_yaml(path)
-    where = Where(path, (), getattr(doc, "line", 1))
-    _expect(where, doc, dict, "a mapping (an ExporterConfig document)")
-    if doc.get("kind", "ExporterConfig") != "ExporterConfig":
-        raise where.child(doc, "kind").error(f"expected ExporterConfig, got {doc.get('kind')!r}")
-    if doc.get("apiVersion", API_VERSION) != API_VERSION:
-        raise where.child(doc, "apiVersion").error(f"expected {API_VERSION}")
-    known = {
-        "apiVersion",
-        "kind",
-        "metadata",
-        "endpoint",
-        "token",
-        "tls",
-        "grpcOptions",
-        "description",
-        "motd",
-        "export",
-        "hooks",
-        "failureDetection",
-        "exitOnLeaseEnd",
-        "labels",
-    }
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise where.child(doc, unknown[0]).error("unknown key")
-    metadata = doc.get("metadata") or Located()
-    _expect(where.child(doc, "metadata"), metadata, dict, "a mapping with name/namespace")
-    name = str(metadata.get("name") or _stem(path))
+    values = load_document(path, EXPORTER)
+    metadata = values["metadata"]
+    name = metadata["name"] or _stem(path)
     if not NAME_RE.match(name):
-        raise where.child(doc, "metadata").error(f"invalid name {name!r}")
-    if "export" not in doc:
-        raise where.error("missing 'export' (the driver tree)")
-    tls = doc.get("tls") or {}
-    config = BoardConfig(
-        name=name,
-        source=path,
-        export=doc["export"],
-        where=where.child(doc, "export"),
-        namespace=str(metadata.get("namespace") or "default"),
-        labels=_labels(doc, where),
-        description=doc.get("description"),
-        motd=str(doc.get("motd") or ""),
-        endpoint=doc.get("endpoint"),
-        token=doc.get("token"),
-        tls_ca=str(tls.get("ca") or ""),
-        tls_insecure=bool(tls.get("insecure", False)),
-        hooks=_hooks(doc, where),
+        raise values.at("metadata").error(f"invalid name {name!r}")
+    return board_config(
+        name,
+        path,
+        values,
+        values.at("export"),
+        namespace=metadata["namespace"],
+        endpoint=values["endpoint"],
+        token=values["token"],
+        **values["tls"],
     )
-    config.build()  # validate now: a bad tree fails at load, not at the first lease
-    return config
 
 
 def _stem(path: str) -> str:

@@ -28,14 +28,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jumpstarter.config.exporter import (
-    NAME_RE,
-    BoardConfig,
-    _expect,
-    _hooks,
-    _labels,
+from jumpstarter.config.exporter import BOARD_FIELDS, NAME_RE, TLS, BoardConfig, board_config
+from jumpstarter.config.schema import (
+    EMPTY,
+    Field,
+    Section,
+    Values,
+    anything,
+    list_of,
+    load_document,
+    mapping,
+    pattern,
+    stringified,
+    text,
 )
-from jumpstarter.config.yamlload import Located, Where, load_yaml
+from jumpstarter.config.yamlload import Located, Where
 from jumpstarter.errors import ConfigError
 
 DEFAULT_SOCKET_DIR = "/run/jumpstarter/boards"
@@ -45,9 +52,6 @@ DEFAULT_USER = "jumpstarter"
 DEFAULT_STATUS_FILE = "/run/jumpstarter/lab-status.json"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # what useradd accepts
 MAX_TOKEN_FILE = 64 * 1024  # a token is ~1 KB; never read a huge file whole
-BOARD_KEYS = {"name", "labels", "description", "motd", "match", "export", "hooks", "endpoint", "token_file"}
-TOP_KEYS = {"controller", "socket_dir", "device_dir", "log_dir", "user", "status_file", "boards"}
-CONTROLLER_KEYS = {"endpoint", "namespace", "token_dir", "tls"}
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # usable in `${NAME.prop}`
 PROPERTY_RE = re.compile(r"^@?[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -102,100 +106,88 @@ class Inventory:
         return os.path.join(self.socket_dir, f"{name}.sock")
 
 
+CONTROLLER = Section(
+    Field("endpoint", text("HOST:PORT"), default=None, unset="null"),
+    Field("namespace", stringified, default="default", unset="falsy"),
+    Field("token_dir", stringified, default=None, unset="falsy"),
+    Field("tls", TLS, default=EMPTY, unset="falsy"),
+)
+INVENTORY = Section(
+    Field("controller", CONTROLLER, default=EMPTY, unset="falsy"),
+    Field("socket_dir", text("a path"), default=DEFAULT_SOCKET_DIR, unset="falsy"),
+    Field("device_dir", text("a path"), default=DEFAULT_DEVICE_DIR, unset="falsy"),
+    Field("log_dir", text("a path"), default=DEFAULT_LOG_DIR, unset="falsy"),
+    Field("status_file", text("a path"), default=DEFAULT_STATUS_FILE, unset="falsy"),
+    Field(
+        "user",
+        pattern(USER_RE, "expected a user name (lowercase letters, digits, '_', '-')"),
+        default=DEFAULT_USER,
+        unset="falsy",
+    ),
+    Field("boards", list_of(anything, "a list of boards"), missing="missing 'boards' (a list of boards)"),
+    what="a mapping with 'boards'",
+)
+BOARD_NAME = pattern(NAME_RE, "each board needs a 'name' (letters, digits, '.', '_', '-')")
+BOARD = Section(
+    Field("name", anything),  # checked first: errors inside a board name it
+    *BOARD_FIELDS,
+    Field("match", mapping("a mapping of device names to udev properties"), default={}, unset="falsy"),
+    Field("token_file", stringified, default=None, unset="null"),
+    what="a board (a mapping with name and export)",
+)
+
+
 def load_inventory(path: str) -> Inventory:
     """Parse and validate the whole inventory (every board's driver tree is built once)."""
-    doc = load_yaml(path)
-    where = Where(path, (), getattr(doc, "line", 1))
-    _expect(where, doc, dict, "a mapping with 'boards'")
-    unknown = sorted(set(doc) - TOP_KEYS)
-    if unknown:
-        raise where.child(doc, unknown[0]).error(f"unknown key (accepted: {', '.join(sorted(TOP_KEYS))})")
-    controller = doc.get("controller") or {}
-    cw = where.child(doc, "controller")
-    _expect(cw, controller, dict, "a mapping")
-    for key in controller:
-        if key not in CONTROLLER_KEYS:
-            raise cw.child(controller, str(key)).error(
-                f"unknown key (accepted: {', '.join(sorted(CONTROLLER_KEYS))})"
-            )
-    tls = controller.get("tls") or {}
-    _expect(cw.child(controller, "tls"), tls, dict, "a mapping with ca (base64 PEM) and insecure")
-    dirs = {}
-    for key, default in (
-        ("socket_dir", DEFAULT_SOCKET_DIR),
-        ("device_dir", DEFAULT_DEVICE_DIR),
-        ("log_dir", DEFAULT_LOG_DIR),
-        ("status_file", DEFAULT_STATUS_FILE),
-    ):
-        value = doc.get(key) or default
-        dirs[key] = _expect(where.child(doc, key), value, str, "a path")
-    user = doc.get("user") or DEFAULT_USER
-    if not isinstance(user, str) or not USER_RE.match(user):
-        raise where.child(doc, "user").error("expected a user name (lowercase letters, digits, '_', '-')")
-    inventory = Inventory(path=path, user=user, **dirs)
-    boards = doc.get("boards")
-    bw = where.child(doc, "boards")
-    _expect(bw, boards, list, "a list of boards")
+    values = load_document(path, INVENTORY)
+    controller = values.pop("controller")
+    boards = values.pop("boards")
+    inventory = Inventory(path=path, **values)
     seen: dict[str, int] = {}
     rule_places: list[tuple[str, str, dict[str, str], Where]] = []
     for index, raw in enumerate(boards):
-        here: Where = Where(path, ("boards", str(index)), getattr(raw, "line", bw.line))
-        _expect(here, raw, dict, "a board (a mapping with name and export)")
-        name = raw.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise here.child(raw, "name").error("each board needs a 'name' (letters, digits, '.', '_', '-')")
+        here: Where = values.at("boards").child(boards, str(index))
+        raw = mapping(BOARD.what)(raw, here)
+        name = BOARD_NAME(raw.get("name"), here.child(raw, "name"))
         here = _BoardWhere(path, (f"board {name}",), raw.line)
         if name in seen:
             raise here.error(f"duplicate board name (first defined on line {seen[name]})")
         seen[name] = raw.line
-        unknown = sorted(set(raw) - BOARD_KEYS)
-        if unknown:
-            raise here.child(raw, unknown[0]).error(
-                f"unknown key (accepted: {', '.join(sorted(BOARD_KEYS))})"
-            )
-        if "export" not in raw:
-            raise here.error("missing 'export' (the driver tree)")
-        rules = _match_rules(raw, here, rule_places)
+        board = BOARD.read(raw, here)
+        rules = _match_rules(board, here, rule_places)
         inventory.matches[name] = rules
-        inventory.digests[name] = _digest(raw, doc)
-        token_file = raw.get("token_file")
-        if token_file is None and controller.get("token_dir"):
-            token_file = os.path.join(str(controller["token_dir"]), f"{name}.token")
-        board = BoardConfig(
-            name=name,
-            source=path,
-            export=raw["export"],
-            where=here.child(raw, "export"),
-            namespace=str(controller.get("namespace") or "default"),
-            labels=_labels(raw, here),
-            description=raw.get("description"),
-            motd=str(raw.get("motd") or ""),
-            endpoint=raw.get("endpoint") or controller.get("endpoint"),
-            token=_read_token(token_file) if token_file and os.path.exists(str(token_file)) else None,
-            tls_ca=str(tls.get("ca") or ""),
-            tls_insecure=bool(tls.get("insecure", False)),
-            hooks=_hooks(raw, here),
-            devices={device: _AnyProperty(device) for device in rules},
+        inventory.digests[name] = _digest(raw, values.mapping)
+        token_file = board["token_file"]
+        if token_file is None and controller["token_dir"]:
+            token_file = os.path.join(controller["token_dir"], f"{name}.token")
+        config = board_config(
+            name,
+            path,
+            board,
+            board.at("export"),
+            namespace=controller["namespace"],
+            endpoint=board["endpoint"] or controller["endpoint"],
+            token=_read_token(token_file) if token_file and os.path.exists(token_file) else None,
+            devices={device: _AnyProperty(device) for device in rules},  # placeholders until plugged in
+            **controller["tls"],
         )
-        board.build()  # validate now, with placeholders for the devices
-        board.devices = {}
-        inventory.boards.append(board)
+        config.devices = {}
+        inventory.boards.append(config)
     _refuse_shared_devices(rule_places)
     return inventory
 
 
 def _match_rules(
-    raw: Located, here: Where, places: list[tuple[str, str, dict[str, str], Where]]
+    board: Values, here: Where, places: list[tuple[str, str, dict[str, str], Where]]
 ) -> dict[str, dict[str, str]]:
-    match = raw.get("match") or {}
-    mw = here.child(raw, "match")
-    _expect(mw, match, dict, "a mapping of device names to udev properties")
+    match = board["match"]
+    mw = board.at("match")
     rules: dict[str, dict[str, str]] = {}
     for device, props in match.items():
         dw = mw.child(match, str(device))
         if not isinstance(device, str) or not DEVICE_NAME_RE.match(device):
             raise dw.error("device names start with a letter and use letters, digits or '_'")
-        _expect(dw, props, dict, "a mapping of udev properties to values")
+        mapping("a mapping of udev properties to values")(props, dw)
         if not props:
             raise dw.error("needs at least one udev property")
         for key, value in props.items():
