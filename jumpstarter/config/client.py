@@ -29,12 +29,12 @@ from jumpstarter.config.schema import (
     Field,
     Section,
     anything,
+    boolean,
     choice,
     list_of,
     load_document,
     stringified,
     text,
-    truthy,
 )
 from jumpstarter.config.yamlload import load_yaml
 from jumpstarter.errors import ConfigError
@@ -115,7 +115,7 @@ METADATA = Section(
 )
 TLS = Section(
     Field("ca", stringified, default="", unset="falsy"),
-    Field("insecure", truthy, default=False),
+    Field("insecure", boolean, default=False, unset="null"),
     what="a mapping with ca (base64 PEM) and insecure",
 )
 DRIVERS = Section(
@@ -125,7 +125,7 @@ DRIVERS = Section(
         default=DEFAULT_ALLOW,
         unset="falsy",
     ),
-    Field("unsafe", truthy, default=False),
+    Field("unsafe", boolean, default=False, unset="null"),
     what="a mapping with allow and unsafe",
 )
 # Every key upstream's ClientConfigV1Alpha1 writes is accepted; the ones this client does not use are ignored.

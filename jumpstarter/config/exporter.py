@@ -16,6 +16,7 @@ from jumpstarter.config.schema import (
     Field,
     Section,
     anything,
+    boolean,
     choice,
     load_document,
     mapping,
@@ -24,7 +25,6 @@ from jumpstarter.config.schema import (
     stringified,
     text,
     text_mapping,
-    truthy,
 )
 from jumpstarter.config.yamlload import Located, Where, load_yaml
 from jumpstarter.driver.base import Driver
@@ -222,7 +222,7 @@ HOOKS = Section(
 )
 TLS = Section(
     Field("ca", stringified, attr="tls_ca", default="", unset="falsy"),
-    Field("insecure", truthy, attr="tls_insecure", default=False),
+    Field("insecure", boolean, attr="tls_insecure", default=False, unset="null"),
     what="a mapping with ca (base64 PEM) and insecure",
 )
 LABELS = text_mapping("a mapping of label names to values")

@@ -184,11 +184,6 @@ def boolean(value: Any, where: Where) -> bool:
     return value
 
 
-def truthy(value: Any, where: Where) -> bool:
-    """YAML truthiness, as the upstream formats read `insecure:`/`unsafe:` (any value is accepted)."""
-    return bool(value)
-
-
 def choice(*options: str) -> Check:
     what = options[0] if len(options) == 1 else f"one of {', '.join(options)}"
 
@@ -290,5 +285,4 @@ __all__ = [
     "stringified",
     "text",
     "text_mapping",
-    "truthy",
 ]

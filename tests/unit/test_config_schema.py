@@ -24,6 +24,7 @@ from jumpstarter.config.schema import (
     text,
     text_mapping,
 )
+from jumpstarter.config.client import load_client_config
 from jumpstarter.errors import ConfigError
 from jumpstarter.names import check_name
 
@@ -228,3 +229,19 @@ def test_inventory_board_hooks_report_the_board_and_line(tmp_path: Path) -> None
     assert message.startswith(
         "FILE:5: board a: hooks.beforeLease.timeout: expected a positive number of seconds, got 0"
     )
+
+
+@pytest.mark.parametrize("section, key", [("tls", "insecure"), ("drivers", "unsafe")])
+def test_a_quoted_false_is_refused_not_read_as_true(tmp_path: Path, section: str, key: str) -> None:
+    """`insecure: "false"` once meant insecure (any non-empty value was true): security flags are strict."""
+    path = tmp_path / "client.yaml"
+    path.write_text(
+        "apiVersion: jumpstarter.dev/v1alpha1\nkind: ClientConfig\n"
+        "metadata: {name: alice, namespace: lab}\nendpoint: ctl.lab:443\ntoken: t\n"
+        f'{section}:\n  {key}: "false"\n'
+    )
+    with pytest.raises(ConfigError, match=rf":7: {section}.{key}: expected true or false, got 'false'"):
+        load_client_config(str(path))
+    path.write_text(path.read_text().replace('"false"', "null"))
+    config = load_client_config(str(path))
+    assert (config.insecure if section == "tls" else config.unsafe) is False
