@@ -122,7 +122,8 @@ def evaluate(rules: str, device: SimDevice, action: str) -> Result:
                 run.append(value)
             elif key == "GOTO":
                 index = labels[value]
-    return Result(run, props)
+    # `.NAME` properties live for this event only: neither stored nor given to RUN programs
+    return Result(run, {k: v for k, v in props.items() if not k.startswith(".")})
 
 
 class Udev:

@@ -97,7 +97,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         inventory = load_inventory(args.inventory)
         account = lab_account(inventory)  # no user, no render: never a silent fallback to root
-        rules = render_rules(inventory, hotplug_command(inventory))  # refused before anything is written
+        rules = render_rules(inventory, hotplug_command(inventory, args.supervisor))  # refused before anything is written
     except ConfigError as exc:
         return _refused("render", exc)
     text = render(inventory, args.supervisor)

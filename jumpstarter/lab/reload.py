@@ -39,7 +39,7 @@ def reload(
     """
     inventory = load_inventory(inventory_path)
     text = render(inventory, supervisor.url)
-    rules = render_rules(inventory, hotplug_command(inventory))
+    rules = render_rules(inventory, hotplug_command(inventory, supervisor.url))
     supervisor.state()  # reachable, before anything is written
     write_atomic(output, text)
     changes = supervisor.apply_config()

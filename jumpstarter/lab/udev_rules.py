@@ -9,9 +9,9 @@ match (the same properties, the same values); every other device starts
 nothing. jumpstarter-hotplug still decides exactly (the lines may be broader,
 never narrower). A plain `KEY` becomes `ENV{KEY}==` (what udev gives the
 program is exactly those properties). An `@KEY` (the device or an ancestor)
-becomes one line for the device itself and, for the USB identities below, one
-with `ATTRS{}` (sysfs attributes, searched over the parents); udev has no way
-to match another ancestor property, so such a key is left out of that line.
+is looked for on the device itself (`ENV{}`) and, for the USB identities below,
+on its parents (`ATTRS{}`, their sysfs attributes); udev has no way to match any
+other property of an ancestor, so such a key is left out (a broader line).
 Matching lines mark the device `ENV{JUMPSTARTER_BOARD}=NAME`, which udev keeps
 in its database: on `remove` the sysfs attributes are gone, the mark is not.
 
@@ -21,7 +21,6 @@ syntax (quotes, commas, `$`/`%` substitutions) or as a glob (`*?[]|`).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -36,12 +35,12 @@ UDEV_CONTROL = "/run/udev/control"  # udevd's socket: it exists when udevd runs 
 BOARD_ENV = "JUMPSTARTER_BOARD"
 VALUE_RE = re.compile(r"^[A-Za-z0-9 _.:+@=#/-]{0,200}$")  # plain text: no udev syntax, no glob
 ARG_RE = re.compile(r"^[A-Za-z0-9_.:+@=/-]{1,400}$")  # a word of the RUN+= command line
-MAX_ANCESTOR_KEYS = 4  # 2**n lines per match rule; beyond, one broader line
-# The ID_* that udev's usb_id builtin copies from these sysfs attributes of the USB device/interface.
+# The ID_* that udev's usb_id builtin copies from these sysfs attributes of the USB device/interface,
+# so that `@KEY` finds them on a parent.
 ANCESTOR_ATTRS = {
-    "ID_VENDOR_ID": "idVendor",
-    "ID_MODEL_ID": "idProduct",
     "ID_SERIAL_SHORT": "serial",
+    "ID_MODEL_ID": "idProduct",
+    "ID_VENDOR_ID": "idVendor",
     "ID_USB_INTERFACE_NUM": "bInterfaceNumber",
 }
 UDEV_TIMEOUT = 10.0
@@ -74,35 +73,33 @@ def _serial_glob(value: str) -> str:
     return value.replace("_", "*")
 
 
-def _terms(board: str, device: str, rules: dict[str, str]) -> list[list[str]]:
-    """The match keys of each line for one `match` rule (their union covers every device it matches)."""
+def _lines(board: str, device: str, rules: dict[str, str], number: int) -> list[str]:
+    """The rule lines for one `match` rule: they fire for every device it matches."""
     where = f"board {board}: match.{device}"
-    plain: list[str] = []
-    ancestor: dict[str, str] = {}
+    terms: list[str] = []
+    flags: list[str] = []
     for key, raw in rules.items():
         value = _value(raw, f"{where}.{key}")
-        if key.startswith("@"):
-            ancestor[key[1:]] = value
-        elif key == "SUBSYSTEM":
-            plain.insert(0, f'SUBSYSTEM=="{value}"')
-        else:
-            plain.append(f'ENV{{{key}}}=="{value}"')
-    if len(ancestor) > MAX_ANCESTOR_KEYS:
-        return [plain]
-    lines: list[list[str]] = []
-    # Each subset of the @KEYs found only on an ancestor needs a line; udev compares all the
-    # ATTRS{} of a line on one same parent, so a line gets at most one (the others are left out).
-    for size in range(len(ancestor) + 1):
-        for above in itertools.combinations(ancestor, size):
-            terms = plain + [f'ENV{{{k}}}=="{v}"' for k, v in ancestor.items() if k not in above]
-            mapped = [k for k in above if k in ANCESTOR_ATTRS]
-            if mapped:
-                key = mapped[0]
-                value = _serial_glob(ancestor[key]) if key == "ID_SERIAL_SHORT" else ancestor[key]
-                terms.append(f'ATTRS{{{ANCESTOR_ATTRS[key]}}}=="{value}"')
-            if terms not in lines:
-                lines.append(terms)
-    return lines
+        if key == "SUBSYSTEM":
+            terms.insert(0, f'SUBSYSTEM=="{value}"')
+            continue
+        if not key.startswith("@"):
+            terms.append(f'ENV{{{key}}}=="{value}"')
+            continue
+        name = key[1:]
+        if name not in ANCESTOR_ATTRS:
+            continue  # udev cannot see an ancestor's properties: left out, the line is broader
+        # The device itself or a parent: a flag (`.`: never stored nor exported) set by either line,
+        # since udev compares all the ATTRS{} of one line on one same parent.
+        flag = f"ENV{{.jumpstarter_{number}_{name}}}"
+        attr = _serial_glob(value) if name == "ID_SERIAL_SHORT" else value
+        flags += [
+            f'ENV{{{name}}}=="{value}", {flag}="1"',
+            f'ATTRS{{{ANCESTOR_ATTRS[name]}}}=="{attr}", {flag}="1"',
+        ]
+        terms.append(f'{flag}=="1"')
+    mark = f'ENV{{{BOARD_ENV}}}="{board}", GOTO="jumpstarter_boards_run"'
+    return [*flags, ", ".join([*terms, mark])]
 
 
 def render_rules(inventory: Inventory, hotplug: list[str]) -> str:
@@ -117,13 +114,13 @@ def render_rules(inventory: Inventory, hotplug: list[str]) -> str:
         "# Do not edit: change the inventory, then run `jumpstarter lab reload`.",
         HEAD.rstrip("\n"),
     ]
+    number = 0
     for board, devices in inventory.matches.items():
-        name = _value(board, f"board {board}")
+        _value(board, f"board {board}")
         for device, rules in devices.items():
-            out.append(f"# board {name}, match.{device}: {json.dumps(rules)}")  # JSON: one line, always
-            for terms in _terms(board, device, rules):
-                mark = f'ENV{{{BOARD_ENV}}}="{name}", GOTO="jumpstarter_boards_run"'
-                out.append(", ".join([*terms, mark]) if terms else mark)
+            out.append(f"# board {board}, match.{device}: {json.dumps(rules)}")  # JSON: one line, always
+            out += _lines(board, device, rules, number)
+            number += 1
     out += [
         'GOTO="jumpstarter_boards_end"',
         'LABEL="jumpstarter_boards_run"',
@@ -134,11 +131,14 @@ def render_rules(inventory: Inventory, hotplug: list[str]) -> str:
     return "\n".join(out)
 
 
-def hotplug_command(inventory: Inventory) -> list[str]:
-    """What udev runs: jumpstarter-hotplug for this inventory (by its absolute path)."""
+def hotplug_command(inventory: Inventory, supervisor_url: str) -> list[str]:
+    """What udev runs: jumpstarter-hotplug for this inventory (by its absolute path) and supervisord."""
     from jumpstarter.lab.render import command
 
-    return [*command("jumpstarter-hotplug", "jumpstarter.lab.hotplug"), "--inventory", os.path.abspath(inventory.path)]
+    if "@" in supervisor_url:  # the rules file is world-readable: never a password in it
+        raise ConfigError(f"a supervisord URL with credentials cannot go into the udev rules: {supervisor_url!r}")
+    program = command("jumpstarter-hotplug", "jumpstarter.lab.hotplug")
+    return [*program, "--inventory", os.path.abspath(inventory.path), "--supervisor", supervisor_url]
 
 
 def default_rules_path() -> str | None:
