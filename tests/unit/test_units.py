@@ -187,7 +187,8 @@ def test_install_renders_another_prefix_into_units_and_rule() -> None:
     for source in [*(str(u.relative_to(ROOT)) for u in UNITS), "udev/99-jumpstarter.rules"]:
         text = installer.render_shipped(source, "/srv/js").decode()
         assert "/opt/jumpstarter" not in text, source
-        assert "/srv/js/bin/" in text, source
+        # the rule runs no program of ours (hotplug's rules are rendered with the venv's path)
+        assert "/srv/js/bin/" in text or source.endswith(".rules"), source
     assert installer.render_shipped("udev/99-jumpstarter.rules", "/opt/jumpstarter") == RULE.read_bytes()
 
 
