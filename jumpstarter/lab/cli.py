@@ -97,7 +97,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         inventory = load_inventory(args.inventory)
         account = lab_account(inventory)  # no user, no render: never a silent fallback to root
-        rules = render_rules(inventory, hotplug_command(inventory, args.supervisor))  # refused before anything is written
+        # refused before anything is written
+        rules = render_rules(inventory, hotplug_command(inventory, args.supervisor))
     except ConfigError as exc:
         return _refused("render", exc)
     text = render(inventory, args.supervisor)
@@ -126,9 +127,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from jumpstarter.lab.reload import reload
     from jumpstarter.lab.supervisor import Supervisor
 
+    from jumpstarter.lab.udev_rules import hotplug_command, render_rules
+
     try:
         inventory = load_inventory(args.inventory)
         account = lab_account(inventory)
+        render_rules(inventory, hotplug_command(inventory, args.supervisor))
     except ConfigError as exc:
         print(f"jumpstarter lab reload: {exc}", file=sys.stderr)
         print("inventory refused: nothing changed, the running boards keep running", file=sys.stderr)
