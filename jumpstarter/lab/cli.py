@@ -126,7 +126,6 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from jumpstarter.lab.devices import default_lookup
     from jumpstarter.lab.reload import reload
     from jumpstarter.lab.supervisor import Supervisor
-
     from jumpstarter.lab.udev_rules import hotplug_command, render_rules
 
     try:

@@ -15,8 +15,8 @@ from jumpstarter.config.inventory import load_inventory
 from jumpstarter.lab.devices import DeviceLookup, locked, write_devices
 from jumpstarter.lab.hotplug import carry_out, plan_coldplug
 from jumpstarter.lab.render import render, write_atomic
-from jumpstarter.lab.udev_rules import apply_rules, hotplug_command, render_rules
 from jumpstarter.lab.supervisor import PROGRAM_PREFIX, Changes, Supervisor
+from jumpstarter.lab.udev_rules import apply_rules, hotplug_command, render_rules
 
 
 @dataclass

@@ -136,7 +136,9 @@ def hotplug_command(inventory: Inventory, supervisor_url: str) -> list[str]:
     from jumpstarter.lab.render import command
 
     if "@" in supervisor_url:  # the rules file is world-readable: never a password in it
-        raise ConfigError(f"a supervisord URL with credentials cannot go into the udev rules: {supervisor_url!r}")
+        raise ConfigError(
+            f"a supervisord URL with credentials cannot go into the udev rules: {supervisor_url!r}"
+        )
     program = command("jumpstarter-hotplug", "jumpstarter.lab.hotplug")
     return [*program, "--inventory", os.path.abspath(inventory.path), "--supervisor", supervisor_url]
 
@@ -169,7 +171,9 @@ def apply_rules(path: str | None, text: str) -> str:
             timeout=UDEV_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        return f"udev rules: {path} written; `udevadm control --reload` timed out (udevd reads them on restart)"
+        return (
+            f"udev rules: {path} written; `udevadm control --reload` timed out (udevd reads them on restart)"
+        )
     if result.returncode != 0:
         error = (result.stderr.strip().splitlines() or ["no output"])[-1][:200]
         return f"udev rules: {path} written; `udevadm control --reload` failed ({error}): udevd reads them when it starts"
