@@ -36,6 +36,14 @@ def add_lab_parser(subparsers: Any) -> None:
         default=default_url(),
         help="supervisord's XML-RPC URL (default $JUMPSTARTER_SUPERVISOR or %(default)s)",
     )
+    udev = argparse.ArgumentParser(add_help=False)
+    udev.add_argument(
+        "--udev-rules",
+        metavar="FILE",
+        default=None,
+        help="write the udev rules for the inventory's devices here (default $JUMPSTARTER_UDEV_RULES, "
+        "else /run/udev/rules.d/99-jumpstarter-boards.rules when udevd runs here)",
+    )
     lab = subparsers.add_parser(
         "lab",
         help="this lab host: the inventory's boards under supervisord",
@@ -46,13 +54,13 @@ def add_lab_parser(subparsers: Any) -> None:
     lab.set_defaults(func=lambda a: _usage(lab), needs_board=False)
 
     render = sub.add_parser(
-        "render", parents=[common], help="write the supervisord include for the inventory"
+        "render", parents=[common, udev], help="write the supervisord include for the inventory"
     )
     render.add_argument("--output", metavar="FILE", help="write here, atomically (default: stdout)")
     render.set_defaults(func=cmd_render, needs_board=False)
     reload = sub.add_parser(
         "reload",
-        parents=[common],
+        parents=[common, udev],
         help="validate, re-render and apply inventory changes (unchanged boards keep running)",
     )
     reload.add_argument(
@@ -84,10 +92,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     from jumpstarter.config.inventory import load_inventory
     from jumpstarter.lab.account import lab_account, prepare_dirs
     from jumpstarter.lab.render import render, write_atomic
+    from jumpstarter.lab.udev_rules import apply_rules, hotplug_command, render_rules
 
     try:
         inventory = load_inventory(args.inventory)
         account = lab_account(inventory)  # no user, no render: never a silent fallback to root
+        # refused before anything is written
+        rules = render_rules(inventory, hotplug_command(inventory, args.supervisor))
     except ConfigError as exc:
         return _refused("render", exc)
     text = render(inventory, args.supervisor)
@@ -96,10 +107,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 0
     prepare_dirs(inventory, account)
     changed = write_atomic(args.output, text)
+    print(apply_rules(_udev_rules(args), rules), file=sys.stderr)
     print(
         f"{args.output}: {len(inventory.boards)} boards{'' if changed else ' (unchanged)'}", file=sys.stderr
     )
     return 0
+
+
+def _udev_rules(args: argparse.Namespace) -> str | None:
+    from jumpstarter.lab.udev_rules import default_rules_path
+
+    return args.udev_rules if args.udev_rules is not None else default_rules_path()
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -108,10 +126,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from jumpstarter.lab.devices import default_lookup
     from jumpstarter.lab.reload import reload
     from jumpstarter.lab.supervisor import Supervisor
+    from jumpstarter.lab.udev_rules import hotplug_command, render_rules
 
     try:
         inventory = load_inventory(args.inventory)
         account = lab_account(inventory)
+        render_rules(inventory, hotplug_command(inventory, args.supervisor))
     except ConfigError as exc:
         print(f"jumpstarter lab reload: {exc}", file=sys.stderr)
         print("inventory refused: nothing changed, the running boards keep running", file=sys.stderr)
@@ -119,13 +139,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
     prepare_dirs(inventory, account)
     try:
         with Supervisor(args.supervisor) as supervisor:
-            result = reload(args.inventory, args.output, supervisor, default_lookup())
+            result = reload(args.inventory, args.output, supervisor, default_lookup(), _udev_rules(args))
     except ConfigError as exc:  # the file changed between the two reads
         return _refused("reload", exc)
     except SupervisorError as exc:
         print(f"jumpstarter lab reload: {exc}", file=sys.stderr)
         return 1
     changes = result.changes
+    print(result.udev, file=sys.stderr)
     for word, groups in (
         ("added", changes.added),
         ("changed", changes.changed),

@@ -1,7 +1,8 @@
 """`jumpstarter-hotplug`: turn a udev event into "start board-NAME" / "stop board-NAME".
 
-udev runs it (`RUN+=`) on add/change/remove of tty, block and usb devices, with the
-event in its environment (ACTION, DEVNAME, DEVPATH, SUBSYSTEM, ID_*...):
+udev runs it (`RUN+=`) on add/change/remove of the devices the inventory's `match`
+rules can pick (jumpstarter.lab.udev_rules renders those rules from the inventory),
+with the event in its environment (ACTION, DEVNAME, DEVPATH, SUBSYSTEM, ID_*...):
 
     jumpstarter-hotplug [--inventory FILE] [--supervisor URL]
     jumpstarter-hotplug --coldplug          # once when supervisord starts: devices already present

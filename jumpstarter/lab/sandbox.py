@@ -192,6 +192,8 @@ class LabSandbox:
         self.status_file = os.path.join(self.directory, "lab-status.json")
         self.inventory = os.path.join(self.directory, "inventory.yaml")
         self.include = os.path.join(self.directory, "supervisor.d", "boards.conf")
+        # the udev rules `lab render`/`reload` write: here, never the host's /run/udev/rules.d
+        self.udev_rules = os.path.join(self.directory, "udev", "99-jumpstarter-boards.rules")
         self.socket_dir = os.path.join(self.directory, "boards")
         self.device_dir = os.path.join(self.directory, "devices")
         self.log_dir = os.path.join(self.directory, "log")
@@ -227,7 +229,11 @@ class LabSandbox:
             self.include,
         ]
         result = subprocess.run(
-            [self.python, "-m", "jumpstarter.lab.cli", *args], capture_output=True, text=True, timeout=60
+            [self.python, "-m", "jumpstarter.lab.cli", *args],
+            env={**os.environ, "JUMPSTARTER_UDEV_RULES": self.udev_rules},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if result.returncode != 0:
             raise RuntimeError(f"jumpstarter lab render failed: {result.stderr}")
@@ -349,6 +355,7 @@ class LabSandbox:
             "JUMPSTARTER_INVENTORY": self.inventory,
             "JUMPSTARTER_SUPERVISOR": self.url,
             "JUMPSTARTER_SUPERVISOR_INCLUDE": self.include,
+            "JUMPSTARTER_UDEV_RULES": self.udev_rules,
         }
         return subprocess.run(
             [self.python, "-m", "jumpstarter.lab.cli", "lab", *args],

@@ -187,7 +187,8 @@ def test_install_renders_another_prefix_into_units_and_rule() -> None:
     for source in [*(str(u.relative_to(ROOT)) for u in UNITS), "udev/99-jumpstarter.rules"]:
         text = installer.render_shipped(source, "/srv/js").decode()
         assert "/opt/jumpstarter" not in text, source
-        assert "/srv/js/bin/" in text, source
+        # the rule runs no program of ours (hotplug's rules are rendered with the venv's path)
+        assert "/srv/js/bin/" in text or source.endswith(".rules"), source
     assert installer.render_shipped("udev/99-jumpstarter.rules", "/opt/jumpstarter") == RULE.read_bytes()
 
 
@@ -365,11 +366,11 @@ USB_TTY = "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/ttyUSB0/tty/ttyUSB0
         ({"ACTION": "add", "SUBSYSTEM": "net", "DEVPATH": "/devices/pci0/net/eth1"}, False),
     ],
 )
-def test_udev_rule_runs_hotplug_only_for_add_and_remove_of_board_devices(
-    event: dict[str, str], runs: bool
-) -> None:
-    expected = ["/opt/jumpstarter/bin/jumpstarter-hotplug"] if runs else []
-    assert udev_run(RULE.read_text(), event) == expected
+def test_the_shipped_udev_rule_runs_no_hotplug_for_any_device(event: dict[str, str], runs: bool) -> None:
+    # jumpstarter-hotplug's rules are rendered from the inventory (tests/unit/test_lab_udev_rules.py),
+    # so that devices no board matches start nothing; `runs` was the catch-all rule's answer.
+    assert udev_run(RULE.read_text(), event) == []
+    assert "jumpstarter-hotplug" not in RULE.read_text().split("# Device access")[1]
 
 
 def test_udev_rule_gives_usb_hub_port_power_to_plugdev_for_uhubctl() -> None:
