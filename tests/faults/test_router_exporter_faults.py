@@ -41,7 +41,7 @@ from jumpstarter.errors import (
     DriverUnavailable,
     ExporterNotReady,
 )
-from jumpstarter.lab.sandbox import LabSandbox
+from tests.harness.sandbox import LabSandbox
 from jumpstarter.lab.supervisor import program_name
 from jumpstarter.v1 import common_pb2
 from tests.faults.conftest import fault_seed

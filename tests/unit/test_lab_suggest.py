@@ -6,7 +6,7 @@ import textwrap
 
 from jumpstarter.config.inventory import load_inventory
 from jumpstarter.lab.devices import Device
-from jumpstarter.lab.sandbox import block_event, tty_event
+from tests.harness.sandbox import block_event, tty_event
 from jumpstarter.lab.suggest import format_suggestions, suggest
 
 
