@@ -12,16 +12,31 @@ import argparse
 import base64
 import json
 import os
-import sys
 import time
 from typing import Any
 
 from jumpstarter import names
-from jumpstarter.cli.remote import duration_seconds, key_values, table
+from jumpstarter.cli.builder import Arg, Command, arg
+from jumpstarter.cli.output import (
+    NONE,
+    cell,
+    note,
+    output_arg,
+    print_json,
+    print_yaml,
+    record_table,
+    table,
+    utc_millis,
+)
+from jumpstarter.cli.remote import duration_seconds, key_values
 from jumpstarter.errors import ConfigError, JumpstarterError
 from jumpstarter.names import InvalidName, check_labels
 
 DEFAULT_SOCKET = "/run/jumpstarter-controllerd/admin.sock"
+
+
+def default_socket() -> str:
+    return os.environ.get("JUMPSTARTER_ADMIN_SOCKET", DEFAULT_SOCKET)
 
 
 def call(socket: str, op: str, **args: Any) -> Any:
@@ -71,53 +86,9 @@ def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
         )
     if output:
         write_private(output, document)
-        print(f"wrote {output} (mode 0600; it holds the {kind}'s token)", file=sys.stderr)
+        note(f"wrote {output} (mode 0600; it holds the {kind}'s token)")
     else:
-        import yaml
-
-        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
-
-
-def run_issue_router_cert(a: argparse.Namespace) -> int:
-    from jumpstarter.files import write_atomic
-
-    try:
-        hosts = [names.check_host(h) for h in a.host]
-    except InvalidName as exc:
-        raise ConfigError(str(exc)) from None
-    result = call(a.admin_socket, "issue_server_cert", hosts=hosts)
-    out = os.path.abspath(a.out)
-    for name, data, mode in (
-        ("router.key", result["key"], 0o600),
-        ("router.crt", result["cert"], 0o644),
-        ("ca.crt", result["ca"], 0o644),
-    ):
-        write_atomic(os.path.join(out, name), data.encode(), mode, dir_mode=0o700)
-    print(
-        f"wrote {out}/router.crt, router.key (mode 0600) and ca.crt for {', '.join(hosts)};\n"
-        "copy them to the router host's tls directory (tls.cert, tls.key in routerd.yaml)",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    table([[_cell(r.get(c)) for c in columns] for r in rows], [c.upper() for c in columns])
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
-    if isinstance(value, float) and value > 1e9:
-        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
-    if isinstance(value, list):
-        return ",".join(_cell(v) for v in value) or "-"
-    return str(value)
+        print_yaml(document)
 
 
 COLUMNS = {
@@ -149,221 +120,267 @@ def since_seconds(text: str, now: float | None = None) -> float:
 
 
 def _audit_row(event: dict[str, Any]) -> list[str]:
-    stamp = (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event["time"]))
-        + f".{int(event['time'] % 1 * 1000):03d}Z"
+    return [utc_millis(event["time"]) if c == "time" else cell(event.get(c)) for c in AUDIT_COLUMNS]
+
+
+# -- handlers: one per command row ------------------------------------------------------------
+
+
+def run_create(a: argparse.Namespace) -> int:
+    labels = _checked_labels(a.label)
+    check_name(a.namespace, "namespace")
+    check_name(a.name, f"{a.kind} name")
+    result = call(a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=labels)
+    _emit_config(a.kind, result, a.output)
+    return 0
+
+
+def run_get(a: argparse.Namespace) -> int:
+    rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
+    if a.output == "json":
+        print_json(rows)
+    else:
+        record_table(rows, COLUMNS[a.kind])
+    return 0
+
+
+def run_delete(a: argparse.Namespace) -> int:
+    print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name))
+    return 0
+
+
+def _set_enabled(a: argparse.Namespace, enabled: bool) -> int:
+    print(call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled))
+    return 0
+
+
+def run_enable(a: argparse.Namespace) -> int:
+    return _set_enabled(a, True)
+
+
+def run_disable(a: argparse.Namespace) -> int:
+    return _set_enabled(a, False)
+
+
+def run_label(a: argparse.Namespace) -> int:
+    labels = _checked_labels(a.label)
+    print(call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=labels))
+    return 0
+
+
+def run_policy_set(a: argparse.Namespace) -> int:
+    result = call(
+        a.admin_socket,
+        "set_policy",
+        namespace=a.namespace,
+        name=a.name,
+        exporter_selector=a.exporters,
+        client_selector=a.clients,
+        priority=a.priority,
+        maximum_duration=duration_seconds(a.max_duration) if a.max_duration else None,
     )
-    return [stamp if c == "time" else _cell(event.get(c)) for c in AUDIT_COLUMNS]
+    print_json(result, indent=None)
+    return 0
 
 
-def add_admin_parser(sub: Any) -> None:
-    admin = sub.add_parser(
-        "admin",
-        help="manage the controller (on the controller host)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def run_policy_delete(a: argparse.Namespace) -> int:
+    print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name))
+    return 0
+
+
+def run_revoke(a: argparse.Namespace) -> int:
+    print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name))
+    return 0
+
+
+def run_rotate(a: argparse.Namespace) -> int:
+    result = call(a.admin_socket, "rotate", kind=a.kind, namespace=a.namespace, name=a.name)
+    _emit_config(a.kind, result, a.output)
+    return 0
+
+
+def run_issue_router_cert(a: argparse.Namespace) -> int:
+    from jumpstarter.files import write_atomic
+
+    try:
+        hosts = [names.check_host(h) for h in a.host]
+    except InvalidName as exc:
+        raise ConfigError(str(exc)) from None
+    result = call(a.admin_socket, "issue_server_cert", hosts=hosts)
+    out = os.path.abspath(a.out)
+    for name, data, mode in (
+        ("router.key", result["key"], 0o600),
+        ("router.crt", result["cert"], 0o644),
+        ("ca.crt", result["ca"], 0o644),
+    ):
+        write_atomic(os.path.join(out, name), data.encode(), mode, dir_mode=0o700)
+    note(
+        f"wrote {out}/router.crt, router.key (mode 0600) and ca.crt for {', '.join(hosts)};\n"
+        "copy them to the router host's tls directory (tls.cert, tls.key in routerd.yaml)"
     )
-    admin.add_argument("--admin-socket", default=os.environ.get("JUMPSTARTER_ADMIN_SOCKET", DEFAULT_SOCKET))
-    admin.add_argument("-n", "--namespace", default="default")
-    commands = admin.add_subparsers(title="commands", metavar="COMMAND")
-    admin.set_defaults(func=lambda a: (admin.print_help(sys.stderr), 2)[1], needs_board=False)
+    return 0
 
-    create = commands.add_parser("create", help="create a client or an exporter; prints its config")
-    create.add_argument("kind", choices=["client", "exporter"])
-    create.add_argument("name")
-    create.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
-    create.add_argument(
-        "-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout"
+
+def run_audit(a: argparse.Namespace) -> int:
+    since = since_seconds(a.since) if a.since else None
+    events = call(
+        a.admin_socket,
+        "audit",
+        namespace=a.namespace,
+        lease=a.lease,
+        exporter=a.exporter,
+        client=a.client,
+        since=since,
+        limit=a.limit,
     )
+    if a.output == "json":
+        print_json(events)
+    elif not events:
+        print(NONE)
+    else:
+        table([_audit_row(e) for e in events], [c.upper() for c in AUDIT_COLUMNS])
+    return 0
 
-    def run_create(a: argparse.Namespace) -> int:
-        labels = _checked_labels(a.label)
-        check_name(a.namespace, "namespace")
-        check_name(a.name, f"{a.kind} name")
-        result = call(a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=labels)
-        _emit_config(a.kind, result, a.output)
-        return 0
 
-    create.set_defaults(func=run_create, needs_board=False)
+def run_release(a: argparse.Namespace) -> int:
+    print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name))
+    return 0
 
-    get = commands.add_parser("get", help="list clients, exporters, leases, policies or tokens")
-    get.add_argument("kind", choices=sorted(COLUMNS))
-    get.add_argument("--all", action="store_true", help="leases: include ended ones")
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
-    def run_get(a: argparse.Namespace) -> int:
-        rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
-        if a.output == "json":
-            print(json.dumps(rows, indent=2))
-        else:
-            _table(rows, COLUMNS[a.kind])
-        return 0
+# -- the command table ------------------------------------------------------------------------
 
-    get.set_defaults(func=run_get, needs_board=False)
 
-    delete = commands.add_parser(
-        "delete", help="delete a client or an exporter (its leases end, its tokens are revoked)"
-    )
-    delete.add_argument("kind", choices=["client", "exporter"])
-    delete.add_argument("name")
-    delete.set_defaults(
-        func=lambda a: (
-            print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)) or 0
-        ),
-        needs_board=False,
-    )
+def _kind(*kinds: str) -> Arg:
+    listed = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+    return arg("kind", choices=list(kinds), help=f"what to act on: {listed}")
 
-    for verb, enabled in (("enable", True), ("disable", False)):
-        cmd = commands.add_parser(verb, help=f"{verb} an exporter for new leases")
-        cmd.add_argument("kind", choices=["exporter"])
-        cmd.add_argument("name")
-        cmd.set_defaults(
-            func=lambda a, enabled=enabled: (
-                print(
-                    call(
-                        a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled
-                    )
-                )
-                or 0
+
+NAME = arg("name", help="its name in the namespace")
+LABELS = arg(
+    "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="selector label (repeatable)"
+)
+CONFIG_OUT = arg("-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout")
+
+POLICY = Command(
+    "policy",
+    "access policies: who may lease which exporters, priority, max duration",
+    commands=(
+        Command(
+            "set",
+            "create or replace a policy",
+            run_policy_set,
+            args=(
+                arg("name", help="the policy's name"),
+                arg(
+                    "--exporters",
+                    default="",
+                    metavar="SELECTOR",
+                    help="exporter label selector (empty = all)",
+                ),
+                arg("--clients", default="", metavar="SELECTOR", help="client label selector (empty = all)"),
+                arg("--priority", type=int, default=0, help="higher goes first in the lease queue"),
+                arg("--max-duration", metavar="DURATION", help="longest lease allowed (e.g. 2h)"),
             ),
-            needs_board=False,
-        )
-
-    label = commands.add_parser("label", help="set an exporter's selector labels (replaces them)")
-    label.add_argument("kind", choices=["exporter"])
-    label.add_argument("name")
-    label.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
-    label.set_defaults(
-        func=lambda a: (
-            print(
-                call(
-                    a.admin_socket,
-                    "label_exporter",
-                    namespace=a.namespace,
-                    name=a.name,
-                    labels=_checked_labels(a.label),
-                )
-            )
-            or 0
         ),
-        needs_board=False,
-    )
-
-    policy = commands.add_parser(
-        "policy", help="access policies: who may lease which exporters, priority, max duration"
-    )
-    policy_cmds = policy.add_subparsers(title="commands", metavar="COMMAND")
-    policy.set_defaults(func=lambda a: (policy.print_help(sys.stderr), 2)[1], needs_board=False)
-    pset = policy_cmds.add_parser("set", help="create or replace a policy")
-    pset.add_argument("name")
-    pset.add_argument(
-        "--exporters", default="", metavar="SELECTOR", help="exporter label selector (empty = all)"
-    )
-    pset.add_argument("--clients", default="", metavar="SELECTOR", help="client label selector (empty = all)")
-    pset.add_argument("--priority", type=int, default=0, help="higher goes first in the lease queue")
-    pset.add_argument("--max-duration", metavar="DURATION", help="longest lease allowed (e.g. 2h)")
-    pset.set_defaults(
-        func=lambda a: (
-            print(
-                json.dumps(
-                    call(
-                        a.admin_socket,
-                        "set_policy",
-                        namespace=a.namespace,
-                        name=a.name,
-                        exporter_selector=a.exporters,
-                        client_selector=a.clients,
-                        priority=a.priority,
-                        maximum_duration=(duration_seconds(a.max_duration) if a.max_duration else None),
-                    )
-                )
-            )
-            or 0
+        Command(
+            "delete", "delete a policy", run_policy_delete, args=(arg("name", help="the policy's name"),)
         ),
-        needs_board=False,
-    )
-    pdel = policy_cmds.add_parser("delete", help="delete a policy")
-    pdel.add_argument("name")
-    pdel.set_defaults(
-        func=lambda a: print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)) or 0,
-        needs_board=False,
-    )
+    ),
+)
 
-    revoke = commands.add_parser(
-        "revoke", help="revoke every token of a client or exporter (takes effect at once)"
-    )
-    revoke.add_argument("kind", choices=["client", "exporter"])
-    revoke.add_argument("name")
-    revoke.set_defaults(
-        func=lambda a: (
-            print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)) or 0
+ADMIN = Command(
+    "admin",
+    "manage the controller (on the controller host)",
+    description=__doc__,
+    raw_description=True,
+    args=(
+        arg(
+            "--admin-socket",
+            metavar="PATH",
+            default_from=default_socket,
+            help="controllerd's admin socket (default $JUMPSTARTER_ADMIN_SOCKET or %(default)s)",
         ),
-        needs_board=False,
-    )
-
-    rotate = commands.add_parser(
-        "rotate", help="issue a new token (older ones are revoked); prints the new config"
-    )
-    rotate.add_argument("kind", choices=["client", "exporter"])
-    rotate.add_argument("name")
-    rotate.add_argument("-o", "--output", metavar="FILE")
-
-    def run_rotate(a: argparse.Namespace) -> int:
-        _emit_config(
-            a.kind, call(a.admin_socket, "rotate", kind=a.kind, namespace=a.namespace, name=a.name), a.output
-        )
-        return 0
-
-    rotate.set_defaults(func=run_rotate, needs_board=False)
-
-    issue = commands.add_parser(
-        "issue-router-cert",
-        help="sign a certificate for a routerd on another host with the lab CA",
-        description="Write DIR/router.crt, DIR/router.key (mode 0600) and DIR/ca.crt; copy them to the"
-        " router host's /var/lib/jumpstarter/tls/ (owned by the jumpstarter user) before its first start.",
-    )
-    issue.add_argument(
-        "--host", action="append", required=True, metavar="NAME", help="a name or IP clients use (repeatable)"
-    )
-    issue.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created 0700)")
-    issue.set_defaults(func=run_issue_router_cert, needs_board=False)
-
-    audit = commands.add_parser(
-        "audit", help="the audit history: lease and exporter transitions and admin actions, oldest first"
-    )
-    audit.add_argument("--lease", metavar="ID")
-    audit.add_argument("--exporter", metavar="NAME")
-    audit.add_argument("--client", metavar="NAME")
-    audit.add_argument("--since", metavar="TIME", help="ISO time (UTC) or a duration back from now: 10m, 2h")
-    audit.add_argument("--limit", type=int, default=1000, help="the newest N records (at most 10000)")
-    audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
-
-    def run_audit(a: argparse.Namespace) -> int:
-        since = since_seconds(a.since) if a.since else None
-        events = call(
-            a.admin_socket,
+        arg("-n", "--namespace", default="default", help="the namespace to act in (default: %(default)s)"),
+    ),
+    commands=(
+        Command(
+            "create",
+            "create a client or an exporter; prints its config",
+            run_create,
+            args=(_kind("client", "exporter"), NAME, LABELS, CONFIG_OUT),
+        ),
+        Command(
+            "get",
+            "list clients, exporters, leases, policies or tokens",
+            run_get,
+            args=(
+                _kind(*sorted(COLUMNS)),
+                arg("--all", action="store_true", help="leases: include ended ones"),
+                output_arg("table", "json"),
+            ),
+        ),
+        Command(
+            "delete",
+            "delete a client or an exporter (its leases end, its tokens are revoked)",
+            run_delete,
+            args=(_kind("client", "exporter"), NAME),
+        ),
+        Command("enable", "enable an exporter for new leases", run_enable, args=(_kind("exporter"), NAME)),
+        Command("disable", "disable an exporter for new leases", run_disable, args=(_kind("exporter"), NAME)),
+        Command(
+            "label",
+            "set an exporter's selector labels (replaces them)",
+            run_label,
+            args=(_kind("exporter"), NAME, LABELS),
+        ),
+        POLICY,
+        Command(
+            "revoke",
+            "revoke every token of a client or exporter (takes effect at once)",
+            run_revoke,
+            args=(_kind("client", "exporter"), NAME),
+        ),
+        Command(
+            "rotate",
+            "issue a new token (older ones are revoked); prints the new config",
+            run_rotate,
+            args=(_kind("client", "exporter"), NAME, CONFIG_OUT),
+        ),
+        Command(
+            "issue-router-cert",
+            "sign a certificate for a routerd on another host with the lab CA",
+            run_issue_router_cert,
+            description="Write DIR/router.crt, DIR/router.key (mode 0600) and DIR/ca.crt; copy them to the"
+            " router host's /var/lib/jumpstarter/tls/ (owned by the jumpstarter user) before its first start.",
+            args=(
+                arg(
+                    "--host",
+                    action="append",
+                    required=True,
+                    metavar="NAME",
+                    help="a name or IP clients use (repeatable)",
+                ),
+                arg("--out", required=True, metavar="DIR", help="directory for the files (created 0700)"),
+            ),
+        ),
+        Command(
             "audit",
-            namespace=a.namespace,
-            lease=a.lease,
-            exporter=a.exporter,
-            client=a.client,
-            since=since,
-            limit=a.limit,
-        )
-        if a.output == "json":
-            print(json.dumps(events, indent=2))
-        elif not events:
-            print("(none)")
-        else:
-            table([_audit_row(e) for e in events], [c.upper() for c in AUDIT_COLUMNS])
-        return 0
-
-    audit.set_defaults(func=run_audit, needs_board=False)
-
-    release = commands.add_parser("release", help="end a lease now")
-    release.add_argument("kind", choices=["lease"])
-    release.add_argument("name")
-    release.set_defaults(
-        func=lambda a: print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)) or 0,
-        needs_board=False,
-    )
+            "the audit history: lease and exporter transitions and admin actions, oldest first",
+            run_audit,
+            args=(
+                arg("--lease", metavar="ID", help="only this lease"),
+                arg("--exporter", metavar="NAME", help="only this exporter"),
+                arg("--client", metavar="NAME", help="only this client"),
+                arg("--since", metavar="TIME", help="ISO time (UTC) or a duration back from now: 10m, 2h"),
+                arg("--limit", type=int, default=1000, help="the newest N records (at most 10000)"),
+                output_arg("table", "json"),
+            ),
+        ),
+        Command(
+            "release",
+            "end a lease now",
+            run_release,
+            args=(_kind("lease"), arg("name", help="the lease's name")),
+        ),
+    ),
+)

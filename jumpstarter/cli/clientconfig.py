@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from jumpstarter.cli.remote import table
+from jumpstarter.cli.output import table
 from jumpstarter.errors import ConfigError
 
 if TYPE_CHECKING:

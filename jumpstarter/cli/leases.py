@@ -6,16 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from jumpstarter.cli.remote import (
-    as_json,
-    controller,
-    duration_seconds,
-    key_values,
-    print_wait,
-    selector_text,
-    table,
-    when,
-)
+from jumpstarter.cli.output import labels_cell, print_messages_json, print_wait, table, when
+from jumpstarter.cli.remote import controller, duration_seconds, key_values, selector_text
 from jumpstarter.errors import ConfigError
 
 
@@ -32,7 +24,7 @@ def cmd_get_exporters(args: argparse.Namespace) -> int:
     with controller(args) as client:
         exporters = client.list_exporters(selector)
     if args.output == "json":
-        as_json(exporters)
+        print_messages_json(exporters)
     elif args.output == "name":
         for exporter in exporters:
             print(short_name(exporter.name))
@@ -42,7 +34,7 @@ def cmd_get_exporters(args: argparse.Namespace) -> int:
                 short_name(e.name),
                 "yes" if e.online else "no",
                 _status_name(e.status),
-                ",".join(f"{k}={v}" for k, v in sorted(e.labels.items())) or "-",
+                labels_cell(e.labels),
             ]
             for e in exporters
         ]
@@ -89,7 +81,7 @@ def _show_leases(leases: list[Any], output: str) -> None:
     from jumpstarter.client.remote import short_name
 
     if output == "json":
-        as_json(leases)
+        print_messages_json(leases)
     elif output == "name":
         for le in leases:
             print(short_name(le.name))

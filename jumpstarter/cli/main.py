@@ -17,11 +17,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from jumpstarter.cli.admin import ADMIN
+from jumpstarter.cli.builder import Command, Elsewhere, add_commands, arg, command_names
 from jumpstarter.cli.target import TargetChoice
+from jumpstarter.lab.cli import LAB
 
 REMOTE = ("login", "config", "get", "lease")
-BUILTINS = ("describe", "shell", "run", "port-forward", "boards", "demo", "version", "admin", "lab", *REMOTE)
-NO_TARGET = frozenset({"boards", "demo", "version", "admin", "lab", *REMOTE})
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
@@ -61,75 +62,119 @@ def _choice(ns: argparse.Namespace) -> TargetChoice:
     return TargetChoice(host=ns.host, board=ns.board, config=ns.config, env=ns.env, detect=ns.detect)
 
 
-def add_static_commands(sub: Any) -> None:
-    """The commands that work without a board."""
-    from jumpstarter.cli import commands
+def cmd_boards(args: argparse.Namespace) -> int:
+    from jumpstarter.cli.commands import list_boards
 
-    boards = sub.add_parser("boards", help="list this host's boards and detected USB hardware")
-    boards.set_defaults(func=lambda a: commands.list_boards(), needs_board=False)
-    demo = sub.add_parser(
-        "demo",
-        help="run the demo lab: a fake board with a serial console and a power switch",
-        description="Start an exporterd serving a simulated board (a process on a pseudo-terminal, "
-        "switched by a local HTTP power switch), then power it on, read its boot banner, power it off.",
-    )
-    demo.add_argument("--keep", action="store_true", help="keep the demo lab running and open a shell in it")
-    demo.set_defaults(func=lambda a: _demo(a), needs_board=False)
-    from jumpstarter.cli.admin import add_admin_parser
-
-    add_admin_parser(sub)
-    from jumpstarter.cli.remote import add_remote_parsers
-
-    add_remote_parsers(sub)
-    from jumpstarter.lab.cli import add_lab_parser
-
-    add_lab_parser(sub)
-    version = sub.add_parser("version", help="print the version")
-    version.set_defaults(func=lambda a: print(_version()), needs_board=False)
+    return list_boards()
 
 
-def _demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from jumpstarter.demo.walk import run_demo
 
     return run_demo(keep=args.keep)
 
 
-def add_board_commands(sub: Any, root: Any, socket: str) -> None:
-    from jumpstarter.cli import commands
-    from jumpstarter.client.drivers.composite import add_children_cli
+def cmd_version(args: argparse.Namespace) -> int:
+    print(_version())
+    return 0
 
-    describe = sub.add_parser("describe", help="show the board's drivers, labels and methods")
-    describe.set_defaults(func=lambda a: commands.describe(root, socket))
-    for name, helptext in (
-        ("shell", "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board"),
-        ("run", "run CMD with JUMPSTARTER_HOST set; exit with its code"),
-    ):
-        cmd = sub.add_parser(name, help=helptext, description=helptext)
-        cmd.add_argument(
-            "cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments"
-        )
-        cmd.set_defaults(
-            func=lambda a, name=name: commands.subshell(socket, a.cmd, interactive=name == "shell")
-        )
-    forward = sub.add_parser("port-forward", help="forward a local TCP port to a network driver")
-    forward.add_argument("driver", metavar="NAME", help="network driver path, e.g. ssh or dut.ssh")
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from jumpstarter.cli.commands import describe
+
+    return describe(args.board_root, args.board_socket)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from jumpstarter.cli.commands import subshell
+
+    return subshell(args.board_socket, args.cmd, interactive=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jumpstarter.cli.commands import subshell
+
+    return subshell(args.board_socket, args.cmd, interactive=False)
+
+
+def cmd_port_forward(args: argparse.Namespace) -> int:
+    from jumpstarter.cli.commands import port_forward
+
+    return port_forward(args.board_root, args)
+
+
+def _forward_arguments(parser: argparse.ArgumentParser) -> None:
     from jumpstarter.client.drivers.network import add_forward_arguments
 
-    add_forward_arguments(forward)
-    forward.set_defaults(func=lambda a: commands.port_forward(root, a))
-    add_children_cli(root, sub, reserved=frozenset(BUILTINS))
+    add_forward_arguments(parser)
+
+
+def _remote_parsers(sub: Any) -> None:
+    from jumpstarter.cli.remote import add_remote_parsers
+
+    add_remote_parsers(sub)
+
+
+def _remote_shell_parsers(sub: Any) -> None:
+    from jumpstarter.cli.remote import add_remote_shell_parsers
+
+    add_remote_shell_parsers(sub)
+
+
+CMD = arg("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
+
+#: The commands that work without a board, in `--help` order.
+STATIC_COMMANDS: tuple[Command | Elsewhere, ...] = (
+    Command("boards", "list this host's boards and detected USB hardware", cmd_boards),
+    Command(
+        "demo",
+        "run the demo lab: a fake board with a serial console and a power switch",
+        cmd_demo,
+        description="Start an exporterd serving a simulated board (a process on a pseudo-terminal, "
+        "switched by a local HTTP power switch), then power it on, read its boot banner, power it off.",
+        args=(arg("--keep", action="store_true", help="keep the demo lab running and open a shell in it"),),
+    ),
+    ADMIN,
+    Elsewhere(REMOTE, _remote_parsers),
+    LAB,
+    Command("version", "print the version", cmd_version),
+)
+
+#: The commands of a board (with `board_root` and `board_socket` set); its drivers' commands follow.
+BOARD_COMMANDS: tuple[Command, ...] = (
+    Command("describe", "show the board's drivers, labels and methods", cmd_describe),
+    Command(
+        "shell", "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board", cmd_shell, args=(CMD,)
+    ),
+    Command("run", "run CMD with JUMPSTARTER_HOST set; exit with its code", cmd_run, args=(CMD,)),
+    Command(
+        "port-forward",
+        "forward a local TCP port to a network driver",
+        cmd_port_forward,
+        args=(arg("driver", metavar="NAME", help="network driver path, e.g. ssh or dut.ssh"),),
+        more_args=_forward_arguments,
+    ),
+)
+
+#: `shell`/`run` on a leased board, used when their options ask for one.
+REMOTE_SHELL_COMMANDS = (Elsewhere(("shell", "run"), _remote_shell_parsers),)
+
+NO_TARGET = frozenset(command_names(STATIC_COMMANDS))
+BUILTINS = (*command_names(BOARD_COMMANDS), *command_names(STATIC_COMMANDS))  # drivers may not shadow these
 
 
 def full_parser(root: Any, socket: str, remote_shell: bool = False) -> argparse.ArgumentParser:
     parser = global_parser(add_help=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    add_static_commands(sub)
+    add_commands(sub, STATIC_COMMANDS)
     if root is not None:
-        add_board_commands(sub, root, socket)
-    elif remote_shell:
-        from jumpstarter.cli.remote import add_remote_shell_parsers
+        from jumpstarter.client.drivers.composite import add_children_cli
 
-        add_remote_shell_parsers(sub)
+        parser.set_defaults(board_root=root, board_socket=socket)
+        add_commands(sub, BOARD_COMMANDS)
+        add_children_cli(root, sub, reserved=frozenset(BUILTINS))
+    elif remote_shell:
+        add_commands(sub, REMOTE_SHELL_COMMANDS)
     return parser
 
 

@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
+from jumpstarter.backoff import Backoff, Deadline
 from jumpstarter.errors import JumpstarterError
 
 DEMO_CONFIG = """\
@@ -52,17 +53,21 @@ export:
 """
 
 
-def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:  # type: ignore[no-untyped-def]
-    """Poll `predicate` until true; fail early if `process` died."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[Any] | None = None,
+) -> None:
+    """Poll `predicate` until true; RuntimeError if `process` exited, TimeoutError after `timeout`."""
+    backoff = Backoff(start=0.005, cap=0.05, deadline=Deadline(timeout))
     while not predicate():
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{what}: process exited with {process.returncode}")
-        if time.monotonic() > deadline:
+        if not backoff.sleep():
+            if predicate():  # the last pause may have been cut short by the deadline: one final look
+                return
             raise TimeoutError(f"{what}: not ready within {timeout:g}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def socket_answers(path: str) -> bool:

@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
+from jumpstarter.cli.builder import Command, add_commands, arg
 from jumpstarter.errors import ConfigError
-from jumpstarter.lab.hotplug import default_inventory
-from jumpstarter.lab.supervisor import SupervisorError, default_url
 
 DEFAULT_INCLUDE = "/run/jumpstarter/supervisor.d/boards.conf"
 
@@ -21,66 +19,16 @@ def default_include() -> str:
     return os.environ.get("JUMPSTARTER_SUPERVISOR_INCLUDE") or DEFAULT_INCLUDE
 
 
-def add_lab_parser(subparsers: Any) -> None:
-    """Add `lab` and its subcommands to the CLI's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--inventory",
-        metavar="FILE",
-        default=default_inventory(),
-        help="the lab inventory (default $JUMPSTARTER_INVENTORY or %(default)s)",
-    )
-    common.add_argument(
-        "--supervisor",
-        metavar="URL",
-        default=default_url(),
-        help="supervisord's XML-RPC URL (default $JUMPSTARTER_SUPERVISOR or %(default)s)",
-    )
-    udev = argparse.ArgumentParser(add_help=False)
-    udev.add_argument(
-        "--udev-rules",
-        metavar="FILE",
-        default=None,
-        help="write the udev rules for the inventory's devices here (default $JUMPSTARTER_UDEV_RULES, "
-        "else /run/udev/rules.d/99-jumpstarter-boards.rules when udevd runs here)",
-    )
-    lab = subparsers.add_parser(
-        "lab",
-        help="this lab host: the inventory's boards under supervisord",
-        description="Manage this host's boards: render the supervisord include, apply inventory "
-        "changes, list boards with their state, validate the inventory, suggest match rules.",
-    )
-    sub = lab.add_subparsers(title="lab commands", metavar="COMMAND")
-    lab.set_defaults(func=lambda a: _usage(lab), needs_board=False)
+def _default_inventory() -> str:
+    from jumpstarter.lab.hotplug import default_inventory  # hotplug loads structlog: only when building
 
-    render = sub.add_parser(
-        "render", parents=[common, udev], help="write the supervisord include for the inventory"
-    )
-    render.add_argument("--output", metavar="FILE", help="write here, atomically (default: stdout)")
-    render.set_defaults(func=cmd_render, needs_board=False)
-    reload = sub.add_parser(
-        "reload",
-        parents=[common, udev],
-        help="validate, re-render and apply inventory changes (unchanged boards keep running)",
-    )
-    reload.add_argument(
-        "--output",
-        metavar="FILE",
-        default=default_include(),
-        help="the include supervisord reads (default $JUMPSTARTER_SUPERVISOR_INCLUDE or %(default)s)",
-    )
-    reload.set_defaults(func=cmd_reload, needs_board=False)
-    status = sub.add_parser("status", parents=[common], help="each board: state, pid, socket, answers?")
-    status.set_defaults(func=cmd_status, needs_board=False)
-    check = sub.add_parser("check", parents=[common], help="validate the inventory")
-    check.set_defaults(func=cmd_check, needs_board=False)
-    suggest = sub.add_parser("suggest", help="print `match:` rules for the USB devices plugged in now")
-    suggest.set_defaults(func=cmd_suggest, needs_board=False)
+    return default_inventory()
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+def _default_supervisor() -> str:
+    from jumpstarter.lab.supervisor import default_url
+
+    return default_url()
 
 
 def _refused(command: str, exc: ConfigError) -> int:
@@ -125,7 +73,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from jumpstarter.lab.account import lab_account, prepare_dirs
     from jumpstarter.lab.devices import default_lookup
     from jumpstarter.lab.reload import reload
-    from jumpstarter.lab.supervisor import Supervisor
+    from jumpstarter.lab.supervisor import Supervisor, SupervisorError
     from jumpstarter.lab.udev_rules import hotplug_command, render_rules
 
     try:
@@ -166,7 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from jumpstarter.lab.devices import default_lookup
     from jumpstarter.lab.snapshot import STALE_AFTER, read_snapshot
     from jumpstarter.lab.status import board_statuses, format_statuses
-    from jumpstarter.lab.supervisor import Supervisor
+    from jumpstarter.lab.supervisor import Supervisor, SupervisorError
 
     try:
         inventory = load_inventory(args.inventory)
@@ -228,10 +176,73 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+INVENTORY = arg(
+    "--inventory",
+    metavar="FILE",
+    default_from=_default_inventory,
+    help="the lab inventory (default $JUMPSTARTER_INVENTORY or %(default)s)",
+)
+UDEV_RULES = arg(
+    "--udev-rules",
+    metavar="FILE",
+    default=None,
+    help="write the udev rules for the inventory's devices here (default $JUMPSTARTER_UDEV_RULES, "
+    "else /run/udev/rules.d/99-jumpstarter-boards.rules when udevd runs here)",
+)
+SUPERVISOR = arg(
+    "--supervisor",
+    metavar="URL",
+    default_from=_default_supervisor,
+    help="supervisord's XML-RPC URL (default $JUMPSTARTER_SUPERVISOR or %(default)s)",
+)
+
+LAB = Command(
+    "lab",
+    "this lab host: the inventory's boards under supervisord",
+    description="Manage this host's boards: render the supervisord include, apply inventory "
+    "changes, list boards with their state, validate the inventory, suggest match rules.",
+    title="lab commands",
+    commands=(
+        Command(
+            "render",
+            "write the supervisord include for the inventory",
+            cmd_render,
+            args=(
+                INVENTORY,
+                SUPERVISOR,
+                UDEV_RULES,
+                arg("--output", metavar="FILE", help="write here, atomically (default: stdout)"),
+            ),
+        ),
+        Command(
+            "reload",
+            "validate, re-render and apply inventory changes (unchanged boards keep running)",
+            cmd_reload,
+            args=(
+                INVENTORY,
+                SUPERVISOR,
+                UDEV_RULES,
+                arg(
+                    "--output",
+                    metavar="FILE",
+                    default_from=default_include,
+                    help="the include supervisord reads (default $JUMPSTARTER_SUPERVISOR_INCLUDE or %(default)s)",
+                ),
+            ),
+        ),
+        Command(
+            "status", "each board: state, pid, socket, answers?", cmd_status, args=(INVENTORY, SUPERVISOR)
+        ),
+        Command("check", "validate the inventory", cmd_check, args=(INVENTORY, SUPERVISOR)),
+        Command("suggest", "print `match:` rules for the USB devices plugged in now", cmd_suggest),
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m jumpstarter.lab.cli lab ...`, the same as `jumpstarter lab ...`."""
     parser = argparse.ArgumentParser(prog="jumpstarter")
-    add_lab_parser(parser.add_subparsers(title="commands", metavar="COMMAND"))
+    add_commands(parser.add_subparsers(title="commands", metavar="COMMAND"), [LAB])
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)

@@ -20,8 +20,11 @@ import statistics
 import sys
 import time
 
-from jumpstarter.demo.lab import socket_answers
-from jumpstarter.lab.sandbox import LabSandbox, tty_event
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from jumpstarter.demo.lab import socket_answers  # noqa: E402
+from tests.harness.sandbox import LabSandbox, tty_event  # noqa: E402
 
 MiB = 1024 * 1024
 

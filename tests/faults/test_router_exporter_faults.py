@@ -41,7 +41,6 @@ from jumpstarter.errors import (
     DriverUnavailable,
     ExporterNotReady,
 )
-from jumpstarter.lab.sandbox import LabSandbox
 from jumpstarter.lab.supervisor import program_name
 from jumpstarter.v1 import common_pb2
 from tests.faults.conftest import fault_seed
@@ -55,6 +54,7 @@ from tests.faults.router_helpers import (
     one_session,
     socket_fds,
 )
+from tests.harness.sandbox import LabSandbox
 from tests.integration.central import (
     Central,
     close_central,

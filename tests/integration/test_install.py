@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from jumpstarter.lab.sandbox import runnable_python
+from tests.harness.sandbox import runnable_python
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "opt/jumpstarter"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from jumpstarter.demo.lab import wait_for
-from jumpstarter.lab.sandbox import LabSandbox, block_event, tty_event
+from tests.harness.sandbox import LabSandbox, block_event, tty_event
 
 BOARDS = """\
 boards:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from jumpstarter.demo.lab import wait_for
-from jumpstarter.lab.sandbox import LabSandbox, tty_event
+from tests.harness.sandbox import LabSandbox, tty_event
 
 BOARDS = """\
 boards:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jumpstarter.lab.sandbox import LabSandbox, tty_event
+from tests.harness.sandbox import LabSandbox, tty_event
 from tests.udev_sim import SimDevice, Udev
 
 BOARDS = """\

@@ -21,7 +21,7 @@ import pytest
 
 import jumpstarter
 from jumpstarter.demo.lab import wait_for
-from jumpstarter.lab.sandbox import LabSandbox
+from tests.harness.sandbox import LabSandbox
 
 BOARD_USER_UID = 65533  # a uid with no passwd entry: a board user in the lab group, nothing more
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jumpstarter.config.client import load_client_config
 from jumpstarter.config.schema import (
     EMPTY,
     OMIT,
@@ -24,7 +25,6 @@ from jumpstarter.config.schema import (
     text,
     text_mapping,
 )
-from jumpstarter.config.client import load_client_config
 from jumpstarter.errors import ConfigError
 from jumpstarter.names import check_name
 

@@ -11,7 +11,7 @@ from jumpstarter.config.inventory import load_board, load_inventory
 from jumpstarter.errors import ConfigError
 from jumpstarter.lab.devices import Device, ListLookup, read_devices, write_devices
 from jumpstarter.lab.hotplug import plan_coldplug, plan_event
-from jumpstarter.lab.sandbox import block_event, tty_event
+from tests.harness.sandbox import block_event, tty_event
 
 BOARDS = """\
 boards:

@@ -6,8 +6,8 @@ import textwrap
 
 from jumpstarter.config.inventory import load_inventory
 from jumpstarter.lab.devices import Device
-from jumpstarter.lab.sandbox import block_event, tty_event
 from jumpstarter.lab.suggest import format_suggestions, suggest
+from tests.harness.sandbox import block_event, tty_event
 
 
 def device(env: dict[str, str], **changes: str | None) -> Device:

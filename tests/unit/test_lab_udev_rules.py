@@ -14,8 +14,8 @@ import pytest
 
 from jumpstarter.config.inventory import load_inventory
 from jumpstarter.errors import ConfigError
-from jumpstarter.lab.sandbox import default_user
 from jumpstarter.lab.udev_rules import apply_rules, render_rules
+from tests.harness.sandbox import default_user
 from tests.udev_sim import SimDevice, Udev, parse
 
 HOTPLUG = ["/opt/js/bin/jumpstarter-hotplug", "--inventory", "/etc/js/inventory.yaml"]

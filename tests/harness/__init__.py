@@ -1,0 +1,1 @@
+"""Test harness, not shipped: a throwaway lab host under a real supervisord (sandbox.py)."""
