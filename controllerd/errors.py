@@ -54,17 +54,9 @@ class Unimplemented(ControllerError):
 class StorageError(Unavailable, RuntimeError):
     """The store could not write (an I/O error): nothing of the change was stored."""
 
-    @property
-    def full(self) -> bool:
-        return False
-
 
 class StorageFull(StorageError):
     """The store could not write because the disk is full: nothing was stored; retry once there is room."""
-
-    @property
-    def full(self) -> bool:
-        return True
 
 
 # The one table: the first class in an exception's MRO found here gives its status.

@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 import structlog
 
 from controllerd import audit
-from controllerd.audit import SCHEDULER, lease_event
+from controllerd.audit import SCHEDULER
 from controllerd.candidates import Candidates, Evaluation, ExporterKey
 from controllerd.errors import ResourceExhausted
 from controllerd.hub import Hub
 from controllerd.policy import PolicyDenied, held_for
 from controllerd.queue_positions import queue_positions
 from controllerd.records import Client, Exporter, ExporterStatus, Lease
-from controllerd.store import Conflict, NotFound, StorageError, Store
+from controllerd.store import NotFound, StorageError, Store
+from controllerd.transitions import LeaseTransitions
 from controllerd.validate import LeaseRequestError, resolve_times
 from jumpstarter.backoff import Backoff
 from jumpstarter.selector import SelectorError, parse
@@ -85,6 +86,10 @@ class LeaseScheduler:
             "passes": 0,
         }  # evaluated: last pass
         self.watch = audit.OnlineWatch(store, self.online, offline_after)
+        # on_event is read at each call: metrics (controllerd/metrics.py) sets it after construction
+        self.leases = LeaseTransitions(
+            store, hub, clock, lambda kind, lease: self.on_event(kind, lease), self.watch.offline_reason
+        )
         self._changes = 0  # lease changes made by requests
         self._planned = 0  # how many of them the latest pass started after
 
@@ -151,7 +156,7 @@ class LeaseScheduler:
             if lease.ended:
                 return lease
             lease.released = reason == "Released"
-            await self._end(lease, "Ready", "False", reason, message, actor=actor, cause=cause)
+            await self.leases.end(lease, "Ready", "False", reason, message, actor=actor, cause=cause)
             mine = self._changed()
         await self._replan(mine)
         return lease
@@ -258,46 +263,8 @@ class LeaseScheduler:
 
     # -- the pass --------------------------------------------------------------
 
-    async def _end(
-        self,
-        lease: Lease,
-        ctype: str,
-        status: str,
-        reason: str,
-        message: str,
-        *,
-        actor: str = SCHEDULER,
-        cause: str | None = None,
-        at: float | None = None,
-    ) -> None:
-        action = (
-            "ended"
-            if cause
-            else "released"
-            if lease.released
-            else "expired"
-            if reason == "Expired"
-            else "ended"
-        )
-        ended = lease_event(
-            lease, action, actor, cause or reason, message, was_pending=lease.pending, condition=ctype
-        )
-        lease.ended = True
-        lease.paused = False
-        lease.effective_end = self.clock() if at is None else at
-        lease.remove_condition("Pending")
-        lease.remove_condition("Paused")
-        lease.set_condition(ctype, status, reason, message)
-        await self.store.save_lease(lease, [ended])
-        if lease.exporter:
-            self.hub.exporter_changed(lease.namespace, lease.exporter)
-        self.on_event(reason.lower(), lease)
-        log.info(
-            "lease ended", lease=lease.name, namespace=lease.namespace, reason=reason, exporter=lease.exporter
-        )
-
     async def _pass(self) -> float | None:
-        """Expire, pause/resume, then grant in queue order. Returns the next timer deadline."""
+        """Take stock, expire and hold, queue, grant in order, write positions; returns the next timer."""
         self._planned = self._changes  # restored by _changing() if the transaction rolls back
         self.stats["passes"] += 1
         leases, plan = await self._take_stock(self.clock())
@@ -328,7 +295,7 @@ class LeaseScheduler:
             if lease.active:
                 await self._expire_or_hold(lease, plan)
             elif lease.end_time is not None and lease.end_time <= plan.now:
-                await self._end(
+                await self.leases.end(
                     lease, "Ready", "False", "Expired", "the lease ended before an exporter was free"
                 )
             else:
@@ -340,13 +307,15 @@ class LeaseScheduler:
         deadline = lease.deadline()
         if deadline is not None and deadline <= plan.now:
             # ended at the pass's time: a grant of its exporter later in this pass begins then too
-            await self._end(lease, "Ready", "False", "Expired", "the lease reached its end time", at=plan.now)
+            await self.leases.end(
+                lease, "Ready", "False", "Expired", "the lease reached its end time", at=plan.now
+            )
             return
         plan.later(deadline)
         key = (lease.namespace, lease.exporter or "")
         plan.busy.add(key)
         exporter = plan.exporters.get(key)
-        await self._pause_or_resume(lease, exporter, key in plan.online)
+        await self.leases.pause_or_resume(lease, exporter, key in plan.online)
         if exporter is not None and not lease.paused and not self.hub.connected(*key):
             plan.later((exporter.last_seen or plan.now) + self.offline_after)  # re-check when it goes offline
 
@@ -375,14 +344,17 @@ class LeaseScheduler:
         for lease, evaluation in queue:
             if lease.begin_time is not None and lease.begin_time > plan.now:
                 plan.later(lease.begin_time)
-                await self._set_pending(
+                await self.leases.set_pending(
                     lease, "Scheduled", f"starts at {_iso(lease.begin_time)}", evaluation.priority
                 )
             elif evaluation.verdict is not None:
                 ctype, reason, message = evaluation.verdict
-                await self._end(lease, ctype, "True", reason, message)
+                await self.leases.end(lease, ctype, "True", reason, message)
             elif (choice := self._choose(evaluation, plan)) is not None:
-                await self._grant(lease, *choice, plan)
+                priority, exporter = choice
+                if await self.leases.grant(lease, priority, exporter, plan.now):
+                    plan.busy.add((lease.namespace, exporter.name))
+                    plan.later(lease.deadline())
             else:
                 waiting.append((lease, evaluation))
         return waiting
@@ -398,32 +370,6 @@ class LeaseScheduler:
         evaluation.exhausted = True  # the busy set only grows within a pass
         return None
 
-    async def _grant(self, lease: Lease, priority: int, exporter: Exporter, plan: Plan) -> None:
-        """Give `exporter` to `lease` from this pass's time, store it and tell the exporter's watchers."""
-        lease.exporter = exporter.name
-        lease.priority = priority
-        lease.effective_begin = plan.now
-        lease.remove_condition("Pending")
-        lease.set_condition("Ready", "True", "Ready", f"exporter {exporter.name} acquired")
-        try:
-            await self.store.save_lease(lease, [audit.lease_granted(lease, plan.now)])
-        except Conflict:  # the store caught what we must never do: reload next pass
-            log.error(
-                "refused a second active lease on one exporter", lease=lease.name, exporter=exporter.name
-            )
-            return
-        plan.busy.add((lease.namespace, exporter.name))
-        self.hub.exporter_changed(lease.namespace, exporter.name)
-        self.on_event("granted", lease)
-        log.info(
-            "lease granted",
-            lease=lease.name,
-            exporter=exporter.name,
-            client=lease.client,
-            waited=round(plan.now - lease.created, 3),
-        )
-        plan.later(lease.deadline())
-
     async def _write_queue_positions(self, waiting: list[tuple[Lease, Evaluation]], plan: Plan) -> None:
         """Tell each waiting lease why, and how many waiting leases ahead of it compete for its exporters."""
         reasons: dict[int, tuple[str, str]] = {}  # id(evaluation) -> why its leases wait
@@ -431,7 +377,7 @@ class LeaseScheduler:
             if id(evaluation) not in reasons:
                 reasons[id(evaluation)] = self._wait_reason(evaluation, plan)
             reason, message = reasons[id(evaluation)]
-            await self._set_pending(
+            await self.leases.set_pending(
                 lease, reason, f"{message}; queue position {position}", evaluation.priority
             )
 
@@ -444,43 +390,6 @@ class LeaseScheduler:
         if all((e.namespace, e.name) in plan.busy for e in online):
             return "NotAvailable", f"all {len(online)} matching online exporters are leased"
         return "NotReady", "the matching exporters are still cleaning up after a lease"
-
-    async def _set_pending(self, lease: Lease, reason: str, message: str, priority: int) -> None:
-        current = lease.condition("Pending")
-        if current is None or (current.reason, current.message) != (reason, message):
-            # audited once, when the first pass places it: positions shift too often to log each
-            first = current is None or current.reason == "Queued"
-            events = (
-                [lease_event(lease, "queued", SCHEDULER, reason, message, priority=priority)] if first else []
-            )
-            lease.set_condition("Pending", "True", reason, message)
-            await self.store.save_lease(lease, events)
-
-    async def _pause_or_resume(self, lease: Lease, exporter: Exporter | None, online: bool) -> None:
-        """Pause a held lease whose exporter is gone or offline; resume it when the exporter is back."""
-        online = exporter is not None and online
-        if not online and not lease.paused:
-            lease.paused = True
-            lease.set_condition(
-                "Paused",
-                "True",
-                "ExporterOffline",
-                "the exporter went offline; the lease resumes when it returns",
-            )
-            why = "exporter deleted" if exporter is None else self.watch.offline_reason(exporter)
-            await self.store.save_lease(
-                lease, [lease_event(lease, "paused", SCHEDULER, "ExporterOffline", why)]
-            )
-            self.on_event("paused", lease)
-            log.warning("lease paused: exporter offline", lease=lease.name, exporter=lease.exporter)
-        elif online and lease.paused:
-            lease.paused = False
-            lease.remove_condition("Paused")
-            await self.store.save_lease(
-                lease, [lease_event(lease, "resumed", SCHEDULER, "ExporterOnline", "the exporter is back")]
-            )
-            self.on_event("resumed", lease)
-            log.info("lease resumed", lease=lease.name, exporter=lease.exporter)
 
     # -- the loop ------------------------------------------------------------------
 
