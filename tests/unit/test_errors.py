@@ -47,4 +47,3 @@ def test_each_error_has_one_status_and_its_message_as_details(error, code):
 @pytest.mark.parametrize("error", [KeyError("x"), TypeError("x"), RuntimeError("x"), LookupError("x")])
 def test_anything_else_is_an_internal_error(error):
     assert errors.status_of(error) is None
-
