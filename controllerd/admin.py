@@ -19,8 +19,8 @@ import structlog
 from controllerd import audit
 from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
+from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, Unimplemented, status_of
 from controllerd.records import AccessPolicy, Client, Exporter
-from controllerd.rpc import RpcError, status_of
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, StorageError, Store
 from jumpstarter import tls
@@ -76,24 +76,22 @@ class Admin:
         }
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        body: dict[str, Any] = {}
         try:
             if len(request) > MAX_REQUEST:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "request too large")
+                raise InvalidArgument("request too large")
             body = json.loads(request)
             op = self.ops.get(body.get("op", ""))
             if op is None:
-                raise RpcError(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    f"unknown op {body.get('op')!r} (ops: {', '.join(sorted(self.ops))})",
-                )
+                raise Unimplemented(f"unknown op {body.get('op')!r} (ops: {', '.join(sorted(self.ops))})")
             args = body.get("args") or {}
             result = await op(args)
             log.info("admin", op=body.get("op"), namespace=args.get("namespace"), name=args.get("name"))
             return json.dumps({"result": result}).encode()
-        except (KeyError, TypeError) as exc:  # a missing or mistyped argument
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         except Exception as exc:
-            status = status_of(exc)
+            # a missing or mistyped argument; anything else not in the table is a bug: raised as is
+            told = InvalidArgument(f"bad request: {exc}") if isinstance(exc, (KeyError, TypeError)) else exc
+            status = status_of(told)
             if status is None:
                 raise
             if isinstance(exc, StorageError):
@@ -115,14 +113,13 @@ class Admin:
     async def issue_server_cert(self, args: dict[str, Any]) -> dict[str, Any]:
         """A server certificate signed by the lab CA (for a routerd on another host), with its key."""
         if self.lab_ca is None:
-            raise RpcError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise FailedPrecondition(
                 "this controller has no lab CA key (its certificates were configured by hand):"
                 " issue the router's certificate with your own CA",
             )
         hosts = args.get("hosts")
         if not isinstance(hosts, list) or not 1 <= len(hosts) <= 16:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "hosts: expected 1 to 16 host names or IPs")
+            raise InvalidArgument("hosts: expected 1 to 16 host names or IPs")
         names = [check_host(h) for h in hosts]
         cert_pem, key_pem = tls.issue(self.lab_ca, names)
         return {"cert": cert_pem.decode(), "key": key_pem.decode(), "ca": self.lab_ca.cert_pem.decode()}
@@ -143,9 +140,7 @@ class Admin:
         labels = _labels(args)
         try:
             await self.store.get_client(namespace, name)
-            raise RpcError(
-                grpc.StatusCode.ALREADY_EXISTS, f"client {namespace}/{name} exists (rotate its token instead)"
-            )
+            raise Conflict(f"client {namespace}/{name} exists (rotate its token instead)")
         except NotFound:
             pass
         client = Client(namespace, name, labels=labels)
@@ -160,8 +155,7 @@ class Admin:
         labels = _labels(args)
         try:
             await self.store.get_exporter(namespace, name)
-            raise RpcError(
-                grpc.StatusCode.ALREADY_EXISTS,
+            raise Conflict(
                 f"exporter {namespace}/{name} exists (rotate its token instead)",
             )
         except NotFound:
@@ -178,9 +172,7 @@ class Admin:
         kind = args.get("kind")
         namespace = args.get("namespace")
         if kind not in KINDS:
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(sorted(KINDS))}"
-            )
+            raise InvalidArgument(f"kind must be one of {', '.join(sorted(KINDS))}")
         records: list[Any]
         if kind == "clients":
             records = await self.store.list_clients(namespace)
@@ -229,9 +221,7 @@ class Admin:
             revoked = await self.auth.revoke(subject_prefix=f"exporter:{namespace}:{name}:")
             await self.scheduler.poke()
         else:
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT, "delete clients or exporters (policies: delete_policy)"
-            )
+            raise InvalidArgument("delete clients or exporters (policies: delete_policy)")
         return {"deleted": f"{namespace}/{name}", "tokens_revoked": revoked}
 
     async def enable_exporter(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -312,9 +302,7 @@ class Admin:
             return {"revoked": await self.auth.revoke(jti=jti, audit=[revoked])}
         kind = str(args.get("kind", "")).rstrip("s")
         if kind not in ("client", "exporter"):
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT, "revoke needs jti, or kind (client/exporter) and name"
-            )
+            raise InvalidArgument("revoke needs jti, or kind (client/exporter) and name")
         namespace, name = _new_name(args, kind)  # bounded, before anything is looked up or stored
         await self._record(kind, namespace, name)  # NOT_FOUND: nobody to revoke, nothing to audit
         revoked = audit.event(namespace, kind, name, "revoked", ADMIN, "TokenRevoked", "every token revoked")
@@ -326,7 +314,7 @@ class Admin:
             return await self.store.get_client(namespace, name)
         if kind == "exporter":
             return await self.store.get_exporter(namespace, name)
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be client or exporter, not {kind!r}")
+        raise InvalidArgument(f"kind must be client or exporter, not {kind!r}")
 
     async def rotate(self, args: dict[str, Any]) -> dict[str, Any]:
         kind = str(args.get("kind", "")).rstrip("s")

@@ -15,8 +15,9 @@ from typing import Any
 
 import structlog
 
-from controllerd.records import AuditEvent, Exporter, Lease
+from controllerd.records import AuditEvent, Exporter, ExporterStatus, Lease
 from controllerd.store import Store
+from jumpstarter.backoff import Backoff
 
 log = structlog.get_logger("controllerd.audit")
 
@@ -26,6 +27,7 @@ MAX_DETAIL_TEXT = 256  # per detail value
 MAX_QUERY = 10_000  # events one query returns
 DEFAULT_QUERY = 1000
 PRUNE_EVERY = 60.0  # seconds between prunes: cheap (indexed), and bounds a burst of records soon
+PRUNE_RETRY = 5.0  # seconds before a failed prune is first tried again
 SCHEDULER, ADMIN = "scheduler", "admin"
 
 
@@ -188,17 +190,18 @@ class OnlineWatch:
         self.seen: dict[tuple[str, str], bool] = {}
 
     def offline_reason(self, exporter: Exporter) -> str:
-        if exporter.status == 1:  # OFFLINE: it said goodbye
+        if exporter.status == ExporterStatus.OFFLINE:  # it said goodbye
             return f"the exporter went offline: {exporter.status_message or 'unregistered'}"
         return f"no word from the exporter for {self.offline_after:g}s"
 
-    async def look(self, exporters: dict[tuple[str, str], Exporter]) -> int:
-        """Audit each change since the last look; returns how many exporters are online."""
+    async def look(self, exporters: dict[tuple[str, str], Exporter]) -> set[tuple[str, str]]:
+        """Audit each change since the last look; returns the exporters online now (one pass's view)."""
         changed = []
-        count = 0
+        now_online: set[tuple[str, str]] = set()
         for key, exporter in exporters.items():
             online = self.online(exporter)
-            count += online
+            if online:
+                now_online.add(key)
             before = self.seen.get(key)
             if before is not None and before != online:
                 changed.append(
@@ -218,7 +221,7 @@ class OnlineWatch:
                 del self.seen[key]
         if changed:
             await self.store.append_audit(changed)
-        return count
+        return now_online
 
 
 @dataclass
@@ -270,9 +273,13 @@ async def prune(store: Store, retention_days: float, max_records: int) -> int:
 
 async def prune_forever(store: Store, retention_days: float, max_records: int) -> None:
     """Prune at start and then every PRUNE_EVERY seconds (a task of controllerd's main)."""
+    retry = Backoff(start=PRUNE_RETRY, cap=PRUNE_EVERY)  # after a failure: sooner, then back to the period
     while True:
         try:
             await prune(store, retention_days, max_records)
-        except Exception as exc:  # noqa: BLE001 - a busy or full disk now: try again next time
-            log.warning("audit prune failed", error=str(exc))
-        await asyncio.sleep(PRUNE_EVERY)
+            retry.reset()
+            pause = PRUNE_EVERY
+        except Exception as exc:  # noqa: BLE001 - a busy or full disk now: try again
+            pause = retry.next_pause() or PRUNE_EVERY
+            log.warning("audit prune failed", error=str(exc), retry_in=pause)
+        await asyncio.sleep(pause)

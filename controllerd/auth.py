@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from controllerd.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from controllerd.records import AuditEvent, TokenRecord
 from controllerd.store import NotFound, Store
 from jumpstarter.errors import ConfigError
@@ -31,12 +31,6 @@ DEFAULT_TTL = 365 * 24 * 3600.0
 KINDS = ("Client", "Exporter")
 MAX_TOKEN = 16 * 1024
 MAX_KEY_FILE = 64 * 1024
-
-
-class AuthError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -148,7 +142,7 @@ class TokenAuthority:
 
     def verify(self, token: str) -> dict[str, Any]:
         if len(token) > MAX_TOKEN:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token too long")
+            raise Unauthenticated("token too long")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -159,18 +153,15 @@ class TokenAuthority:
                 options={"require": ["exp", "iat", "sub", "aud", "jti"]},
             )
         except jwt.InvalidAudienceError:
-            raise AuthError(
-                grpc.StatusCode.UNAUTHENTICATED,
+            raise Unauthenticated(
                 f"token was issued for another controller (this is {self.endpoint})",
             ) from None
         except jwt.ExpiredSignatureError:
-            raise AuthError(
-                grpc.StatusCode.UNAUTHENTICATED, "token expired; ask an admin for a new one"
-            ) from None
+            raise Unauthenticated("token expired; ask an admin for a new one") from None
         except jwt.PyJWTError as exc:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
+            raise Unauthenticated(f"invalid token: {exc}") from None
         if claims["jti"] in self.revoked:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+            raise Unauthenticated("token revoked")
         return claims
 
     async def authenticate(self, metadata: Any, kind: str | None = None) -> Identity:
@@ -180,36 +171,33 @@ class TokenAuthority:
             values.setdefault(key.lower(), []).append(value if isinstance(value, str) else value.decode())
         auth = values.get("authorization", [])
         if not auth:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "missing authorization metadata (Bearer token)")
+            raise Unauthenticated("missing authorization metadata (Bearer token)")
         if len(auth) > 1:
-            raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "more than one authorization header")
+            raise InvalidArgument("more than one authorization header")
         scheme, _, token = auth[0].partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "authorization must be 'Bearer <token>'")
+            raise InvalidArgument("authorization must be 'Bearer <token>'")
         for header in ("jumpstarter-kind", "jumpstarter-namespace", "jumpstarter-name"):
             if len(values.get(header, [])) != 1:
-                raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, f"missing or repeated {header} metadata")
+                raise InvalidArgument(f"missing or repeated {header} metadata")
         md_kind = values["jumpstarter-kind"][0]
         namespace = values["jumpstarter-namespace"][0]
         name = values["jumpstarter-name"][0]
         if md_kind not in KINDS:
-            raise AuthError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidArgument(
                 f"jumpstarter-kind must be Client or Exporter, not {md_kind!r}",
             )
         claims = self.verify(token.strip())
         parts = str(claims["sub"]).split(":")
         if len(parts) != 4:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "token subject has the wrong shape")
+            raise Unauthenticated("token subject has the wrong shape")
         sub_kind, sub_ns, sub_name, uid = parts
         if sub_kind != md_kind.lower():
-            raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "object kind mismatch")
+            raise InvalidArgument("object kind mismatch")
         if kind is not None and md_kind != kind:
-            raise AuthError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"this call is for {kind.lower()}s, not {md_kind.lower()}s"
-            )
+            raise InvalidArgument(f"this call is for {kind.lower()}s, not {md_kind.lower()}s")
         if (sub_ns, sub_name) != (namespace, name):
-            raise AuthError(grpc.StatusCode.PERMISSION_DENIED, "token does not belong to the named object")
+            raise PermissionDenied("token does not belong to the named object")
         try:
             record = await (
                 self.store.get_client(namespace, name)
@@ -217,12 +205,9 @@ class TokenAuthority:
                 else self.store.get_exporter(namespace, name)
             )
         except NotFound:
-            raise AuthError(
-                grpc.StatusCode.PERMISSION_DENIED, f"{md_kind.lower()} {namespace}/{name} does not exist"
-            ) from None
+            raise PermissionDenied(f"{md_kind.lower()} {namespace}/{name} does not exist") from None
         if record.uid != uid:
-            raise AuthError(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise PermissionDenied(
                 f"{md_kind.lower()} {namespace}/{name} was re-created; this token is stale",
             )
         return Identity(md_kind, namespace, name, uid, str(claims["jti"]))

@@ -24,7 +24,7 @@ class Evaluation:
     """What one pass concluded for every pending lease of one request shape."""
 
     priority: int = 0
-    candidates: list[tuple[int, Exporter]] = field(default_factory=list)  # approved (priority, exporter)
+    candidates: list[tuple[int, Exporter]] = field(default_factory=list)  # approved, best first
     verdict: Verdict | None = None  # set when the request can never be granted
     exhausted: bool = False  # nothing usable left in this pass (the busy set only grows within one)
 
@@ -119,7 +119,8 @@ class Candidates:
                 else f"no exporter matches selector {lease.selector!r}",
             )
             return evaluation
-        evaluation.priority = max(p for p, _ in evaluation.candidates)
+        evaluation.candidates.sort(key=lambda pe: (-pe[0], pe[1].name))  # the order a grant picks in
+        evaluation.priority = evaluation.candidates[0][0]
         return evaluation
 
     def _approve(

@@ -14,10 +14,11 @@ from controllerd.audit import client_actor
 from controllerd.audit import event as audit_event
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import exporter_message, lease_message, split_name, split_parent, timestamp
+from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controllerd.records import Lease, uuid7
-from controllerd.rpc import RpcError, unary
+from controllerd.rpc import unary
 from controllerd.scheduler import LeaseScheduler
-from controllerd.store import NotFound, Store
+from controllerd.store import Store
 from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
 from jumpstarter.selector import Selector, parse
 
@@ -33,7 +34,7 @@ def _page(items: list[Any], size: int, token: str) -> tuple[list[Any], str]:
         try:
             start = int(base64.urlsafe_b64decode(token.encode()).decode())
         except (ValueError, UnicodeDecodeError):
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token") from None
+            raise InvalidArgument("invalid page_token") from None
     chunk = items[start : start + size]
     end = start + len(chunk)
     return chunk, (base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else "")
@@ -43,7 +44,7 @@ def _selector(text: str, what: str) -> Selector:
     try:
         return parse(text)
     except ValueError as exc:
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {exc}") from None
+        raise InvalidArgument(f"{what}: {exc}") from None
 
 
 class ClientService(client_pb2_grpc.ClientServiceServicer):
@@ -65,7 +66,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         else:
             namespace, _, name = split_name(resource, kind)
         if namespace != who.namespace:
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "namespace mismatch")
+            raise PermissionDenied("namespace mismatch")
         return who, namespace, name
 
     # -- exporters ------------------------------------------------------------------
@@ -130,10 +131,8 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         validate.lease_request(lease, time.time(), self.max_lease_duration)
         try:
             return lease_message(await self.scheduler.submit(lease))
-        except Exception as exc:
-            if type(exc).__name__ == "Conflict":
-                raise RpcError(grpc.StatusCode.ALREADY_EXISTS, f"lease {name} already exists") from None
-            raise
+        except Conflict:  # the store's message names the namespace; upstream's does not
+            raise Conflict(f"lease {name} already exists") from None
 
     @unary
     async def UpdateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -152,25 +151,23 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         if wanted("client", spec.HasField("client") and bool(spec.client)):
             target_ns, _, target = split_name(spec.client, "clients")
             if target_ns != namespace:
-                raise RpcError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                raise InvalidArgument(
                     "a lease can only move to a client of the same namespace",
                 )
             try:
                 await self.store.get_client(namespace, target)
             except NotFound:
-                raise RpcError(grpc.StatusCode.NOT_FOUND, f"client {target} not found") from None
+                raise NotFound(f"client {target} not found") from None
 
         def change(lease: Lease) -> None:  # runs on the current record, under the scheduler's lock
             if lease.client != who.name:
-                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
+                raise PermissionDenied("permission denied: not your lease")
             if lease.ended:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} has ended")
+                raise FailedPrecondition(f"lease {name} has ended")
             if wanted("begin_time", spec.HasField("begin_time")):
                 new_begin = spec.begin_time.ToNanoseconds() / 1e9 if spec.HasField("begin_time") else None
                 if lease.exporter is not None and new_begin != lease.begin_time:
-                    raise RpcError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
+                    raise FailedPrecondition(
                         "begin_time can only change before the lease starts",
                     )
                 lease.begin_time = new_begin
@@ -191,9 +188,9 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         who, namespace, name = await self._caller(context, request.name, "leases")
         lease = await self.store.get_lease(namespace, name)
         if lease.client != who.name:
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "permission denied: not your lease")
+            raise PermissionDenied("permission denied: not your lease")
         if lease.ended:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} is already released")
+            raise FailedPrecondition(f"lease {name} is already released")
         await self.scheduler.release(
             lease, "Released", f"released by client {who.name}", actor=client_actor(who.name)
         )

@@ -15,29 +15,39 @@ from controllerd import audit, validate
 from controllerd.auth import Identity, TokenAuthority
 from controllerd.convert import legacy_lease_message
 from controllerd.dial_limits import DialLimits
+from controllerd.errors import (
+    ControllerError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    status_of,
+)
 from controllerd.hub import Hub
 from controllerd.liveness import silence_window
-from controllerd.records import Exporter, Lease, now, uuid7
-from controllerd.rpc import RpcError, streaming, unary
-from controllerd.scheduler import (
-    AFTER_LEASE_HOOK,
-    AVAILABLE,
-    BEFORE_LEASE_HOOK,
-    LEASE_READY,
-    OFFLINE,
-    UNSPECIFIED,
-    LeaseScheduler,
-)
-from controllerd.store import NotFound, Store
+from controllerd.records import Exporter, ExporterStatus, Lease, now, uuid7
+from controllerd.rpc import streaming, unary
+from controllerd.scheduler import LeaseScheduler
+from controllerd.store import Store
 from jumpstarter import routertoken
+from jumpstarter.backoff import Deadline
 from jumpstarter.names import InvalidName
 from jumpstarter.selector import from_labels
 from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
 
 log = structlog.get_logger("controllerd")
 
-DIALABLE = frozenset({UNSPECIFIED, LEASE_READY, BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK})
-HOOK_FAILED = frozenset({6, 7})
+DIALABLE = frozenset(
+    {
+        ExporterStatus.UNSPECIFIED,
+        ExporterStatus.LEASE_READY,
+        ExporterStatus.BEFORE_LEASE_HOOK,
+        ExporterStatus.AFTER_LEASE_HOOK,
+    }
+)
+HOOK_FAILED = frozenset({ExporterStatus.BEFORE_LEASE_HOOK_FAILED, ExporterStatus.AFTER_LEASE_HOOK_FAILED})
 DIAL_READY_WAIT = 30.0
 
 
@@ -116,7 +126,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         who, exporter = await self._exporter(context)
         exporter.registered = False
         exporter.devices = []
-        exporter.status = OFFLINE
+        exporter.status = ExporterStatus.OFFLINE
         exporter.status_message = request.reason or "Exporter unregistered"
         gone = audit.event(
             who.namespace,
@@ -185,8 +195,10 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         key = (who.namespace, who.name)
         self.hub.status_streams[key] += 1
         exporter.last_seen = now()
-        if exporter.status == OFFLINE:  # it is back: a stale graceful-offline no longer applies
-            exporter.status, exporter.status_message = UNSPECIFIED, ""
+        if (
+            exporter.status == ExporterStatus.OFFLINE
+        ):  # it is back: a stale graceful-offline no longer applies
+            exporter.status, exporter.status_message = ExporterStatus.UNSPECIFIED, ""
         await self.store.save_exporter(exporter)
         self.hub.wake_scheduler()
         log.info("exporter online", exporter=who.name)
@@ -195,7 +207,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         try:
             while True:
                 if who.jti in self.auth.revoked:
-                    raise RpcError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+                    raise Unauthenticated("token revoked")
                 seen = watch.version
                 lease = await self._held_lease(who)
                 for message in self._transitions(key, lease, last):
@@ -237,11 +249,10 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     async def Listen(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         who, _ = await self._exporter(context)
         if not request.lease_name:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "empty lease name")
+            raise InvalidArgument("empty lease name")
         lease = await self.store.get_lease(who.namespace, request.lease_name)
         if lease.exporter != who.name or lease.ended:
-            raise RpcError(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise PermissionDenied(
                 f"permission denied: lease {lease.name} is not held by {who.name}",
             )
         queue = self.hub.listen(who.namespace, lease.name)
@@ -251,7 +262,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         try:
             while True:
                 if who.jti in self.auth.revoked:
-                    raise RpcError(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+                    raise Unauthenticated("token revoked")
                 seen = watch.version
                 getter = asyncio.ensure_future(queue.queue.get())
                 stopper = asyncio.ensure_future(queue.superseded.wait())
@@ -283,20 +294,19 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     async def Dial(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
         if not request.lease_name:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "empty lease name")
+            raise InvalidArgument("empty lease name")
         self.dial_limits.charge(who.namespace, who.name)
         lease = await self.store.get_lease(who.namespace, request.lease_name)
         if lease.client != who.name:
-            raise RpcError(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise PermissionDenied(
                 f"permission denied: lease {lease.name} belongs to another client",
             )
         if lease.ended or lease.exporter is None:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease.name} is not active")
+            raise FailedPrecondition(f"lease {lease.name} is not active")
         with self.dial_limits.dialing(who.namespace, lease.name):
             exporter = await self._wait_dialable(lease, who.name)
         if self.routers is None:
-            raise RpcError(grpc.StatusCode.UNAVAILABLE, "no router configured on the controller")
+            raise Unavailable("no router configured on the controller")
         endpoint = next(self.routers)
         # One token per side, bound to this stream and lease: neither can be replayed (routerd).
         token, exporter_token = routertoken.mint_pair(self.router_key, f"{who.namespace}/{lease.name}")
@@ -305,8 +315,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
             lease.name,
             jumpstarter_pb2.ListenResponse(router_endpoint=endpoint, router_token=exporter_token),
         ):
-            raise RpcError(
-                grpc.StatusCode.UNAVAILABLE,
+            raise Unavailable(
                 f"exporter {exporter.name} is not listening on lease {lease.name}",
             )
         log.info("dial", lease=lease.name, client=who.name, exporter=exporter.name, router=endpoint)
@@ -315,43 +324,39 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     async def _wait_dialable(self, lease: Lease, caller: str) -> Exporter:
         assert lease.exporter is not None
         key = (lease.namespace, lease.exporter)
-        deadline = asyncio.get_running_loop().time() + self.dial_ready_wait
+        deadline = Deadline(self.dial_ready_wait)
         while True:
             seen = self.hub.exporters[key].version
             # the lease may be transferred or ended while we wait: every lease change bumps its exporter
             current = await self.store.get_lease(lease.namespace, lease.name)
             if current.client != caller:
-                raise RpcError(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                raise PermissionDenied(
                     f"permission denied: lease {lease.name} belongs to another client",
                 )
             if current.ended or current.exporter != lease.exporter:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease.name} is not active")
+                raise FailedPrecondition(f"lease {lease.name} is not active")
             exporter = await self.store.get_exporter(*key)
             if not self.scheduler.online(exporter):
-                raise RpcError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise FailedPrecondition(
                     f"exporter {exporter.name} is offline (the lease is paused; not ready until it returns)",
                 )
             if exporter.status in HOOK_FAILED:
-                raise RpcError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise FailedPrecondition(
                     f"exporter {exporter.name}: lease hook failed: {exporter.status_message}",
                 )
             listening = self.hub.listening(lease.namespace, lease.name)
             if exporter.status in DIALABLE and listening:
                 return exporter
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline.remaining()
             if remaining <= 0 or not await self.hub.exporters[key].wait_newer(seen, remaining):
                 if exporter.status in DIALABLE:  # ready, but its Listen stream is not back (yet)
-                    raise RpcError(
-                        grpc.StatusCode.UNAVAILABLE,
+                    raise Unavailable(
                         f"exporter {exporter.name} is not listening on lease {lease.name}",
                     )
-                status = "Available" if exporter.status == AVAILABLE else str(exporter.status)
-                raise RpcError(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"exporter is not ready (status: {status})"
+                status = (
+                    "Available" if exporter.status == ExporterStatus.AVAILABLE else str(int(exporter.status))
                 )
+                raise FailedPrecondition(f"exporter is not ready (status: {status})")
 
     # -- legacy lease RPCs ---------------------------------------------------------------
 
@@ -360,7 +365,7 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         who = await self.auth.authenticate(context.invocation_metadata(), "Client")
         lease = await self.store.get_lease(who.namespace, request.name)
         if lease.client != who.name:
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "GetLease permission denied")
+            raise PermissionDenied("GetLease permission denied")
         uid = (await self.store.get_exporter(lease.namespace, lease.exporter)).uid if lease.exporter else None
         return legacy_lease_message(lease, uid)
 
@@ -386,12 +391,11 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
         lease = await self.store.get_lease(who.namespace, request.name)
         if who.kind == "Exporter":
             if lease.exporter != who.name:
-                raise RpcError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise FailedPrecondition(
                     f"lease {lease.name} is not held by exporter {who.name}",
                 )
         elif lease.client != who.name:
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "ReleaseLease permission denied")
+            raise PermissionDenied("ReleaseLease permission denied")
         if not lease.ended:
             actor = audit.exporter_actor(who.name) if who.kind == "Exporter" else audit.client_actor(who.name)
             await self.scheduler.release(
@@ -413,8 +417,9 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
     async def AuditStream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             who = await self.auth.authenticate(context.invocation_metadata(), "Exporter")
-        except Exception as exc:
-            await context.abort(getattr(exc, "code", grpc.StatusCode.UNAUTHENTICATED), str(exc))
+        except Exception as exc:  # whatever stopped the check, the caller is not let in
+            told = status_of(exc) if isinstance(exc, ControllerError) else None
+            await context.abort(*(told or (grpc.StatusCode.UNAUTHENTICATED, str(exc))))
         async for entry in request_iterator:
             log.info(
                 "audit",

@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from controllerd.errors import InvalidArgument
 from controllerd.records import Exporter, Lease
 from jumpstarter.client.v1 import client_pb2
 from jumpstarter.selector import parse
@@ -17,8 +18,8 @@ from jumpstarter.v1 import jumpstarter_pb2, kubernetes_pb2
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
 
-class BadName(ValueError):
-    pass
+class BadName(InvalidArgument):
+    """A resource name that is not `namespaces/NS/KIND/NAME` (or `namespaces/NS`)."""
 
 
 def split_name(name: str, kind: str | None = None) -> tuple[str, str, str]:

@@ -14,9 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
-
-from controllerd.rpc import RpcError
+from controllerd.errors import ResourceExhausted
 
 DEFAULT_DIAL_RATE = 5.0  # Dials per second per client, after the burst
 DEFAULT_DIAL_BURST = 30
@@ -55,8 +53,7 @@ class DialLimits:
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
         if bucket.tokens < 1:
-            raise RpcError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise ResourceExhausted(
                 f"client {client} dials too fast (dial_rate {self.rate:g}/s, dial_burst {self.burst});"
                 " try again in a moment",
             )
@@ -67,8 +64,7 @@ class DialLimits:
         """Count one Dial in progress on the lease while the block runs."""
         key = (namespace, lease)
         if self.pending.get(key, 0) >= self.max_pending:
-            raise RpcError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise ResourceExhausted(
                 f"lease {lease} has {self.max_pending} Dials in progress (max_pending_dials);"
                 " try again in a moment",
             )

@@ -4,10 +4,11 @@ Which policy approves what is decided in one place, controllerd/candidates.py.""
 
 from __future__ import annotations
 
+from controllerd.errors import PermissionDenied
 from controllerd.records import Lease
 
 
-class PolicyDenied(Exception):
+class PolicyDenied(PermissionDenied):
     """No access policy approves the change (PERMISSION_DENIED)."""
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from jumpstarter.v1 import common_pb2
 
 
 def now() -> float:
@@ -30,6 +33,19 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+class ExporterStatus(enum.IntEnum):
+    """`jumpstarter.v1.ExporterStatus` by name: the protocol's own numbers."""
+
+    UNSPECIFIED = common_pb2.EXPORTER_STATUS_UNSPECIFIED
+    OFFLINE = common_pb2.EXPORTER_STATUS_OFFLINE
+    AVAILABLE = common_pb2.EXPORTER_STATUS_AVAILABLE
+    BEFORE_LEASE_HOOK = common_pb2.EXPORTER_STATUS_BEFORE_LEASE_HOOK
+    LEASE_READY = common_pb2.EXPORTER_STATUS_LEASE_READY
+    AFTER_LEASE_HOOK = common_pb2.EXPORTER_STATUS_AFTER_LEASE_HOOK
+    BEFORE_LEASE_HOOK_FAILED = common_pb2.EXPORTER_STATUS_BEFORE_LEASE_HOOK_FAILED
+    AFTER_LEASE_HOOK_FAILED = common_pb2.EXPORTER_STATUS_AFTER_LEASE_HOOK_FAILED
+
+
 @dataclass
 class Condition:
     type: str
@@ -46,7 +62,9 @@ class Exporter:
     uid: str = field(default_factory=new_uid)
     labels: dict[str, str] = field(default_factory=dict)
     enabled: bool = True
-    status: int = 0  # jumpstarter.v1.ExporterStatus
+    status: int = (
+        ExporterStatus.UNSPECIFIED
+    )  # an ExporterStatus, or a newer one this controller does not know
     status_message: str = ""
     last_seen: float | None = None
     registered: bool = False

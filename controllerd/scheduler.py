@@ -14,58 +14,50 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import structlog
 
 from controllerd import audit
-from controllerd.audit import SCHEDULER, lease_event
-from controllerd.candidates import Candidates, Evaluation
+from controllerd.audit import SCHEDULER
+from controllerd.candidates import Candidates, Evaluation, ExporterKey
+from controllerd.errors import ResourceExhausted
 from controllerd.hub import Hub
 from controllerd.policy import PolicyDenied, held_for
-from controllerd.records import Client, Exporter, Lease
-from controllerd.store import Conflict, NotFound, StorageError, Store
+from controllerd.queue_positions import queue_positions
+from controllerd.records import Client, Exporter, ExporterStatus, Lease
+from controllerd.store import NotFound, StorageError, Store
+from controllerd.transitions import LeaseTransitions
+from controllerd.validate import LeaseRequestError, resolve_times
+from jumpstarter.backoff import Backoff
 from jumpstarter.selector import SelectorError, parse
 
 log = structlog.get_logger("scheduler")
 
-UNSPECIFIED, OFFLINE, AVAILABLE = 0, 1, 2
-BEFORE_LEASE_HOOK, LEASE_READY, AFTER_LEASE_HOOK = 3, 4, 5
-GRANTABLE_STATUS = frozenset({UNSPECIFIED, AVAILABLE})
+GRANTABLE_STATUS = frozenset({ExporterStatus.UNSPECIFIED, ExporterStatus.AVAILABLE})
 MAX_TICK = 5.0  # re-check liveness at least this often
 MAX_PENDING = 20  # pending leases per client unless controllerd.yaml says otherwise
-STORAGE_RETRY = 1.0  # seconds before a pass that could not be stored (disk full) is tried again
+STORAGE_RETRY = 1.0  # seconds before a pass that could not be stored (disk full) is first tried again
 
 
-class LeaseRequestError(ValueError):
-    """A lease request that can never be valid (bad selector, times, limits)."""
-
-
-class QuotaExceeded(Exception):
+class QuotaExceeded(ResourceExhausted):
     """The client already has as many pending leases as the controller allows."""
 
 
-def resolve_times(
-    duration: float | None, begin: float | None, end: float | None
-) -> tuple[float | None, float | None, float | None]:
-    """Complete (duration, begin, end) as upstream does (reference §2.3)."""
-    if duration is not None and duration <= 0:
-        raise LeaseRequestError("duration must be positive")
-    if begin is not None and end is not None:
-        if end <= begin:
-            raise LeaseRequestError("end_time must be after begin_time")
-        if duration is not None and abs((end - begin) - duration) > 1e-3:
-            raise LeaseRequestError("duration conflicts with begin_time and end_time")
-        return end - begin, begin, end
-    if end is not None:
-        if duration is None:
-            raise LeaseRequestError(
-                "duration is required (must specify Duration, or both BeginTime and EndTime)"
-            )
-        begin = end - duration
-        return duration, (begin if begin > time.time() else None), end
-    if duration is None:
-        raise LeaseRequestError("duration is required (must specify Duration, or both BeginTime and EndTime)")
-    return duration, begin, None
+@dataclass
+class Plan:
+    """What one pass works from: its time, the exporters it read, which are online and taken, its next timer."""
+
+    now: float
+    exporters: dict[ExporterKey, Exporter]
+    online: set[ExporterKey]
+    busy: set[ExporterKey] = field(default_factory=set)
+    next_deadline: float | None = None
+
+    def later(self, when: float | None) -> None:
+        """Have the scheduler run again by `when` (if that is sooner than what it has)."""
+        if when is not None and (self.next_deadline is None or when < self.next_deadline):
+            self.next_deadline = when
 
 
 class LeaseScheduler:
@@ -94,13 +86,17 @@ class LeaseScheduler:
             "passes": 0,
         }  # evaluated: last pass
         self.watch = audit.OnlineWatch(store, self.online, offline_after)
+        # on_event is read at each call: metrics (controllerd/metrics.py) sets it after construction
+        self.leases = LeaseTransitions(
+            store, hub, clock, lambda kind, lease: self.on_event(kind, lease), self.watch.offline_reason
+        )
         self._changes = 0  # lease changes made by requests
         self._planned = 0  # how many of them the latest pass started after
 
     # -- liveness --------------------------------------------------------------
 
     def online(self, exporter: Exporter) -> bool:
-        if exporter.status == OFFLINE:
+        if exporter.status == ExporterStatus.OFFLINE:
             return False
         if self.hub.connected(exporter.namespace, exporter.name):
             return True
@@ -160,7 +156,7 @@ class LeaseScheduler:
             if lease.ended:
                 return lease
             lease.released = reason == "Released"
-            await self._end(lease, "Ready", "False", reason, message, actor=actor, cause=cause)
+            await self.leases.end(lease, "Ready", "False", reason, message, actor=actor, cause=cause)
             mine = self._changed()
         await self._replan(mine)
         return lease
@@ -267,99 +263,67 @@ class LeaseScheduler:
 
     # -- the pass --------------------------------------------------------------
 
-    async def _end(
-        self,
-        lease: Lease,
-        ctype: str,
-        status: str,
-        reason: str,
-        message: str,
-        *,
-        actor: str = SCHEDULER,
-        cause: str | None = None,
-        at: float | None = None,
-    ) -> None:
-        action = (
-            "ended"
-            if cause
-            else "released"
-            if lease.released
-            else "expired"
-            if reason == "Expired"
-            else "ended"
-        )
-        ended = lease_event(
-            lease, action, actor, cause or reason, message, was_pending=lease.pending, condition=ctype
-        )
-        lease.ended = True
-        lease.paused = False
-        lease.effective_end = self.clock() if at is None else at
-        lease.remove_condition("Pending")
-        lease.remove_condition("Paused")
-        lease.set_condition(ctype, status, reason, message)
-        await self.store.save_lease(lease, [ended])
-        if lease.exporter:
-            self.hub.exporter_changed(lease.namespace, lease.exporter)
-        self.on_event(reason.lower(), lease)
-        log.info(
-            "lease ended", lease=lease.name, namespace=lease.namespace, reason=reason, exporter=lease.exporter
-        )
-
     async def _pass(self) -> float | None:
-        """Expire, pause/resume, then grant in queue order. Returns the next timer deadline."""
-        now = self.clock()
+        """Take stock, expire and hold, queue, grant in order, write positions; returns the next timer."""
         self._planned = self._changes  # restored by _changing() if the transaction rolls back
         self.stats["passes"] += 1
-        return await self._plan(now)
+        leases, plan = await self._take_stock(self.clock())
+        if not leases:  # nothing to expire, pause or grant
+            return None
+        pending = await self._expire_and_hold(leases, plan)
+        if not pending:
+            return plan.next_deadline
+        queue = await self._queue(pending, plan)
+        waiting = await self._grant_in_order(queue, plan)
+        await self._write_queue_positions(waiting, plan)
+        return plan.next_deadline
 
-    async def _plan(self, now: float) -> float | None:
-        next_deadline: float | None = None
-
-        def later(when: float | None) -> None:
-            nonlocal next_deadline
-            if when is not None and (next_deadline is None or when < next_deadline):
-                next_deadline = when
-
+    async def _take_stock(self, now: float) -> tuple[list[Lease], Plan]:
+        """Read the active leases and the exporters, see which are online (audited), update stats."""
         leases = await self.store.list_leases(only_active=True)
         self.stats["active"] = sum(1 for le in leases if le.active)
         self.stats["pending"] = sum(1 for le in leases if le.pending)
         exporters = {(e.namespace, e.name): e for e in await self.store.list_exporters()}
-        self.stats["online"] = await self.watch.look(exporters)
-        if not leases:  # nothing to expire, pause or grant
-            return None
-        busy: set[tuple[str, str]] = set()
+        online = await self.watch.look(exporters)
+        self.stats["online"] = len(online)
+        return leases, Plan(now, exporters, online)
+
+    async def _expire_and_hold(self, leases: list[Lease], plan: Plan) -> list[Lease]:
+        """End leases past their end time, keep the held ones; returns the pending leases left."""
         pending: list[Lease] = []
         for lease in leases:
-            deadline = lease.deadline()
             if lease.active:
-                if deadline is not None and deadline <= now:
-                    # ended at the pass's time: a grant of its exporter later in this pass begins then too
-                    await self._end(
-                        lease, "Ready", "False", "Expired", "the lease reached its end time", at=now
-                    )
-                    continue
-                later(deadline)
-                busy.add((lease.namespace, lease.exporter or ""))
-                exporter = exporters.get((lease.namespace, lease.exporter or ""))
-                await self._pause_or_resume(lease, exporter)
-                if (
-                    exporter is not None
-                    and not lease.paused
-                    and not self.hub.connected(exporter.namespace, exporter.name)
-                ):
-                    later((exporter.last_seen or now) + self.offline_after)  # re-check when it goes offline
+                await self._expire_or_hold(lease, plan)
+            elif lease.end_time is not None and lease.end_time <= plan.now:
+                await self.leases.end(
+                    lease, "Ready", "False", "Expired", "the lease ended before an exporter was free"
+                )
             else:
-                if lease.end_time is not None and lease.end_time <= now:
-                    await self._end(
-                        lease, "Ready", "False", "Expired", "the lease ended before an exporter was free"
-                    )
-                    continue
                 pending.append(lease)
-        if not pending:
-            return next_deadline
-        candidates = Candidates(exporters, await self.store.list_policies(), now)
+        return pending
+
+    async def _expire_or_hold(self, lease: Lease, plan: Plan) -> None:
+        """An active lease: ended at its deadline, else its exporter is taken and it pauses/resumes with it."""
+        deadline = lease.deadline()
+        if deadline is not None and deadline <= plan.now:
+            # ended at the pass's time: a grant of its exporter later in this pass begins then too
+            await self.leases.end(
+                lease, "Ready", "False", "Expired", "the lease reached its end time", at=plan.now
+            )
+            return
+        plan.later(deadline)
+        key = (lease.namespace, lease.exporter or "")
+        plan.busy.add(key)
+        exporter = plan.exporters.get(key)
+        await self.leases.pause_or_resume(lease, exporter, key in plan.online)
+        if exporter is not None and not lease.paused and not self.hub.connected(*key):
+            plan.later((exporter.last_seen or plan.now) + self.offline_after)  # re-check when it goes offline
+
+    async def _queue(self, pending: list[Lease], plan: Plan) -> list[tuple[Lease, Evaluation]]:
+        """Evaluate the pending leases (once per distinct request), in grant order: priority, then arrival."""
+        candidates = Candidates(plan.exporters, await self.store.list_policies(), plan.now)
         clients: dict[tuple[str, str], Client | None] = {}
-        decisions: list[tuple[Lease, Evaluation]] = []
+        queue: list[tuple[Lease, Evaluation]] = []
         for lease in pending:
             key = (lease.namespace, lease.client)
             if key not in clients:
@@ -367,153 +331,81 @@ class LeaseScheduler:
                     clients[key] = await self.store.get_client(*key)
                 except NotFound:
                     clients[key] = None
-            decisions.append((lease, candidates.evaluate(lease, clients[key])))
+            queue.append((lease, candidates.evaluate(lease, clients[key])))
         self.stats["evaluated"] = candidates.evaluated
-        decisions.sort(key=lambda d: (-d[1].priority, d[0].seq))
+        queue.sort(key=lambda d: (-d[1].priority, d[0].seq))
+        return queue
+
+    async def _grant_in_order(
+        self, queue: list[tuple[Lease, Evaluation]], plan: Plan
+    ) -> list[tuple[Lease, Evaluation]]:
+        """Walk the queue: schedule later starts, end the ungrantable, grant free exporters; returns who waits."""
         waiting: list[tuple[Lease, Evaluation]] = []
-        for lease, evaluation in decisions:
-            if lease.begin_time is not None and lease.begin_time > now:
-                later(lease.begin_time)
-                await self._set_pending(
+        for lease, evaluation in queue:
+            if lease.begin_time is not None and lease.begin_time > plan.now:
+                plan.later(lease.begin_time)
+                await self.leases.set_pending(
                     lease, "Scheduled", f"starts at {_iso(lease.begin_time)}", evaluation.priority
                 )
-                continue
-            if evaluation.verdict is not None:
+            elif evaluation.verdict is not None:
                 ctype, reason, message = evaluation.verdict
-                await self._end(lease, ctype, "True", reason, message)
-                continue
-            choice = self._choose(evaluation, busy)
-            if choice is None:
+                await self.leases.end(lease, ctype, "True", reason, message)
+            elif (choice := self._choose(evaluation, plan)) is not None:
+                priority, exporter = choice
+                if await self.leases.grant(lease, priority, exporter, plan.now):
+                    plan.busy.add((lease.namespace, exporter.name))
+                    plan.later(lease.deadline())
+            else:
                 waiting.append((lease, evaluation))
-                continue
-            priority, exporter = choice
-            lease.exporter = exporter.name
-            lease.priority = priority
-            lease.effective_begin = now
-            lease.remove_condition("Pending")
-            lease.set_condition("Ready", "True", "Ready", f"exporter {exporter.name} acquired")
-            try:
-                await self.store.save_lease(lease, [audit.lease_granted(lease, now)])
-            except Conflict:  # the store caught what we must never do: reload next pass
-                log.error(
-                    "refused a second active lease on one exporter", lease=lease.name, exporter=exporter.name
-                )
-                continue
-            busy.add((lease.namespace, exporter.name))
-            self.hub.exporter_changed(lease.namespace, exporter.name)
-            self.on_event("granted", lease)
-            log.info(
-                "lease granted",
-                lease=lease.name,
-                exporter=exporter.name,
-                client=lease.client,
-                waited=round(now - lease.created, 3),
-            )
-            later(lease.deadline())
-        await self._report_waits(waiting, busy)
-        return next_deadline
+        return waiting
 
-    def _choose(self, evaluation: Evaluation, busy: set[tuple[str, str]]) -> tuple[int, Exporter] | None:
+    def _choose(self, evaluation: Evaluation, plan: Plan) -> tuple[int, Exporter] | None:
+        """The best usable candidate: free, online and ready, highest priority first, then by name."""
         if evaluation.exhausted:
             return None
-        usable = [
-            (p, e)
-            for p, e in evaluation.candidates
-            if (e.namespace, e.name) not in busy and self.online(e) and e.status in GRANTABLE_STATUS
-        ]
-        if not usable:
-            evaluation.exhausted = True
-            return None
-        usable.sort(key=lambda pe: (-pe[0], pe[1].name))
-        return usable[0]
+        for priority, exporter in evaluation.candidates:  # in that order (Candidates sorts them)
+            key = (exporter.namespace, exporter.name)
+            if key not in plan.busy and key in plan.online and exporter.status in GRANTABLE_STATUS:
+                return priority, exporter
+        evaluation.exhausted = True  # the busy set only grows within a pass
+        return None
 
-    async def _report_waits(
-        self, waiting: list[tuple[Lease, Evaluation]], busy: set[tuple[str, str]]
-    ) -> None:
+    async def _write_queue_positions(self, waiting: list[tuple[Lease, Evaluation]], plan: Plan) -> None:
         """Tell each waiting lease why, and how many waiting leases ahead of it compete for its exporters."""
-        groups: dict[frozenset[tuple[str, str]], int] = {}  # distinct candidate sets -> group number
-        group_keys: list[frozenset[tuple[str, str]]] = []
-        group_of: dict[int, int] = {}  # id(evaluation) -> group number
-        overlap: dict[tuple[int, int], bool] = {}
-        ahead: dict[int, int] = {}  # group number -> waiting leases seen so far
-        reasons: dict[int, tuple[str, str]] = {}
-        for lease, evaluation in waiting:
-            if id(evaluation) not in group_of:
-                keys = evaluation.keys
-                if keys not in groups:
-                    groups[keys] = len(group_keys)
-                    group_keys.append(keys)
-                group_of[id(evaluation)] = groups[keys]
-                reasons[id(evaluation)] = self._wait_reason(evaluation, busy)
-            group = group_of[id(evaluation)]
-            competing = 0
-            for other, count in ahead.items():
-                if (group, other) not in overlap:
-                    overlap[(group, other)] = not group_keys[group].isdisjoint(group_keys[other])
-                competing += count if overlap[(group, other)] else 0
-            ahead[group] = ahead.get(group, 0) + 1
+        reasons: dict[int, tuple[str, str]] = {}  # id(evaluation) -> why its leases wait
+        for (lease, evaluation), position in zip(waiting, queue_positions(waiting), strict=True):
+            if id(evaluation) not in reasons:
+                reasons[id(evaluation)] = self._wait_reason(evaluation, plan)
             reason, message = reasons[id(evaluation)]
-            await self._set_pending(
-                lease, reason, f"{message}; queue position {competing + 1}", evaluation.priority
+            await self.leases.set_pending(
+                lease, reason, f"{message}; queue position {position}", evaluation.priority
             )
 
-    def _wait_reason(self, evaluation: Evaluation, busy: set[tuple[str, str]]) -> tuple[str, str]:
+    def _wait_reason(self, evaluation: Evaluation, plan: Plan) -> tuple[str, str]:
+        """Why the leases of `evaluation` wait: their exporters are offline, leased, or not ready."""
         candidates = [e for _, e in evaluation.candidates]
-        online = [e for e in candidates if self.online(e)]
+        online = [e for e in candidates if (e.namespace, e.name) in plan.online]
         if not online:
             return "Offline", f"all {len(candidates)} matching exporters are offline"
-        if all((e.namespace, e.name) in busy for e in online):
+        if all((e.namespace, e.name) in plan.busy for e in online):
             return "NotAvailable", f"all {len(online)} matching online exporters are leased"
         return "NotReady", "the matching exporters are still cleaning up after a lease"
-
-    async def _set_pending(self, lease: Lease, reason: str, message: str, priority: int) -> None:
-        current = lease.condition("Pending")
-        if current is None or (current.reason, current.message) != (reason, message):
-            # audited once, when the first pass places it: positions shift too often to log each
-            first = current is None or current.reason == "Queued"
-            events = (
-                [lease_event(lease, "queued", SCHEDULER, reason, message, priority=priority)] if first else []
-            )
-            lease.set_condition("Pending", "True", reason, message)
-            await self.store.save_lease(lease, events)
-
-    async def _pause_or_resume(self, lease: Lease, exporter: Exporter | None) -> None:
-        online = exporter is not None and self.online(exporter)
-        if not online and not lease.paused:
-            lease.paused = True
-            lease.set_condition(
-                "Paused",
-                "True",
-                "ExporterOffline",
-                "the exporter went offline; the lease resumes when it returns",
-            )
-            why = "exporter deleted" if exporter is None else self.watch.offline_reason(exporter)
-            await self.store.save_lease(
-                lease, [lease_event(lease, "paused", SCHEDULER, "ExporterOffline", why)]
-            )
-            self.on_event("paused", lease)
-            log.warning("lease paused: exporter offline", lease=lease.name, exporter=lease.exporter)
-        elif online and lease.paused:
-            lease.paused = False
-            lease.remove_condition("Paused")
-            await self.store.save_lease(
-                lease, [lease_event(lease, "resumed", SCHEDULER, "ExporterOnline", "the exporter is back")]
-            )
-            self.on_event("resumed", lease)
-            log.info("lease resumed", lease=lease.name, exporter=lease.exporter)
 
     # -- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Re-plan on every wake-up and at every timer deadline (and every few seconds for liveness)."""
+        retry = Backoff(start=STORAGE_RETRY, cap=MAX_TICK)  # no deadline: the scheduler never gives up
         while True:
             try:
                 async with self._changing():
                     self.hub.scheduler_wakeup.clear()
                     deadline = await self._pass()
+                retry.reset()
             except StorageError as exc:  # e.g. a full disk: nothing was stored, try again soon
-                log.error("scheduler pass not stored; retrying", error=str(exc), retry_in=STORAGE_RETRY)
-                deadline = self.clock() + STORAGE_RETRY
+                pause = retry.next_pause() or MAX_TICK
+                log.error("scheduler pass not stored; retrying", error=str(exc), retry_in=pause)
+                deadline = self.clock() + pause
             delay = MAX_TICK if deadline is None else max(0.0, min(MAX_TICK, deadline - self.clock()))
             try:
                 await asyncio.wait_for(self.hub.scheduler_wakeup.wait(), delay)

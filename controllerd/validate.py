@@ -8,10 +8,11 @@ A refusal raises `LeaseRequestError` or `InvalidName` (both INVALID_ARGUMENT); t
 from __future__ import annotations
 
 import re
+import time
 
+from controllerd.errors import InvalidArgument
 from controllerd.policy import held_for
 from controllerd.records import Lease
-from controllerd.scheduler import LeaseRequestError, resolve_times
 from jumpstarter.names import NAME_LABEL, InvalidName, check_label, check_name, reserved, shown
 from jumpstarter.selector import SelectorError, parse
 
@@ -25,6 +26,34 @@ LEASE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 CONTEXT_KEY_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,30}[A-Za-z0-9])?$")
 EXPORTER_SET_LABELS = frozenset({NAME_LABEL})  # the only reserved label an exporter may send (its own name)
+
+
+class LeaseRequestError(InvalidArgument):
+    """A lease request that can never be valid (bad selector, times, limits)."""
+
+
+def resolve_times(
+    duration: float | None, begin: float | None, end: float | None
+) -> tuple[float | None, float | None, float | None]:
+    """Complete (duration, begin, end) as upstream does (reference §2.3)."""
+    if duration is not None and duration <= 0:
+        raise LeaseRequestError("duration must be positive")
+    if begin is not None and end is not None:
+        if end <= begin:
+            raise LeaseRequestError("end_time must be after begin_time")
+        if duration is not None and abs((end - begin) - duration) > 1e-3:
+            raise LeaseRequestError("duration conflicts with begin_time and end_time")
+        return end - begin, begin, end
+    if end is not None:
+        if duration is None:
+            raise LeaseRequestError(
+                "duration is required (must specify Duration, or both BeginTime and EndTime)"
+            )
+        begin = end - duration
+        return duration, (begin if begin > time.time() else None), end
+    if duration is None:
+        raise LeaseRequestError("duration is required (must specify Duration, or both BeginTime and EndTime)")
+    return duration, begin, None
 
 
 def _refuse(message: str) -> LeaseRequestError:

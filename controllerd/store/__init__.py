@@ -1,8 +1,8 @@
 """Where the controller keeps its records: SQLite (embedded default) or Kubernetes."""
 
-from controllerd.store.base import Conflict, NotFound, StorageError, Store
+from controllerd.store.base import Conflict, NotFound, StorageError, StorageFull, Store
 
-__all__ = ["Conflict", "NotFound", "StorageError", "Store", "open_store"]
+__all__ = ["Conflict", "NotFound", "StorageError", "StorageFull", "Store", "open_store"]
 
 
 def open_store(url: str) -> Store:

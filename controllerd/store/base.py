@@ -10,26 +10,13 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
+from controllerd.errors import Conflict, NotFound, StorageError, StorageFull
 from controllerd.records import AccessPolicy, AuditEvent, Client, Exporter, Lease, TokenRecord
+
+__all__ = ["Conflict", "NotFound", "StorageError", "StorageFull", "Store"]  # the store's errors
 
 if TYPE_CHECKING:
     from controllerd.audit import AuditQuery
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(RuntimeError):
-    """A write that would break an invariant (e.g. a second active lease on one exporter)."""
-
-
-class StorageError(RuntimeError):
-    """The store could not write (disk full, I/O error): nothing of the change was stored."""
-
-    def __init__(self, message: str, *, full: bool) -> None:
-        super().__init__(message)
-        self.full = full
 
 
 class Store(Protocol):

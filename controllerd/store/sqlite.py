@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from controllerd.records import AccessPolicy, AuditEvent, Client, Condition, Exporter, Lease, TokenRecord
-from controllerd.store.base import Conflict, NotFound, StorageError
+from controllerd.store.base import Conflict, NotFound, StorageError, StorageFull
 from jumpstarter.errors import ConfigError
 from jumpstarter.files import make_dirs
 
@@ -154,13 +154,12 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:
             primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if primary == sqlite3.SQLITE_FULL:
-                raise StorageError(
-                    f"controller database {self.path}: disk full (no space left on device); nothing was stored",
-                    full=True,
+                raise StorageFull(
+                    f"controller database {self.path}: disk full (no space left on device); nothing was stored"
                 ) from None
             if primary == sqlite3.SQLITE_IOERR:
                 raise StorageError(
-                    f"controller database {self.path}: cannot write ({exc}); nothing was stored", full=False
+                    f"controller database {self.path}: cannot write ({exc}); nothing was stored"
                 ) from None
             raise
 

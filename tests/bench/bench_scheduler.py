@@ -35,8 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from controllerd.hub import Hub  # noqa: E402
-from controllerd.records import AccessPolicy, Client, Exporter, Lease  # noqa: E402
-from controllerd.scheduler import AVAILABLE, LeaseScheduler  # noqa: E402
+from controllerd.records import AccessPolicy, Client, Exporter, ExporterStatus, Lease  # noqa: E402
+from controllerd.scheduler import LeaseScheduler  # noqa: E402
 from controllerd.store.sqlite import SqliteStore  # noqa: E402
 from tests.bench.bench_controller import table  # noqa: E402
 from tests.unit.worktrace import count_lines  # noqa: E402
@@ -66,7 +66,7 @@ async def populate(
                 NS,
                 f"e{i:04d}",
                 labels={"pool": "all", "board": f"b{i % BOARDS}"},
-                status=AVAILABLE,
+                status=ExporterStatus.AVAILABLE,
                 last_seen=NOW,
                 registered=True,
             )

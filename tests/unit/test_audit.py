@@ -13,8 +13,8 @@ import pytest
 from controllerd import audit
 from controllerd.audit import AuditQuery, query_from_args
 from controllerd.hub import Hub
-from controllerd.records import AuditEvent, Client, Exporter, Lease
-from controllerd.scheduler import AVAILABLE, LeaseScheduler
+from controllerd.records import AuditEvent, Client, Exporter, ExporterStatus, Lease
+from controllerd.scheduler import LeaseScheduler
 from controllerd.store import Conflict
 from controllerd.store.sqlite import MIGRATIONS, SqliteStore
 from tests.integration.audit_checks import audit_problems
@@ -46,7 +46,7 @@ async def board(store, clock, name, **labels):
         "lab",
         name,
         labels=labels or {"board": "rpi4"},
-        status=AVAILABLE,
+        status=ExporterStatus.AVAILABLE,
         last_seen=clock.now,
         registered=True,
     )

@@ -7,15 +7,8 @@ import asyncio
 import pytest
 
 from controllerd.hub import Hub
-from controllerd.records import AccessPolicy, Client, Exporter, Lease
-from controllerd.scheduler import (
-    AVAILABLE,
-    LEASE_READY,
-    OFFLINE,
-    LeaseRequestError,
-    LeaseScheduler,
-    resolve_times,
-)
+from controllerd.records import AccessPolicy, Client, Exporter, ExporterStatus, Lease
+from controllerd.scheduler import LeaseRequestError, LeaseScheduler, resolve_times
 from controllerd.store import Conflict, open_store
 from jumpstarter.selector import parse
 from tests.unit.worktrace import count_lines
@@ -43,7 +36,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def add_exporter(store, clock, name, labels=None, status=AVAILABLE, enabled=True, online=True):
+async def add_exporter(
+    store, clock, name, labels=None, status=ExporterStatus.AVAILABLE, enabled=True, online=True
+):
     exporter = Exporter(
         "lab",
         name,
@@ -122,11 +117,12 @@ def test_policy_priority_orders_the_queue_before_request_time(env):
         await add_client(store, "ci", {"team": "ci"})
         await store.save_policy(AccessPolicy("lab", "interns", client_selector="team=interns", priority=1))
         await store.save_policy(AccessPolicy("lab", "ci", client_selector="team=ci", priority=10))
-        await add_exporter(store, clock, "e1", status=LEASE_READY)  # busy cleaning up: nobody gets it yet
+        # busy cleaning up: nobody gets it yet
+        await add_exporter(store, clock, "e1", status=ExporterStatus.LEASE_READY)
         await scheduler.submit(lease("slow", client="intern"))
         await scheduler.submit(lease("fast", client="ci"))
         exporter = await store.get_exporter("lab", "e1")
-        exporter.status = AVAILABLE
+        exporter.status = ExporterStatus.AVAILABLE
         await store.save_exporter(exporter)
         await scheduler.poke()
         assert (await store.get_lease("lab", "fast")).exporter == "e1"
@@ -212,7 +208,7 @@ def test_graceful_offline_status_means_offline(env):
     store, scheduler, clock, _ = env
 
     async def scenario():
-        await add_exporter(store, clock, "e1", status=OFFLINE)
+        await add_exporter(store, clock, "e1", status=ExporterStatus.OFFLINE)
         assert (await scheduler.submit(lease("a"))).condition("Pending").reason == "Offline"
 
     run(scenario())
