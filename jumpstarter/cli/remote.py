@@ -311,7 +311,9 @@ def cmd_shell(args: argparse.Namespace, interactive: bool) -> int:
         ) as session:
             if waited:
                 print(
-                    f"acquired lease {session.name} (exporter {session.exporter})", file=sys.stderr, flush=True
+                    f"acquired lease {session.name} (exporter {session.exporter})",
+                    file=sys.stderr,
+                    flush=True,
                 )
             return _run_child(command, interactive, _child_env(session, config), session)
 

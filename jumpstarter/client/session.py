@@ -42,7 +42,13 @@ from jumpstarter.client.remote import (
     short_name,
 )
 from jumpstarter.client.tunnel import Tunnel
-from jumpstarter.errors import ConnectError, DriverError, DriverNotImplemented, DriverTimeout, JumpstarterError
+from jumpstarter.errors import (
+    ConnectError,
+    DriverError,
+    DriverNotImplemented,
+    DriverTimeout,
+    JumpstarterError,
+)
 from jumpstarter.v1 import common_pb2
 
 MONITOR_INTERVAL = 10.0  # seconds between GetLease calls while the lease is held

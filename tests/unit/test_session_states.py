@@ -47,9 +47,7 @@ def test_a_legal_transition_moves(start, to):
     assert session.state == to
 
 
-@pytest.mark.parametrize(
-    ("start", "to"), sorted(set(itertools.product(S, S)) - LEGAL, key=str)
-)
+@pytest.mark.parametrize(("start", "to"), sorted(set(itertools.product(S, S)) - LEGAL, key=str))
 def test_an_illegal_transition_is_refused_and_the_state_stays(start, to):
     session = session_in(start)
     with pytest.raises(SessionStateError, match=f"{start.value} -> {to.value}"):
@@ -76,7 +74,9 @@ def test_an_unsatisfiable_lease_fails_the_session_and_releases_it(fake):  # noqa
 def test_a_refused_dial_fails_the_session_with_the_dial_error(fake):  # noqa: F811
     state, config = fake
     state.get_lease = [lease(condition("Ready", "True", "Ready", ""))] * 3
-    state.dial = [(grpc.StatusCode.PERMISSION_DENIED, "permission denied: lease l1 belongs to another client")]
+    state.dial = [
+        (grpc.StatusCode.PERMISSION_DENIED, "permission denied: lease l1 belongs to another client")
+    ]
     with ControllerClient(config) as client:
         client.poll_interval = 0.01
         session = RemoteSession(client, lease_name="l1", show_hook_logs=False)
