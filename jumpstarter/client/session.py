@@ -105,7 +105,7 @@ class RemoteSession:
     ) -> None:
         self.client = client
         self.state = SessionState.PENDING
-        self.name = short_name(lease_name) if lease_name else ""
+        self.name = lease_name or ""
         self.exporter = ""
         self.labels: dict[str, str] = {}
         self.path = ""
