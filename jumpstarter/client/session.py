@@ -284,9 +284,10 @@ class RemoteSession:
                     self.client.release(self.name)
             finally:
                 with self._lock:
-                    if self.state not in TERMINAL:
-                        ready = self.state == SessionState.EXPORTER_READY
-                        self.state = SessionState.ENDED if ready else SessionState.FAILED
+                    if self.state == SessionState.EXPORTER_READY:
+                        self._move(SessionState.ENDED)
+                    elif self.state not in TERMINAL:  # open() did not get there
+                        self._move(SessionState.FAILED)
 
     def _join(self, name: str) -> None:
         thread = self._threads.get(name)
