@@ -28,7 +28,7 @@ from jumpstarter.errors import ConfigError, JumpstarterError
 
 if TYPE_CHECKING:
     from jumpstarter.client.remote import ControllerClient
-    from jumpstarter.client.tunnel import Held
+    from jumpstarter.client.session import RemoteSession
     from jumpstarter.config.client import ClientConfig
 
 #: Options that make `shell`/`run` lease a remote board instead of using a local one.
@@ -281,7 +281,7 @@ def print_wait(reason: str, message: str) -> None:
 
 def cmd_shell(args: argparse.Namespace, interactive: bool) -> int:
     from jumpstarter.client.remote import ControllerClient, resolve_config
-    from jumpstarter.client.tunnel import hold
+    from jumpstarter.client.session import RemoteSession
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else list(args.cmd)
     if not command and not interactive:
@@ -300,7 +300,7 @@ def cmd_shell(args: argparse.Namespace, interactive: bool) -> int:
         print_wait(reason, message)
 
     with _stop_signals_interrupt(), ControllerClient(config) as client:
-        with hold(
+        with RemoteSession(
             client,
             selector=selector,
             exporter_name=args.exporter,
@@ -308,19 +308,23 @@ def cmd_shell(args: argparse.Namespace, interactive: bool) -> int:
             lease_name=args.lease,
             on_wait=on_wait,
             acquisition_timeout=patience,
-        ) as held:
+        ) as session:
             if waited:
-                print(f"acquired lease {held.name} (exporter {held.exporter})", file=sys.stderr, flush=True)
-            return _run_child(command, interactive, _child_env(held, config), held)
+                print(
+                    f"acquired lease {session.name} (exporter {session.exporter})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return _run_child(command, interactive, _child_env(session, config), session)
 
 
-def _child_env(held: Held, config: ClientConfig) -> dict[str, str]:
+def _child_env(session: RemoteSession, config: ClientConfig) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        JUMPSTARTER_HOST=held.path,
-        JMP_LEASE=held.name,
-        JMP_EXPORTER=held.exporter,
-        JMP_EXPORTER_LABELS=",".join(f"{k}={v}" for k, v in sorted(held.labels.items())),
+        JUMPSTARTER_HOST=session.path,
+        JMP_LEASE=session.name,
+        JMP_EXPORTER=session.exporter,
+        JMP_EXPORTER_LABELS=",".join(f"{k}={v}" for k, v in sorted(session.labels.items())),
         JMP_DRIVERS_ALLOW="UNSAFE" if config.unsafe else ",".join(config.allow),
         _JMP_SUPPRESS_DRIVER_WARNINGS="1",
     )
@@ -342,12 +346,12 @@ def _stop_signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _run_child(command: list[str], interactive: bool, env: dict[str, str], held: Held) -> int:
+def _run_child(command: list[str], interactive: bool, env: dict[str, str], session: RemoteSession) -> int:
     """Run CMD (or $SHELL); Ctrl-C belongs to it, SIGTERM/SIGHUP are passed on; SIGHUP when the lease ends."""
     if not command:
         command = [os.environ.get("SHELL") or "/bin/sh"]
         print(
-            f"[jumpstarter shell: lease {held.name} on {held.exporter}; JUMPSTARTER_HOST={held.path};"
+            f"[jumpstarter shell: lease {session.name} on {session.exporter}; JUMPSTARTER_HOST={session.path};"
             " exit to release]",
             file=sys.stderr,
         )
@@ -359,22 +363,18 @@ def _run_child(command: list[str], interactive: bool, env: dict[str, str], held:
     def forward(signum: int, frame: Any) -> None:
         child.send_signal(signum)
 
+    def hang_up(reason: str) -> None:  # the session's monitor thread: the lease ended under the child
+        print(f"jumpstarter: lease {session.name} ended ({reason})", file=sys.stderr)
+        child.send_signal(signal.SIGHUP)
+
     old = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
         signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
         signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
     }
-    hung_up = False
+    session.when_ended(hang_up)
     try:
-        while True:
-            try:
-                code = child.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if held.ended.is_set() and not hung_up:
-                    print(f"jumpstarter: lease {held.name} ended ({held.end_reason})", file=sys.stderr)
-                    child.send_signal(signal.SIGHUP)
-                    hung_up = True
+        code = child.wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

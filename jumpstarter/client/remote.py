@@ -6,13 +6,14 @@
 `ControllerClient` is the one place that talks to the controller: TLS with the
 client config's CA, the client's bearer token and identity metadata on every
 call, ClientService (exporters, leases, token rotation) and ControllerService.Dial.
-The router tunnel and the life of a held lease are in `jumpstarter.client.tunnel`.
+The life of a held lease is `jumpstarter.client.session.RemoteSession`; its router
+tunnel is `jumpstarter.client.tunnel.Tunnel`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from jumpstarter import channels
+from jumpstarter.backoff import Backoff, Deadline
 from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
 from jumpstarter.config.client import ClientConfig
 from jumpstarter.errors import ConfigError, JumpstarterError
@@ -121,6 +123,9 @@ class ControllerClient:
         )
         self.parent = f"namespaces/{config.namespace}"
         self.poll_interval = 0.5  # GetLease while waiting: 0.5 s growing to 2 s
+        self.tls_failures: dict[str, TLSFailure] = {}  # endpoints whose TLS fails are not tried again
+        # The one controller channel of a session, blocking: lease commands and tests use it with no event
+        # loop; the tunnel's loop runs its Dials (`dial`) in worker threads instead of opening a second one.
         self.channel = channels.open_controller(config.endpoint, self.credentials)
         self.clients = client_pb2_grpc.ClientServiceStub(self.channel)
         self.controller = jumpstarter_pb2_grpc.ControllerServiceStub(self.channel)
@@ -299,15 +304,16 @@ class ControllerClient:
         first: client_pb2.Lease | None = None,
     ) -> client_pb2.Lease:
         """Poll GetLease until Ready; report the Pending reason and message whenever they change."""
-        deadline = time.monotonic() + timeout
-        interval, last = min(0.1, self.poll_interval) if first is not None else self.poll_interval, ("", "")
+        start = min(0.1, self.poll_interval) if first is not None else self.poll_interval
+        backoff = Backoff(start=start, cap=4 * self.poll_interval, deadline=Deadline(timeout))
+        last = ("", "")
         lease = first
         while True:
             if lease is None:
                 try:
                     lease = self.get_lease(name)
                 except RemoteError as exc:
-                    if exc.code not in RETRYABLE or time.monotonic() > deadline:
+                    if exc.code not in RETRYABLE or backoff.deadline.expired():
                         raise
             if lease is not None:
                 state, reason, message = lease_state(lease)
@@ -321,34 +327,44 @@ class ControllerClient:
                     if (reason or message) and on_wait is not None:
                         on_wait(reason, message)
                     last = (reason, message)
-            if time.monotonic() + interval > deadline:
+            if not backoff.sleep():
                 raise LeaseError(
                     f"lease {name} not acquired within {timeout:g} s (still {last[0] or 'pending'})"
                 )
-            time.sleep(interval)
-            interval = min(max(interval * 1.5, self.poll_interval), 4 * self.poll_interval)
             lease = None
 
-    def dial(self, lease_name: str, timeout: float = DIAL_TIMEOUT) -> tuple[str, str]:
-        """ControllerService.Dial with the readiness retries of `Tunnel`; returns (router endpoint, token)."""
-        deadline = time.monotonic() + timeout
-        delay = 0.3
+    def dial(
+        self, lease_name: str, timeout: float = DIAL_TIMEOUT, stop: threading.Event | None = None
+    ) -> tuple[str, str]:
+        """ControllerService.Dial, retried while the exporter gets ready; returns (router endpoint, token).
+
+        The one Dial path: the tunnel runs it for every connection; `stop` cuts its pauses short.
+        """
+        what = f"dial lease {lease_name}"
+        backoff = Backoff(start=0.3, cap=2.0, deadline=Deadline(timeout))
         while True:
-            remaining = deadline - time.monotonic()
             try:
                 response = self.controller.Dial(
                     jumpstarter_pb2.DialRequest(lease_name=lease_name),
                     metadata=self.metadata,
-                    timeout=max(1.0, min(remaining, 40.0)),
+                    timeout=backoff.deadline.clamp(40.0),
                 )
                 return response.router_endpoint, response.router_token
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and self.tls_failure(self.endpoint):
-                    raise self.error(exc, f"dial lease {lease_name}") from None
-                if not dial_retryable(exc) or time.monotonic() + delay > deadline:
-                    raise rpc_error(exc, f"dial lease {lease_name}", self.endpoint) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.check_tls(self.endpoint)
+                if not dial_retryable(exc) or not _pause(backoff, stop):
+                    raise rpc_error(exc, what, self.endpoint) from None
+
+    def check_tls(self, endpoint: str) -> None:
+        """Raise TLSFailure when TLS to this controller or router fails; once found, at once (not retried)."""
+        failure = self.tls_failures.get(endpoint)
+        if failure is None:
+            problem = self.tls_failure(endpoint)
+            if problem is None:
+                return
+            failure = self.tls_failures[endpoint] = TLSFailure(problem)
+        raise failure
 
     def close(self) -> None:
         self.channel.close()
@@ -367,6 +383,14 @@ def dial_retryable(exc: grpc.RpcError) -> bool:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return "not ready" in details
     return code in RETRYABLE
+
+
+def _pause(backoff: Backoff, stop: threading.Event | None) -> bool:
+    """The backoff's next pause, cut short (False) when `stop` is set; False past the deadline too."""
+    if stop is None:
+        return backoff.sleep()
+    pause = backoff.next_pause()
+    return pause is not None and not stop.wait(pause)
 
 
 def resolve_config(client: ClientConfig | str | None) -> ClientConfig:
@@ -401,7 +425,7 @@ def lease(
     (default: $JMP_CLIENT_CONFIG, else the current client).
     """
     from jumpstarter.client.connection import connect
-    from jumpstarter.client.tunnel import hold
+    from jumpstarter.client.session import RemoteSession
 
     if isinstance(duration, str):
         from jumpstarter.cli.durations import parse_duration
@@ -409,7 +433,7 @@ def lease(
         duration = parse_duration(duration)
     config = resolve_config(client)
     with ControllerClient(config) as controller:
-        with hold(
+        with RemoteSession(
             controller,
             selector=selector or "",
             exporter_name=exporter_name,
@@ -417,6 +441,6 @@ def lease(
             lease_name=lease_name,
             on_wait=on_wait,
             **options,
-        ) as held:
-            with connect(held.path) as root:
+        ) as session:
+            with connect(session.path) as root:
                 yield root

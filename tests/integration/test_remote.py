@@ -423,6 +423,29 @@ def test_sigterm_during_the_command_ends_it_and_releases_the_lease(lab: Lab, lab
     lab.stack.wait_available(lab.alice_client, "board1")
 
 
+def test_a_lease_that_ends_under_run_hangs_up_the_command_and_says_why(lab: Lab, lab_env, tmp_path):
+    """The session's monitor sees the lease expire: the CLI says so and sends the command SIGHUP."""
+    started = tmp_path / "started"
+    script = f"trap 'exit 9' HUP; touch {started}; while :; do sleep 0.1; done"
+    runner = subprocess.Popen(
+        [*CLI, "run", "--client", lab.alice, "-l", "board=x", "--duration", "3s", "--", "sh", "-c", script],
+        env=lab_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(started.exists, 30, "the command to start on the leased board")
+        _, err = runner.communicate(timeout=90)  # expiry + one monitor interval (10 s) on a loaded machine
+        assert runner.returncode == 9, err
+        assert "jumpstarter: lease " in err and " ended (" in err, err
+        assert lab.alice_client.list_leases() == []
+    finally:
+        stop(runner)
+    lab.stack.wait_available(lab.alice_client, "board1")
+
+
 def test_a_client_cannot_dial_or_use_another_clients_lease(lab: Lab, lab_env):
     lease = lab.alice_client.acquire("board=x", duration=300)
     name = lease.name.rsplit("/", 1)[-1]
