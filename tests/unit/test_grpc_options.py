@@ -11,7 +11,8 @@ LIMITS = [("grpc.max_receive_message_length", LIMIT), ("grpc.max_send_message_le
 
 
 def test_session_server_options():
-    assert session_server.SERVER_OPTIONS == [
+    options = session_server.SERVER_OPTIONS
+    assert options == [
         *LIMITS,
         ("grpc.so_reuseport", 0),
         ("grpc.http2.max_frame_size", 1 << 20),
@@ -19,7 +20,8 @@ def test_session_server_options():
 
 
 def test_router_server_options_keep_their_keepalive_policy():
-    assert router_service.SERVER_OPTIONS == [
+    options = router_service.SERVER_OPTIONS
+    assert options == [
         *LIMITS,
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -31,7 +33,8 @@ def test_router_server_options_keep_their_keepalive_policy():
 
 
 def test_controller_server_receives_8_mib_and_keeps_grpcs_send_limit():
-    assert channels.CONTROLLER_SERVER_OPTIONS == [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    options = channels.CONTROLLER_SERVER_OPTIONS
+    assert options == [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
 
 
 def test_client_channels_share_the_limits():
