@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("controllerd")
 PROG = "jumpstarter-controllerd"
 
-SERVER_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -56,6 +54,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.scheduler import LeaseScheduler
     from controllerd.store import open_store
     from jumpstarter import routertoken, tls
+    from jumpstarter.channels import CONTROLLER_SERVER_OPTIONS
     from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
     from jumpstarter.errors import ConfigError
     from jumpstarter.rpcinput import guarded
@@ -93,7 +92,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     await auth.load()
     auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None
 
-    server = grpc.aio.server(options=SERVER_OPTIONS + server_keepalive_options(config.offline_after))
+    server = grpc.aio.server(
+        options=CONTROLLER_SERVER_OPTIONS + server_keepalive_options(config.offline_after)
+    )
     # malformed requests: INVALID_ARGUMENT, no traceback in the log; calls served in arrival order
     registry = ArrivalOrder(guarded(server))
     jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(

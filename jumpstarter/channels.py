@@ -13,16 +13,37 @@ import contextlib
 import os
 import socket
 import ssl
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 from jumpstarter.errors import ConnectError
 
+Options: TypeAlias = list[tuple[str, Any]]
+
+#: Messages up to 4 MiB of payload from anyone (PROTOCOL.md §5), plus framing.
 MAX_MESSAGE = 4 * 1024 * 1024 + 64 * 1024
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
+#: controllerd's receive limit (its send limit stays gRPC's default).
+CONTROLLER_MAX_RECEIVE = 8 * 1024 * 1024
+
+
+def message_limits(receive: int = MAX_MESSAGE, send: int | None = MAX_MESSAGE) -> Options:
+    """The gRPC message size options; `send=None` keeps gRPC's default send limit."""
+    options: Options = [("grpc.max_receive_message_length", receive)]
+    if send is not None:
+        options.append(("grpc.max_send_message_length", send))
+    return options
+
+
+def server_options(*extra: tuple[str, Any]) -> Options:
+    """A session or router server's options: the message limits, no port sharing, then `extra`."""
+    return [*message_limits(), ("grpc.so_reuseport", 0), *extra]
+
+
+#: controllerd's server (keepalive options are added from its config).
+CONTROLLER_SERVER_OPTIONS = message_limits(receive=CONTROLLER_MAX_RECEIVE, send=None)
+CHANNEL_OPTIONS: Options = [
+    *message_limits(),
     ("grpc.enable_retries", 0),
     # gRPC backs reconnects off up to 120 s: after a long router or exporter outage a channel would
     # sit out that long with its peer back; a few seconds keeps recovery quick and costs a SYN.
@@ -53,6 +74,14 @@ def check_unix(path: str) -> None:
             f"permission denied on {path}: add yourself to the socket's group"
             " (sudo usermod -aG jumpstarter $USER, then log in again)"
         )
+
+
+def default_target() -> str:
+    """The target named by JUMPSTARTER_HOST (set inside `jmp shell`)."""
+    target = os.environ.get("JUMPSTARTER_HOST")
+    if not target:
+        raise ConnectError("no target: pass a socket path or set JUMPSTARTER_HOST")
+    return target
 
 
 def _tcp_setup(target: str) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:

@@ -4,6 +4,7 @@ Driver side: `status_for(exc)` picks the code a driver exception travels as.
 Client side: `error_for(code, details)` turns a status back into a Python
 exception of the matching builtin kind, so `except ValueError` works on both
 sides of the wire; a lost or unreachable exporter connection says so.
+`from_rpc(exc)` does the same for a raised `grpc.RpcError`.
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 CONNECTION_LOST = ("Stream removed", "Socket closed")
 # gRPC's own details when it could not connect at all (not a driver's "cannot connect to ..." message)
 UNREACHABLE = ("failed to connect", "connections to all backends failing")
+
+
+def from_rpc(exc: grpc.RpcError, what: str = "") -> JumpstarterError:
+    """`error_for` the status of a failed gRPC call (`grpc.RpcError`)."""
+    import grpc
+
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return error_for(code, details, what)
 
 
 def error_for(code: grpc.StatusCode, details: str | None, what: str = "") -> JumpstarterError:

@@ -1,4 +1,10 @@
-"""A fast codec for `StreamRequest`/`StreamResponse` frames (`payload` = 1 bytes, `frame_type` = 2 enum).
+"""`StreamRequest`/`StreamResponse` frames: what a received one means, and a fast codec for them.
+
+`content(frame)` is the one reading of a frame (PROTOCOL.md §5): DATA carries bytes,
+GOAWAY ends the stream, RST_STREAM resets it; PING and unknown types carry nothing.
+The session's stream pump, `splice` and both client streams all use it.
+
+The codec (`payload` = 1 bytes, `frame_type` = 2 enum):
 
 Byte streams are the bulk path: building a protobuf message copies the payload
 once more than needed. The bytes produced are exactly what protobuf would
@@ -8,10 +14,21 @@ decoded by protobuf itself, so peers cannot tell the difference.
 
 from __future__ import annotations
 
+from typing import Any
+
 from jumpstarter.v1 import router_pb2
 
 DATA = router_pb2.FRAME_TYPE_DATA
 GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
+RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
+NOTHING = b""
+
+
+class StreamReset(ConnectionResetError):
+    """The peer sent RST_STREAM: the stream ends abruptly, not at a clean end."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(f"the {peer} reset the stream")
 
 
 class Frame:
@@ -20,6 +37,22 @@ class Frame:
     def __init__(self, payload: bytes = b"", frame_type: int = DATA) -> None:
         self.payload = payload
         self.frame_type = frame_type
+
+
+def content(frame: Any, peer: str = "exporter") -> bytes | None:
+    """The bytes a received frame carries (b"" for none), None at end of stream (GOAWAY).
+
+    Raises `StreamReset` (a ConnectionResetError naming `peer`) for RST_STREAM.
+    `frame` is a `Frame` or a protobuf `StreamRequest`/`StreamResponse`.
+    """
+    kind = frame.frame_type
+    if kind == DATA:
+        return frame.payload  # type: ignore[no-any-return]
+    if kind == GOAWAY:
+        return None
+    if kind == RST_STREAM:
+        raise StreamReset(peer)
+    return NOTHING  # PING and frame types newer than this code carry no stream bytes
 
 
 def _varint(value: int) -> bytes:

@@ -12,12 +12,10 @@ from typing import Any
 
 import grpc
 
+from jumpstarter import frames
 from jumpstarter.v1 import router_pb2
 
 CHUNK = 64 * 1024  # the other end may be an upstream peer (PROTOCOL.md §5)
-DATA = router_pb2.FRAME_TYPE_DATA
-GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
-RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 
 
 async def splice(
@@ -38,20 +36,18 @@ async def splice(
     async def up() -> None:  # local -> router
         while data := await reader.read(CHUNK):
             await call.write(router_pb2.StreamRequest(payload=data))
-        await call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
+        await call.write(router_pb2.StreamRequest(frame_type=frames.GOAWAY))
         await call.done_writing()
 
     async def deliver(frame: Any) -> bool:  # router -> local for one frame; True at EOF (GOAWAY)
-        if frame.frame_type == DATA:
-            if frame.payload:
-                writer.write(frame.payload)
-                await writer.drain()
-        elif frame.frame_type == GOAWAY:
+        data = frames.content(frame)  # RST_STREAM raises: the local connection is dropped
+        if data is None:
             writer.write_eof()
             return True
-        elif frame.frame_type == RST_STREAM:
-            raise ConnectionResetError("the exporter reset the stream")
-        return False  # PING and unknown frame types are ignored
+        if data:
+            writer.write(data)
+            await writer.drain()
+        return False
 
     async def down() -> None:  # router -> local; GOAWAY or the end of the call = EOF
         # read(), not `async for`: grpc.aio refuses to mix the two styles, and the

@@ -32,7 +32,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from jumpstarter.channels import MAX_MESSAGE
+from jumpstarter.channels import server_options
 from jumpstarter.log import Throttle
 from jumpstarter.routertoken import RouterClaims, RouterTokenError, verify_claims
 from routerd.admission import Admission, Limits, Refused
@@ -53,10 +53,7 @@ OUTCOMES = (
     "exhausted",
     "shutdown",
 )
-SERVER_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.so_reuseport", 0),
+SERVER_OPTIONS = server_options(
     # Upstream Python peers ping every 20 s, also between calls: never GOAWAY them for it.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
@@ -64,7 +61,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     # Our own pings find peers that vanished without closing their connection.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
-]
+)
 
 
 class RouterMetrics:

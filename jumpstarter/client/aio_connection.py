@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import empty_pb2
 
-from jumpstarter import channels, frames, values
-from jumpstarter.client.connection import (
-    DATA,
-    GOAWAY,
-    RST_STREAM,
-    UNMARKED_STREAM_GRACE,
-    default_target,
-    report_error,
-    router_stream,
-    translate,
-)
+from jumpstarter import channels, frames
+from jumpstarter.client import wire
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
-from jumpstarter.errors import DriverError, JumpstarterError, error_for
+from jumpstarter.errors import JumpstarterError, error_for, from_rpc
 from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 if TYPE_CHECKING:
@@ -44,7 +34,7 @@ class AsyncConnection:
         self.channel, self.metadata = channels.open_aio_channel(target)
         self._md = tuple(self.metadata) or None
         self._rpc = jumpstarter_pb2_grpc.ExporterServiceStub(self.channel)
-        self._router = router_stream(self.channel)
+        self._router = wire.router_stream(self.channel)
 
     async def report(self, timeout: float | None = 10) -> jumpstarter_pb2.GetReportResponse:
         try:
@@ -52,7 +42,7 @@ class AsyncConnection:
                 empty_pb2.Empty(), metadata=self._md, timeout=timeout
             )
         except grpc.RpcError as exc:
-            raise report_error(exc, self.target) from None
+            raise wire.report_error(exc, self.target) from None
 
     async def _checked(self, error: JumpstarterError, what: str, uuid: str | None) -> JumpstarterError:
         """`error`, or `BoardRestarted` when it is a NOT_FOUND because the exporter's session changed."""
@@ -63,40 +53,33 @@ class AsyncConnection:
         return error
 
     async def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
-        request = jumpstarter_pb2.DriverCallRequest(
-            uuid=uuid, method=method, args=[values.encode(a) for a in args]
-        )
         try:
-            response = await self._rpc.DriverCall(request, metadata=self._md)
+            response = await self._rpc.DriverCall(wire.driver_call(uuid, method, args), metadata=self._md)
         except grpc.RpcError as exc:
-            raise await self._checked(translate(exc, method), method, uuid) from None
-        return values.decode(response.result)
+            raise await self._checked(from_rpc(exc, method), method, uuid) from None
+        return wire.result(response)
 
     async def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> AsyncIterator[Any]:
-        request = jumpstarter_pb2.StreamingDriverCallRequest(
-            uuid=uuid, method=method, args=[values.encode(a) for a in args]
-        )
-        call = self._rpc.StreamingDriverCall(request, metadata=self._md)
+        call = self._rpc.StreamingDriverCall(wire.streaming_call(uuid, method, args), metadata=self._md)
         try:
             async for response in call:
-                yield values.decode(response.result)
+                yield wire.result(response)
         except grpc.RpcError as exc:
-            raise await self._checked(translate(exc, method), method, uuid) from None
+            raise await self._checked(from_rpc(exc, method), method, uuid) from None
         finally:
             call.cancel()
 
     @contextlib.asynccontextmanager
     async def open_stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncStream]:
-        metadata = (("request", json.dumps(request)),) + tuple(self.metadata)
-        call = self._router(metadata=metadata)
-        what = str(request.get("method", "stream"))
+        call = self._router(metadata=wire.stream_metadata(request, self.metadata))
+        what = wire.stream_name(request)
         try:
             initial = await call.initial_metadata()
         except grpc.RpcError as exc:
-            raise await self._checked(translate(exc, what), what, request.get("uuid")) from None
-        if not initial:  # the same rule as BlockingStream: empty metadata may be a trailers-only error
+            raise await self._checked(from_rpc(exc, what), what, request.get("uuid")) from None
+        if not initial:  # see wire.UNMARKED_STREAM_GRACE
             try:
-                code = await asyncio.wait_for(asyncio.shield(call.code()), UNMARKED_STREAM_GRACE)
+                code = await asyncio.wait_for(asyncio.shield(call.code()), wire.UNMARKED_STREAM_GRACE)
             except TimeoutError:
                 code = grpc.StatusCode.OK
             if code != grpc.StatusCode.OK:
@@ -128,16 +111,11 @@ class AsyncStream:
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     break
-                raise translate(exc, "stream") from None
-            if frame is grpc.aio.EOF:
+                raise from_rpc(exc, "stream") from None
+            if frame is grpc.aio.EOF or (data := frames.content(frame)) is None:
                 break
-            if frame.frame_type == DATA:
-                if frame.payload:
-                    return frame.payload  # type: ignore[no-any-return]
-            elif frame.frame_type == GOAWAY:
-                break
-            elif frame.frame_type == RST_STREAM:
-                raise ConnectionResetError("the exporter reset the stream")
+            if data:
+                return data
         self._eof_seen = True
         return b""
 
@@ -150,17 +128,14 @@ class AsyncStream:
         if not self._eof_sent:
             self._eof_sent = True
             with contextlib.suppress(grpc.RpcError):
-                await self._call.write(frames.Frame(b"", GOAWAY))
+                await self._call.write(frames.Frame(b"", frames.GOAWAY))
                 await self._call.done_writing()
 
     async def aclose(self) -> None:
         self._call.cancel()
 
     def resource_handle(self) -> dict[str, Any]:
-        text = self.initial_metadata.get("resource")
-        if not text:
-            raise DriverError("the exporter did not return a resource handle")
-        return dict(json.loads(text))
+        return wire.resource_handle(self.initial_metadata)
 
 
 @contextlib.asynccontextmanager
@@ -168,7 +143,7 @@ async def connect_async(target: str | None = None) -> AsyncIterator[DriverClient
     """asyncio flavour of `connect`: the clients' `*_async` methods use this connection."""
     from jumpstarter.client.tree import build_tree
 
-    connection = AsyncConnection(target or default_target())
+    connection = AsyncConnection(target or channels.default_target())
     try:
         yield build_tree(await connection.report(), None, connection)
     finally:

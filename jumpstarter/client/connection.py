@@ -11,8 +11,6 @@ The asyncio flavour (`AsyncConnection`, `connect_async`) lives in `aio_connectio
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -21,48 +19,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import empty_pb2
 
-from jumpstarter import channels, frames, values
+from jumpstarter import channels, frames
+from jumpstarter.client import wire
 from jumpstarter.client.restart import REPORT_TIMEOUT, SessionPin
-from jumpstarter.errors import ConnectError, DriverError, JumpstarterError, error_for
-from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2
+from jumpstarter.errors import JumpstarterError, error_for, from_rpc
+from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 if TYPE_CHECKING:
     from jumpstarter.client.base import DriverClient
-
-DATA = router_pb2.FRAME_TYPE_DATA
-GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
-RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
-UNMARKED_STREAM_GRACE = 0.05
-
-
-def translate(exc: grpc.RpcError, what: str) -> JumpstarterError:
-    """A failed RPC as the matching Python exception (ValueError, TimeoutError, ...)."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return error_for(code, details, what)
-
-
-def report_error(exc: grpc.RpcError, target: str) -> JumpstarterError:
-    """A failed GetReport: an exporter that does not answer is named by its target."""
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ConnectError(f"cannot reach the exporter at {channels.describe(target)}: {exc.details()}")
-    return translate(exc, "GetReport")
-
-
-def router_stream(ch: Any) -> Any:
-    """The session-level `RouterService.Stream` on a blocking or asyncio channel, with the fast frame codec."""
-    return ch.stream_stream(
-        "/jumpstarter.v1.RouterService/Stream",
-        request_serializer=frames.encode,
-        response_deserializer=frames.decode,
-    )
-
-
-def default_target() -> str:
-    target = os.environ.get("JUMPSTARTER_HOST")
-    if not target:
-        raise ConnectError("no target: pass a socket path or set JUMPSTARTER_HOST")
-    return target
 
 
 class Connection:
@@ -75,7 +39,7 @@ class Connection:
         self.channel, self.metadata = channels.open_channel(target)
         self._md = tuple(self.metadata) or None
         self._rpc = jumpstarter_pb2_grpc.ExporterServiceStub(self.channel)
-        self._router = router_stream(self.channel)
+        self._router = wire.router_stream(self.channel)
 
     # -- session-level RPCs ------------------------------------------------
 
@@ -85,19 +49,19 @@ class Connection:
                 empty_pb2.Empty(), metadata=self._md, timeout=timeout, wait_for_ready=False
             )
         except grpc.RpcError as exc:
-            raise report_error(exc, self.target) from None
+            raise wire.report_error(exc, self.target) from None
 
     def status(self) -> jumpstarter_pb2.GetStatusResponse:
         try:
             return self._rpc.GetStatus(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
         except grpc.RpcError as exc:
-            raise translate(exc, "GetStatus") from None
+            raise from_rpc(exc, "GetStatus") from None
 
     def end_session(self) -> jumpstarter_pb2.EndSessionResponse:
         try:
             return self._rpc.EndSession(jumpstarter_pb2.EndSessionRequest(), metadata=self._md, timeout=5)
         except grpc.RpcError as exc:
-            raise translate(exc, "EndSession") from None
+            raise from_rpc(exc, "EndSession") from None
 
     def logs(self) -> Iterator[jumpstarter_pb2.LogStreamResponse]:
         """Every log record of the exporter from now on (until the iterator is closed)."""
@@ -108,7 +72,7 @@ class Connection:
             if exc.code() != grpc.StatusCode.CANCELLED and "Cancelling all calls" not in (
                 exc.details() or ""
             ):
-                raise translate(exc, "LogStream") from None
+                raise from_rpc(exc, "LogStream") from None
         finally:
             call.cancel()
 
@@ -123,25 +87,19 @@ class Connection:
         return error
 
     def call(self, uuid: str, method: str, args: Iterable[Any]) -> Any:
-        request = jumpstarter_pb2.DriverCallRequest(
-            uuid=uuid, method=method, args=[values.encode(a) for a in args]
-        )
         try:
-            response = self._rpc.DriverCall(request, metadata=self._md)
+            response = self._rpc.DriverCall(wire.driver_call(uuid, method, args), metadata=self._md)
         except grpc.RpcError as exc:
-            raise self._checked(translate(exc, method), method, uuid) from None
-        return values.decode(response.result)
+            raise self._checked(from_rpc(exc, method), method, uuid) from None
+        return wire.result(response)
 
     def streaming_call(self, uuid: str, method: str, args: Iterable[Any]) -> Iterator[Any]:
-        request = jumpstarter_pb2.StreamingDriverCallRequest(
-            uuid=uuid, method=method, args=[values.encode(a) for a in args]
-        )
-        call = self._rpc.StreamingDriverCall(request, metadata=self._md)
+        call = self._rpc.StreamingDriverCall(wire.streaming_call(uuid, method, args), metadata=self._md)
         try:
             for response in call:
-                yield values.decode(response.result)
+                yield wire.result(response)
         except grpc.RpcError as exc:
-            raise self._checked(translate(exc, method), method, uuid) from None
+            raise self._checked(from_rpc(exc, method), method, uuid) from None
         finally:
             call.cancel()
 
@@ -149,8 +107,7 @@ class Connection:
         try:
             return BlockingStream(self, request)
         except JumpstarterError as error:
-            what = str(request.get("method") or request.get("kind", "stream"))
-            raise self._checked(error, what, request.get("uuid")) from None
+            raise self._checked(error, wire.stream_name(request), request.get("uuid")) from None
 
     @contextlib.contextmanager
     def upload(
@@ -203,24 +160,22 @@ class BlockingStream:
 
     def __init__(self, connection: Connection, request: dict[str, Any], depth: int = 8) -> None:
         self._outgoing: queue.Queue[frames.Frame | None] = queue.Queue(depth)
-        metadata = (("request", json.dumps(request)),) + tuple(connection.metadata)
+        metadata = wire.stream_metadata(request, connection.metadata)
         self._call = connection._router(self._frames(), metadata=metadata)
         self._eof_sent = False
         self._eof_seen = False
         self._closed = False
-        what = request.get("method") or request.get("kind", "stream")
+        what = wire.stream_name(request)
         try:
             try:
                 self.initial_metadata = dict(self._call.initial_metadata())
             except grpc.RpcError as exc:
-                raise translate(exc, str(what)) from None
-            if not self.initial_metadata:
-                # Our exporters mark an opened stream. Empty metadata is a trailers-only
-                # error, or an upstream exporter's success: give the status a moment.
+                raise from_rpc(exc, what) from None
+            if not self.initial_metadata:  # see wire.UNMARKED_STREAM_GRACE
                 finished = threading.Event()
                 self._call.add_done_callback(lambda *_: finished.set())
-                if finished.wait(UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
-                    raise error_for(self._call.code(), self._call.details(), str(what))
+                if finished.wait(wire.UNMARKED_STREAM_GRACE) and self._call.code() != grpc.StatusCode.OK:
+                    raise error_for(self._call.code(), self._call.details(), what)
         except BaseException:
             self.close()  # ends gRPC's request thread, which would wait on our queue forever
             raise
@@ -230,10 +185,7 @@ class BlockingStream:
             yield frame
 
     def resource_handle(self) -> dict[str, Any]:
-        text = self.initial_metadata.get("resource")
-        if not text:
-            raise DriverError("the exporter did not return a resource handle")
-        return dict(json.loads(text))
+        return wire.resource_handle(self.initial_metadata)
 
     def send(self, data: bytes) -> None:
         frame = frames.Frame(bytes(data))
@@ -254,7 +206,7 @@ class BlockingStream:
     def send_eof(self) -> None:
         if not self._eof_sent:
             self._eof_sent = True
-            self._outgoing.put(frames.Frame(b"", GOAWAY))
+            self._outgoing.put(frames.Frame(b"", frames.GOAWAY))
             self._outgoing.put(None)
 
     def receive(self) -> bytes:
@@ -267,14 +219,11 @@ class BlockingStream:
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
                     break
-                raise translate(exc, "stream") from None
-            if frame.frame_type == DATA:
-                if frame.payload:
-                    return frame.payload
-            elif frame.frame_type == GOAWAY:
+                raise from_rpc(exc, "stream") from None
+            if (data := frames.content(frame)) is None:
                 break
-            elif frame.frame_type == RST_STREAM:
-                raise ConnectionResetError("the exporter reset the stream")
+            if data:
+                return data
         self._eof_seen = True
         return b""
 
@@ -305,7 +254,7 @@ def connect(target: str | None = None) -> Iterator[DriverClient]:
     """Connect to an exporter session (socket path or JUMPSTARTER_HOST); yields the root client."""
     from jumpstarter.client.tree import build_tree
 
-    connection = Connection(target or default_target())
+    connection = Connection(target or channels.default_target())
     try:
         yield build_tree(connection.report(), connection)
     finally:

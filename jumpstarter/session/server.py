@@ -23,24 +23,19 @@ import grpc
 import structlog
 
 from jumpstarter import frames, values
+from jumpstarter.channels import server_options
 from jumpstarter.driver.base import Driver
 from jumpstarter.driver.decorators import BYTESTREAM, STREAMING, UNARY
 from jumpstarter.errors import MethodNotFound, NotReady, status_for
 from jumpstarter.session.logstream import LogBroadcaster
 from jumpstarter.streams import ByteStream, memory_pipe
-from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2
+from jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
 
 log = structlog.get_logger("session")
 Status: TypeAlias = common_pb2.ExporterStatus
 
-#: Accept messages up to 4 MiB of payload from anyone (PROTOCOL.md §5), plus framing.
-MAX_MESSAGE = 4 * 1024 * 1024 + 64 * 1024
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.so_reuseport", 0),
-    ("grpc.http2.max_frame_size", 1 << 20),
-]
+# Advertise 1 MiB HTTP/2 frames: a 64 KiB stream message arrives as one DATA frame.
+SERVER_OPTIONS = server_options(("grpc.http2.max_frame_size", 1 << 20))
 CALLABLE_STATES = frozenset(
     {
         common_pb2.EXPORTER_STATUS_LEASE_READY,
@@ -48,12 +43,9 @@ CALLABLE_STATES = frozenset(
         common_pb2.EXPORTER_STATUS_AFTER_LEASE_HOOK,
     }
 )
-DATA = router_pb2.FRAME_TYPE_DATA
 #: Initial metadata of an opened driver stream is never empty, so a client can tell
 #: success from a trailers-only error without racing the call's completion.
 OPEN_MARKER = "x-jumpstarter-stream-open"
-GOAWAY = router_pb2.FRAME_TYPE_GOAWAY
-RST_STREAM = router_pb2.FRAME_TYPE_RST_STREAM
 
 
 class FreshIds:
@@ -347,25 +339,18 @@ class RouterServicer:
 async def pump(context: grpc.aio.ServicerContext, stream: ByteStream) -> None:
     """Move frames between a server-side `RouterService.Stream` call and a byte stream."""
 
-    async def inbound() -> None:
-        while True:
-            frame = await context.read()
-            if frame is grpc.aio.EOF:
+    async def inbound() -> None:  # GOAWAY or the end of the call = EOF; RST_STREAM raises StreamReset
+        while (frame := await context.read()) is not grpc.aio.EOF:
+            if (data := frames.content(frame, "client")) is None:
                 break
-            if frame.frame_type == DATA:
-                if frame.payload:
-                    await stream.send(frame.payload)
-            elif frame.frame_type == GOAWAY:
-                break
-            elif frame.frame_type == RST_STREAM:
-                raise ConnectionAbortedError("peer reset the stream")
-            # PING and unknown frame types are ignored.
+            if data:
+                await stream.send(data)
         await stream.send_eof()
 
     async def outbound() -> None:
         while data := await stream.receive():
             await context.write(frames.Frame(data))
-        await context.write(frames.Frame(b"", GOAWAY))
+        await context.write(frames.Frame(b"", frames.GOAWAY))
 
     tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
     try:

@@ -41,13 +41,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from jumpstarter import routertoken  # noqa: E402
-from jumpstarter.channels import MAX_MESSAGE  # noqa: E402
+from jumpstarter.channels import message_limits  # noqa: E402
 from jumpstarter.v1 import router_pb2, router_pb2_grpc  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
 DATA, GOAWAY = 0, 7
-OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+OPTIONS = message_limits()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # -- child processes: nothing we start outlives us -------------------------------------------

@@ -25,7 +25,7 @@ import jwt
 import pytest
 
 from jumpstarter import routertoken, tls
-from jumpstarter.channels import MAX_MESSAGE
+from jumpstarter.channels import message_limits
 from jumpstarter.v1 import router_pb2, router_pb2_grpc
 from routerd.service import COMPLETION_GRACE
 
@@ -81,11 +81,7 @@ class Routerd:
 
     def channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca)
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
-        return grpc.aio.secure_channel(f"127.0.0.1:{self.port}", creds, options=options)
+        return grpc.aio.secure_channel(f"127.0.0.1:{self.port}", creds, options=message_limits())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.process.poll() is None:
