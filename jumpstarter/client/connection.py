@@ -51,9 +51,10 @@ class Connection:
         except grpc.RpcError as exc:
             raise wire.report_error(exc, self.target) from None
 
-    def status(self) -> jumpstarter_pb2.GetStatusResponse:
+    def status(self, timeout: float | None = None) -> jumpstarter_pb2.GetStatusResponse:
+        """The exporter's status; a frozen exporter gives DriverTimeout after `timeout` seconds."""
         try:
-            return self._rpc.GetStatus(jumpstarter_pb2.GetStatusRequest(), metadata=self._md)
+            return self._rpc.GetStatus(jumpstarter_pb2.GetStatusRequest(), metadata=self._md, timeout=timeout)
         except grpc.RpcError as exc:
             raise from_rpc(exc, "GetStatus") from None
 

@@ -53,6 +53,7 @@ from jumpstarter.v1 import common_pb2
 
 MONITOR_INTERVAL = 10.0  # seconds between GetLease calls while the lease is held
 HOOK_TIMEOUT = 120.0  # seconds an afterLease hook may run after EndSession
+STATUS_TIMEOUT = 10.0  # seconds one GetStatus may take: a frozen exporter must not stall the ready wait
 HOOK_SOURCES = {
     common_pb2.LOG_SOURCE_BEFORE_LEASE_HOOK: "beforeLease",
     common_pb2.LOG_SOURCE_AFTER_LEASE_HOOK: "afterLease",
@@ -208,7 +209,7 @@ class RemoteSession:
         backoff = Backoff(start=0.1, cap=0.3, deadline=Deadline(ready_timeout))
         while True:
             try:
-                status = connection.status()
+                status = connection.status(timeout=STATUS_TIMEOUT)
             except DriverNotImplemented:
                 return
             except (ConnectError, DriverError) as exc:
@@ -302,7 +303,7 @@ class RemoteSession:
             grace, deadline = Deadline(1.0), Deadline(hook_timeout)
             pace = Backoff(start=0.2, cap=0.2, deadline=deadline)
             while True:
-                status = connection.status().status
+                status = connection.status(timeout=STATUS_TIMEOUT).status
                 if status == common_pb2.EXPORTER_STATUS_AFTER_LEASE_HOOK:
                     grace = deadline
                 elif status != common_pb2.EXPORTER_STATUS_LEASE_READY or grace.expired():
