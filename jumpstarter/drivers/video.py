@@ -173,7 +173,9 @@ class StillVideo(_FrameSource, VideoInterface, Driver):
                 jpeg_info(self.picture)
             except BadFrame as exc:
                 raise ValueError(f"path: {path}: {exc}") from None
-        self.interval = 1 / _seconds(fps, "fps", 60)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 60:
+            raise ValueError(f"fps: expected frames per second above 0 and at most 60, got {fps!r}")
+        self.interval = 1 / fps
 
     async def _still(self) -> AsyncIterator[bytes]:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -108,3 +109,30 @@ def run_stream(client: VideoClient, args: argparse.Namespace) -> int:
         write_atomic(os.path.join(args.directory, f"frame-{saved:04d}.jpg"), frame, 0o644)
     print(f"{args.directory}: {saved} frames", file=sys.stderr)
     return 0
+
+
+def failure_snapshots(
+    root: DriverClient, directory: str, test_id: str
+) -> Iterator[tuple[str, str, bytes | None]]:
+    """For a failed test: (title, text, JPEG or None) per video driver of the board, each saved in `directory`.
+
+    A camera that fails gives its error as the text: the test's own failure stays the report's subject.
+    """
+    from jumpstarter.files import write_atomic
+
+    if not isinstance(root, DriverClient):  # a test's own fixture that happens to be called `board`
+        return
+    for client in root.walk():
+        if not isinstance(client, VideoClient):
+            continue
+        title = f"jumpstarter snapshot {client.path or 'video'}"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{test_id}-{client.path or 'video'}")[-150:] + ".jpg"
+        path = os.path.abspath(os.path.join(directory, name))
+        try:
+            frame = client.snapshot()
+            write_atomic(path, frame, 0o644)
+        except Exception as exc:
+            yield title, f"no snapshot: {exc}", None
+            continue
+        info = jpeg_info(frame)
+        yield title, f"{path} ({info.width}x{info.height} JPEG, {info.size} bytes)", frame
