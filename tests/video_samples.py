@@ -85,7 +85,9 @@ class Camera:
 
             def do_GET(self) -> None:
                 camera.requests.append(self.path)
-                route: Callable[[Handler], None] | None = getattr(camera, "route_" + self.path.strip("/").replace("-", "_"), None)
+                route: Callable[[Handler], None] | None = getattr(
+                    camera, "route_" + self.path.strip("/").replace("-", "_"), None
+                )
                 if route is None:
                     self.send_error(404)
                     return

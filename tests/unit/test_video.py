@@ -147,8 +147,16 @@ def load(tmp_path, kind: str, config: str):  # type: ignore[no-untyped-def]
         ("video.http", "snapshot_url: ftp://camera/snapshot", "expected an http:// or https:// URL"),
         ("video.http", "snapshot_url: 'http://cam/snap\\r\\nX: y'", "printable characters without spaces"),
         ("video.http", "snapshot_url: http://admin:pw@cam/snapshot", "credentials in username/password"),
-        ("video.http", "{stream_url: 'http://cam/stream', max_frame: 99999999}", "max_frame: expected a byte count"),
-        ("video.http", "{stream_url: 'http://cam/stream', timeout: 0}", "timeout: expected a number of seconds"),
+        (
+            "video.http",
+            "{stream_url: 'http://cam/stream', max_frame: 99999999}",
+            "max_frame: expected a byte count",
+        ),
+        (
+            "video.http",
+            "{stream_url: 'http://cam/stream', timeout: 0}",
+            "timeout: expected a number of seconds",
+        ),
         ("video.v4l2", "device: video0", "expected a device path under /dev/"),
         ("video.v4l2", "{device: /dev/../etc/passwd}", "expected a device path under /dev/"),
         ("video.v4l2", "{device: /dev/video0, width: 640}", "give both or neither"),
