@@ -26,10 +26,10 @@ def gpiod_binding() -> Any:
         import gpiod
     except ImportError:
         raise ValueError(
-            "power.gpio needs libgpiod's Python binding: pip install 'gpiod>=2' (or the 'gpio' extra)"
+            "libgpiod's Python binding is not installed: pip install 'gpiod>=2' (or the 'gpio' extra)"
         ) from None
     if not callable(getattr(gpiod, "request_lines", None)):
-        raise ValueError("the installed gpiod is the 1.x binding; power.gpio needs gpiod>=2")
+        raise ValueError("the installed gpiod is the 1.x binding: pip install 'gpiod>=2'")
     return gpiod
 
 
