@@ -14,6 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from jumpstarter.drivers.video import PLACEHOLDER
+from jumpstarter.mjpeg import part
 
 RED_16x8 = PLACEHOLDER
 _GREEN = (
@@ -70,7 +71,7 @@ class Camera:
     FRAMES; /stream-no-length: parts without Content-Length; /stall and /stall-stream: headers, then
     nothing; /garbage-stream: a multipart header, then bytes that are not a JPEG; /html: text/html;
     /huge: a snapshot announcing 10 MiB; /huge-stream: a part announcing 10 MiB; /trickle: a frame
-    one byte per 0.2 s; /missing: 404.
+    one byte per 0.2 s; /two-then-stall: two frames, then nothing; /missing: 404.
     """
 
     BOUNDARY = "boundarydonotcross"
@@ -143,6 +144,13 @@ class Camera:
             handler.wfile.flush()
             index += 1
             self.released.wait(0.02)
+
+    def route_two_then_stall(self, handler: BaseHTTPRequestHandler) -> None:
+        self._multipart(handler)
+        for frame in FRAMES[:2]:
+            handler.wfile.write(part(frame, self.BOUNDARY.encode()))
+        handler.wfile.flush()
+        self.released.wait(120)
 
     def route_stream_no_length(self, handler: BaseHTTPRequestHandler) -> None:
         self.route_stream(handler, lengths=False)

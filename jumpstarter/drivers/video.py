@@ -167,8 +167,11 @@ class StillVideo(_FrameSource, VideoInterface, Driver):
         if path is None:
             self.picture = PLACEHOLDER
         else:
-            with open(str(path), "rb") as handle:
-                self.picture = handle.read(DEFAULT_MAX_FRAME + 1)
+            try:
+                with open(str(path), "rb") as handle:
+                    self.picture = handle.read(DEFAULT_MAX_FRAME + 1)
+            except OSError as exc:
+                raise ValueError(f"path: cannot read {path}: {exc.strerror or exc}") from None
             try:
                 jpeg_info(self.picture)
             except BadFrame as exc:
@@ -465,7 +468,7 @@ class V4l2Video(_FrameSource, VideoInterface, Driver):
                 f"{self.tool} is not installed on the lab host (apt-get install v4l-utils)"
             ) from None
         assert process.stdout is not None and process.stderr is not None
-        errors = asyncio.ensure_future(process.stderr.read(64 * 1024))  # bounded: only for the error message
+        errors = asyncio.ensure_future(_tail(process.stderr))
         sent = 0
         try:
             async for frame in _frames(
@@ -506,6 +509,14 @@ class V4l2Video(_FrameSource, VideoInterface, Driver):
             raise ConnectionError(f"{self._source()} captured no frame") from None
         finally:
             await frames.aclose()  # type: ignore[attr-defined]
+
+
+async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
+    """Drain a pipe (a full pipe would stall the tool), keeping its last `keep` bytes for errors."""
+    tail = b""
+    while chunk := await stream.read(READ_CHUNK):
+        tail = (tail + chunk)[-keep:]
+    return tail
 
 
 async def _end(process: asyncio.subprocess.Process) -> None:

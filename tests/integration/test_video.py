@@ -81,6 +81,16 @@ def test_a_camera_that_stalls_or_sends_garbage_gives_a_clear_error(cli, exporter
     assert "Traceback" not in result.stderr
 
 
+def test_a_camera_that_stalls_mid_stream_ends_the_stream_with_a_clear_error(cli, exporterd, camera, workdir):
+    exporter = exporterd.start(camera_board(stream_url=camera.url + "/two-then-stall", timeout=2))
+
+    result = cli("--host", exporter.socket, "video", "stream", "--frames", "5", "frames", timeout=60)
+
+    assert result.returncode == 1, result.stderr
+    assert "sent no complete frame within 2s" in result.stderr, result.stderr
+    assert sorted(os.listdir(os.path.join(workdir, "frames"))) == ["frame-0001.jpg", "frame-0002.jpg"]
+
+
 def test_an_unreachable_camera_is_a_clear_error(cli, exporterd, camera):
     camera.server.server_close()  # nobody listens on that port any more
     exporter = exporterd.start(camera_board(snapshot_url=camera.url + "/snapshot"))
