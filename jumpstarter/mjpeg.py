@@ -180,6 +180,7 @@ class MultipartParser:
         self._buffer = bytearray()
         self._state = "delimiter"
         self._length: int | None = None
+        self._scanned = 0  # how far a part without Content-Length was searched for its boundary
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.ended:
@@ -255,15 +256,17 @@ class MultipartParser:
                 return None
             end = skip = self._length
         else:
-            end = self._buffer.find(b"\r\n" + self.delimiter)
+            needle = b"\r\n" + self.delimiter
+            end = self._buffer.find(needle, max(0, self._scanned - len(needle)))  # resume: no rescans
             if end < 0:
-                if len(self._buffer) > self.max_frame + len(self.delimiter) + 2:
+                if len(self._buffer) > self.max_frame + len(needle):
                     raise BadFrame(f"frame larger than the limit of {self.max_frame} bytes")
+                self._scanned = len(self._buffer)
                 return None
             skip = end + 2
         frame = bytes(self._buffer[:end])
         del self._buffer[:skip]
-        self._state = "delimiter"
+        self._state, self._scanned = "delimiter", 0
         if len(frame) > self.max_frame:
             raise BadFrame(f"frame of {len(frame)} bytes is larger than the limit of {self.max_frame} bytes")
         jpeg_info(frame)

@@ -30,8 +30,8 @@ SHORT: dict[str, str] = {
     "shell": _M + "shell:Shell",
     "storage.file": _M + "storage:FileFlasher",
     "video.still": _M + "video:StillVideo",
-    "video.http": _M + "video:HttpVideo",
-    "video.v4l2": _M + "video:V4l2Video",
+    "video.http": _M + "video_http:HttpVideo",
+    "video.v4l2": _M + "video_v4l2:V4l2Video",
     "power.gpio": _M + "gpio:GpioPower",
 }
 UPSTREAM: dict[str, str] = {

@@ -8,7 +8,8 @@ import pytest
 
 from jumpstarter.config.exporter import load_exporter_config
 from jumpstarter.driver.serve import serve
-from jumpstarter.drivers.video import HttpVideo, StillVideo
+from jumpstarter.drivers.video import StillVideo
+from jumpstarter.drivers.video_http import HttpVideo
 from jumpstarter.errors import ConfigError
 from jumpstarter.mjpeg import (
     BOUNDARY,
