@@ -44,6 +44,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="driver path of the console (default: the serial driver)",
     )
+    group.addoption(
+        "--jumpstarter-snapshots",
+        metavar="DIR",
+        default="jumpstarter-snapshots",
+        help="where a failed test's camera snapshots go (default ./jumpstarter-snapshots; '' = none)",
+    )
 
 
 def _target(config: pytest.Config) -> str:
@@ -128,3 +134,28 @@ def console(board: Any, pytestconfig: pytest.Config) -> Iterator[Any]:
     client = _find_console(board, pytestconfig.getoption("--jumpstarter-console"))
     with client.console() as con:
         yield con
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used the board gets a snapshot of each of its cameras in its report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    board = getattr(item, "funcargs", {}).get("board")
+    directory = item.config.getoption("--jumpstarter-snapshots")
+    if report.when != "call" or not report.failed or board is None or not directory:
+        return
+    import base64
+    import os
+
+    from jumpstarter.client.drivers.video import failure_snapshots
+
+    directory = os.path.join(str(item.config.invocation_params.dir), directory)
+    for title, text, frame in failure_snapshots(board, directory, item.nodeid):
+        report.sections.append((title, text))
+        if frame is not None:  # pytest-html shows `extras` images inline
+            image = {"name": title, "format_type": "image", "content": base64.b64encode(frame).decode()}
+            report.extras = [
+                *getattr(report, "extras", []),
+                {**image, "mime_type": "image/jpeg", "extension": "jpg"},
+            ]

@@ -29,6 +29,10 @@ SHORT: dict[str, str] = {
     "network.discard": _M + "network:DiscardNetwork",
     "shell": _M + "shell:Shell",
     "storage.file": _M + "storage:FileFlasher",
+    "video.still": _M + "video:StillVideo",
+    "video.http": _M + "video_http:HttpVideo",
+    "video.v4l2": _M + "video_v4l2:V4l2Video",
+    "power.gpio": _M + "gpio:GpioPower",
 }
 UPSTREAM: dict[str, str] = {
     "jumpstarter_driver_composite.driver.Composite": "composite",

@@ -13,6 +13,7 @@ from jumpstarter.interfaces.power import PowerInterface
 from jumpstarter.interfaces.serial import SerialInterface
 from jumpstarter.interfaces.shell import ShellInterface
 from jumpstarter.interfaces.storage import FlasherInterface
+from jumpstarter.interfaces.video import VideoInterface
 
 INTERFACES: tuple[type[Interface], ...] = (
     PowerInterface,
@@ -20,6 +21,7 @@ INTERFACES: tuple[type[Interface], ...] = (
     NetworkInterface,
     FlasherInterface,
     ShellInterface,
+    VideoInterface,
 )
 
 __all__ = [
@@ -30,4 +32,5 @@ __all__ = [
     "PowerInterface",
     "SerialInterface",
     "ShellInterface",
+    "VideoInterface",
 ]

@@ -31,6 +31,10 @@ WIRE_LABELS = {
     "network.discard": "jumpstarter_driver_network.client.NetworkClient",
     "shell": "jumpstarter_driver_shell.client.ShellClient",
     "storage.file": "jumpstarter.client.flasher.FlasherClient",
+    "power.gpio": "jumpstarter_driver_power.client.PowerClient",
+    "video.still": "jumpstarter.client.drivers.video.VideoClient",
+    "video.http": "jumpstarter.client.drivers.video.VideoClient",
+    "video.v4l2": "jumpstarter.client.drivers.video.VideoClient",
 }
 
 
