@@ -213,3 +213,64 @@ def test_break_escape_reaches_the_serial_port(exporterd, terminal):
         console.until("after the break")  # keystrokes still flow through the same port
     finally:
         board.close()
+
+
+@pytest.fixture(scope="module")
+def central() -> Iterator[Any]:
+    from .central import close_central, start_central
+
+    stack = start_central(prefix="jscon-")
+    try:
+        yield stack
+    finally:
+        close_central(stack)
+
+
+def test_serial_log_prints_a_previous_leases_console_output(central, cli_env: dict[str, str]):
+    """Two leases through controllerd + routerd; in the second, `serial log --lease FIRST` shows the first's."""
+    from jumpstarter.client.remote import ControllerClient, short_name
+    from jumpstarter.config.client import load_client_config
+
+    exporter = central.create("exporter", "lab", "logboard", board="log")
+    alice = central.create("client", "lab", "alice")
+    serial = {"type": "serial", "config": {"url": "loop://", "console_log": f"{central.directory}/console"}}
+    central.spawn_exporterd("logboard", exporter.config, {"serial": serial}, f"{central.directory}/lb.sock")
+    env = {**cli_env, "PATH": f"{os.path.dirname(CLI[0])}{os.pathsep}{cli_env.get('PATH', '')}"}
+
+    def lease_now() -> str:
+        with ControllerClient(load_client_config(alice.config)) as controller:
+            (lease,) = controller.list_leases()
+            return short_name(lease.name)
+
+    with jumpstarter.lease(selector="board=log", duration="5m", client=alice.config) as board:
+        first = lease_now()
+        with board.serial.console() as console:
+            console.sendline("said during the first lease")
+            console.expect("said during the first lease", timeout=WAIT)
+    with jumpstarter.lease(selector="board=log", duration="5m", client=alice.config) as board:
+        assert lease_now() != first
+        with board.serial.console() as console:
+            console.sendline("said during the second lease")
+            console.expect("said during the second lease", timeout=WAIT)
+
+    def jumpstarter_on_the_board(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "run", "--client", alice.config, "-l", "board=log", "--", "jumpstarter", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    past = jumpstarter_on_the_board("serial", "log", "--lease", first)
+    current = jumpstarter_on_the_board("serial", "log")
+    listing = jumpstarter_on_the_board("serial", "log", "--list")
+    unknown = jumpstarter_on_the_board("serial", "log", "--lease", "no-such-lease")
+
+    assert past.returncode == 0, past.stderr
+    assert "said during the first lease" in past.stdout
+    assert "second lease" not in past.stdout
+    assert current.returncode == 0 and "said during" not in current.stdout  # a third lease: a fresh log
+    assert first in listing.stdout and listing.stdout.count("(current)") == 1, listing.stdout
+    assert unknown.returncode == 1 and "no console log for lease 'no-such-lease'" in unknown.stderr
