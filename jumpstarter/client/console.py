@@ -50,8 +50,9 @@ class EscapeReader:
     upstream_run: int = 0
     out: bytearray = field(default_factory=bytearray)
 
-    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
-        """Yields ("send", bytes) and ("action", name) / ("unknown", key) in typing order."""
+    def feed(self, data: bytes) -> Iterator[bytes | str]:
+        """Yields, in typing order, bytes for the board and the names of the escape keys' actions
+        (an unknown key: the line to show about it)."""
         for byte in data:
             if self.pending_escape:
                 self.pending_escape = False
@@ -60,7 +61,9 @@ class EscapeReader:
                     continue
                 yield from self._flush()
                 key = chr(byte).lower() if byte < 0x80 else ""
-                yield ("action", KEYS[key]) if key in KEYS else ("unknown", bytes([byte]))
+                yield (
+                    KEYS[key] if key in KEYS else f"unknown escape key {bytes([byte])!r}: Ctrl-] ? lists them"
+                )
                 continue
             if byte == ESCAPE:
                 self.pending_escape = True
@@ -69,16 +72,16 @@ class EscapeReader:
             if self.upstream_run >= UPSTREAM_COUNT:
                 self.upstream_run = 0
                 yield from self._flush()
-                yield ("action", DETACH)
+                yield DETACH
                 continue
             self.out.append(byte)
         yield from self._flush()
 
-    def _flush(self) -> Iterator[tuple[str, bytes]]:
+    def _flush(self) -> Iterator[bytes]:
         if self.out:
             data = bytes(self.out)
             self.out.clear()
-            yield ("send", data)
+            yield data
 
 
 def say(text: str) -> None:
@@ -153,14 +156,12 @@ def _type(
         data = os.read(stdin_fd, 1024)
         if not data:
             return "the terminal closed"
-        for kind, value in reader.feed(data):
-            if kind == "send":
+        for value in reader.feed(data):
+            if isinstance(value, bytes):
                 try:
                     stream.send(value)
                 except BrokenPipeError:
                     return ""
-            elif kind == "unknown":
-                say(f"unknown escape key {value!r}: Ctrl-] ? lists them")
             elif value == DETACH:
                 return "detached"
             elif value == HELP:
@@ -169,3 +170,5 @@ def _type(
                 say(actions.send_break())
             elif value == POWER_CYCLE:
                 say(actions.power_cycle())
+            else:
+                say(value)

@@ -132,15 +132,21 @@ def bench_remote(tty_path: str, samples: int) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--samples", type=int, default=500, help="round trips per path (default 500)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="jsbc-", dir="/tmp") as directory, echo_board() as tty_path:
-        rows["local socket (client -> exporterd -> pty echo)"] = bench_local(tty_path, directory, args.samples)
+        rows["local socket (client -> exporterd -> pty echo)"] = bench_local(
+            tty_path, directory, args.samples
+        )
         rows["controllerd + routerd (TLS, loopback)"] = bench_remote(tty_path, args.samples)
-    print(f"\nconsole round trip, 1 byte, {args.samples} samples each ({platform.node()}, {os.cpu_count()} CPUs)\n")
+    print(
+        f"\nconsole round trip, 1 byte, {args.samples} samples each ({platform.node()}, {os.cpu_count()} CPUs)\n"
+    )
     print("| path | p50 ms | p99 ms | max ms | mean ms |")
     print("|---|---:|---:|---:|---:|")
     figures = {}

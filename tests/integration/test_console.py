@@ -128,9 +128,7 @@ def test_power_cycle_escape_reboots_the_board_through_its_power_driver(demo_lab:
         assert console.process.wait(timeout=WAIT) == 0
 
 
-def test_help_key_lists_the_escape_keys_and_power_cycle_without_a_power_driver_says_so(
-    exporterd, terminal
-):
+def test_help_key_lists_the_escape_keys_and_power_cycle_without_a_power_driver_says_so(exporterd, terminal):
     exporter = exporterd.start(exporter_config("serial: {type: serial, config: {url: 'loop://'}}"))
     console = terminal("--host", exporter.socket, "serial", "console")
     console.until("console attached")
@@ -201,7 +199,9 @@ class _BreakRecorder:
 def test_break_escape_reaches_the_serial_port(exporterd, terminal):
     board = _BreakRecorder()
     try:
-        exporter = exporterd.start(exporter_config(f"serial: {{type: serial, config: {{url: '{board.url}'}}}}"))
+        exporter = exporterd.start(
+            exporter_config(f"serial: {{type: serial, config: {{url: '{board.url}'}}}}")
+        )
         console = terminal("--host", exporter.socket, "serial", "console")
         console.until("console attached")
 
