@@ -144,6 +144,16 @@ def test_help_key_lists_the_escape_keys_and_power_cycle_without_a_power_driver_s
     assert console.process.wait(timeout=WAIT) == 0
 
 
+class _SocketWriter:
+    """What pyserial's PortManager writes its telnet answers to."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+
+    def write(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+
 class _BreakRecorder:
     """A pyserial RFC 2217 server on loopback; its port (a loop://) records break conditions."""
 
@@ -174,8 +184,7 @@ class _BreakRecorder:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            writer = type("Writer", (), {"write": lambda _self, data: conn.sendall(data)})()
-            manager = PortManager(self.port, writer)
+            manager = PortManager(self.port, _SocketWriter(conn))
             threading.Thread(target=self._to_network, args=(conn, manager), daemon=True).start()
             try:
                 while data := conn.recv(4096):
