@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,9 +79,13 @@ class SerialClient(DriverClient):
             "console",
             aliases=["start-console"],
             help="interactive console (Ctrl-] . to leave, Ctrl-] ? for the escape keys)",
-            description="Attach this terminal to the serial console in raw mode, starting with the "
-            "last lines the board printed. Several people can attach at once; everybody sees the "
-            "output. Exits 0 when you detach, 1 when the exporter ends the console.\n\n" + KEY_TABLE,
+            description=textwrap.fill(
+                "Attach this terminal to the serial console in raw mode, starting with the last lines "
+                "the board printed. Several people can attach at once; everybody sees the output. "
+                "Exits 0 when you detach, 1 when the exporter ends the console."
+            )
+            + "\n\n"
+            + KEY_TABLE,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
