@@ -12,8 +12,6 @@ if TYPE_CHECKING:
     from jumpstarter.client.connection import BlockingStream
 
 READ_CHUNK = 64 * 1024
-ESCAPE = b"\x02"  # Ctrl-B, three times in a row leaves the console (as upstream)
-ESCAPE_COUNT = 3
 
 
 def _copy_in(source: IO[bytes] | Any, stream: BlockingStream) -> None:
@@ -40,54 +38,6 @@ def pipe_stdio(stream: BlockingStream, *, send_input: bool, output: IO[bytes] | 
         return 130
     except BrokenPipeError:  # `| head` closed our stdout
         return 0
-    return 0
-
-
-def console(stream: BlockingStream) -> int:
-    """An interactive raw-mode console; Ctrl-B three times leaves it."""
-    import termios
-    import tty
-
-    stdin_fd = sys.stdin.fileno()
-    if not os.isatty(stdin_fd):
-        return pipe_stdio(stream, send_input=True)
-    saved = termios.tcgetattr(stdin_fd)
-    done = threading.Event()
-    leaving = threading.Event()  # the user detached: the stream ends because we close it
-
-    def show() -> None:
-        try:
-            for data in stream:
-                os.write(sys.stdout.fileno(), data)
-        finally:
-            done.set()
-            if not leaving.is_set():
-                os.write(sys.stdout.fileno(), b"\r\n[console closed by the exporter]\r\n")
-
-    sys.stderr.write("[console attached; press Ctrl-B three times to leave]\r\n")
-    sys.stderr.flush()
-    tty.setraw(stdin_fd)
-    shower = threading.Thread(target=show, daemon=True, name="console-show")
-    shower.start()
-    pressed = 0
-    try:
-        while not done.is_set():
-            data = os.read(stdin_fd, 1024)
-            if not data:
-                break
-            for byte in data:
-                pressed = pressed + 1 if bytes([byte]) == ESCAPE else 0
-            if pressed >= ESCAPE_COUNT:
-                break
-            stream.send(data)
-    except BrokenPipeError:
-        pass
-    finally:
-        leaving.set()
-        stream.close()  # ends `show` before we return: no thread may touch gRPC at interpreter shutdown
-        shower.join(timeout=5)
-        termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
-        sys.stderr.write("\n[console detached]\n")
     return 0
 
 

@@ -10,26 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from jumpstarter.driver import Driver, export, exportstream
+from jumpstarter.drivers.console_log import ConsoleLog
 from jumpstarter.interfaces.serial import SerialInterface
 
 REOPEN_INTERVAL = 0.5
 THREAD_READ_TIMEOUT = 0.2  # URL handlers are read by a thread: a blocking read, not a busy loop
 SUBSCRIBER_DEPTH = 1024
 READ_SIZE = 64 * 1024
+ATTACH_REPLAY = 4096  # bytes of scrollback an interactive attach starts with: about one screen
+MAX_BREAK = 5.0  # seconds: a longer break is a typo, not a request
 
 
 class _Subscriber:
     """One attached client: a `ByteStream` whose input comes from the port."""
 
-    def __init__(self, port: Serial) -> None:
+    def __init__(self, port: Serial, replay: bytes = b"") -> None:
         self.port = port
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(SUBSCRIBER_DEPTH)
         self.dropped = 0
+        if replay:
+            self.queue.put_nowait(replay)
 
     def deliver(self, data: bytes) -> None:
         if self.queue.full():  # a stalled viewer loses old output, never stalls the port
@@ -58,7 +62,8 @@ class Serial(SerialInterface, Driver):
     Config: `url`, `baudrate` (115200), `check_present` (fail at load when a
     device path is missing), `cps` (throttle writes, characters per second),
     `scrollback` (bytes of recent output kept, 65536), `console_log` (a directory: every session
-    writes the console output to its own file there, at most `console_log_max` bytes).
+    writes the console output to its own file there, at most `console_log_max` bytes; the newest
+    `console_log_keep` files are kept, 100).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Serial(SerialInterface, Driver):
         scrollback: int = 65536,
         console_log: str | None = None,
         console_log_max: int = 64 * 1024 * 1024,
+        console_log_keep: int = 100,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -80,10 +86,10 @@ class Serial(SerialInterface, Driver):
         self.cps = float(cps) if cps else None
         self.disable_hupcl = bool(disable_hupcl)
         self.scrollback_size = int(scrollback)
-        self.console_log_dir = console_log
-        self.console_log_max = int(console_log_max)
-        self._console_log: Any = None
-        self._console_logged = 0
+        self.console_log = (
+            ConsoleLog(str(console_log), int(console_log_max), int(console_log_keep)) if console_log else None
+        )
+        self._console_log_open = False
         if check_present and self.url.startswith("/") and not os.path.exists(self.url):
             raise ValueError(f"serial device {self.url} does not exist")
         self.subscribers: set[_Subscriber] = set()
@@ -99,8 +105,10 @@ class Serial(SerialInterface, Driver):
 
     async def reset(self) -> None:
         await super().reset()
-        if self.console_log_dir and self._console_log is None:
-            self._open_console_log()
+        if self.console_log is not None and not self._console_log_open:
+            path = self.console_log.open(self.session_name)
+            self._console_log_open = True
+            self.log.info("console log", path=path)
         self._loop = asyncio.get_running_loop()
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._keep_open(), name=f"serial {self.url}")
@@ -181,35 +189,9 @@ class Serial(SerialInterface, Driver):
             if data:
                 self._loop.call_soon_threadsafe(self._deliver, bytes(data))
 
-    def _open_console_log(self) -> None:
-        """One file per session (a fresh session per lease): `<session>-<UTC time>.log`, mode 0640."""
-        assert self.console_log_dir is not None
-        os.makedirs(self.console_log_dir, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.session_name)[:100]
-        path = os.path.join(self.console_log_dir, f"{name}-{stamp}.log")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._console_log = os.fdopen(fd, "ab", buffering=0)
-        self._console_logged = 0
-        self.log.info("console log", path=path)
-
-    def _log_console(self, data: bytes) -> None:
-        if self._console_logged >= self.console_log_max:
-            return
-        room = self.console_log_max - self._console_logged
-        try:
-            self._console_log.write(data[:room])
-            if len(data) >= room:
-                self._console_log.write(b"\n[jumpstarter: console log size limit reached]\n")
-        except OSError as exc:  # a full disk must not take the console down
-            self.log.warning("console log write failed; stopping it", error=str(exc))
-            self._console_logged = self.console_log_max
-            return
-        self._console_logged += len(data)
-
     def _deliver(self, data: bytes) -> None:
-        if self._console_log is not None:
-            self._log_console(data)
+        if self.console_log is not None and (failed := self.console_log.write(data)):
+            self.log.warning("console log write failed; stopping it", error=failed)
         self.scrollback += data
         if len(self.scrollback) > self.scrollback_size:
             del self.scrollback[: len(self.scrollback) - self.scrollback_size]
@@ -248,10 +230,8 @@ class Serial(SerialInterface, Driver):
                 raise ConnectionError(f"serial device {self.url} went away: {exc}") from None
 
     async def close(self) -> None:
-        if self._console_log is not None:
-            with contextlib.suppress(OSError):
-                self._console_log.close()
-            self._console_log = None
+        if self.console_log is not None:
+            self.console_log.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,7 +249,22 @@ class Serial(SerialInterface, Driver):
         """Attach to the console: receive its output, send keystrokes."""
         if self._port is None:
             raise ConnectionError(f"serial device {self.url} is not present (waiting for it to appear)")
-        subscriber = _Subscriber(self)
+        async with self._subscribe(b"") as subscriber:
+            yield subscriber
+
+    @exportstream
+    async def attach(self) -> AsyncIterator[_Subscriber]:
+        """`connect`, starting with the last few KiB of scrollback (from a line start): a console
+        shows the board's current screen at once, not a blank one until a key is pressed."""
+        if self._port is None:
+            raise ConnectionError(f"serial device {self.url} is not present (waiting for it to appear)")
+        async with self._subscribe(replay_tail(bytes(self.scrollback), ATTACH_REPLAY)) as subscriber:
+            yield subscriber
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self, replay: bytes) -> AsyncIterator[_Subscriber]:
+        # no await between the snapshot and joining: the replay and the live output neither overlap nor gap
+        subscriber = _Subscriber(self, replay)
         self.subscribers.add(subscriber)
         try:
             yield subscriber
@@ -299,3 +294,45 @@ class Serial(SerialInterface, Driver):
     async def read_scrollback(self) -> bytes:
         """The most recent console output kept by the exporter."""
         return bytes(self.scrollback)
+
+    @export
+    async def send_break(self, duration: float = 0.25) -> None:
+        """Hold the line in the break condition for `duration` seconds (SysRq, U-Boot, debuggers)."""
+        if not 0 < duration <= MAX_BREAK:
+            raise ValueError(f"break duration must be above 0 and at most {MAX_BREAK:g} seconds")
+        async with self._write_lock:  # no keystroke goes out in the middle of the break
+            if self._port is None:
+                raise ConnectionError(f"serial device {self.url} is not present")
+            await asyncio.to_thread(self._port.send_break, duration)
+        self.log.info("serial break sent", seconds=duration)
+
+    @export
+    async def console_logs(self) -> list[dict[str, Any]]:
+        """The kept console logs, oldest first: session (the lease name), started (UTC), size, current."""
+        logs = self._console_logs()
+        return [
+            {"session": f.session, "started": f.started, "size": f.size, "current": f.path == logs.path}
+            for f in logs.files()
+        ]
+
+    @export
+    async def read_console_log(self, session: str | None = None) -> AsyncIterator[bytes]:
+        """A session's console log (the current one by default; else the newest of lease `session`)."""
+        logs = self._console_logs()
+        for chunk in logs.read(logs.find(session)):
+            yield chunk
+
+    def _console_logs(self) -> ConsoleLog:
+        if self.console_log is None:
+            raise NotImplementedError(
+                "this board keeps no console logs: set `console_log: DIR` in its serial driver's config"
+            )
+        return self.console_log
+
+
+def replay_tail(scrollback: bytes, limit: int) -> bytes:
+    """The last `limit` bytes, starting after a line break when there is one (no half line on top)."""
+    tail = scrollback[-limit:]
+    if len(scrollback) > limit and (cut := tail.find(b"\n")) >= 0:
+        tail = tail[cut + 1 :]
+    return tail

@@ -11,7 +11,8 @@ from jumpstarter.driver.interface import Interface
 
 
 class SerialInterface(Interface):
-    """A serial console: `connect` (byte stream), `close()`, `set_dtr(bool)`, `set_rts(bool)`.
+    """A serial console: `connect` (byte stream), `close()`, `set_dtr(bool)`, `set_rts(bool)`;
+    ours also: `attach` (stream starting with recent scrollback), `send_break`, console logs.
 
     Serve a pyserial loopback port and expect what was typed to come back:
 
@@ -55,3 +56,25 @@ class SerialInterface(Interface):
     async def read_scrollback(self) -> bytes:
         """The most recent console output kept by the exporter."""
         raise NotImplementedError(f"{type(self).__name__} keeps no scrollback")
+
+    @exportstream
+    async def attach(self) -> AsyncIterator[Any]:
+        """`connect`, starting with recent scrollback (drivers that keep none: just `connect`)."""
+        async with self.connect() as stream:  # type: ignore[attr-defined]
+            yield stream
+
+    @export
+    async def send_break(self, duration: float = 0.25) -> None:
+        """Hold the line in the break condition for `duration` seconds."""
+        raise NotImplementedError(f"{type(self).__name__} cannot send a break")
+
+    @export
+    async def console_logs(self) -> list[dict[str, Any]]:
+        """The kept console logs: session (the lease name), started (UTC), size, current."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no console logs")
+
+    @export
+    async def read_console_log(self, session: str | None = None) -> AsyncIterator[bytes]:
+        """A session's console log (the current one by default)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no console logs")
+        yield b""  # pragma: no cover (makes this a generator: a streaming export)

@@ -127,7 +127,17 @@ def test_a_renamed_export_in_an_interface_does_not_export_the_lifecycle_close():
 
     exported = Serial._exported
     assert exported["close"].function.__name__ == "close_port"  # `close` on the wire closes the port
-    assert sorted(exported) == ["close", "connect", "read_scrollback", "set_dtr", "set_rts"]
+    assert sorted(exported) == [
+        "attach",
+        "close",
+        "connect",
+        "console_logs",
+        "read_console_log",
+        "read_scrollback",
+        "send_break",
+        "set_dtr",
+        "set_rts",
+    ]
 
 
 def test_result_types_round_trip_and_refuse_malformed_wire_values():

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.errors import DriverMethodNotFound, DriverNotImplemented, JumpstarterError
 from jumpstarter.interfaces.serial import SerialInterface
+
+POWER_CYCLE_WAIT = 2.0
 
 
 class SerialClient(DriverClient):
@@ -23,6 +29,29 @@ class SerialClient(DriverClient):
         from jumpstarter.client.expect import Console
 
         return Console(self.stream("connect"))
+
+    def attach(self):  # type: ignore[no-untyped-def]
+        """The console stream, starting with the exporter's recent scrollback (plain `open()` on
+        exporters without it)."""
+        try:
+            return self.stream("attach")
+        except DriverMethodNotFound:  # an upstream or older exporter
+            return self.open()
+
+    def send_break(self, duration: float = 0.25) -> None:
+        """Hold the serial line in the break condition for `duration` seconds."""
+        self.call("send_break", float(duration))
+
+    def console_logs(self) -> list[dict[str, Any]]:
+        """The console logs the exporter keeps: session (lease name), started (UTC), size, current."""
+        return list(self.call("console_logs"))
+
+    def read_console_log(self, lease: str | None = None) -> Iterator[bytes]:
+        """A session's console log in chunks: the current session's, or the newest of lease `lease`."""
+        from jumpstarter.values import b64decode
+
+        for chunk in self.streamingcall("read_console_log", lease):
+            yield b64decode(chunk)
 
     def set_dtr(self, value: bool) -> None:
         self.call("set_dtr", value)
@@ -44,19 +73,53 @@ class SerialClient(DriverClient):
         from jumpstarter.client import pipes
 
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+        from jumpstarter.client.console import KEY_TABLE
+
         console = sub.add_parser(
             "console",
             aliases=["start-console"],
-            help="interactive console (Ctrl-B three times to leave)",
-            description="Attach this terminal to the serial console in raw mode. Several people can "
-            "attach at once; everybody sees the output. Leave with Ctrl-B pressed three times.",
+            help="interactive console (Ctrl-] . to leave, Ctrl-] ? for the escape keys)",
+            description=textwrap.fill(
+                "Attach this terminal to the serial console in raw mode, starting with the last lines "
+                "the board printed. Several people can attach at once; everybody sees the output. "
+                "Exits 0 when you detach, 1 when the exporter ends the console."
+            )
+            + "\n\n"
+            + KEY_TABLE,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
         def run_console(a: argparse.Namespace) -> int:
-            with self.open() as stream:
-                return pipes.console(stream)
+            from jumpstarter.client.console import Actions, run
+
+            actions = Actions(self._break_action, self._power_cycle_action(getattr(a, "board_root", None)))
+            with self.attach() as stream:
+                return run(stream, actions)
 
         console.set_defaults(func=run_console)
+
+        log = sub.add_parser(
+            "log",
+            help="print a session's console log (the current one, or --lease ID's)",
+            description="Print the console output the exporter logged for this session, or for a past "
+            "lease with --lease (the board must have `console_log: DIR` in its serial config).",
+        )
+        log.add_argument("--lease", metavar="ID", help="a past lease's log (its newest session)")
+        log.add_argument("--list", action="store_true", help="list the kept logs instead")
+
+        def run_log(a: argparse.Namespace) -> int:
+            if a.list:
+                for entry in self.console_logs():
+                    mark = " (current)" if entry["current"] else ""
+                    print(f"{entry['session']:<40} {entry['started']}  {int(entry['size']):>10} bytes{mark}")
+                return 0
+            lease = a.lease.rsplit("/", 1)[-1] if a.lease else None  # `namespaces/x/leases/ID` works too
+            for chunk in self.read_console_log(lease):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return 0
+
+        log.set_defaults(func=run_log)
 
         pipe = sub.add_parser(
             "pipe",
@@ -91,3 +154,47 @@ class SerialClient(DriverClient):
             return 0
 
         expect.set_defaults(func=run_expect)
+
+    def _break_action(self) -> str:
+        try:
+            self.send_break()
+        except DriverNotImplemented:
+            return "this serial driver cannot send a break"
+        except JumpstarterError as exc:
+            return f"break failed: {exc}"
+        return "break sent"
+
+    def _power_cycle_action(self, root: DriverClient | None):  # type: ignore[no-untyped-def]
+        def cycle() -> str:
+            from jumpstarter.client.console import say
+
+            power, why = power_for(self, root)
+            if power is None:
+                return why
+            say(f"power cycle: {power.path} off, on again in {POWER_CYCLE_WAIT:g} s")
+            try:
+                power.cycle(POWER_CYCLE_WAIT)
+            except JumpstarterError as exc:
+                return f"power cycle failed: {exc}"
+            return "power cycle: on"
+
+        return cycle
+
+
+def power_for(serial: DriverClient, root: DriverClient | None) -> tuple[Any, str]:
+    """The board's power driver for this console (its sibling first), or None and why not."""
+    from jumpstarter.client.drivers.power import PowerClient
+
+    if root is None:
+        return None, "power cycle unavailable here: use `jumpstarter power cycle`"
+    found = [c for c in root.walk() if isinstance(c, PowerClient)]
+    parent = serial.path.rpartition(".")[0]
+    siblings = [c for c in found if c.path.rpartition(".")[0] == parent]
+    if len(siblings) == 1:
+        return siblings[0], ""
+    if len(found) == 1:
+        return found[0], ""
+    if not found:
+        return None, "this board has no power driver: power cycle is not available"
+    names = ", ".join(c.path for c in found)
+    return None, f"several power drivers ({names}): use `jumpstarter NAME cycle`"
