@@ -6,6 +6,7 @@
     add_commands(subparsers, [ADMIN])
 
 A row with `commands` and no handler is a group: run alone, it prints its help and exits 2.
+`one_of(arg(...), arg(...))` among a row's args makes options that exclude each other.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
@@ -34,14 +35,25 @@ def arg(*flags: str, default_from: Callable[[], Any] | None = None, **options: A
 
 
 @dataclass(frozen=True)
+class OneOf:
+    """Options that exclude each other (`--ca FILE | --insecure`): an argparse mutually exclusive group."""
+
+    args: tuple[Arg, ...]
+
+
+def one_of(*args: Arg) -> OneOf:
+    return OneOf(args)
+
+
+@dataclass(frozen=True)
 class Command:
     """One subcommand: its name, one-line help, arguments and handler (or its own subcommands)."""
 
     name: str
     help: str
     handler: Handler | None = None
-    args: tuple[Arg, ...] = ()
-    commands: tuple[Command | Elsewhere, ...] = ()
+    args: tuple[Arg | OneOf, ...] = ()
+    commands: tuple[Command, ...] = ()
     description: str | None = None  # `NAME --help` text; defaults to `help`
     raw_description: bool = False  # keep the description's line breaks (a module docstring)
     title: str = "commands"  # heading of the subcommand list
@@ -55,21 +67,10 @@ class Command:
             raise ValueError(f"command {self.name!r} needs exactly one of a handler or subcommands")
 
 
-@dataclass(frozen=True)
-class Elsewhere:
-    """Commands whose parsers another module builds with its own `add(subparsers)` (cli/remote.py)."""
-
-    names: tuple[str, ...]
-    add: Callable[[Any], None] = field(repr=False)
-
-
-def add_commands(subparsers: Any, rows: Sequence[Command | Elsewhere]) -> None:
+def add_commands(subparsers: Any, rows: Sequence[Command]) -> None:
     """Add each row (and its subcommands, recursively) to an argparse subparsers object."""
     for row in rows:
-        if isinstance(row, Elsewhere):
-            row.add(subparsers)
-        else:
-            add_command(subparsers, row)
+        add_command(subparsers, row)
 
 
 def add_command(subparsers: Any, row: Command) -> argparse.ArgumentParser:
@@ -82,10 +83,12 @@ def add_command(subparsers: Any, row: Command) -> argparse.ArgumentParser:
         else argparse.HelpFormatter,
     )
     for spec in row.args:
-        options = dict(spec.options)
-        if spec.default_from is not None:
-            options["default"] = spec.default_from()
-        parser.add_argument(*spec.flags, **options)
+        if isinstance(spec, OneOf):
+            group = parser.add_mutually_exclusive_group()
+            for each in spec.args:
+                add_argument(group, each)
+        else:
+            add_argument(parser, spec)
     if row.more_args is not None:
         row.more_args(parser)
     if row.commands:
@@ -96,12 +99,20 @@ def add_command(subparsers: Any, row: Command) -> argparse.ArgumentParser:
     return parser
 
 
+def add_argument(parser: argparse._ActionsContainer, spec: Arg) -> None:
+    """One `add_argument` call, on a parser or on a group of it."""
+    options = dict(spec.options)
+    if spec.default_from is not None:
+        options["default"] = spec.default_from()
+    parser.add_argument(*spec.flags, **options)
+
+
 def print_usage(parser: argparse.ArgumentParser, args: argparse.Namespace | None = None) -> int:
     """A group run without a subcommand: show what it offers, exit 2 (usage error)."""
     parser.print_help(sys.stderr)
     return 2
 
 
-def command_names(rows: Sequence[Command | Elsewhere]) -> tuple[str, ...]:
+def command_names(rows: Sequence[Command]) -> tuple[str, ...]:
     """The top-level names a table adds, in order."""
-    return tuple(name for row in rows for name in (row.names if isinstance(row, Elsewhere) else (row.name,)))
+    return tuple(row.name for row in rows)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from jumpstarter.cli.admin import ADMIN
-from jumpstarter.cli.builder import Command, Elsewhere, add_commands, arg, command_names
+from jumpstarter.cli.builder import Command, add_commands, arg, command_names
+from jumpstarter.cli.remote_commands import REMOTE_COMMANDS, REMOTE_SHELL_COMMANDS
 from jumpstarter.cli.target import TargetChoice
 from jumpstarter.lab.cli import LAB
 
-REMOTE = ("login", "config", "get", "lease")
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
@@ -109,22 +109,10 @@ def _forward_arguments(parser: argparse.ArgumentParser) -> None:
     add_forward_arguments(parser)
 
 
-def _remote_parsers(sub: Any) -> None:
-    from jumpstarter.cli.remote import add_remote_parsers
-
-    add_remote_parsers(sub)
-
-
-def _remote_shell_parsers(sub: Any) -> None:
-    from jumpstarter.cli.remote import add_remote_shell_parsers
-
-    add_remote_shell_parsers(sub)
-
-
 CMD = arg("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
 
 #: The commands that work without a board, in `--help` order.
-STATIC_COMMANDS: tuple[Command | Elsewhere, ...] = (
+STATIC_COMMANDS: tuple[Command, ...] = (
     Command("boards", "list this host's boards and detected USB hardware", cmd_boards),
     Command(
         "demo",
@@ -135,7 +123,7 @@ STATIC_COMMANDS: tuple[Command | Elsewhere, ...] = (
         args=(arg("--keep", action="store_true", help="keep the demo lab running and open a shell in it"),),
     ),
     ADMIN,
-    Elsewhere(REMOTE, _remote_parsers),
+    *REMOTE_COMMANDS,
     LAB,
     Command("version", "print the version", cmd_version),
 )
@@ -155,9 +143,6 @@ BOARD_COMMANDS: tuple[Command, ...] = (
         more_args=_forward_arguments,
     ),
 )
-
-#: `shell`/`run` on a leased board, used when their options ask for one.
-REMOTE_SHELL_COMMANDS = (Elsewhere(("shell", "run"), _remote_shell_parsers),)
 
 NO_TARGET = frozenset(command_names(STATIC_COMMANDS))
 BUILTINS = (*command_names(BOARD_COMMANDS), *command_names(STATIC_COMMANDS))  # drivers may not shadow these

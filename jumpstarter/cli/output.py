@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from jumpstarter.cli.builder import Arg, arg
@@ -27,12 +28,17 @@ def output_arg(*choices: str) -> Arg:
     )
 
 
-def table(rows: list[list[str]], columns: list[str]) -> None:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+def table(rows: Sequence[Sequence[str]], columns: Sequence[str]) -> None:
+    """Print `format_table(rows, columns)`."""
+    print(format_table(rows, columns))
+
+
+def format_table(rows: Sequence[Sequence[str]], columns: Sequence[str]) -> str:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; a heading line first."""
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in (columns, *rows)
+    )
 
 
 def record_table(records: list[dict[str, Any]], columns: list[str]) -> None:

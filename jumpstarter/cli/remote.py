@@ -7,23 +7,22 @@
     jumpstarter run -l board=rpi4 -- pytest tests/
 
 `--client ALIAS|FILE` (or $JMP_CLIENT_CONFIG) picks the client config; otherwise the current one.
-This module wires the parsers and runs `shell`/`run` on a leased board; the other
-commands live in `clientconfig.py` (login, config client) and `leases.py` (get, lease).
+This module holds what the remote commands share and runs `shell`/`run` on a leased board; the
+other commands live in `clientconfig.py` (login, config client) and `leases.py` (get, lease), and
+their table in `remote_commands.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from jumpstarter.cli.output import note, print_wait
 from jumpstarter.errors import ConfigError, JumpstarterError
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 #: Options that make `shell`/`run` lease a remote board instead of using a local one.
 REMOTE_SHELL_OPTIONS = ("-l", "--selector", "--lease", "--exporter", "-n", "--client", "--duration")
-CLIENT_HELP = "client config alias or file (default: $JMP_CLIENT_CONFIG, else the current client)"
 
 
 def wants_remote(rest: list[str]) -> bool:
@@ -45,171 +43,6 @@ def wants_remote(rest: list[str]) -> bool:
         if name in REMOTE_SHELL_OPTIONS or (word.startswith("-l") and not word.startswith("--")):
             return True
     return False
-
-
-# -- parsers ------------------------------------------------------------------------------
-
-
-def _client_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--client", metavar="ALIAS|FILE", help=CLIENT_HELP)
-
-
-def _selector_option(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument(
-        "-l", "--selector", action="append", default=[], metavar="SELECTOR", help=help + " (repeatable)"
-    )
-
-
-def _token_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token", metavar="TOKEN", help="the client token (`-` reads it from stdin)")
-    parser.add_argument("--namespace", help="override the namespace (default: from the token)")
-    parser.add_argument(
-        "--client-name", metavar="NAME", help="override the client name (default: from the token)"
-    )
-    tls = parser.add_mutually_exclusive_group()
-    tls.add_argument(
-        "--ca", metavar="FILE", help="PEM file of the CA that signed the controller's certificate"
-    )
-    tls.add_argument(
-        "--insecure", action="store_true", help="trust whatever certificate the controller presents"
-    )
-    parser.add_argument(
-        "--unsafe", action="store_true", help="let upstream tools load any driver client class"
-    )
-
-
-def add_remote_parsers(sub: Any) -> None:
-    """login, config client …, get exporters, lease …"""
-    from jumpstarter.cli import clientconfig, leases
-
-    login = sub.add_parser(
-        "login",
-        help="save a client config from a token and make it current",
-        description="Save a client config (~/.config/jumpstarter/clients/ALIAS.yaml, mode 0600) from a "
-        "controller-issued token, check it against the controller, and make it current. "
-        "The endpoint defaults to the token's audience, the namespace and name to its subject.",
-    )
-    login.add_argument("endpoint", nargs="?", metavar="ENDPOINT", help="controller HOST:PORT")
-    _token_options(login)
-    login.add_argument(
-        "--name", dest="alias", default="default", metavar="ALIAS", help="config name (default: default)"
-    )
-    login.add_argument("--no-check", action="store_true", help="save without contacting the controller")
-    login.set_defaults(func=clientconfig.cmd_login, needs_board=False)
-
-    config = sub.add_parser("config", help="client configs: create, use, list, delete")
-    kinds = config.add_subparsers(title="kinds", metavar="KIND")
-    config.set_defaults(func=lambda a: (config.print_help(sys.stderr), 2)[1], needs_board=False)
-    client = kinds.add_parser("client", help="client configs")
-    verbs = client.add_subparsers(title="commands", metavar="COMMAND")
-    client.set_defaults(func=lambda a: (client.print_help(sys.stderr), 2)[1], needs_board=False)
-    create = verbs.add_parser("create", help="create a client config from a token or a config file")
-    create.add_argument("alias", metavar="ALIAS")
-    create.add_argument("--from", dest="source", metavar="FILE", help="copy this ClientConfig file")
-    create.add_argument("--endpoint", help="controller HOST:PORT (default: the token's audience)")
-    _token_options(create)
-    create.add_argument("--current", action="store_true", help="make it the current client")
-    create.set_defaults(func=clientconfig.cmd_config_create, needs_board=False)
-    use = verbs.add_parser("use", help="make a client config current")
-    use.add_argument("alias", metavar="ALIAS")
-    use.set_defaults(func=clientconfig.cmd_config_use, needs_board=False)
-    listing = verbs.add_parser("list", help="list client configs (* = current)")
-    listing.set_defaults(func=clientconfig.cmd_config_list, needs_board=False)
-    delete = verbs.add_parser("delete", help="delete a client config")
-    delete.add_argument("alias", metavar="ALIAS")
-    delete.set_defaults(func=clientconfig.cmd_config_delete, needs_board=False)
-
-    get = sub.add_parser("get", help="list the controller's exporters")
-    kinds = get.add_subparsers(title="kinds", metavar="KIND")
-    get.set_defaults(func=lambda a: (get.print_help(sys.stderr), 2)[1], needs_board=False)
-    exporters = kinds.add_parser("exporters", help="exporters matching a selector")
-    _selector_option(exporters, "label selector, e.g. board=rpi4")
-    exporters.add_argument("-o", "--output", choices=["table", "json", "name"], default="table")
-    _client_option(exporters)
-    exporters.set_defaults(func=leases.cmd_get_exporters, needs_board=False)
-
-    lease = sub.add_parser("lease", help="create, list, extend, transfer and release leases")
-    verbs = lease.add_subparsers(title="commands", metavar="COMMAND")
-    lease.set_defaults(func=lambda a: (lease.print_help(sys.stderr), 2)[1], needs_board=False)
-    create = verbs.add_parser("create", help="request a lease on a board")
-    _lease_target_options(create)
-    create.add_argument("--duration", required=True, help="e.g. 30m, 2h, 1h30m, PT1H")
-    create.add_argument("--begin-time", metavar="ISO8601", help="start later, e.g. 2025-06-01T08:00:00Z")
-    create.add_argument(
-        "--wait", action="store_true", help="wait until the lease is acquired (shows the queue position)"
-    )
-    create.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE", help="lease tag (repeatable)"
-    )
-    create.add_argument(
-        "--context", action="append", default=[], metavar="KEY=VALUE", help="lease context (repeatable)"
-    )
-    create.add_argument("--lease-id", default="", metavar="NAME", help="choose the lease name")
-    create.add_argument("--allow-disabled", action="store_true", help="accept disabled exporters")
-    create.add_argument("-o", "--output", choices=["table", "json", "name"], default="table")
-    _client_option(create)
-    create.set_defaults(func=leases.cmd_lease_create, needs_board=False)
-    listing = verbs.add_parser("list", help="your active leases")
-    listing.add_argument("--all", action="store_true", help="include ended leases")
-    listing.add_argument(
-        "-A", "--all-clients", action="store_true", help="leases of every client of the namespace"
-    )
-    _selector_option(listing, "only leases whose selector has these labels")
-    listing.add_argument("--tag-filter", default="", metavar="SELECTOR", help="only leases with these tags")
-    listing.add_argument("-o", "--output", choices=["table", "json", "name"], default="table")
-    _client_option(listing)
-    listing.set_defaults(func=leases.cmd_lease_list, needs_board=False)
-    show = verbs.add_parser("get", help="show one lease")
-    show.add_argument("name", metavar="NAME")
-    show.add_argument("-o", "--output", choices=["table", "json", "name"], default="table")
-    _client_option(show)
-    show.set_defaults(func=leases.cmd_lease_get, needs_board=False)
-    extend = verbs.add_parser("extend", help="make a lease longer")
-    extend.add_argument("name", metavar="NAME")
-    extend.add_argument("--duration", required=True, help="time to add, e.g. 30m")
-    _client_option(extend)
-    extend.set_defaults(func=leases.cmd_lease_extend, needs_board=False)
-    transfer = verbs.add_parser("transfer", help="hand a lease to another client of the namespace")
-    transfer.add_argument("name", metavar="NAME")
-    transfer.add_argument("to", metavar="CLIENT")
-    _client_option(transfer)
-    transfer.set_defaults(func=leases.cmd_lease_transfer, needs_board=False)
-    release = verbs.add_parser("release", help="end leases now")
-    release.add_argument("names", nargs="+", metavar="NAME")
-    _client_option(release)
-    release.set_defaults(func=leases.cmd_lease_release, needs_board=False)
-
-
-def _lease_target_options(parser: argparse.ArgumentParser) -> None:
-    _selector_option(parser, "lease any exporter matching this label selector")
-    parser.add_argument("-n", "--exporter", metavar="NAME", help="lease this exporter")
-
-
-def add_remote_shell_parsers(sub: Any) -> None:
-    """`shell`/`run` on a leased board (used when their options ask for one)."""
-    for name, text in (
-        ("shell", "lease a board and open a shell (or run CMD) with JUMPSTARTER_HOST set to it"),
-        ("run", "lease a board, run CMD with JUMPSTARTER_HOST set to it, exit with CMD's code"),
-    ):
-        cmd = sub.add_parser(name, help=text, description=text + "; the lease is released on exit.")
-        _lease_target_options(cmd)
-        cmd.add_argument(
-            "--lease", metavar="NAME", help="use this existing lease (it is not released on exit)"
-        )
-        cmd.add_argument("--duration", default="30m", help="lease duration (default 30m)")
-        cmd.add_argument(
-            "--acquisition-timeout",
-            default="2h",
-            metavar="DURATION",
-            help="give up waiting after this (default 2h)",
-        )
-        _client_option(cmd)
-        cmd.add_argument(
-            "cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments"
-        )
-        cmd.set_defaults(
-            func=lambda a, name=name: cmd_shell(a, interactive=name == "shell"), needs_board=False
-        )
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -253,30 +86,17 @@ def duration_seconds(text: str) -> float:
         raise ConfigError(str(exc)) from None
 
 
-def when(ts: Any) -> str:
-    if ts is None or not (ts.seconds or ts.nanos):
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts.seconds))
-
-
-def table(rows: list[list[str]], columns: list[str]) -> None:
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def as_json(messages: list[Any]) -> None:
-    from google.protobuf.json_format import MessageToDict
-
-    print(json.dumps([MessageToDict(m, preserving_proto_field_name=True) for m in messages], indent=2))
-
-
-def print_wait(reason: str, message: str) -> None:
-    print(f"waiting: {message or reason}", file=sys.stderr, flush=True)
-
-
 # -- shell / run on a leased board -----------------------------------------------------------
+
+
+def cmd_remote_shell(args: argparse.Namespace) -> int:
+    """`shell -l SELECTOR [-- CMD]`: a shell (or CMD) with JUMPSTARTER_HOST set to a leased board."""
+    return cmd_shell(args, interactive=True)
+
+
+def cmd_remote_run(args: argparse.Namespace) -> int:
+    """`run -l SELECTOR -- CMD`: CMD with JUMPSTARTER_HOST set to a leased board; CMD's exit code."""
+    return cmd_shell(args, interactive=False)
 
 
 def cmd_shell(args: argparse.Namespace, interactive: bool) -> int:
@@ -310,11 +130,7 @@ def cmd_shell(args: argparse.Namespace, interactive: bool) -> int:
             acquisition_timeout=patience,
         ) as session:
             if waited:
-                print(
-                    f"acquired lease {session.name} (exporter {session.exporter})",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                note(f"acquired lease {session.name} (exporter {session.exporter})")
             return _run_child(command, interactive, _child_env(session, config), session)
 
 
@@ -350,10 +166,9 @@ def _run_child(command: list[str], interactive: bool, env: dict[str, str], sessi
     """Run CMD (or $SHELL); Ctrl-C belongs to it, SIGTERM/SIGHUP are passed on; SIGHUP when the lease ends."""
     if not command:
         command = [os.environ.get("SHELL") or "/bin/sh"]
-        print(
+        note(
             f"[jumpstarter shell: lease {session.name} on {session.exporter}; JUMPSTARTER_HOST={session.path};"
-            " exit to release]",
-            file=sys.stderr,
+            " exit to release]"
         )
     try:
         child = subprocess.Popen(command, env=env)
@@ -364,7 +179,7 @@ def _run_child(command: list[str], interactive: bool, env: dict[str, str], sessi
         child.send_signal(signum)
 
     def hang_up(reason: str) -> None:  # the session's monitor thread: the lease ended under the child
-        print(f"jumpstarter: lease {session.name} ended ({reason})", file=sys.stderr)
+        note(f"jumpstarter: lease {session.name} ended ({reason})")
         child.send_signal(signal.SIGHUP)
 
     old = {

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jumpstarter.cli.output import format_table
 from jumpstarter.config.inventory import Inventory
 from jumpstarter.lab.devices import DeviceLookup, recorded_devices
 from jumpstarter.lab.supervisor import ProcessInfo, program_name
@@ -82,11 +83,5 @@ def board_statuses(
 
 
 def format_statuses(statuses: list[BoardStatus]) -> str:
-    rows = [("BOARD", "STATE", "PID", "SOCKET", "GETREPORT", "")]
-    rows += [(s.name, s.state, str(s.pid or "-"), s.socket, s.answer, s.detail) for s in statuses]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) if i < 5 else cell for i, cell in enumerate(row)).rstrip()
-        for row in rows
-    ]
-    return "\n".join(lines)
+    rows = [(s.name, s.state, str(s.pid or "-"), s.socket, s.answer, s.detail) for s in statuses]
+    return format_table(rows, ("BOARD", "STATE", "PID", "SOCKET", "GETREPORT", ""))

@@ -8,22 +8,30 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from jumpstarter.cli.builder import Command, Elsewhere, add_commands, arg
+from jumpstarter.cli.builder import Arg, Command, OneOf, add_commands, arg, one_of
 from jumpstarter.cli.main import BOARD_COMMANDS, STATIC_COMMANDS, full_parser, main
+from jumpstarter.cli.remote_commands import REMOTE_SHELL_COMMANDS
 
 
-def rows(table: tuple[Command | Elsewhere, ...], path: tuple[str, ...] = ()) -> Iterator[tuple[str, Command]]:
+def rows(table: tuple[Command, ...], path: tuple[str, ...] = ()) -> Iterator[tuple[str, Command]]:
     for row in table:
-        if isinstance(row, Command):
-            here = (*path, row.name)
-            yield " ".join(here), row
-            yield from rows(row.commands, here)
+        here = (*path, row.name)
+        yield " ".join(here), row
+        yield from rows(row.commands, here)
+
+
+def options(row: Command) -> Iterator[Arg]:
+    for spec in row.args:
+        yield from spec.args if isinstance(spec, OneOf) else (spec,)
 
 
 TABLE_ROWS = [*rows(STATIC_COMMANDS), *rows(BOARD_COMMANDS)]
+#: `shell`/`run` on a leased board: the same names as the board's own, so kept apart from TABLE_ROWS.
+REMOTE_SHELL_ROWS = [(f"{path} -l", row) for path, row in rows(REMOTE_SHELL_COMMANDS)]
 
 
 def subcommands(
@@ -41,7 +49,10 @@ def subcommands(
 BUILT = list(subcommands(full_parser(None, "")))
 
 
-@pytest.mark.parametrize(("path", "row"), TABLE_ROWS, ids=[p for p, _ in TABLE_ROWS])
+ALL_ROWS = [*TABLE_ROWS, *REMOTE_SHELL_ROWS]
+
+
+@pytest.mark.parametrize(("path", "row"), ALL_ROWS, ids=[p for p, _ in ALL_ROWS])
 def test_every_table_row_has_help_a_named_handler_and_helped_options(path, row):
     assert row.help.strip(), path
     if row.commands:
@@ -49,8 +60,15 @@ def test_every_table_row_has_help_a_named_handler_and_helped_options(path, row):
     else:
         assert callable(row.handler), path
         assert row.handler.__name__ != "<lambda>", f"{path}: handlers are named functions"
-    for spec in row.args:
+    for spec in options(row):
         assert str(spec.options.get("help", "")).strip(), f"{path} {spec.flags}: option without help"
+
+
+def test_the_remote_commands_are_table_rows():
+    described = dict(TABLE_ROWS)
+    for path in ("login", "config client create", "get exporters", "lease create", "lease release"):
+        assert callable(described[path].handler), path
+    assert [path for path, _ in REMOTE_SHELL_ROWS] == ["shell -l", "run -l"]
 
 
 @pytest.mark.parametrize(("path", "helptext", "parser"), BUILT, ids=[" ".join(p) for p, _, _ in BUILT])
@@ -85,7 +103,37 @@ def test_builder_sets_the_handler_and_env_defaults_at_build_time(monkeypatch):
     assert (args.func(args), args.where) == (7, "here")
 
 
-@pytest.mark.parametrize("group", [["admin"], ["admin", "policy"], ["lab"], ["lease"], ["config", "client"]])
+def test_one_of_makes_options_that_exclude_each_other(capsys):
+    table = (
+        Command(
+            "probe",
+            "a probe",
+            print,
+            args=(one_of(arg("--ca", help="h"), arg("--insecure", action="store_true", help="h")),),
+        ),
+    )
+    parser = argparse.ArgumentParser(prog="t")
+    add_commands(parser.add_subparsers(), table)
+    assert parser.parse_args(["probe", "--insecure"]).insecure is True
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["probe", "--ca", "x", "--insecure"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["login"], ["config", "client", "create", "alice"]])
+def test_login_and_config_create_refuse_a_ca_together_with_insecure(command, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("JMP_CLIENT_CONFIG_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--token", "t", "--ca", "ca.pem", "--insecure"])
+    assert exc.value.code == 2
+    assert "--insecure: not allowed with argument --ca" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize(
+    "group", [["admin"], ["admin", "policy"], ["lab"], ["lease"], ["get"], ["config"], ["config", "client"]]
+)
 def test_a_group_alone_prints_its_help_and_exits_2(group, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("JUMPSTARTER_BOARDS_DIR", str(tmp_path))
     assert main(group) == 2
@@ -105,7 +153,8 @@ def run_help(*words: str, boards: str) -> subprocess.CompletedProcess[str]:
 
 
 def flat(text: str) -> str:
-    return " ".join(text.split())
+    """Text without whitespace: argparse wraps lines at spaces and after hyphens (`controller-issued`)."""
+    return "".join(text.split())
 
 
 DESCRIBED = dict(TABLE_ROWS)
@@ -139,3 +188,22 @@ def test_help_of_every_board_command_exits_0_and_shows_its_description(path, tmp
     result = run_help("--config", str(config), path, boards=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert flat(DESCRIBED[path].help) in flat(result.stdout)
+
+
+@pytest.mark.parametrize(("path", "row"), REMOTE_SHELL_ROWS, ids=[p for p, _ in REMOTE_SHELL_ROWS])
+def test_help_of_shell_and_run_on_a_leased_board_shows_their_description(path, row, tmp_path):
+    result = run_help(row.name, "-l", "board=x", boards=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert flat(f"usage: jumpstarter {row.name}") in flat(result.stdout)
+    assert flat(row.description or row.help) in flat(result.stdout)
+    assert "--acquisition-timeout" in result.stdout
+
+
+def test_only_cli_output_pads_table_columns():
+    package = Path(__file__).resolve().parents[2] / "jumpstarter"
+    padders = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if ".ljust(" in path.read_text() and path != package / "cli" / "output.py"
+    ]
+    assert padders == [], "use jumpstarter.cli.output.table / format_table"
