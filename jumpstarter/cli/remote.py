@@ -30,17 +30,19 @@ if TYPE_CHECKING:
     from jumpstarter.client.session import RemoteSession
     from jumpstarter.config.client import ClientConfig
 
-#: Options that make `shell`/`run` lease a remote board instead of using a local one.
-REMOTE_SHELL_OPTIONS = ("-l", "--selector", "--lease", "--exporter", "-n", "--client", "--duration")
-
 
 def wants_remote(rest: list[str]) -> bool:
-    """Does `shell`/`run` REST (the words after the command) ask for a leased board?"""
+    """Does `shell`/`run` REST (the words after the command) ask for a leased board?
+
+    Any option of the leased `shell`/`run` rows (`remote_commands.SHELL_ARGS`) says so.
+    """
+    from jumpstarter.cli.remote_commands import SHELL_OPTIONS
+
     for word in rest:
         if word == "--" or not word.startswith("-"):
             return False  # the command to run starts here
         name = word.split("=", 1)[0]
-        if name in REMOTE_SHELL_OPTIONS or (word.startswith("-l") and not word.startswith("--")):
+        if name in SHELL_OPTIONS or (word.startswith("-l") and not word.startswith("--")):
             return True
     return False
 

@@ -196,6 +196,10 @@ SHELL_ARGS = (
     CLIENT,
     arg("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments"),
 )
+#: The options that make `shell`/`run` lease a board (`remote.wants_remote`): one list, so none is forgotten.
+SHELL_OPTIONS = frozenset(
+    flag for a in SHELL_ARGS if isinstance(a, Arg) for flag in a.flags if flag.startswith("-")
+)
 SHELL_HELP = "lease a board and open a shell (or run CMD) with JUMPSTARTER_HOST set to it"
 RUN_HELP = "lease a board, run CMD with JUMPSTARTER_HOST set to it, exit with CMD's code"
 RELEASED = "; the lease is released on exit."

@@ -41,6 +41,8 @@ def config_home(tmp_path, monkeypatch):
         (["--lease", "L1"], True),
         (["--exporter", "b1", "--", "true"], True),
         (["--client", "alice"], True),
+        (["--acquisition-timeout", "1h", "-l", "board=x"], True),
+        (["--duration", "1h", "-l", "board=x"], True),
         (["--debug", "-l", "board=x"], True),
         ([], False),
         (["--", "ls", "-l"], False),
