@@ -127,9 +127,10 @@ def run(stream: BlockingStream, actions: Actions) -> int:
     screen = _Screen(stream)
     reader = EscapeReader()
     detached = "the terminal closed"
+    # raw first: keys typed right after the banner must not be echoed or flushed by the line discipline
+    tty.setraw(stdin_fd, termios.TCSADRAIN)
     sys.stderr.write("[console attached: Ctrl-] . leaves, Ctrl-] ? lists the escape keys]\r\n")
     sys.stderr.flush()
-    tty.setraw(stdin_fd)
     screen.thread.start()
     try:
         detached = _type(stdin_fd, screen, stream, reader, actions)
