@@ -29,6 +29,9 @@ SHORT: dict[str, str] = {
     "network.discard": _M + "network:DiscardNetwork",
     "shell": _M + "shell:Shell",
     "storage.file": _M + "storage:FileFlasher",
+    "storage.blockdev": _M + "storage:FileFlasher",
+    "storage.usbsdmux": _M + "sdmux:UsbSdMux",
+    "storage.sdwire": _M + "sdmux:SdWire",
 }
 UPSTREAM: dict[str, str] = {
     "jumpstarter_driver_composite.driver.Composite": "composite",

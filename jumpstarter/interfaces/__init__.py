@@ -12,7 +12,7 @@ from jumpstarter.interfaces.network import NetworkInterface
 from jumpstarter.interfaces.power import PowerInterface
 from jumpstarter.interfaces.serial import SerialInterface
 from jumpstarter.interfaces.shell import ShellInterface
-from jumpstarter.interfaces.storage import FlasherInterface
+from jumpstarter.interfaces.storage import FlasherInterface, StorageMuxInterface
 
 INTERFACES: tuple[type[Interface], ...] = (
     PowerInterface,
@@ -20,6 +20,7 @@ INTERFACES: tuple[type[Interface], ...] = (
     NetworkInterface,
     FlasherInterface,
     ShellInterface,
+    StorageMuxInterface,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "PowerInterface",
     "SerialInterface",
     "ShellInterface",
+    "StorageMuxInterface",
 ]

@@ -1,0 +1,338 @@
+"""The flash pipeline: stream, decompress, write (whole or bmap ranges), read back and compare.
+
+Runs in one worker thread pulling from the client's resource stream through bounded
+buffers (one 4 MiB block, the 1 MiB head, the decoder's window): memory stays flat
+whatever the image size. The first MiB (partition table, boot sector) is zeroed first
+and written last, so a card left by an error, a cancel or a dropped client never holds
+a half-written image that looks bootable; `FlashIncomplete` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import stat
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from jumpstarter import bmap as bmaps
+from jumpstarter import compression
+
+HEAD = 1024 * 1024
+BLOCK = 4 * 1024 * 1024
+POLL = 0.5  # seconds between checks of the abort flag while waiting for the client
+_OPTION_KEYS = frozenset({"size", "verify", "bmap", "encoding"})
+
+
+class FlashIncomplete(Exception):
+    """The target holds a partial image (its first MiB is zeroed): do not boot from it."""
+
+
+class FlashAborted(FlashIncomplete):
+    """The flash was cancelled (Ctrl-C, a dropped client, the session ending)."""
+
+
+@dataclass(frozen=True)
+class FlashOptions:
+    """What the client tells the exporter besides the bytes; on the wire a mapping of these keys."""
+
+    size: int | None = None  # bytes the client will send: an early end of stream is then a drop
+    verify: bool = True
+    bmap: bmaps.Bmap | None = None
+    encoding: str | None = None  # for http(s) sources; client streams name theirs in the handle
+
+    @classmethod
+    def from_value(cls, value: Any) -> FlashOptions:
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise ValueError(f"flash options: expected a mapping, got {type(value).__name__}")
+        unknown = set(value) - _OPTION_KEYS
+        if unknown:
+            raise ValueError(f"flash options: unknown {sorted(unknown)} (known: {sorted(_OPTION_KEYS)})")
+        size = value.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0):
+            raise ValueError(f"flash options: size must be a byte count, got {size!r}")
+        verify = value.get("verify", True)
+        if not isinstance(verify, bool):
+            raise ValueError(f"flash options: verify must be true or false, got {verify!r}")
+        text = value.get("bmap")
+        if text is not None and not isinstance(text, str):
+            raise ValueError("flash options: bmap must be the .bmap file's text")
+        return cls(
+            None if size is None else int(size),
+            verify,
+            None if text is None else bmaps.parse(text),
+            compression.check(value.get("encoding")),
+        )
+
+
+@dataclass(frozen=True)
+class Written:
+    bytes: int  # image bytes (decompressed) read from the source
+    written: int  # bytes written to the target (less than `bytes` with a bmap)
+    verified: bool
+
+
+class StreamSource(io.RawIOBase):
+    """The client's bytes as a blocking file for the worker thread (pulled one chunk at a time)."""
+
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[bytes]],
+        loop: asyncio.AbstractEventLoop,
+        abort: threading.Event,
+        expected: int | None,
+    ) -> None:
+        self._receive = receive
+        self._loop = loop
+        self._abort = abort
+        self._expected = expected
+        self._pending = b""
+        self._eof = False
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._pending and not self._eof:
+            self._pending = self._fetch()
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def _fetch(self) -> bytes:
+        future = asyncio.run_coroutine_threadsafe(self._receive(), self._loop)  # type: ignore[arg-type]
+        while True:
+            if self._abort.is_set():
+                future.cancel()
+                raise FlashAborted("flash cancelled")
+            try:
+                data: bytes = future.result(timeout=POLL)
+                break
+            except TimeoutError:
+                continue
+        if data:
+            self.count += len(data)
+            if self._expected is not None and self.count > self._expected:
+                raise ValueError(f"the client sent more than the {self._expected} bytes it announced")
+            return data
+        self._eof = True
+        if self._expected is not None and self.count != self._expected:
+            raise FlashIncomplete(
+                f"the stream ended after {self.count} of {self._expected} bytes (client gone?)"
+            )
+        return b""
+
+
+def _read_full(reader: Any, size: int) -> bytes:
+    parts, have = [], 0
+    while have < size:
+        data = reader.read(size - have)
+        if not data:
+            break
+        parts.append(data)
+        have += len(data)
+    return b"".join(parts)
+
+
+def open_target(path: str) -> tuple[int, int | None]:
+    """Open a file or block device for writing: (fd, capacity or None for a growable file)."""
+    is_block = os.path.exists(path) and stat.S_ISBLK(os.stat(path).st_mode)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if is_block else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
+    if not is_block:
+        return fd, None
+    return fd, os.lseek(fd, 0, os.SEEK_END)
+
+
+class _Writer:
+    """Writes image bytes at their offsets, holding back the head until `commit`."""
+
+    def __init__(self, fd: int, capacity: int) -> None:
+        self.fd = fd
+        self.capacity = capacity
+        self.head: list[tuple[int, bytes]] = []
+        self.written = 0
+        self.head_end = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset + len(data) > self.capacity:
+            raise ValueError(f"the image is larger than the target ({self.capacity} bytes)")
+        if offset < HEAD:
+            cut = HEAD - offset
+            self.head.append((offset, data[:cut]))
+            self.head_end = max(self.head_end, offset + len(data[:cut]))
+            data, offset = data[cut:], HEAD
+        if data:
+            _pwrite_all(self.fd, data, offset)
+            self.written += len(data)
+
+    def zero_head(self, length: int) -> None:
+        _pwrite_all(self.fd, bytes(min(HEAD, length, self.capacity)), 0)
+
+    def commit(self) -> None:
+        os.fsync(self.fd)  # everything else is on the card before the head makes it bootable
+        for offset, data in self.head:
+            _pwrite_all(self.fd, data, offset)
+            self.written += len(data)
+        os.fsync(self.fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
+def write_image(
+    fd: int,
+    source: StreamSource,
+    options: FlashOptions,
+    encoding: str | None,
+    capacity: int,
+    abort: threading.Event,
+    growable: bool = False,
+) -> Written:
+    """The whole pipeline in the worker thread; on any failure the head is zeroed again.
+
+    A `growable` target is a regular file, truncated when opened: its head is a hole already.
+    """
+    writer = _Writer(fd, capacity)
+    if not growable:
+        writer.zero_head(HEAD)
+    try:
+        blocks = _blocks(compression.reader(encoding, source), encoding)  # type: ignore[arg-type]
+        spans = _copy(blocks, writer, options.bmap, abort)
+        image_bytes = spans.pop()[1]
+        if abort.is_set():
+            raise FlashAborted("flash cancelled")
+        if growable:
+            os.ftruncate(fd, image_bytes)  # a sparse image's unmapped tail still counts
+        writer.commit()
+        if options.verify:
+            _verify(fd, spans, abort)
+        return Written(image_bytes, writer.written, options.verify)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            writer.zero_head(writer.head_end or HEAD)
+            os.fsync(fd)
+        raise
+
+
+def _blocks(reader: Any, encoding: str | None) -> Iterator[bytes]:
+    """The decoded image in blocks; a decoder's complaint becomes a clear error."""
+    errors = compression.read_errors()
+    while True:
+        try:
+            block = _read_full(reader, BLOCK)
+        except errors as exc:
+            if isinstance(exc, ConnectionError) or encoding is None:
+                raise FlashIncomplete(f"the image source failed: {exc}") from None
+            raise FlashIncomplete(f"the image is not valid {encoding}: {exc}") from None
+        if not block:
+            return
+        yield block
+
+
+def _copy(
+    blocks: Iterator[bytes], writer: _Writer, bmap: bmaps.Bmap | None, abort: threading.Event
+) -> list[tuple[int, int, str]]:
+    """Copy the image; returns the spans to verify (start, end, sha256), then (0, image bytes, "")."""
+    pos = 0
+    whole = hashlib.sha256()
+    ranges = bmap.ranges if bmap else ()
+    index, hasher = 0, hashlib.sha256()
+    for block in blocks:
+        if abort.is_set():
+            raise FlashAborted("flash cancelled")
+        end = pos + len(block)
+        if bmap is None:
+            whole.update(block)
+            writer.write(pos, block)
+        while index < len(ranges) and ranges[index].start < end:
+            span = ranges[index]
+            lo, hi = max(span.start, pos), min(span.end, end)
+            piece = block[lo - pos : hi - pos]
+            hasher.update(piece)
+            writer.write(lo, piece)
+            if span.end > end:
+                break
+            if hasher.hexdigest() != span.sha256:
+                raise ValueError(f"the image does not match its bmap: bytes {span.start}-{span.end}")
+            index, hasher = index + 1, hashlib.sha256()
+        pos = end
+    if bmap is not None:
+        if pos != bmap.image_size or index != len(ranges):
+            raise ValueError(f"the image has {pos} bytes, its bmap says {bmap.image_size}")
+        return [(r.start, r.end, r.sha256) for r in ranges] + [(0, pos, "")]
+    return [(0, pos, whole.hexdigest()), (0, pos, "")]
+
+
+def _verify(fd: int, spans: list[tuple[int, int, str]], abort: threading.Event) -> None:
+    """Read back what was written (from the device, not the page cache) and compare sha256."""
+    with contextlib.suppress(OSError):  # not every file system honours it; the card path does
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    for start, end, expected in spans:
+        digest, offset = hashlib.sha256(), start
+        while offset < end:
+            if abort.is_set():
+                raise FlashAborted("flash cancelled during verification")
+            data = os.pread(fd, min(BLOCK, end - offset), offset)
+            if not data:
+                break
+            digest.update(data)
+            offset += len(data)
+        if digest.hexdigest() != expected:
+            raise FlashIncomplete(
+                f"verification failed: bytes {start}-{end} read back differ from what was written"
+            )
+
+
+async def flash_file(
+    path: str,
+    stream: Any,
+    options: FlashOptions,
+    encoding: str | None,
+    max_bytes: int,
+) -> tuple[Written, float]:
+    """Flash `stream` into `path` in a worker thread; cancelling stops it cleanly (head zeroed)."""
+    loop = asyncio.get_running_loop()
+    abort = threading.Event()
+    started = time.monotonic()
+    fd, capacity = await asyncio.to_thread(open_target, path)
+    source = StreamSource(stream.receive, loop, abort, options.size)
+
+    def run() -> Written:
+        try:
+            limit = min(capacity or max_bytes, max_bytes)
+            return write_image(fd, source, options, encoding, limit, abort, growable=capacity is None)
+        finally:
+            os.close(fd)
+
+    worker = asyncio.ensure_future(asyncio.to_thread(run))
+    try:
+        written = await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        abort.set()  # the thread notices within POLL seconds, zeroes the head and closes the file
+        with contextlib.suppress(BaseException):
+            await _wait_uncancellable(worker)
+        raise
+    return written, time.monotonic() - started
+
+
+async def _wait_uncancellable(task: asyncio.Future[Any]) -> None:
+    """Wait for `task` even if we are cancelled again: the card must be settled before the mux moves."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.exception() if not task.cancelled() else None
