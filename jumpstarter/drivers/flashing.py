@@ -157,12 +157,14 @@ def open_target(path: str) -> tuple[int, int | None]:
 class _Writer:
     """Writes image bytes at their offsets, holding back the head until `commit`."""
 
-    def __init__(self, fd: int, capacity: int) -> None:
+    def __init__(self, fd: int, capacity: int, bmap: bmaps.Bmap | None) -> None:
         self.fd = fd
         self.capacity = capacity
         self.head: list[tuple[int, bytes]] = []
         self.written = 0
-        self.head_end = 0
+        # what of the head to zero: all of it, or with a bmap only its mapped bytes (the rest is not ours)
+        spans = [(r.start, min(r.end, HEAD)) for r in bmap.ranges if r.start < HEAD] if bmap else [(0, HEAD)]
+        self.head_spans = [(lo, min(hi, capacity)) for lo, hi in spans if lo < capacity]
 
     def write(self, offset: int, data: bytes) -> None:
         if offset + len(data) > self.capacity:
@@ -170,14 +172,17 @@ class _Writer:
         if offset < HEAD:
             cut = HEAD - offset
             self.head.append((offset, data[:cut]))
-            self.head_end = max(self.head_end, offset + len(data[:cut]))
             data, offset = data[cut:], HEAD
         if data:
             _pwrite_all(self.fd, data, offset)
             self.written += len(data)
 
-    def zero_head(self, length: int) -> None:
-        _pwrite_all(self.fd, bytes(min(HEAD, length, self.capacity)), 0)
+    def zero_head(self, grown_only: bool = False) -> None:
+        """Zero the head; `grown_only`: a regular file, never extended by this."""
+        end = os.fstat(self.fd).st_size if grown_only else self.capacity
+        for lo, hi in self.head_spans:
+            if min(hi, end) > lo:
+                _pwrite_all(self.fd, bytes(min(hi, end) - lo), lo)
 
     def commit(self) -> None:
         os.fsync(self.fd)  # everything else is on the card before the head makes it bootable
@@ -207,9 +212,9 @@ def write_image(
 
     A `growable` target is a regular file, truncated when opened: its head is a hole already.
     """
-    writer = _Writer(fd, capacity)
+    writer = _Writer(fd, capacity, options.bmap)
     if not growable:
-        writer.zero_head(HEAD)
+        writer.zero_head()
     try:
         blocks = _blocks(compression.reader(encoding, source), encoding)  # type: ignore[arg-type]
         spans = _copy(blocks, writer, options.bmap, abort)
@@ -224,7 +229,7 @@ def write_image(
         return Written(image_bytes, writer.written, options.verify)
     except BaseException:
         with contextlib.suppress(OSError):
-            writer.zero_head(writer.head_end or HEAD)
+            writer.zero_head(grown_only=growable)
             os.fsync(fd)
         raise
 
