@@ -66,7 +66,7 @@ def parse(text: str) -> Bmap:
         raise ValueError(f"bmap: not XML: {exc}") from None
     version = root.get("version", "")
     if root.tag != "bmap" or not version.startswith("2."):
-        raise ValueError(f"bmap: expected <bmap version=\"2.x\">, got <{root.tag} version={version!r}>")
+        raise ValueError(f'bmap: expected <bmap version="2.x">, got <{root.tag} version={version!r}>')
     if (root.findtext("ChecksumType") or "").strip() != "sha256":
         raise ValueError("bmap: only ChecksumType sha256 is supported")
     _check_own_checksum(root, text)

@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +85,7 @@ class StreamSource(io.RawIOBase):
 
     def __init__(
         self,
-        receive: Callable[[], Awaitable[bytes]],
+        receive: Callable[[], Coroutine[Any, Any, bytes]],
         loop: asyncio.AbstractEventLoop,
         abort: threading.Event,
         expected: int | None,
@@ -94,7 +94,7 @@ class StreamSource(io.RawIOBase):
         self._loop = loop
         self._abort = abort
         self._expected = expected
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view: decoders read in small pieces, slicing bytes would copy
         self._eof = False
         self.count = 0
 
@@ -103,14 +103,14 @@ class StreamSource(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         if not self._pending and not self._eof:
-            self._pending = self._fetch()
+            self._pending = memoryview(self._fetch())
         size = min(len(buffer), len(self._pending))
         buffer[:size] = self._pending[:size]
         self._pending = self._pending[size:]
         return size
 
     def _fetch(self) -> bytes:
-        future = asyncio.run_coroutine_threadsafe(self._receive(), self._loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(self._receive(), self._loop)
         while True:
             if self._abort.is_set():
                 future.cancel()

@@ -105,7 +105,9 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
         if task.exception() is not None:
-            self.log.error("mux could not reach its safe state", side=self.safe_state, error=str(task.exception()))
+            self.log.error(
+                "mux could not reach its safe state", side=self.safe_state, error=str(task.exception())
+            )
 
     async def _wait_for_device(self) -> None:
         """After switching to the host the card enumerates as a block device: wait until it opens."""
@@ -166,7 +168,9 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
         async with self._lock:
             await self._switch("off")
 
-    async def flash(self, source: Any, target: str | None = None, options: dict[str, Any] | None = None) -> FlashResult:
+    async def flash(
+        self, source: Any, target: str | None = None, options: dict[str, Any] | None = None
+    ) -> FlashResult:
         """Switch to the host, write and verify the image, give the card to the board (or the safe state)."""
         if target not in (None, "", "default"):
             raise ValueError(f"a mux has one card: target {target!r} is not supported")
@@ -223,7 +227,9 @@ class SdWire(SdMux):
 
     safe_choices = ("dut",)
 
-    def __init__(self, *, serial: str, executable: str = "sd-mux-ctrl", safe_state: str = "dut", **config: Any) -> None:
+    def __init__(
+        self, *, serial: str, executable: str = "sd-mux-ctrl", safe_state: str = "dut", **config: Any
+    ) -> None:
         self.serial = _argument(serial, "serial")
         self.executable = str(executable)
         super().__init__(safe_state=safe_state, **config)

@@ -52,13 +52,19 @@ class Flashing:
                     path, stream, options, encoding or options.encoding, self.max_bytes
                 )
         except BaseException as exc:
-            reason = "cancelled (client gone or interrupted)" if isinstance(exc, asyncio.CancelledError) else str(exc)
+            reason = (
+                "cancelled (client gone or interrupted)"
+                if isinstance(exc, asyncio.CancelledError)
+                else str(exc)
+            )
             self.flash_state, self.flash_detail = "incomplete", f"{path}: {reason}; its first MiB is zeroed"
             self.log.warning("flash incomplete", path=path, reason=reason)
             raise
         self.flash_state = "complete"
         self.flash_detail = f"{written.bytes} bytes, {'verified' if written.verified else 'not verified'}"
-        self.log.info("flashed", path=path, bytes=written.bytes, written=written.written, seconds=round(seconds, 3))
+        self.log.info(
+            "flashed", path=path, bytes=written.bytes, written=written.written, seconds=round(seconds, 3)
+        )
         return FlashResult(written.bytes, seconds, target, written.written, written.verified)
 
     async def _dump_path(self, path: str, destination: Any, target: str) -> DumpResult:
@@ -104,7 +110,9 @@ class FileFlasher(FlasherInterface, Flashing, Driver):
         return self.targets[target]  # type: ignore[index]
 
     @export
-    async def flash(self, source: Any, target: str | None = None, options: dict[str, Any] | None = None) -> FlashResult:
+    async def flash(
+        self, source: Any, target: str | None = None, options: dict[str, Any] | None = None
+    ) -> FlashResult:
         """Write the image from `source` (a resource handle) to the target; returns bytes written."""
         path = self._path(target)
         return await self._flash_path(path, source, target or "default", FlashOptions.from_value(options))

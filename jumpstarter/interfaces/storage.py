@@ -144,7 +144,9 @@ class StorageStatus(_ResultKeys):
     @classmethod
     def from_value(cls, value: Any) -> StorageStatus:
         fields = _fields(value, "storage status")
-        return cls(str(fields.get("mux", "unknown")), str(fields.get("flash", "idle")), str(fields.get("detail", "")))
+        return cls(
+            str(fields.get("mux", "unknown")), str(fields.get("flash", "idle")), str(fields.get("detail", ""))
+        )
 
 
 class StorageMuxInterface(FlasherInterface):

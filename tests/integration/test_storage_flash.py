@@ -151,7 +151,11 @@ def loop_device(workdir: str) -> Iterator[tuple[str, str]]:
 def sparse_image(workdir: str) -> tuple[str, str, list[tuple[int, int, bytes]]]:
     """A 48 MiB image with data in three ranges (one inside the head), and its .bmap."""
     block = 4096
-    mapped = [(0, 15, os.urandom(16 * block)), (2000, 2303, os.urandom(304 * block)), (9000, 9000, b"\x01" * block)]
+    mapped = [
+        (0, 15, os.urandom(16 * block)),
+        (2000, 2303, os.urandom(304 * block)),
+        (9000, 9000, b"\x01" * block),
+    ]
     size = 48 * MIB
     image = os.path.join(workdir, "sparse.img")
     with open(image, "wb") as out:
@@ -165,14 +169,18 @@ def sparse_image(workdir: str) -> tuple[str, str, list[tuple[int, int, bytes]]]:
     return image, bmap, mapped
 
 
-def test_bmap_writes_and_verifies_only_the_mapped_ranges_of_a_block_device(cli, exporterd, workdir, loop_device):
+def test_bmap_writes_and_verifies_only_the_mapped_ranges_of_a_block_device(
+    cli, exporterd, workdir, loop_device
+):
     device, backing = loop_device
-    exporter = exporterd.start(exporter_config(f"""
+    exporter = exporterd.start(
+        exporter_config(f"""
         storage:
           type: storage.blockdev
           config:
             path: {device}
-    """))
+    """)
+    )
     image, bmap, mapped = sparse_image(workdir)
 
     result = cli("--host", exporter.socket, "storage", "flash", image, "--bmap", bmap, timeout=120)
@@ -221,7 +229,9 @@ def feed_fifo(path: str, parts: list[bytes], gate: threading.Event) -> threading
     return thread
 
 
-def test_a_killed_client_leaves_the_card_marked_incomplete_and_the_mux_off(cli_env, exporterd, workdir, mux, cli):
+def test_a_killed_client_leaves_the_card_marked_incomplete_and_the_mux_off(
+    cli_env, exporterd, workdir, mux, cli
+):
     exporter = exporterd.start(usbsdmux_board(workdir, mux), env=mux.env)
     fifo = os.path.join(workdir, "image.fifo")
     os.mkfifo(fifo)
@@ -229,7 +239,10 @@ def test_a_killed_client_leaves_the_card_marked_incomplete_and_the_mux_off(cli_e
     feed_fifo(fifo, [os.urandom(16 * MIB), os.urandom(16 * MIB)], gate)
     client = subprocess.Popen(
         [*CLI, "--host", exporter.socket, "storage", "flash", fifo],
-        env=cli_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cli_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_until(lambda: os.path.getsize(mux.card) >= 8 * MIB, 60, "the first blocks on the card")
@@ -261,7 +274,10 @@ def test_a_corrupted_write_is_caught_by_reading_back(cli, cli_env, exporterd, wo
     feed_fifo(fifo, [first, rest], gate)
     flashing = subprocess.Popen(
         [*CLI, "--host", exporter.socket, "storage", "flash", fifo],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=cli_env,
     )
     offset = 5 * MIB + 123
@@ -297,7 +313,9 @@ def test_an_error_never_leaves_the_mux_on_the_host(failure, cli, exporterd, work
     exporter = exporterd.start(usbsdmux_board(workdir, mux, *extra), env=env)
     image = os.path.join(workdir, "image.raw.gz" if failure == "corrupt gzip" else "image.raw")
     with open(image, "wb") as out:
-        out.write(b"\x1f\x8b\x08\x00not gzip at all" * 1000 if failure == "corrupt gzip" else os.urandom(3 * MIB))
+        out.write(
+            b"\x1f\x8b\x08\x00not gzip at all" * 1000 if failure == "corrupt gzip" else os.urandom(3 * MIB)
+        )
 
     result = cli("--host", exporter.socket, "storage", "flash", image, timeout=60)
 
@@ -309,14 +327,17 @@ def test_an_error_never_leaves_the_mux_on_the_host(failure, cli, exporterd, work
 
 def test_sdwire_goes_back_to_the_board_after_flashing_and_after_an_error(cli, exporterd, workdir, mux):
     tool = fake_tool(workdir, "sd-mux-ctrl", "sd_mux_ctrl.py")
-    exporter = exporterd.start(exporter_config(f"""
+    exporter = exporterd.start(
+        exporter_config(f"""
         storage:
           type: storage.sdwire
           config:
             serial: sdwire-7
             storage_device: {mux.device}
             executable: {tool}
-    """), env=mux.env)
+    """),
+        env=mux.env,
+    )
     image = os.path.join(workdir, "image.raw")
     with open(image, "wb") as out:
         out.write(os.urandom(3 * MIB))
@@ -326,7 +347,10 @@ def test_sdwire_goes_back_to_the_board_after_flashing_and_after_an_error(cli, ex
 
     assert good.returncode == 0, good.stderr
     assert bad.returncode == 1 and "not valid xz" in bad.stderr, bad.stderr
-    assert mux.calls()[-4:] == ["sd-mux-ctrl --device-serial=sdwire-7 --ts", "sd-mux-ctrl --device-serial=sdwire-7 --dut"] * 2
+    assert (
+        mux.calls()[-4:]
+        == ["sd-mux-ctrl --device-serial=sdwire-7 --ts", "sd-mux-ctrl --device-serial=sdwire-7 --dut"] * 2
+    )
     assert mux.side() == "dut"
 
 
@@ -343,7 +367,9 @@ def test_the_exporter_fetches_an_http_image_itself_and_bounds_its_size(cli, expo
         assert sha256_of(mux.card) == images["sha256"]
         exporter.stop()
 
-        small = exporterd.start(usbsdmux_board(workdir, mux, "max_bytes: 16777216"), name="small", env=mux.env)
+        small = exporterd.start(
+            usbsdmux_board(workdir, mux, "max_bytes: 16777216"), name="small", env=mux.env
+        )
         refused = cli("--host", small.socket, "storage", "flash", url, timeout=300)
         assert refused.returncode == 1 and "larger than the target" in refused.stderr, refused.stderr
         assert mux.side() == "off"

@@ -157,7 +157,9 @@ class FlasherClient(DriverClient):
         )
         flash.add_argument("-t", "--target", help="storage target name (default: the default target)")
         flash.add_argument("--compression", choices=["auto", "none", *compression.ENCODINGS], default="auto")
-        flash.add_argument("--bmap", metavar="FILE", help="a bmaptools .bmap: write and verify only mapped ranges")
+        flash.add_argument(
+            "--bmap", metavar="FILE", help="a bmaptools .bmap: write and verify only mapped ranges"
+        )
         flash.add_argument("--no-verify", action="store_true", help="skip reading the image back")
         flash.add_argument(
             "--progress",
