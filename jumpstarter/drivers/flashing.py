@@ -18,6 +18,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,17 +134,6 @@ class StreamSource(io.RawIOBase):
         return b""
 
 
-def _read_full(reader: Any, size: int) -> bytes:
-    parts, have = [], 0
-    while have < size:
-        data = reader.read(size - have)
-        if not data:
-            break
-        parts.append(data)
-        have += len(data)
-    return b"".join(parts)
-
-
 def open_target(path: str) -> tuple[int, int | None]:
     """Open a file or block device for writing: (fd, capacity or None for a growable file)."""
     is_block = os.path.exists(path) and stat.S_ISBLK(os.stat(path).st_mode)
@@ -166,12 +156,12 @@ class _Writer:
         spans = [(r.start, min(r.end, HEAD)) for r in bmap.ranges if r.start < HEAD] if bmap else [(0, HEAD)]
         self.head_spans = [(lo, min(hi, capacity)) for lo, hi in spans if lo < capacity]
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         if offset + len(data) > self.capacity:
             raise ValueError(f"the image is larger than the target ({self.capacity} bytes)")
         if offset < HEAD:
             cut = HEAD - offset
-            self.head.append((offset, data[:cut]))
+            self.head.append((offset, bytes(data[:cut])))  # blocks are views of a reused buffer
             data, offset = data[cut:], HEAD
         if data:
             _pwrite_all(self.fd, data, offset)
@@ -192,7 +182,7 @@ class _Writer:
         os.fsync(self.fd)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         done = os.pwrite(fd, view, offset)
@@ -213,11 +203,12 @@ def write_image(
     A `growable` target is a regular file, truncated when opened: its head is a hole already.
     """
     writer = _Writer(fd, capacity, options.bmap)
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="flash-sha256")
     if not growable:
         writer.zero_head()
     try:
         blocks = _blocks(compression.reader(encoding, source), encoding)  # type: ignore[arg-type]
-        spans = _copy(blocks, writer, options.bmap, abort)
+        spans = _copy(blocks, writer, options.bmap, abort, hashing if options.verify else None)
         image_bytes = spans.pop()[1]
         if abort.is_set():
             raise FlashAborted("flash cancelled")
@@ -225,32 +216,41 @@ def write_image(
             os.ftruncate(fd, image_bytes)  # a sparse image's unmapped tail still counts
         writer.commit()
         if options.verify:
-            _verify(fd, spans, abort)
+            _verify(fd, spans, abort, hashing)
         return Written(image_bytes, writer.written, options.verify)
     except BaseException:
         with contextlib.suppress(OSError):
             writer.zero_head(grown_only=growable)
             os.fsync(fd)
         raise
+    finally:
+        hashing.shutdown()
 
 
-def _blocks(reader: Any, encoding: str | None) -> Iterator[bytes]:
-    """The decoded image in blocks; a decoder's complaint becomes a clear error."""
+def _blocks(reader: Any, encoding: str | None) -> Iterator[memoryview]:
+    """The decoded image in blocks (views of one reused buffer); a decoder's complaint becomes a clear error."""
     errors = compression.read_errors()
+    view = memoryview(bytearray(BLOCK))
     while True:
+        have = 0
         try:
-            block = _read_full(reader, BLOCK)
+            while have < BLOCK and (count := reader.readinto(view[have:])):
+                have += count
         except errors as exc:
             if isinstance(exc, ConnectionError) or encoding is None:
                 raise FlashIncomplete(f"the image source failed: {exc}") from None
             raise FlashIncomplete(f"the image is not valid {encoding}: {exc}") from None
-        if not block:
+        if not have:
             return
-        yield block
+        yield view[:have]
 
 
 def _copy(
-    blocks: Iterator[bytes], writer: _Writer, bmap: bmaps.Bmap | None, abort: threading.Event
+    blocks: Iterator[memoryview],
+    writer: _Writer,
+    bmap: bmaps.Bmap | None,
+    abort: threading.Event,
+    hashing: ThreadPoolExecutor | None,
 ) -> list[tuple[int, int, str]]:
     """Copy the image; returns the spans to verify (start, end, sha256), then (0, image bytes, "")."""
     pos = 0
@@ -261,8 +261,11 @@ def _copy(
         if abort.is_set():
             raise FlashAborted("flash cancelled")
         end = pos + len(block)
-        if bmap is None:
-            whole.update(block)
+        if bmap is None and hashing is not None:
+            hashed = hashing.submit(whole.update, block)  # hashlib and pwrite release the GIL: in parallel
+            writer.write(pos, block)
+            hashed.result()
+        elif bmap is None:
             writer.write(pos, block)
         while index < len(ranges) and ranges[index].start < end:
             span = ranges[index]
@@ -283,20 +286,27 @@ def _copy(
     return [(0, pos, whole.hexdigest()), (0, pos, "")]
 
 
-def _verify(fd: int, spans: list[tuple[int, int, str]], abort: threading.Event) -> None:
+def _verify(
+    fd: int, spans: list[tuple[int, int, str]], abort: threading.Event, hashing: ThreadPoolExecutor
+) -> None:
     """Read back what was written (from the device, not the page cache) and compare sha256."""
     with contextlib.suppress(OSError):  # not every file system honours it; the card path does
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     for start, end, expected in spans:
         digest, offset = hashlib.sha256(), start
+        hashed: Future[None] | None = None
         while offset < end:
             if abort.is_set():
                 raise FlashAborted("flash cancelled during verification")
-            data = os.pread(fd, min(BLOCK, end - offset), offset)
+            data = os.pread(fd, min(BLOCK, end - offset), offset)  # while the previous block hashes
+            if hashed is not None:
+                hashed.result()
             if not data:
                 break
-            digest.update(data)
+            hashed = hashing.submit(digest.update, data)
             offset += len(data)
+        if hashed is not None:
+            hashed.result()
         if digest.hexdigest() != expected:
             raise FlashIncomplete(
                 f"verification failed: bytes {start}-{end} read back differ from what was written"
