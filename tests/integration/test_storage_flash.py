@@ -375,3 +375,24 @@ def test_the_exporter_fetches_an_http_image_itself_and_bounds_its_size(cli, expo
         assert mux.side() == "off"
     finally:
         server.shutdown()
+
+
+def test_a_decompression_bomb_is_cut_off_at_the_target_size_with_flat_memory(cli, exporterd, workdir, mux):
+    import zstandard
+
+    bomb = os.path.join(workdir, "bomb.raw.zst")
+    packer = zstandard.ZstdCompressor(level=1).compressobj()
+    with open(bomb, "wb") as out:  # 2 GiB of zeros in a few hundred KiB
+        zeros = bytes(64 * MIB)
+        for _ in range(32):
+            out.write(packer.compress(zeros))
+        out.write(packer.flush())
+    exporter = exporterd.start(usbsdmux_board(workdir, mux, "max_bytes: 33554432"), env=mux.env)
+
+    result = cli("--host", exporter.socket, "storage", "flash", bomb, timeout=120)
+
+    assert result.returncode == 1 and "larger than the target" in result.stderr, result.stderr
+    assert os.path.getsize(mux.card) <= 32 * MIB
+    peak = vm_hwm_kib(exporter.process.pid) / 1024
+    assert peak < 100, f"exporterd peaked at {peak:.0f} MiB resident on a decompression bomb"
+    assert mux.side() == "off"
