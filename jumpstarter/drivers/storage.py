@@ -46,19 +46,24 @@ class Flashing:
 
     async def _flash_path(self, path: str, source: Any, target: str, options: FlashOptions) -> FlashResult:
         self.flash_state, self.flash_detail = "flashing", f"writing {path}"
+        touched = False
         try:
             async with self._source(source) as (stream, encoding):
+                touched = True
                 written, seconds = await flash_file(
                     path, stream, options, encoding or options.encoding, self.max_bytes
                 )
         except BaseException as exc:
-            reason = (
-                "cancelled (client gone or interrupted)"
-                if isinstance(exc, asyncio.CancelledError)
-                else str(exc)
-            )
-            self.flash_state, self.flash_detail = "incomplete", f"{path}: {reason}; its first MiB is zeroed"
-            self.log.warning("flash incomplete", path=path, reason=reason)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            reason = "cancelled (client gone or interrupted)" if cancelled else str(exc)
+            if touched:
+                self.flash_state, self.flash_detail = (
+                    "incomplete",
+                    f"{path}: {reason}; its first MiB is zeroed",
+                )
+            else:  # the source could not be opened: the card was not touched
+                self.flash_state, self.flash_detail = "failed", f"{path} untouched: {reason}"
+            self.log.warning("flash failed", path=path, state=self.flash_state, reason=reason)
             raise
         self.flash_state = "complete"
         self.flash_detail = f"{written.bytes} bytes, {'verified' if written.verified else 'not verified'}"

@@ -131,8 +131,9 @@ class FlasherInterface(Interface):
 @dataclass(frozen=True)
 class StorageStatus(_ResultKeys):
     """Where the card is and how the last flash ended; on the wire
-    `{"mux": "host"|"dut"|"off"|"unknown"|"none", "flash": "idle"|"flashing"|"complete"|"incomplete",
-    "detail": str}`. `incomplete` means the card holds a partial image (its first MiB zeroed)."""
+    `{"mux": "host"|"dut"|"off"|"unknown"|"none", "flash": "idle"|"flashing"|"complete"|"incomplete"|"failed",
+    "detail": str}`. `incomplete`: the card holds a partial image (its first MiB zeroed);
+    `failed`: the source could not be opened and the card was not touched."""
 
     mux: str
     flash: str

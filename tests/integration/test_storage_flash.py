@@ -229,9 +229,17 @@ def feed_fifo(path: str, parts: list[bytes], gate: threading.Event) -> threading
     return thread
 
 
-@pytest.mark.parametrize("driver", ["storage.usbsdmux", "storage.file"])
+@pytest.mark.parametrize(
+    ("driver", "sig"),
+    [
+        ("storage.usbsdmux", signal.SIGKILL),
+        ("storage.file", signal.SIGKILL),
+        ("storage.usbsdmux", signal.SIGINT),
+    ],
+    ids=["mux-killed", "file-killed", "mux-ctrl-c"],
+)
 def test_a_killed_client_leaves_the_card_marked_incomplete_and_the_mux_off(
-    driver, cli_env, exporterd, workdir, mux, cli
+    driver, sig, cli_env, exporterd, workdir, mux, cli
 ):
     if driver == "storage.file":  # no mux: the card reader's device is always there
         config = exporter_config(f"storage:\n  type: storage.file\n  config:\n    path: {mux.card}\n")
@@ -255,8 +263,11 @@ def test_a_killed_client_leaves_the_card_marked_incomplete_and_the_mux_off(
     try:
         wait_until(lambda: os.path.getsize(mux.card) >= 8 * MIB, 60, "the first blocks on the card")
         assert mux.side() == "host"
-        client.send_signal(signal.SIGKILL)
-        client.wait(30)
+        client.send_signal(sig)
+        _, stderr = client.communicate(timeout=60)
+        assert client.returncode != 0
+        if sig == signal.SIGINT:
+            assert b"Traceback" not in stderr, stderr
 
         def incomplete() -> str | None:
             status = cli("--host", exporter.socket, "storage", "status")
@@ -405,3 +416,45 @@ def test_a_decompression_bomb_is_cut_off_at_the_target_size_with_flat_memory(cli
     peak = vm_hwm_kib(exporter.process.pid) / 1024
     assert peak < 100, f"exporterd peaked at {peak:.0f} MiB resident on a decompression bomb"
     assert mux.side() == "off"
+
+
+def test_https_images_are_fetched_only_from_servers_with_a_trusted_certificate(cli, exporterd, workdir, mux):
+    import ssl
+
+    from jumpstarter import tls
+
+    ca_pem, ca_key = tls.generate_ca()
+    cert, key = tls.issue(tls.LabCA("ca.pem", "ca.key", ca_pem, ca_key), ["127.0.0.1"])
+    for name, data in (("ca.pem", ca_pem), ("server.pem", cert), ("server.key", key)):
+        with open(os.path.join(workdir, name), "wb") as out:
+            out.write(data)
+    image = os.path.join(workdir, "served", "image.raw")
+    os.makedirs(os.path.dirname(image))
+    with open(image, "wb") as out:
+        out.write(os.urandom(2 * MIB))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.dirname(image))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(workdir, "server.pem"), os.path.join(workdir, "server.key"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/image.raw"
+    try:
+        untrusting = exporterd.start(usbsdmux_board(workdir, mux), env=mux.env)
+        refused = cli("--host", untrusting.socket, "storage", "flash", url, timeout=120)
+        assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
+        status = cli("--host", untrusting.socket, "storage", "status")
+        assert "last flash: failed" in status.stdout and "untouched" in status.stdout, status.stdout
+        assert mux.side() == "off"
+        untrusting.stop()
+
+        trusting = exporterd.start(
+            usbsdmux_board(workdir, mux),
+            name="trusting",
+            env={**mux.env, "SSL_CERT_FILE": os.path.join(workdir, "ca.pem")},
+        )
+        fetched = cli("--host", trusting.socket, "storage", "flash", url, timeout=120)
+        assert fetched.returncode == 0, fetched.stderr
+        assert sha256_of(mux.card) == sha256_of(image)
+    finally:
+        server.shutdown()

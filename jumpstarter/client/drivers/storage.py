@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import stat
 import sys
 import threading
@@ -60,8 +61,15 @@ class Progress:
             sys.stderr.flush()
 
 
-def _chunks(handle: IO[bytes], progress: Progress) -> Iterator[bytes]:
-    while data := handle.read(CHUNK):
+def _chunks(handle: IO[bytes], progress: Progress, stop: threading.Event) -> Iterator[bytes]:
+    """The file's bytes; a pipe or FIFO is polled, so that a Ctrl-C never waits for its writer."""
+    regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+    while not stop.is_set():
+        if not regular and not select.select([handle], [], [], 0.2)[0]:
+            continue
+        data = handle.read(CHUNK) if regular else os.read(handle.fileno(), CHUNK)
+        if not data:
+            return
         progress.update(len(data))
         yield data
 
@@ -108,11 +116,15 @@ class FlasherClient(DriverClient):
         if size is not None:
             options["size"] = size  # the exporter then tells a dropped client from the end of the image
         meter = Progress(f"flashing {os.path.basename(path)}", size, progress)
-        with open(path, "rb") as handle, self.upload(_chunks(handle, meter), encoding) as resource:
+        stop = threading.Event()
+        with open(path, "rb") as handle, self.upload(_chunks(handle, meter, stop), encoding) as resource:
             try:
                 result = self.call("flash", resource, target, options)
-            except BaseException:
+            except BaseException as exc:
+                stop.set()
                 meter.finish(" - failed")
+                if isinstance(exc, KeyboardInterrupt):  # the exporter sees the call cancelled
+                    print("flash interrupted: the card holds an incomplete image", file=sys.stderr)
                 raise
         meter.finish(" - verifying done" if verify else "")
         return FlashResult.from_value(result)
