@@ -7,7 +7,7 @@ import os
 import pytest
 
 from .test_storage_flash import fake_tool
-from .test_upstream_interop import exporter_config, explain, j, our_exporterd, upstream  # noqa: F401
+from .test_upstream_interop import explain, exporter_config, j, our_exporterd, upstream  # noqa: F401
 
 
 def test_upstream_j_flashes_and_dumps_through_our_usbsdmux_driver(our_exporterd, tmp_path, monkeypatch):  # noqa: F811
