@@ -90,7 +90,9 @@ class StreamSource(io.RawIOBase):
         loop: asyncio.AbstractEventLoop,
         abort: threading.Event,
         expected: int | None,
+        limit: int,
     ) -> None:
+        self._limit = limit  # wire bytes: endless input that decodes to nothing stops here too
         self._receive = receive
         self._loop = loop
         self._abort = abort
@@ -123,6 +125,8 @@ class StreamSource(io.RawIOBase):
                 continue
         if data:
             self.count += len(data)
+            if self.count > self._limit:
+                raise ValueError(f"the image source sent more than {self._limit} bytes")
             if self._expected is not None and self.count > self._expected:
                 raise ValueError(f"the client sent more than the {self._expected} bytes it announced")
             return data
@@ -325,11 +329,11 @@ async def flash_file(
     abort = threading.Event()
     started = time.monotonic()
     fd, capacity = await asyncio.to_thread(open_target, path)
-    source = StreamSource(stream.receive, loop, abort, options.size)
+    limit = min(capacity or max_bytes, max_bytes)
+    source = StreamSource(stream.receive, loop, abort, options.size, limit + limit // 16 + HEAD)
 
     def run() -> Written:
         try:
-            limit = min(capacity or max_bytes, max_bytes)
             return write_image(fd, source, options, encoding, limit, abort, growable=capacity is None)
         finally:
             os.close(fd)

@@ -42,7 +42,7 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
     Config: `storage_device` (the card's block device when on the host, e.g.
     /dev/disk/by-id/usb-LinuxAut_sdmux_...), `safe_state` (off|dut), `after_flash`
     (dut|off|host), `device_timeout` (seconds to wait for the card to appear),
-    `command_timeout`, `max_bytes`.
+    `command_timeout`, `max_bytes`, `fetch_from` (URL prefixes the exporter may download from).
     """
 
     safe_choices: tuple[str, ...] = ("off", "dut")
@@ -56,6 +56,7 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
         device_timeout: float = 30.0,
         command_timeout: float = 30.0,
         max_bytes: int = MAX_BYTES,
+        fetch_from: list[str] | None = None,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -70,7 +71,7 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
         self.command_timeout = float(command_timeout)
         self.side = "unknown"
         self._lock = asyncio.Lock()
-        self._init_state(max_bytes)
+        self._init_state(max_bytes, fetch_from)
 
     @abstractmethod
     def command(self, side: str) -> list[str]:

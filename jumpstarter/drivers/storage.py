@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,12 +30,23 @@ class Flashing:
     max_bytes: int
     log: Any
 
-    def _init_state(self, max_bytes: int) -> None:
+    def _init_state(self, max_bytes: int, fetch_from: list[str] | None) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError(f"max_bytes must be a positive byte count, got {max_bytes!r}")
         self.max_bytes = max_bytes
+        self.fetch_from = [_url_prefix(p) for p in (fetch_from or [])]
         self.flash_state = "idle"
         self.flash_detail = ""
+
+    def check_url(self, url: str) -> None:
+        """Clients may have the exporter fetch only under the configured `fetch_from` prefixes
+        (an open fetcher would let a lease holder read the lab's internal web services)."""
+        parts = urllib.parse.urlsplit(url)
+        for scheme, netloc, path in self.fetch_from:
+            if parts.scheme == scheme and parts.netloc.lower() == netloc and parts.path.startswith(path):
+                return
+        allowed = ", ".join(f"{s}://{n}{p}" for s, n, p in self.fetch_from) or "none: set `fetch_from`"
+        raise ValueError(f"this exporter does not fetch {url.split('?', 1)[0]} (allowed: {allowed})")
 
     @contextlib.asynccontextmanager
     async def _source(self, handle: Any) -> AsyncIterator[tuple[Any, str | None]]:
@@ -86,11 +98,22 @@ class Flashing:
         return DumpResult(sent, target)
 
 
+def _url_prefix(prefix: str) -> tuple[str, str, str]:
+    """`https://host[:port]/path/` as (scheme, netloc, path); the path ends with / so hosts match whole."""
+    parts = urllib.parse.urlsplit(str(prefix))
+    if parts.scheme not in ("http", "https") or not parts.netloc or not parts.path.endswith("/"):
+        raise ValueError(f"fetch_from: {prefix!r} must look like https://host[:port]/path/ (ending in /)")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"fetch_from: {prefix!r} must not carry credentials, a query or a fragment")
+    return parts.scheme, parts.netloc.lower(), parts.path
+
+
 class FileFlasher(FlasherInterface, Flashing, Driver):
     """Flash into a file or block device on the lab host (a card reader, a disk image, a loop device).
 
     Config: `path` (default target), `targets` (name -> path, for `flash(..., target)`),
-    `max_bytes` (largest image a growable file target takes; a block device's limit is its size).
+    `max_bytes` (largest image a growable file target takes; a block device's limit is its size),
+    `fetch_from` (URL prefixes clients may have the exporter download images from; default none).
     """
 
     def __init__(
@@ -100,12 +123,13 @@ class FileFlasher(FlasherInterface, Flashing, Driver):
         targets: dict[str, str] | None = None,
         sync: bool = True,
         max_bytes: int = MAX_BYTES,
+        fetch_from: list[str] | None = None,
         **base: Any,
     ) -> None:
         super().__init__(**base)
         self.path = str(path)
         self.targets = {str(k): str(v) for k, v in (targets or {}).items()}
-        self._init_state(max_bytes)  # `sync` is accepted for old configs: flashing always syncs
+        self._init_state(max_bytes, fetch_from)  # `sync` is accepted for old configs: flashing always syncs
 
     def _path(self, target: str | None) -> str:
         if target in (None, "", "default"):

@@ -374,24 +374,45 @@ def test_sdwire_goes_back_to_the_board_after_flashing_and_after_an_error(cli, ex
     assert mux.side() == "dut"
 
 
-def test_the_exporter_fetches_an_http_image_itself_and_bounds_its_size(cli, exporterd, workdir, mux, images):
+def test_the_exporter_fetches_allowed_http_images_itself_and_bounds_their_size(
+    cli, exporterd, workdir, mux, images
+):
     folder = os.path.dirname(images["zstd"])
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/images/jump":  # an allowed URL redirecting outside the allowlist
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/secret")
+                self.end_headers()
+                return
+            self.path = self.path.removeprefix("/images")
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=folder))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/{os.path.basename(images['zstd'])}"
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    url = f"{base}/images/{os.path.basename(images['zstd'])}"
+    allow = f'fetch_from: ["{base}/images/"]'
     try:
-        exporter = exporterd.start(usbsdmux_board(workdir, mux), env=mux.env)
+        exporter = exporterd.start(usbsdmux_board(workdir, mux, allow), env=mux.env)
         fetched = cli("--host", exporter.socket, "storage", "flash", url, timeout=300)
         assert fetched.returncode == 0, fetched.stderr + exporter.log()[-2000:]
         assert sha256_of(mux.card) == images["sha256"]
+        for outside in (f"{base}/{os.path.basename(images['zstd'])}", f"{base}/images/jump"):
+            refused = cli("--host", exporter.socket, "storage", "flash", outside, timeout=60)
+            assert refused.returncode == 1 and "does not fetch" in refused.stderr, refused.stderr
+            assert mux.side() == "off"
         exporter.stop()
 
         small = exporterd.start(
-            usbsdmux_board(workdir, mux, "max_bytes: 16777216"), name="small", env=mux.env
+            usbsdmux_board(workdir, mux, allow, "max_bytes: 16777216"), name="small", env=mux.env
         )
-        refused = cli("--host", small.socket, "storage", "flash", url, timeout=300)
-        assert refused.returncode == 1 and "larger than the target" in refused.stderr, refused.stderr
+        too_big = cli("--host", small.socket, "storage", "flash", url, timeout=300)
+        assert too_big.returncode == 1 and "larger than the target" in too_big.stderr, too_big.stderr
         assert mux.side() == "off"
     finally:
         server.shutdown()
@@ -440,7 +461,8 @@ def test_https_images_are_fetched_only_from_servers_with_a_trusted_certificate(c
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"https://127.0.0.1:{server.server_address[1]}/image.raw"
     try:
-        untrusting = exporterd.start(usbsdmux_board(workdir, mux), env=mux.env)
+        allow = f'fetch_from: ["https://127.0.0.1:{server.server_address[1]}/"]'
+        untrusting = exporterd.start(usbsdmux_board(workdir, mux, allow), env=mux.env)
         refused = cli("--host", untrusting.socket, "storage", "flash", url, timeout=120)
         assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
         status = cli("--host", untrusting.socket, "storage", "status")
@@ -449,7 +471,7 @@ def test_https_images_are_fetched_only_from_servers_with_a_trusted_certificate(c
         untrusting.stop()
 
         trusting = exporterd.start(
-            usbsdmux_board(workdir, mux),
+            usbsdmux_board(workdir, mux, allow),
             name="trusting",
             env={**mux.env, "SSL_CERT_FILE": os.path.join(workdir, "ca.pem")},
         )
