@@ -35,6 +35,10 @@ class FlashIncomplete(Exception):
     """The target holds a partial image (its first MiB is zeroed): do not boot from it."""
 
 
+class BadImage(FlashIncomplete, ValueError):
+    """The image itself is wrong (corrupt compressed data, not matching its bmap): INVALID_ARGUMENT."""
+
+
 class FlashAborted(FlashIncomplete):
     """The flash was cancelled (Ctrl-C, a dropped client, the session ending)."""
 
@@ -243,7 +247,7 @@ def _blocks(reader: Any, encoding: str | None) -> Iterator[memoryview]:
         except errors as exc:
             if isinstance(exc, ConnectionError) or encoding is None:
                 raise FlashIncomplete(f"the image source failed: {exc}") from None
-            raise FlashIncomplete(f"the image is not valid {encoding}: {exc}") from None
+            raise BadImage(f"corrupt {encoding} data: {exc}") from None
         if not have:
             return
         yield view[:have]
@@ -280,7 +284,7 @@ def _copy(
             if span.end > end:
                 break
             if hasher.hexdigest() != span.sha256:
-                raise ValueError(f"the image does not match its bmap: bytes {span.start}-{span.end}")
+                raise BadImage(f"the image does not match its bmap: bytes {span.start}-{span.end}")
             index, hasher = index + 1, hashlib.sha256()
         pos = end
     if bmap is not None:
