@@ -126,7 +126,7 @@ class FlasherClient(DriverClient):
                 if isinstance(exc, KeyboardInterrupt):  # the exporter sees the call cancelled
                     print("flash interrupted: the card holds an incomplete image", file=sys.stderr)
                 raise
-        meter.finish(" - verifying done" if verify else "")
+        meter.finish()
         return FlashResult.from_value(result)
 
     def dump(self, path: str, target: str | None = None, progress: bool | None = None) -> int:
