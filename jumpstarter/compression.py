@@ -6,10 +6,11 @@ Everything works chunk by chunk; nothing holds a whole image in memory.
 from __future__ import annotations
 
 import bz2
+import gzip
 import lzma
 import zlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 ENCODINGS = ("gzip", "xz", "bz2", "zstd")
 
@@ -123,3 +124,36 @@ def compressor(encoding: str) -> Transform:
 
         return _Compress(zstandard.ZstdCompressor().compressobj())
     raise ValueError(f"unknown compression {encoding!r}")
+
+
+def reader(encoding: str | None, raw: BinaryIO) -> BinaryIO:
+    """A file-like decoder over `raw` whose `read(n)` returns at most n bytes (bounded memory).
+
+    Unlike `decompressor`, whose `feed` returns all the output of a chunk (a few KiB of xz or
+    zstd can expand to gigabytes), this never holds more than one read's worth of output.
+    """
+    if encoding is None:
+        return raw
+    if encoding == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if encoding == "xz":
+        return lzma.LZMAFile(raw, "rb")  # type: ignore[return-value]
+    if encoding == "bz2":
+        return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
+    if encoding == "zstd":
+        import zstandard  # a declared dependency: Python 3.11's stdlib has no zstd
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[return-value]
+    raise ValueError(f"unknown compression {encoding!r}")
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a `reader` raises on corrupt or truncated input."""
+    errors: list[type[BaseException]] = [EOFError, zlib.error, lzma.LZMAError, OSError]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)

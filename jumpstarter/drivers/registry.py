@@ -33,6 +33,9 @@ SHORT: dict[str, str] = {
     "video.http": _M + "video_http:HttpVideo",
     "video.v4l2": _M + "video_v4l2:V4l2Video",
     "power.gpio": _M + "gpio:GpioPower",
+    "storage.blockdev": _M + "storage:FileFlasher",
+    "storage.usbsdmux": _M + "sdmux:UsbSdMux",
+    "storage.sdwire": _M + "sdmux:SdWire",
 }
 UPSTREAM: dict[str, str] = {
     "jumpstarter_driver_composite.driver.Composite": "composite",

@@ -12,7 +12,7 @@ from jumpstarter.interfaces.network import NetworkInterface
 from jumpstarter.interfaces.power import PowerInterface
 from jumpstarter.interfaces.serial import SerialInterface
 from jumpstarter.interfaces.shell import ShellInterface
-from jumpstarter.interfaces.storage import FlasherInterface
+from jumpstarter.interfaces.storage import FlasherInterface, StorageMuxInterface
 from jumpstarter.interfaces.video import VideoInterface
 
 INTERFACES: tuple[type[Interface], ...] = (
@@ -22,6 +22,7 @@ INTERFACES: tuple[type[Interface], ...] = (
     FlasherInterface,
     ShellInterface,
     VideoInterface,
+    StorageMuxInterface,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "SerialInterface",
     "ShellInterface",
     "VideoInterface",
+    "StorageMuxInterface",
 ]

@@ -14,7 +14,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from jumpstarter import compression
@@ -86,15 +86,31 @@ async def open_resource(driver: Driver, handle: Any) -> AsyncIterator[ByteStream
         finally:
             await stream.aclose()
     elif kind == "presigned_request":
-        async with _http_stream(spec) as stream:
+        async with _http_stream(spec, getattr(driver, "check_url", None)) as stream:
             yield stream
     else:
         raise ValueError(f"unknown resource kind {kind!r} (client_stream or presigned_request)")
 
 
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL the driver's `check_url` accepts (no hop to an internal host)."""
+
+    def __init__(self, check_url: Callable[[str], None]) -> None:
+        self.check_url = check_url
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        self.check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 @contextlib.asynccontextmanager
-async def _http_stream(spec: dict[str, Any]) -> AsyncIterator[ByteStream]:
-    """GET: the stream yields the body. PUT: what the driver sends becomes the body."""
+async def _http_stream(
+    spec: dict[str, Any], check_url: Callable[[str], None] | None = None
+) -> AsyncIterator[ByteStream]:
+    """GET: the stream yields the body. PUT: what the driver sends becomes the body.
+
+    A driver with `check_url(url)` (raising ValueError) vets the URL and every redirect.
+    """
     url = str(spec.get("url", ""))
     method = str(spec.get("method", "GET")).upper()
     if not url.startswith(("http://", "https://")):
@@ -103,10 +119,13 @@ async def _http_stream(spec: dict[str, Any]) -> AsyncIterator[ByteStream]:
         raise ValueError(f"presigned_request method must be GET or PUT, not {method}")
     headers = {str(k): str(v) for k, v in dict(spec.get("headers") or {}).items()}
     safe_url = url.split("?", 1)[0]  # never report signatures in query strings
+    if check_url is not None:
+        check_url(url)
+    opener = urllib.request.build_opener(*([_CheckedRedirects(check_url)] if check_url else []))
     if method == "GET":
         try:
             request = urllib.request.Request(url, headers=headers, method="GET")
-            response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=60)
+            response = await asyncio.to_thread(opener.open, request, timeout=60)
         except (urllib.error.URLError, OSError) as exc:
             raise ConnectionError(f"HTTP GET {safe_url} failed: {exc}") from exc
         try:
@@ -126,7 +145,7 @@ async def _http_stream(spec: dict[str, Any]) -> AsyncIterator[ByteStream]:
     def put() -> None:
         try:
             request = urllib.request.Request(url, data=body(), headers=headers, method="PUT")
-            with urllib.request.urlopen(request, timeout=60):
+            with opener.open(request, timeout=60):
                 pass
         except BaseException as exc:  # reported when the driver closes the stream
             failure.append(exc)
