@@ -412,11 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{total // MiB} MiB per stream in 64 KiB frames; rates: median round; CPU: total / total work)"
     )
     print()
+    command = " ".join(["python", os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])])
+    print(f"- command: `{command}`")
     print(f"- load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; nproc {os.cpu_count()}")
     if args.before:
         print(f"- before: our exporterd as of {args.before}")
     print()
-    names = list(targets)
+    names = [n for n in ("upstream", "before", "ours", "bare") if n in targets]  # the reading order
     ratios = [r for r in ("upstream", "before") if "ours" in names and r in names]
     print("| metric | " + " | ".join(names) + " |" + "".join(f" ours / {r} |" for r in ratios))
     print("|---|" + "---:|" * (len(names) + len(ratios)))
