@@ -16,8 +16,6 @@ def test_session_server_options():
         *LIMITS,
         ("grpc.so_reuseport", 0),
         ("grpc.http2.max_frame_size", 1 << 20),
-        ("grpc.experimental.tcp_read_chunk_size", 256 * 1024),
-        ("grpc.experimental.tcp_min_read_chunk_size", 256 * 1024),
     ]
 
 
