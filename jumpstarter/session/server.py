@@ -35,12 +35,7 @@ log = structlog.get_logger("session")
 Status: TypeAlias = common_pb2.ExporterStatus
 
 # Advertise 1 MiB HTTP/2 frames: a 64 KiB stream message arrives as one DATA frame.
-# Read the socket in 256 KiB chunks (gRPC starts at 8 KiB): a 64 KiB message in one or two reads.
-SERVER_OPTIONS = server_options(
-    ("grpc.http2.max_frame_size", 1 << 20),
-    ("grpc.experimental.tcp_read_chunk_size", 256 * 1024),
-    ("grpc.experimental.tcp_min_read_chunk_size", 256 * 1024),
-)
+SERVER_OPTIONS = server_options(("grpc.http2.max_frame_size", 1 << 20))
 CALLABLE_STATES = frozenset(
     {
         common_pb2.EXPORTER_STATUS_LEASE_READY,
