@@ -24,9 +24,9 @@ import time
 from bench_exporter import spawn, start_exporterd, stop  # type: ignore[import-not-found]
 from bench_exporter_vs_upstream import (  # type: ignore[import-not-found]
     CONFIG,
-    MiB,
     TCP_SERVICES,
     UPSTREAM_SERVER,
+    MiB,
     exporter_target,
     stream,
     unary,
@@ -58,7 +58,9 @@ def top(raw: str, count: int = 25) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("workload", choices=["unary", "echo", "sink"])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--upstream", action="store_true", help="profile upstream's exporter instead")
@@ -93,7 +95,19 @@ def main() -> int:
     raw = args.raw or os.path.join(workdir, "profile.txt")
     try:
         spy = subprocess.Popen(
-            [pyspy, "record", "--pid", str(process.pid), "--format", "raw", "-o", raw, "--rate", "500", "--threads"]
+            [
+                pyspy,
+                "record",
+                "--pid",
+                str(process.pid),
+                "--format",
+                "raw",
+                "-o",
+                raw,
+                "--rate",
+                "500",
+                "--threads",
+            ]
             + (["--native"] if args.native else []),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -106,7 +120,9 @@ def main() -> int:
                 if args.workload == "unary":
                     await unary(sock, target["power"], 0, 500, process.pid)
                 else:
-                    await stream(sock, target[args.workload], 32 * MiB, process.pid, echo=args.workload == "echo")
+                    await stream(
+                        sock, target[args.workload], 32 * MiB, process.pid, echo=args.workload == "echo"
+                    )
 
         asyncio.run(drive())
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
