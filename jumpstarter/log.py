@@ -36,8 +36,13 @@ def _is_secret(key: str) -> bool:
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in list(event.items()):
-        if _is_secret(key):
+    # Runs on every record: the cached key verdict inline, and values replaced in place (same keys,
+    # so iterating while assigning is safe) instead of copying the items first.
+    for key, value in event.items():
+        secret = _secret_key.get(key)
+        if secret is None:
+            secret = _is_secret(key)
+        if secret:
             event[key] = "[redacted]"
         elif isinstance(value, str) and "eyJ" in value:
             event[key] = JWT.sub("[redacted]", value)

@@ -74,6 +74,11 @@ class LogBroadcaster(logging.Handler):
             maxlen=HOOK_BACKLOG
         )
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        if not self._subscribers and not record.name.startswith("hook."):
+            return False  # nobody follows LogStream: skip the handler lock and filters too
+        return super().handle(record)
+
     def emit(self, record: logging.LogRecord) -> None:
         if not self._subscribers and not record.name.startswith("hook."):
             return

@@ -34,9 +34,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
+# We fork children with a preexec_fn (PR_SET_PDEATHSIG); grpcio 1.8x's fork handlers then abort about
+# 1 child in 150 before it execs (epoll_wait EBADF, grpc/grpc#43055). The children exec at once, so this
+# process needs no fork support; set before grpc loads, and kept out of the children's environment.
+FORK_SUPPORT_OFF = "GRPC_ENABLE_FORK_SUPPORT" not in os.environ
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from jumpstarter.v1 import jumpstarter_pb2
+import grpc  # noqa: E402
+
+from jumpstarter.v1 import jumpstarter_pb2  # noqa: E402
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -68,7 +74,9 @@ _children: list[subprocess.Popen[bytes]] = []
 #: Environment of the processes we time. By default they get a private bytecode cache
 #: (PYTHONPYCACHEPREFIX in the temp dir, warmed by an unmeasured first start), like an
 #: installed package whose .pyc files exist; `--no-pyc` keeps the caller's environment.
-CHILD_ENV: dict[str, str] = dict(os.environ)
+CHILD_ENV: dict[str, str] = {
+    k: v for k, v in os.environ.items() if not (FORK_SUPPORT_OFF and k == "GRPC_ENABLE_FORK_SUPPORT")
+}
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 

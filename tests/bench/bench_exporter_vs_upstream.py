@@ -32,10 +32,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-from bench_exporter import CLK_TCK, cpu_ticks, spawn, start_exporterd, stop, uuid_of  # type: ignore[import-not-found]
+# Before grpc loads (see bench_exporter.FORK_SUPPORT_OFF): no fork handlers in this process.
+FORK_SUPPORT_OFF = "GRPC_ENABLE_FORK_SUPPORT" not in os.environ
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from jumpstarter.v1 import jumpstarter_pb2, router_pb2
+import grpc  # noqa: E402
+from bench_exporter import (  # type: ignore[import-not-found]  # noqa: E402
+    CHILD_ENV,
+    CLK_TCK,
+    cpu_ticks,
+    spawn,
+    start_exporterd,
+    stop,
+    uuid_of,
+)
+
+from jumpstarter.v1 import jumpstarter_pb2, router_pb2  # noqa: E402
+
+if FORK_SUPPORT_OFF:
+    CHILD_ENV.pop("GRPC_ENABLE_FORK_SUPPORT", None)  # the measured servers keep the caller's environment
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -156,7 +171,7 @@ def upstream_env(home: str) -> dict[str, str]:
     """Upstream must never import our package: no PYTHONPATH, no virtualenv variables."""
     env = {
         k: v
-        for k, v in os.environ.items()
+        for k, v in CHILD_ENV.items()
         if not k.startswith(("PYTHON", "VIRTUAL_ENV", "JMP_", "JUMPSTARTER_"))
     }
     env["HOME"] = home
@@ -315,7 +330,7 @@ def start_before(ref: str, workdir: str, config: str) -> dict[str, Any]:
     ).stdout
     subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
     sock = os.path.join(workdir, "before.sock")
-    env = {**os.environ, "PYTHONPATH": tree}
+    env = {**CHILD_ENV, "PYTHONPATH": tree}
     with open(os.path.join(workdir, "before.log"), "wb") as log:
         process = spawn(
             [sys.executable, "-m", "exporterd.main", "--config", config, "--socket", sock],
@@ -412,11 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{total // MiB} MiB per stream in 64 KiB frames; rates: median round; CPU: total / total work)"
     )
     print()
+    command = " ".join(
+        ["python", os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])]
+    )
+    print(f"- command: `{command}`")
     print(f"- load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; nproc {os.cpu_count()}")
     if args.before:
         print(f"- before: our exporterd as of {args.before}")
     print()
-    names = list(targets)
+    names = [n for n in ("upstream", "before", "ours", "bare") if n in targets]  # the reading order
     ratios = [r for r in ("upstream", "before") if "ours" in names and r in names]
     print("| metric | " + " | ".join(names) + " |" + "".join(f" ours / {r} |" for r in ratios))
     print("|---|" + "---:|" * (len(names) + len(ratios)))
