@@ -33,6 +33,7 @@ SHORT: dict[str, str] = {
     "video.http": _M + "video_http:HttpVideo",
     "video.v4l2": _M + "video_v4l2:V4l2Video",
     "power.gpio": _M + "gpio:GpioPower",
+    "qemu": _M + "qemu:Qemu",
 }
 UPSTREAM: dict[str, str] = {
     "jumpstarter_driver_composite.driver.Composite": "composite",

@@ -100,7 +100,9 @@ def cache_key(versions: dict[str, str]) -> str:
 def _download(versions: dict[str, str], folder: str) -> dict[str, str]:
     """Each package's .deb in `folder` (apt-get download writes to the current directory)."""
     os.chmod(folder, 0o755)  # apt's unprivileged _apt user writes there when run as root
-    _run("apt-get", "download", "-q", *(f"{name}={version}" for name, version in versions.items()), cwd=folder)
+    _run(
+        "apt-get", "download", "-q", *(f"{name}={version}" for name, version in versions.items()), cwd=folder
+    )
     debs = {}
     for name in versions:
         found = [f for f in os.listdir(folder) if f.startswith(name + "_") and f.endswith(".deb")]
@@ -185,7 +187,11 @@ def build(cache: str | None = None) -> str:
         kernel_deb = next(deb for name, deb in debs.items() if name.startswith("linux-image-"))
         kernel_files = _deb_members(kernel_deb, re.compile(r"^boot/vmlinuz-|/kernel/(drivers|net)/.*\.ko$"))
         vmlinuz = next(data for name, data in kernel_files.items() if name.startswith("boot/vmlinuz-"))
-        modules = {os.path.basename(n)[:-3].replace("-", "_"): d for n, d in kernel_files.items() if n.endswith(".ko")}
+        modules = {
+            os.path.basename(n)[:-3].replace("-", "_"): d
+            for n, d in kernel_files.items()
+            if n.endswith(".ko")
+        }
         busybox = _deb_members(debs["busybox-static"], re.compile(r"^bin/busybox$"))["bin/busybox"]
         result = os.path.join(work, "result")
         os.mkdir(result)
@@ -216,7 +222,9 @@ def write_disk(path: str, marker: str, size: int = 1024 * 1024) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cache", default=None, help=f"cache directory (default {default_cache()})")
     parser.add_argument("--disk", nargs=2, metavar=("OUT", "MARKER"), help="write a raw disk image instead")
     args = parser.parse_args(argv)
