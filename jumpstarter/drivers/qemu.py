@@ -129,6 +129,7 @@ class Qemu(Composite):
         self.shutdown_timeout = float(shutdown_timeout)
         if not 0 <= self.shutdown_timeout <= 3600:
             raise ValueError("shutdown_timeout: expected 0 to 3600 seconds")
+        self._temporary_state = state_dir is None  # ours to remove when the session ends
         self.state_dir = _private_dir(state_dir)
         self.disk = disk or os.path.join(self.state_dir, "disk.img")
         self.console_link = os.path.join(self.state_dir, "console")
@@ -314,6 +315,8 @@ class Qemu(Composite):
         with contextlib.suppress(Exception):
             await self.stop(graceful=False)
         await super().close()
+        if self._temporary_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     @export
     async def screenshot(self, format: str = "png") -> bytes:

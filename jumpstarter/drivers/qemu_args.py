@@ -161,7 +161,8 @@ def command_line(
     argv += ["-chardev", "pty,id=console", "-serial", "chardev:console"]
     argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     rules = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forwards)
-    argv += ["-netdev", f"user,id=net0{rules}", "-device", "virtio-net-pci,netdev=net0,romfile="]  # no iPXE ROM: it only slows the boot
+    # no iPXE option ROM (romfile=): it only slows the boot
+    argv += ["-netdev", f"user,id=net0{rules}", "-device", "virtio-net-pci,netdev=net0,romfile="]
     if disk is not None:
         argv += ["-drive", f"file={disk.replace(',', ',,')},format=raw,if=virtio"]
     if kernel is not None:
