@@ -14,6 +14,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,7 +52,7 @@ def check_what_the_flow_saw(seen: dict[str, str], marker: str, boot_files: str, 
     assert shot.startswith(PNG) and width > 0 and height > 0
     logs = glob.glob(os.path.join(console_dir, "*.log"))
     assert logs, "no console log was written"
-    text = "".join(open(path, errors="replace").read() for path in logs)
+    text = "".join(Path(path).read_text(errors="replace") for path in logs)
     assert f"disk marker: {marker}" in text and seen["uname"] in text and f"page-{seen['token']}" in text
 
 
