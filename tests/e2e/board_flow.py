@@ -83,8 +83,8 @@ def main(image: str, out_dir: str) -> dict[str, object]:
     with jumpstarter.connect() as board, board.serial.console() as console:
         wait_for_prompt(console)
         console.sendline("uname -r")
-        console.expect(re.compile(r"\d+\.\d+\.\d+-\S+"), timeout=60)
-        seen["uname"] = console.after
+        console.expect(re.compile(r"\d+\.\d+\.\d+-\S+\r?\n"), timeout=60)  # to the line's end: all of it
+        seen["uname"] = console.after.strip()
         console.expect(PROMPT, timeout=60)
         console.sendline(
             f"mkdir -p /www && echo page-{token} > /www/{token}.txt && httpd -p 80 -h /www && echo ok-$((6*7))"

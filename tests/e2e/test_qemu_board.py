@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import kernel_release, qemu_export
-from tests.integration.central import close_central, start_central, wait_until
+from tests.integration.central import close_central, free_port, start_central, wait_until
 from tests.integration.conftest import exporter_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,7 +101,7 @@ def test_flashing_a_running_board_is_refused_and_leaves_its_disk_alone(
 @pytest.mark.timeout(900)
 def test_the_same_flow_through_controllerd_and_routerd_with_shell_l(boot_files, gz_image, tmp_path):
     image, marker = gz_image
-    central = start_central(prefix="jsq-")
+    central = start_central(prefix="jsq-", router_settings={"metrics": f"127.0.0.1:{free_port()}"})
     try:
         client = central.create("client", "lab", "alice")
         exporter = central.create("exporter", "lab", "qemu1", board="qemu")
@@ -124,6 +124,8 @@ def test_the_same_flow_through_controllerd_and_routerd_with_shell_l(boot_files, 
         seen = run_flow(image, str(tmp_path), env, prefix=shell)
 
         check_what_the_flow_saw(seen, marker, boot_files, os.path.join(folder, "console"))
+        forwarded = central.router_metric("jumpstarter_router_forwarded_bytes_total")
+        assert forwarded > os.path.getsize(image), "the board was not driven through routerd"
     finally:
         close_central(central)
 
