@@ -14,7 +14,9 @@ import functools
 import os
 import shutil
 import socket
+import stat
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -130,7 +132,10 @@ class Qemu(Composite):
         if not 0 <= self.shutdown_timeout <= 3600:
             raise ValueError("shutdown_timeout: expected 0 to 3600 seconds")
         self._temporary_state = state_dir is None  # ours to remove when the session ends
-        self.state_dir = _private_dir(state_dir)
+        # created at first use: loading a config to validate it leaves nothing behind
+        self.state_dir = state_dir or os.path.join(
+            tempfile.gettempdir(), f"jumpstarter-qemu-{uuid.uuid4().hex}"
+        )
         self.disk = disk or os.path.join(self.state_dir, "disk.img")
         self.console_link = os.path.join(self.state_dir, "console")
         self.qmp_path = os.path.join(self.state_dir, "qmp.sock")
@@ -172,6 +177,7 @@ class Qemu(Composite):
                 return
             if self.flashing:
                 raise RuntimeError("the board's disk is being flashed: power on when flashing is done")
+            _private_dir(self.state_dir)
             if self.kernel is None and not os.path.exists(self.disk):
                 raise FileNotFoundError(f"no disk image to boot at {self.disk}: flash one first")
             for _ in range(3):  # a forwarded host port taken between choosing and binding: choose again
@@ -370,6 +376,7 @@ def _refused_while_running(method: Callable[..., Any]) -> Callable[..., Any]:
                 raise RuntimeError("the virtual board is running: power it off before flashing its disk")
             board.flashing += 1
         try:
+            _private_dir(board.state_dir)  # the default disk lives there
             return await method(self, *args, **kwargs)
         finally:
             board.flashing -= 1
@@ -418,12 +425,13 @@ def _forwards(forward: Any) -> dict[str, int]:
     return checked
 
 
-def _private_dir(folder: str | None) -> str:
-    if folder is None:
-        return tempfile.mkdtemp(prefix="jumpstarter-qemu-")
+def _private_dir(folder: str) -> None:
+    """The state directory, ours alone: QMP and the console link are the machine's controls."""
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)  # QMP and the console pty link are the machine's controls
-    return folder
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise PermissionError(f"QEMU state directory {folder} is not a directory owned by this user")
+    os.chmod(folder, 0o700)
 
 
 def _free_port() -> int:

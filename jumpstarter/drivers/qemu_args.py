@@ -100,7 +100,7 @@ def check_extra_args(args: Any) -> list[str]:
 
 
 def extra_args_setting(value: Any, where: Where) -> list[str]:
-    """The `extra_args` config check: a refused item is reported at its own line."""
+    """The `extra_args` config check: a refused item is named by its index (`extra_args.2`)."""
     problem = extra_args_problem(value)
     if problem is None:
         return list(value)
