@@ -141,3 +141,26 @@ def test_the_qemu_driver_docstring_example_boots_the_board_over_real_grpc(boot_f
         output: list[str] = []
         result = runner.run(test, out=output.append)
         assert result.failed == 0, "".join(output)
+
+
+ENV_FILE = """
+from jumpstarter.drivers.composite import Composite, Proxy
+from jumpstarter.drivers.qemu import Qemu
+
+qemu = Qemu(**{config!r})
+board = Composite(children={{"qemu": qemu, **{{n: Proxy(qemu.children[n]) for n in ("power", "serial", "storage", "network")}}}})
+"""
+
+
+@pytest.mark.timeout(900)
+def test_the_same_flow_on_a_board_from_an_env_python_file(boot_files, gz_image, tmp_path):
+    image, marker = gz_image
+    config = qemu_export(boot_files, str(tmp_path))["qemu"]["config"]
+    env_file = tmp_path / "board.py"
+    env_file.write_text(ENV_FILE.format(config=config))
+    env = target_env("")
+    del env["JUMPSTARTER_HOST"]
+
+    seen = run_flow(image, str(tmp_path), env, prefix=(*CLI, "--env", str(env_file), "shell", "--"))
+
+    check_what_the_flow_saw(seen, marker, boot_files, str(tmp_path / "console"))

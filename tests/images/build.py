@@ -42,8 +42,12 @@ mount -t devtmpfs devtmpfs /dev
 for module in $(cat /lib/modules/load-order); do insmod /lib/modules/$module.ko; done
 ip link set lo up
 ip link set eth0 up && ip addr add {GUEST_ADDRESS} dev eth0 && ip route add default via {GATEWAY}
-# the disk is probed asynchronously after insmod: give it a moment to appear
-for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do [ -b /dev/vda ] && break; usleep 100000; done
+# a virtio disk (device id 2) is registered asynchronously and its node made by another kernel thread:
+# on a loaded host that takes a while, so wait for it (only when there is one) and make the node if late
+if grep -q 0x0002 /sys/bus/virtio/devices/*/device 2>/dev/null; then
+    for i in $(seq 300); do [ -e /sys/block/vda/dev ] && break; usleep 100000; done
+    [ -b /dev/vda ] || mknod /dev/vda b $(tr : ' ' < /sys/block/vda/dev) 2>/dev/null
+fi
 if [ -b /dev/vda ]; then
     echo "disk marker: $(head -c 512 /dev/vda | tr -d '\\000' | head -n 1)"
 else
