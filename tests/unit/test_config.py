@@ -202,10 +202,8 @@ def test_udev_match_rules_with_ancestor_keys():
 
 
 def test_inventory_controller_section_gives_every_board_its_tls_ca(tmp_path):
-    text = INVENTORY.replace(
-        "controller: {endpoint: ctl.lab:443, namespace: lab}",
-        "controller: {endpoint: ctl.lab:443, namespace: lab, tls: {ca: QUJD, insecure: true}}",
-    )
+    text = INVENTORY.replace("controller: {endpoint: ctl.lab:443, namespace: lab}",
+                             "controller: {endpoint: ctl.lab:443, namespace: lab, tls: {ca: QUJD, insecure: true}}")
     board = load_inventory(write(tmp_path, text, "inventory.yaml")).board("sim")
     assert (board.tls_ca, board.tls_insecure) == ("QUJD", True)
     bad = INVENTORY.replace("namespace: lab}", "namespace: lab, tokens: x}")
