@@ -13,8 +13,19 @@ from jumpstarter.v1 import router_pb2
 
 @pytest.mark.parametrize(
     "payload, frame_type",
-    [(b"", 0), (b"x", 0), (os.urandom(127), 0), (os.urandom(128), 0), (os.urandom(70000), 0),
-     (os.urandom(1 << 20), 0), (b"", 7), (b"", 6), (b"", 3), (b"abc", 7), (b"", 200)],
+    [
+        (b"", 0),
+        (b"x", 0),
+        (os.urandom(127), 0),
+        (os.urandom(128), 0),
+        (os.urandom(70000), 0),
+        (os.urandom(1 << 20), 0),
+        (b"", 7),
+        (b"", 6),
+        (b"", 3),
+        (b"abc", 7),
+        (b"", 200),
+    ],
 )
 def test_encoding_is_byte_identical_to_protobuf_and_round_trips(payload, frame_type):
     reference = router_pb2.StreamRequest(payload=payload, frame_type=frame_type).SerializeToString()
