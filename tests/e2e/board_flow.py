@@ -5,7 +5,7 @@
 
 Flash (the CLI, compressed), power on (the CLI), wait for the shell prompt with `console.expect`,
 run `uname -r`, start a web server in the guest and fetch a page through `jumpstarter port-forward`,
-save a screenshot (the CLI), power off (the CLI).
+save a screenshot (the CLI), power off (the CLI), print the session's console log (the CLI).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def main(image: str, out_dir: str) -> dict[str, object]:
     with open(screenshot, "rb") as shot:
         seen["screenshot"] = shot.read(24).hex()
     jumpstarter_cli("power", "off")
+    seen["console_log"] = jumpstarter_cli("serial", "log")  # what the exporter logged of this session
     return seen
 
 
