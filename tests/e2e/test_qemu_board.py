@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -160,3 +161,34 @@ def test_the_same_flow_on_a_board_from_an_env_python_file(boot_files, gz_image, 
     seen = run_flow(image, str(tmp_path), env, prefix=(*CLI, "--env", str(env_file), "shell", "--"))
 
     check_what_the_flow_saw(seen, marker, boot_files)
+
+
+def qemu_processes(state_dir: str) -> list[int]:
+    """Pids of QEMU processes whose command line names `state_dir` (its QMP socket lives there)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-system-x86_64") and any(state_dir.encode() in a for a in argv):
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_qemu_does_not_outlive_its_exporterd(exporterd, boot_files, tmp_path, sig):
+    board = exporterd.start(exporter_config(yaml.safe_dump(qemu_export(boot_files, str(tmp_path)))))
+    state_dir = str(tmp_path / "qemu")
+    on = subprocess.run(
+        [*CLI, "power", "on"], env=target_env(board.socket), capture_output=True, text=True, timeout=120
+    )
+    assert on.returncode == 0, on.stderr
+    assert qemu_processes(state_dir), "QEMU did not start"
+
+    board.process.send_signal(sig)
+    board.process.wait(timeout=60)
+
+    wait_until(lambda: not qemu_processes(state_dir), 60, "QEMU to exit after its exporterd")
