@@ -225,6 +225,7 @@ class Qemu(Composite):
             await self.qmp.execute("cont")
         except BaseException:
             await self._kill(process)
+            self._release()
             raise
         self.process = process
         self._exited = asyncio.create_task(self._watch(process), name="qemu exit")
