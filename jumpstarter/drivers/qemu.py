@@ -219,7 +219,12 @@ class Qemu(Composite):
             )
         try:
             await self._wait_for_qmp(process, log_path)
-            self.qmp = await Qmp.connect(self.qmp_path)
+            try:
+                self.qmp = await Qmp.connect(self.qmp_path)
+            except (OSError, QmpError, TimeoutError):  # QEMU makes its socket before it checks the kernel
+                if await _within(asyncio.ensure_future(process.wait()), QUIT_TIMEOUT):
+                    raise _failure(process, log_path) from None
+                raise
             await self._attach_console(self.qmp)
             await self._wait_for_serial()
             await self.qmp.execute("cont")
@@ -240,13 +245,7 @@ class Qemu(Composite):
         deadline = loop.time() + START_TIMEOUT
         while not os.path.exists(self.qmp_path):
             if process.returncode is not None or loop.time() > deadline:
-                with open(log_path, "rb") as log:
-                    tail = log.read()[-2000:].decode("utf-8", "replace").strip()
-                if "host forwarding" in tail:
-                    raise _PortTaken(tail)
-                if process.returncode is None:
-                    raise TimeoutError(f"QEMU did not start within {START_TIMEOUT:g}s: {tail[-300:]}")
-                raise RuntimeError(f"QEMU exited with {process.returncode}: {tail[-600:]}")
+                raise _failure(process, log_path)
             with contextlib.suppress(TimeoutError):  # wakes early when QEMU exits
                 await asyncio.wait_for(asyncio.shield(process.wait()), 0.05)
 
@@ -411,6 +410,17 @@ class QemuNetwork(TcpNetwork):
 
 class _PortTaken(Exception):
     """QEMU could not bind a forwarded host port."""
+
+
+def _failure(process: asyncio.subprocess.Process, log_path: str) -> Exception:
+    """Why QEMU did not start, from the end of its own output."""
+    with open(log_path, "rb") as log:
+        tail = log.read()[-2000:].decode("utf-8", "replace").strip()
+    if "host forwarding" in tail:
+        return _PortTaken(tail)
+    if process.returncode is None:
+        return TimeoutError(f"QEMU did not start within {START_TIMEOUT:g}s: {tail[-300:]}")
+    return RuntimeError(f"QEMU exited with {process.returncode}: {tail[-600:]}")
 
 
 def _forwards(forward: Any) -> dict[str, int]:

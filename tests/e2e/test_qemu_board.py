@@ -192,3 +192,17 @@ def test_qemu_does_not_outlive_its_exporterd(exporterd, boot_files, tmp_path, si
     board.process.wait(timeout=60)
 
     wait_until(lambda: not qemu_processes(state_dir), 60, "QEMU to exit after its exporterd")
+
+
+def test_a_board_that_cannot_start_says_why_and_stays_off(tmp_path):
+    from jumpstarter.driver.serve import serve
+    from jumpstarter.drivers.qemu import Qemu
+    from jumpstarter.errors import DriverError
+
+    missing = str(tmp_path / "no-such-vmlinuz")
+    with serve(Qemu(kernel=missing, state_dir=str(tmp_path / "state"))) as board:
+        with pytest.raises(DriverError, match=f"(?s)QEMU exited with 1: .*could not open kernel file .{missing}"):
+            board.power.on()
+        assert board.power.call("is_on") is False
+        with pytest.raises(DriverError, match="powered off"):
+            board.screenshot()
