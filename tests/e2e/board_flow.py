@@ -70,8 +70,13 @@ def fetch_through_port_forward(token: str) -> str:
                 if time.monotonic() > deadline:
                     raise
     finally:
-        forward.send_signal(signal.SIGINT)
-        forward.wait(timeout=30)
+        forward.send_signal(signal.SIGINT)  # Ctrl-C ends a port-forward
+        try:
+            forward.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            forward.kill()
+            _, stderr = forward.communicate()
+            raise SystemExit(f"port-forward did not end within 120 s of Ctrl-C: {stderr[-2000:]}") from None
 
 
 def main(image: str, out_dir: str) -> dict[str, object]:

@@ -201,7 +201,9 @@ def test_a_board_that_cannot_start_says_why_and_stays_off(tmp_path):
 
     missing = str(tmp_path / "no-such-vmlinuz")
     with serve(Qemu(kernel=missing, state_dir=str(tmp_path / "state"))) as board:
-        with pytest.raises(DriverError, match=f"(?s)QEMU exited with 1: .*could not open kernel file .{missing}"):
+        with pytest.raises(
+            DriverError, match=f"(?s)QEMU exited with 1: .*could not open kernel file .{missing}"
+        ):
             board.power.on()
         assert board.power.call("is_on") is False
         with pytest.raises(DriverError, match="powered off"):
