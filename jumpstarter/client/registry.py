@@ -28,6 +28,7 @@ def _known() -> dict[str, str]:
         {
             "jumpstarter_driver_composite.client.CompositeClient": _D + "composite:CompositeClient",
             _D + "composite.CompositeClient": _D + "composite:CompositeClient",
+            _D + "qemu.QemuClient": _D + "qemu:QemuClient",
             # upstream's QEMU power; no driver of ours reports it
             "jumpstarter_driver_power.client.VirtualPowerClient": _D + "power:VirtualPowerClient",
             _D + "generic.GenericClient": _D + "generic:GenericClient",

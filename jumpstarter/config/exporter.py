@@ -114,11 +114,14 @@ NODE = Section(
 DRIVER_NAME = pattern(CHILD_RE, "driver names start with a letter and use letters, digits, '_' or '-'")
 
 
-def _settings(type_name: str, accepted: set[str], required: set[str]) -> Section:
-    """A driver's `config:` section, declared by its constructor (`Driver.config_keys`)."""
+def _settings(type_name: str, accepted: set[str], required: set[str], checks: dict[str, Any]) -> Section:
+    """A driver's `config:` section, declared by its constructor (`Driver.config_keys`) and `SETTINGS`."""
     return Section(
-        *(Field(key, anything, missing=f"{type_name} needs the setting {key!r}") for key in sorted(required)),
-        *(Field(key, anything, default=OMIT) for key in sorted(accepted - required)),
+        *(
+            Field(key, checks.get(key, anything), missing=f"{type_name} needs the setting {key!r}")
+            for key in sorted(required)
+        ),
+        *(Field(key, checks.get(key, anything), default=OMIT) for key in sorted(accepted - required)),
         Field("log_level", _log_level, default=OMIT),  # accepted by every driver, as upstream
         what="a mapping of settings",
         unknown=f"unknown setting for {type_name}",
@@ -160,7 +163,7 @@ def _build_node(
     config_where = values.at("config")
     accepted, required = cls.config_keys()
     accepted -= {"children", "description", "methods_description", "labels"}
-    settings = _settings(type_name, accepted, required - {"children"})
+    settings = _settings(type_name, accepted, required - {"children"}, cls.SETTINGS)
     config = settings.read(_substitute(values["config"], devices, config_where), config_where)
     if "log_level" in config:
         base["log_level"] = config.pop("log_level")

@@ -83,6 +83,8 @@ class Driver:
     kind: ClassVar[str] = "other"
     #: The hardware interface this driver implements (set from its bases), or None.
     interface: ClassVar[type[Interface] | None] = None
+    #: Checks of jumpstarter.config.schema for some `config:` keys, run at config load (`file:line` errors).
+    SETTINGS: ClassVar[dict[str, Any]] = {}
     _exported: ClassVar[dict[str, ExportedMethod]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -36,6 +36,7 @@ SHORT: dict[str, str] = {
     "storage.blockdev": _M + "storage:FileFlasher",
     "storage.usbsdmux": _M + "sdmux:UsbSdMux",
     "storage.sdwire": _M + "sdmux:SdWire",
+    "qemu": _M + "qemu:Qemu",
 }
 UPSTREAM: dict[str, str] = {
     "jumpstarter_driver_composite.driver.Composite": "composite",
