@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 import time
 
 
@@ -74,11 +75,14 @@ class Backoff:
         self.current = min(self.current * self.factor, self.cap)
         return pause
 
-    def sleep(self) -> bool:
-        """Blocking pause; False (without sleeping) when the deadline does not allow another attempt."""
+    def sleep(self, stop: threading.Event | None = None) -> bool:
+        """Blocking pause; False (without sleeping) when the deadline does not allow another attempt,
+        and False as soon as `stop` is set (the caller gives up)."""
         pause = self.next_pause()
         if pause is None:
             return False
+        if stop is not None:
+            return not stop.wait(pause)
         time.sleep(pause)
         return True
 

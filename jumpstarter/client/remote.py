@@ -35,6 +35,7 @@ ACQUISITION_TIMEOUT = 7200.0
 DIAL_TIMEOUT = 60.0
 READY_TIMEOUT = 300.0
 RPC_TIMEOUT = 30.0
+STOP_CHECK = 0.1  # seconds between looks at a stop event while a call is in flight
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 WaitCallback = Callable[[str, str], None]
 
@@ -338,22 +339,23 @@ class ControllerClient:
     ) -> tuple[str, str]:
         """ControllerService.Dial, retried while the exporter gets ready; returns (router endpoint, token).
 
-        The one Dial path: the tunnel runs it for every connection; `stop` cuts its pauses short.
+        The one Dial path: the tunnel runs it for every connection; setting `stop` cancels it
+        (the call in flight too, so a closing tunnel never waits for a Dial).
         """
         what = f"dial lease {lease_name}"
         backoff = Backoff(start=0.3, cap=2.0, deadline=Deadline(timeout))
+        request = jumpstarter_pb2.DialRequest(lease_name=lease_name)
         while True:
+            call = self.controller.Dial.future(
+                request, metadata=self.metadata, timeout=backoff.deadline.clamp(40.0)
+            )
             try:
-                response = self.controller.Dial(
-                    jumpstarter_pb2.DialRequest(lease_name=lease_name),
-                    metadata=self.metadata,
-                    timeout=backoff.deadline.clamp(40.0),
-                )
+                response = _result(call, stop, what)
                 return response.router_endpoint, response.router_token
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     self.check_tls(self.endpoint)
-                if not dial_retryable(exc) or not _pause(backoff, stop):
+                if not dial_retryable(exc) or not backoff.sleep(stop):
                     raise rpc_error(exc, what, self.endpoint) from None
 
     def check_tls(self, endpoint: str) -> None:
@@ -385,12 +387,15 @@ def dial_retryable(exc: grpc.RpcError) -> bool:
     return code in RETRYABLE
 
 
-def _pause(backoff: Backoff, stop: threading.Event | None) -> bool:
-    """The backoff's next pause, cut short (False) when `stop` is set; False past the deadline too."""
-    if stop is None:
-        return backoff.sleep()
-    pause = backoff.next_pause()
-    return pause is not None and not stop.wait(pause)
+def _result(call: Any, stop: threading.Event | None, what: str) -> Any:
+    """The answer of a unary call future; cancelled (RemoteError CANCELLED) once `stop` is set."""
+    while True:
+        try:
+            return call.result(timeout=None if stop is None else STOP_CHECK)
+        except grpc.FutureTimeoutError:
+            if stop is not None and stop.is_set():
+                call.cancel()
+                raise RemoteError(f"{what}: cancelled", grpc.StatusCode.CANCELLED) from None
 
 
 def resolve_config(client: ClientConfig | str | None) -> ClientConfig:

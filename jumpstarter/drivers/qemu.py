@@ -24,6 +24,7 @@ from jumpstarter.config.exporter import CHILD_RE
 from jumpstarter.config.schema import choice, mapping, number, path, text
 from jumpstarter.driver import Driver, export
 from jumpstarter.drivers.composite import Composite
+from jumpstarter.drivers.console_log import safe_session
 from jumpstarter.drivers.network import TcpNetwork
 from jumpstarter.drivers.qemu_args import (
     ACCELS,
@@ -38,6 +39,7 @@ from jumpstarter.drivers.qemu_args import (
 from jumpstarter.drivers.qmp import Qmp, QmpError
 from jumpstarter.drivers.serial import Serial
 from jumpstarter.drivers.storage import FileFlasher
+from jumpstarter.files import make_dirs
 from jumpstarter.interfaces.power import PowerInterface
 
 START_TIMEOUT = 60.0  # QEMU creating its QMP socket, on a loaded host
@@ -197,8 +199,7 @@ class Qemu(Composite):
         argv = command_line(
             self.binary,
             self.arch,
-            name="jumpstarter-"
-            + "".join(c if c.isalnum() or c in "-_" else "_" for c in self.session_name)[:48],
+            name="jumpstarter-" + safe_session(self.session_name)[:48],
             accel=self.accel,
             memory=self.memory,
             cpus=self.cpus,
@@ -285,7 +286,7 @@ class Qemu(Composite):
                 os.close(self._console_fd)
             self._console_fd = None
         if self.qmp is not None:
-            asyncio.get_running_loop().create_task(self.qmp.close())
+            self.qmp.abort()  # a fire-and-forget close task could be collected before it ran
             self.qmp = None
 
     async def stop(self, graceful: bool = True) -> None:
@@ -332,7 +333,7 @@ class Qemu(Composite):
         if format not in ("png", "ppm"):
             raise ValueError(f"format: expected png or ppm, got {format!r}")
         qmp = self.require_running()
-        target = os.path.join(self.state_dir, "screen.ppm")
+        target = os.path.join(self.state_dir, f"screen-{uuid.uuid4().hex}.ppm")  # calls may overlap
         await qmp.execute("screendump", {"filename": target}, timeout=30)
         try:
             with open(target, "rb") as dump:
@@ -438,7 +439,7 @@ def _forwards(forward: Any) -> dict[str, int]:
 
 def _private_dir(folder: str) -> None:
     """The state directory, ours alone: QMP and the console link are the machine's controls."""
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    make_dirs(folder, 0o700)
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise PermissionError(f"QEMU state directory {folder} is not a directory owned by this user")

@@ -72,7 +72,11 @@ class Qmp:
                     raise QmpError(f"QEMU refused {command}: {error.get('desc', error)}")
                 return message.get("return")
 
-    async def close(self) -> None:
+    def abort(self) -> None:
+        """Close the socket now, without waiting (from synchronous cleanup)."""
         self._writer.close()
+
+    async def close(self) -> None:
+        self.abort()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()

@@ -42,9 +42,12 @@ class Flashing:
         """Clients may have the exporter fetch only under the configured `fetch_from` prefixes
         (an open fetcher would let a lease holder read the lab's internal web services)."""
         parts = urllib.parse.urlsplit(url)
-        for scheme, netloc, path in self.fetch_from:
-            if parts.scheme == scheme and parts.netloc.lower() == netloc and parts.path.startswith(path):
-                return
+        # `..` (also percent-encoded) would climb out of an allowed folder on a server that resolves it
+        segments = urllib.parse.unquote(parts.path).split("/")
+        if "." not in segments and ".." not in segments:
+            for scheme, netloc, path in self.fetch_from:
+                if parts.scheme == scheme and parts.netloc.lower() == netloc and parts.path.startswith(path):
+                    return
         allowed = ", ".join(f"{s}://{n}{p}" for s, n, p in self.fetch_from) or "none: set `fetch_from`"
         raise ValueError(f"this exporter does not fetch {url.split('?', 1)[0]} (allowed: {allowed})")
 

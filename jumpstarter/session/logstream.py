@@ -79,9 +79,7 @@ class LogBroadcaster(logging.Handler):
             return False  # nobody follows LogStream: skip the handler lock and filters too
         return super().handle(record)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self._subscribers and not record.name.startswith("hook."):
-            return
+    def emit(self, record: logging.LogRecord) -> None:  # `handle` already skipped records nobody wants
         try:
             message = to_message(record)
         except Exception:  # a record we cannot render must not break the caller

@@ -402,7 +402,13 @@ def test_the_exporter_fetches_allowed_http_images_itself_and_bounds_their_size(
         fetched = cli("--host", exporter.socket, "storage", "flash", url, timeout=300)
         assert fetched.returncode == 0, fetched.stderr + exporter.log()[-2000:]
         assert sha256_of(mux.card) == images["sha256"]
-        for outside in (f"{base}/{os.path.basename(images['zstd'])}", f"{base}/images/jump"):
+        outside_urls = (
+            f"{base}/{os.path.basename(images['zstd'])}",
+            f"{base}/images/jump",
+            f"{base}/images/../{os.path.basename(images['zstd'])}",  # climbing out of the allowed folder
+            f"{base}/images/%2e%2e/{os.path.basename(images['zstd'])}",
+        )
+        for outside in outside_urls:
             refused = cli("--host", exporter.socket, "storage", "flash", outside, timeout=60)
             assert refused.returncode == 1 and "does not fetch" in refused.stderr, refused.stderr
             assert mux.side() == "off"

@@ -49,3 +49,13 @@ def test_deadline_remaining_and_clamp() -> None:
 def test_nonsense_settings_are_refused(args: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="backoff needs"):
         Backoff(**args)
+
+
+def test_a_set_stop_event_ends_the_pause_at_once() -> None:
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    backoff = Backoff(start=1000.0, cap=1000.0, deadline=Deadline(None))
+    assert backoff.sleep(stop) is False, "a set stop event gives up instead of pausing 1000 s"
+    assert Backoff(start=0.001, cap=0.001).sleep(threading.Event()) is True

@@ -28,3 +28,14 @@ def test_the_inventory_example_loads_every_board():
     inventory = load_inventory(str(ETC / "inventory.yaml"))
     assert [board.name for board in inventory.boards] == ["rpi4-01", "simulator"]
     assert inventory.user == "jumpstarter"
+
+
+def test_the_exporter_examples_build_their_driver_trees():
+    from jumpstarter.config.exporter import load_config
+
+    for name, children in (
+        ("exporter-example.yaml", {"power", "serial", "storage", "ssh", "tools"}),
+        ("exporter-qemu.yaml", {"qemu", "power", "serial", "storage", "network"}),
+    ):
+        root = load_config(str(ETC / name)).build()
+        assert set(root.children) == children, name

@@ -56,6 +56,7 @@ class Fake:
     calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     router_metadata: list[dict[str, str]] = field(default_factory=list)
+    dial_hangs: threading.Event | None = None  # set: Dial answers only once this is set
 
     def record(self, method: str, context: grpc.ServicerContext) -> None:
         self.calls.append((method, dict(context.invocation_metadata())))
@@ -94,6 +95,8 @@ class FakeControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
 
     def Dial(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.fake.record("Dial", context)
+        if self.fake.dial_hangs is not None:
+            self.fake.dial_hangs.wait(60)
         failure = self.fake.dial.pop(0) if self.fake.dial else None
         if failure is not None:
             context.abort(*failure)
@@ -324,3 +327,20 @@ def test_many_concurrent_connections_each_get_their_own_stream(fake):
             thread.join(20)
     assert results == {i: f"CONN {i} ".encode() * 1000 for i in range(8)}
     assert len(state.router_metadata) == 8
+
+
+def test_a_stop_event_cancels_a_dial_in_flight(fake):
+    """A closing tunnel must not wait for a Dial: its worker threads would hold up the process's exit."""
+    state, config = fake
+    state.dial_hangs = threading.Event()
+    stop = threading.Event()
+    with ControllerClient(config) as client:
+        timer = threading.Timer(0.3, stop.set)
+        timer.start()
+        try:
+            with pytest.raises(RemoteError, match="dial lease l1: cancelled") as raised:
+                client.dial("l1", timeout=60, stop=stop)
+            assert raised.value.code == grpc.StatusCode.CANCELLED
+        finally:
+            timer.cancel()
+            state.dial_hangs.set()

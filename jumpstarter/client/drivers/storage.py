@@ -224,4 +224,4 @@ class StorageMuxClient(FlasherClient):
         self._add_storage_cli(sub)
         for side, text in (("host", "the lab host"), ("dut", "the board"), ("off", "neither")):
             command = sub.add_parser(side, help=f"connect the card to {text}")
-            command.set_defaults(func=lambda a, side=side: self.call(side))
+            command.set_defaults(func=lambda a, switch=getattr(self, side): switch())
