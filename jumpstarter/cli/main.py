@@ -23,6 +23,7 @@ from jumpstarter.cli.remote_commands import REMOTE_COMMANDS, REMOTE_SHELL_COMMAN
 from jumpstarter.cli.target import TargetChoice
 from jumpstarter.lab.cli import LAB
 
+LOGS_READY_WAIT = 2.0  # seconds `--logs` waits for the exporter to start collecting records for it
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
 EPILOG = """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
@@ -223,9 +224,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _follow_logs(connection: Any) -> threading.Thread:
+    """Print the exporter's records on stderr; returns once the exporter collects them for us
+    (at most LOGS_READY_WAIT: an upstream exporter only answers with its first record)."""
+    subscribed = threading.Event()
+
     def follow() -> None:
         try:
-            for record in connection.logs():
+            for record in connection.logs(on_open=subscribed.set):
                 fields = " ".join(f"{k}={v}" for k, v in sorted(record.structured_fields.items()))
                 source = SOURCES.get(record.source, "exporter")
                 sys.stderr.write(f"[{source}] {record.severity:<7} {record.message} {fields}".rstrip() + "\n")
@@ -235,6 +240,7 @@ def _follow_logs(connection: Any) -> threading.Thread:
 
     thread = threading.Thread(target=follow, daemon=True, name="logs")
     thread.start()
+    subscribed.wait(LOGS_READY_WAIT)
     return thread
 
 

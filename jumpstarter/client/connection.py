@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -64,10 +64,17 @@ class Connection:
         except grpc.RpcError as exc:
             raise from_rpc(exc, "EndSession") from None
 
-    def logs(self) -> Iterator[jumpstarter_pb2.LogStreamResponse]:
-        """Every log record of the exporter from now on (until the iterator is closed)."""
+    def logs(self, on_open: Callable[[], None] | None = None) -> Iterator[jumpstarter_pb2.LogStreamResponse]:
+        """Every log record of the exporter from now on (until the iterator is closed).
+
+        `on_open` is called once the exporter collects records for this stream (our exporters
+        say so in the headers; upstream ones send headers with their first record).
+        """
         call = self._rpc.LogStream(empty_pb2.Empty(), metadata=self._md)
         try:
+            if on_open is not None:
+                call.initial_metadata()
+                on_open()
             yield from call
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED and "Cancelling all calls" not in (

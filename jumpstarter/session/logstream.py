@@ -12,7 +12,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -102,7 +102,10 @@ class LogBroadcaster(logging.Handler):
                     queue.get_nowait()
             queue.put_nowait(message)
 
-    async def subscribe(self) -> AsyncIterator[jumpstarter_pb2.LogStreamResponse]:
+    async def subscribe(
+        self, on_subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[jumpstarter_pb2.LogStreamResponse]:
+        """Every record from now on; `on_subscribed` runs once records are being collected."""
         from jumpstarter.log import set_stream_level
 
         queue: asyncio.Queue[jumpstarter_pb2.LogStreamResponse] = asyncio.Queue(QUEUE_DEPTH)
@@ -111,6 +114,8 @@ class LogBroadcaster(logging.Handler):
         self._subscribers.add(queue)
         set_stream_level(True)
         try:
+            if on_subscribed is not None:
+                await on_subscribed()
             while True:
                 yield await queue.get()
         finally:

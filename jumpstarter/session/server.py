@@ -241,7 +241,11 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
     async def LogStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if self.session.logs is None:
             return
-        async for message in self.session.logs.subscribe():
+
+        async def subscribed() -> None:  # headers now tell the client no record is missed from here
+            await context.send_initial_metadata((("x-jumpstarter-logs", "subscribed"),))
+
+        async for message in self.session.logs.subscribe(subscribed):
             yield message
 
     async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
