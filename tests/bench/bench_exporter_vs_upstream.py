@@ -9,7 +9,9 @@ of 64 KiB, a `request` metadata entry, GOAWAY + half-close at the end. Both expo
 the same ExporterConfig (upstream class paths, which ours accepts): MockPower, and two
 TcpNetwork drivers pointing at a local echo server and a local discard server (a separate
 process, threads and plain sockets). A bare `grpc.aio` server (unary: returns its request;
-stream: echoes / swallows frames) gives the ceiling of this machine.
+stream: echoes / swallows frames) gives the ceiling of this machine; `--only bare-sync` adds the
+same on grpc's synchronous thread-pool server (no event loop), the ceiling of a redesign that would
+serve synchronous drivers on gRPC's worker threads.
 
 Upstream runs from its own virtualenv (`.venv-upstream`, or $JUMPSTARTER_UPSTREAM_VENV;
 `scripts/upstream-venv` makes it). Every figure is measured `--repeat` times, the servers
@@ -156,6 +158,34 @@ async def main():
     await server.start()
     await server.wait_for_termination()
 asyncio.run(main())
+"""
+
+# The synchronous ceiling: the same on grpc's thread-pool server (no event loop at all).
+BARE_SYNC_SERVER = r"""
+import sys, threading, grpc
+from concurrent import futures
+GOAWAY = b"\x10\x07"
+def call(request, context):
+    return b""
+def stream(requests, context):
+    context.send_initial_metadata(())
+    sink = '"sink"' in dict(context.invocation_metadata()).get("request", "")
+    for frame in requests:
+        if frame == GOAWAY:
+            break
+        if not sink:
+            yield frame
+    yield GOAWAY
+server = grpc.server(futures.ThreadPoolExecutor(8), options=[("grpc.max_receive_message_length", 8 << 20)])
+server.add_generic_rpc_handlers((
+    grpc.method_handlers_generic_handler("jumpstarter.v1.ExporterService",
+        {"DriverCall": grpc.unary_unary_rpc_method_handler(call)}),
+    grpc.method_handlers_generic_handler("jumpstarter.v1.RouterService",
+        {"Stream": grpc.stream_stream_rpc_method_handler(stream)}),
+))
+server.add_insecure_port("unix:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
 """
 
 
@@ -358,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures as JSON")
     parser.add_argument(
         "--only",
-        choices=["before", "ours", "upstream", "bare"],
+        choices=["before", "ours", "upstream", "bare", "bare-sync"],
         action="append",
         help="measure only these servers (repeatable)",
     )
@@ -410,6 +440,19 @@ def main(argv: list[str] | None = None) -> int:
                 "echo": "echo",
                 "sink": "sink",
             }
+        if "bare-sync" in wanted:
+            sock = os.path.join(workdir, "bare-sync.sock")
+            process = spawn([sys.executable, "-c", BARE_SYNC_SERVER, sock])
+            wait_for_socket(process, sock)
+            targets["bare-sync"] = {
+                "name": "bare-sync",
+                "process": process,
+                "pid": process.pid,
+                "socket": sock,
+                "power": "none",
+                "echo": "echo",
+                "sink": "sink",
+            }
         rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in targets}
         order = list(targets)
         for index in range(args.repeat):
@@ -435,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         print(f"- before: our exporterd as of {args.before}")
     print()
-    names = [n for n in ("upstream", "before", "ours", "bare") if n in targets]  # the reading order
+    names = [n for n in ("upstream", "before", "ours", "bare", "bare-sync") if n in targets]  # the reading order
     ratios = [r for r in ("upstream", "before") if "ours" in names and r in names]
     print("| metric | " + " | ".join(names) + " |" + "".join(f" ours / {r} |" for r in ratios))
     print("|---|" + "---:|" * (len(names) + len(ratios)))
