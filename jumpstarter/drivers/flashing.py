@@ -348,13 +348,13 @@ async def flash_file(
     except asyncio.CancelledError:
         abort.set()  # the thread notices within POLL seconds, zeroes the head and closes the file
         with contextlib.suppress(BaseException):
-            await _wait_uncancellable(worker)
+            await wait_uncancellable(worker)
         raise
     return written, time.monotonic() - started
 
 
-async def _wait_uncancellable(task: asyncio.Future[Any]) -> None:
-    """Wait for `task` even if we are cancelled again: the card must be settled before the mux moves."""
+async def wait_uncancellable(task: asyncio.Future[Any]) -> None:
+    """Wait for `task` even if we are cancelled meanwhile: hardware must settle before anything moves on."""
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
+from jumpstarter.backoff import Deadline
 from jumpstarter.config.exporter import CHILD_RE
 from jumpstarter.config.schema import choice, mapping, number, path, text
 from jumpstarter.driver import Driver, export
@@ -242,10 +243,9 @@ class Qemu(Composite):
         self.log.info("qemu started", pid=process.pid, ports=ports, disk=disk)
 
     async def _wait_for_qmp(self, process: asyncio.subprocess.Process, log_path: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
+        deadline = Deadline(START_TIMEOUT)
         while not os.path.exists(self.qmp_path):
-            if process.returncode is not None or loop.time() > deadline:
+            if process.returncode is not None or deadline.expired():
                 raise _failure(process, log_path)
             with contextlib.suppress(TimeoutError):  # wakes early when QEMU exits
                 await asyncio.wait_for(asyncio.shield(process.wait()), 0.05)

@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import os
 import re
-import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
+from jumpstarter.backoff import Backoff, Deadline
 from jumpstarter.driver import Driver
-from jumpstarter.drivers.flashing import FlashOptions
+from jumpstarter.drivers.flashing import FlashOptions, wait_uncancellable
 from jumpstarter.drivers.storage import MAX_BYTES, Flashing
 from jumpstarter.interfaces.storage import DumpResult, FlashResult, StorageMuxInterface, StorageStatus
 
@@ -102,9 +102,7 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
     async def _settle(self) -> None:
         """Put the card in its safe state whatever happens to us meanwhile (a cancel included)."""
         task = asyncio.ensure_future(self._switch(self.safe_state))
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
+        await wait_uncancellable(task)
         if task.exception() is not None:
             self.log.error(
                 "mux could not reach its safe state", side=self.safe_state, error=str(task.exception())
@@ -112,17 +110,14 @@ class SdMux(StorageMuxInterface, Flashing, Driver):
 
     async def _wait_for_device(self) -> None:
         """After switching to the host the card enumerates as a block device: wait until it opens."""
-        deadline = time.monotonic() + self.device_timeout
+        backoff = Backoff(start=0.05, cap=0.5, deadline=Deadline(self.device_timeout))
         while True:
-            try:
-                fd = os.open(self.storage_device, os.O_RDONLY | os.O_CLOEXEC)
+            try:  # opening a card reader that is still enumerating can block: off the loop
+                os.close(await asyncio.to_thread(os.open, self.storage_device, os.O_RDONLY | os.O_CLOEXEC))
+                return
             except OSError as exc:
-                if time.monotonic() > deadline:
+                if not await backoff.wait():
                     raise TimeoutError(f"{self.storage_device} did not appear on the host: {exc}") from None
-                await asyncio.sleep(0.1)
-                continue
-            os.close(fd)
-            return
 
     @contextlib.asynccontextmanager
     async def _on_host(self, then: str) -> AsyncIterator[None]:

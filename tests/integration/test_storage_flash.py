@@ -8,6 +8,7 @@ cannot run here); the cards are regular files or loop devices.
 from __future__ import annotations
 
 import functools
+import dataclasses
 import hashlib
 import http.server
 import os
@@ -343,6 +344,21 @@ def test_an_error_never_leaves_the_mux_on_the_host(failure, cli, exporterd, work
     assert mux.side() == "off", mux.calls()
     assert mux.calls()[-1].endswith(" off")
     assert "host" in " ".join(mux.calls()), "the flash never reached the host side"
+
+
+def test_a_card_that_never_appears_on_the_host_times_out_and_the_mux_goes_off(cli, exporterd, workdir, mux):
+    missing = dataclasses.replace(mux, device=os.path.join(workdir, "no-such-card"))
+    config = usbsdmux_board(workdir, missing).replace("device_timeout: 20", "device_timeout: 1")
+    exporter = exporterd.start(config, env=mux.env)
+    image = os.path.join(workdir, "image.raw")
+    with open(image, "wb") as out:
+        out.write(os.urandom(MIB))
+
+    result = cli("--host", exporter.socket, "storage", "flash", image, timeout=60)
+
+    assert result.returncode == 1, result.stdout
+    assert "no-such-card did not appear on the host" in result.stderr, result.stderr
+    assert mux.side() == "off", mux.calls()
 
 
 def test_sdwire_goes_back_to_the_board_after_flashing_and_after_an_error(cli, exporterd, workdir, mux):
