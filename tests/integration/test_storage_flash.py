@@ -7,8 +7,8 @@ cannot run here); the cards are regular files or loop devices.
 
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 import hashlib
 import http.server
 import os
