@@ -109,6 +109,9 @@ class _Screen:
             os.write(self.wake_write, b"x")
 
     def close(self) -> None:
+        """Close the wake pipe, unless the thread still runs: it would write into a reused fd number."""
+        if self.thread.is_alive():
+            return  # a daemon thread stuck in gRPC; the pipe goes with the process
         os.close(self.wake_read)
         os.close(self.wake_write)
 
@@ -126,7 +129,7 @@ def run(stream: BlockingStream, actions: Actions) -> int:
     saved = termios.tcgetattr(stdin_fd)
     screen = _Screen(stream)
     reader = EscapeReader()
-    detached = "the terminal closed"
+    detached = True  # if _type raises: the terminal went away, not the exporter
     # raw first: keys typed right after the banner must not be echoed or flushed by the line discipline
     tty.setraw(stdin_fd, termios.TCSADRAIN)
     sys.stderr.write("[console attached: Ctrl-] . leaves, Ctrl-] ? lists the escape keys]\r\n")
@@ -148,23 +151,23 @@ def run(stream: BlockingStream, actions: Actions) -> int:
 
 def _type(
     stdin_fd: int, screen: _Screen, stream: BlockingStream, reader: EscapeReader, actions: Actions
-) -> str:
-    """Send keystrokes until the user detaches (returns why) or the stream ends (returns "")."""
+) -> bool:
+    """Send keystrokes until the user detaches or the terminal closes (True) or the stream ends (False)."""
     while True:
         ready, _, _ = select.select([stdin_fd, screen.wake_read], [], [])
         if screen.wake_read in ready:
-            return ""
+            return False
         data = os.read(stdin_fd, 1024)
         if not data:
-            return "the terminal closed"
+            return True
         for value in reader.feed(data):
             if isinstance(value, bytes):
                 try:
                     stream.send(value)
                 except BrokenPipeError:
-                    return ""
+                    return False
             elif value == DETACH:
-                return "detached"
+                return True
             elif value == HELP:
                 say(KEY_TABLE.replace("\n", "\r\n"))
             elif value == BREAK:
