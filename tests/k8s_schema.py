@@ -29,7 +29,12 @@ CHECKED = {
     "x-kubernetes-preserve-unknown-fields",
 }  # fmt: skip
 # Keywords that change only documentation, server-side-apply merging or CEL (not evaluated here).
-NOT_VALIDATING = {"description", "x-kubernetes-map-type", "x-kubernetes-list-type", "x-kubernetes-validations"}
+NOT_VALIDATING = {
+    "description",
+    "x-kubernetes-map-type",
+    "x-kubernetes-list-type",
+    "x-kubernetes-validations",
+}
 
 
 def structural_problems(schema: dict[str, Any], where: str = "") -> list[str]:
@@ -60,9 +65,10 @@ def errors(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
     if value is None:
         return [] if schema.get("nullable") else [f"{here}: null is not allowed"]
     kind = schema.get("type")
-    if kind is not None:
-        if isinstance(value, bool) and kind != "boolean" or not isinstance(value, TYPES[kind]):
-            return [f"{here}: expected {kind}, got {type(value).__name__}"]
+    if kind is not None and (
+        isinstance(value, bool) and kind != "boolean" or not isinstance(value, TYPES[kind])
+    ):
+        return [f"{here}: expected {kind}, got {type(value).__name__}"]
     found: list[str] = []
     if "enum" in schema and value not in schema["enum"]:
         found.append(f"{here}: {value!r} is not one of {schema['enum']}")
@@ -85,7 +91,9 @@ def cel_rules(schema: dict[str, Any]) -> list[str]:
     """The CEL rules anywhere in `schema` (declared for the API server; not evaluated here)."""
     rules = [rule["rule"] for rule in schema.get("x-kubernetes-validations", [])]
     children = list(schema.get("properties", {}).values())
-    children += [schema[key] for key in ("items", "additionalProperties") if isinstance(schema.get(key), dict)]
+    children += [
+        schema[key] for key in ("items", "additionalProperties") if isinstance(schema.get(key), dict)
+    ]
     for child in children:
         rules += cel_rules(child)
     return rules

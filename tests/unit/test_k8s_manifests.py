@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes.client as models
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from controllerd.config import load_controller_config
 from routerd.config import load_router_config
@@ -53,7 +53,15 @@ UPSTREAM_FIELDS = {
 GRANTS = {
     ("jumpstarter.dev", "exporters"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("jumpstarter.dev", "clients"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("jumpstarter.dev", "exporteraccesspolicies"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("jumpstarter.dev", "exporteraccesspolicies"): {
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+    },
     ("jumpstarter.dev", "leases"): {"get", "list", "watch", "create", "update", "patch"},
     ("jumpstarter.dev", "exporters/status"): {"get", "update", "patch"},
     ("jumpstarter.dev", "clients/status"): {"get", "update", "patch"},
@@ -81,13 +89,18 @@ def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def crds() -> dict[str, dict[str, Any]]:
-    return {doc["spec"]["names"]["kind"]: doc for doc in render("base") if doc["kind"] == "CustomResourceDefinition"}
+    return {
+        doc["spec"]["names"]["kind"]: doc
+        for doc in render("base")
+        if doc["kind"] == "CustomResourceDefinition"
+    }
 
 
-def typed_model(doc: dict[str, Any]) -> type:
+def typed_model(doc: dict[str, Any]) -> type[BaseModel]:
     """kubernetes.client's model for this apiVersion and kind (e.g. apps/v1 Deployment -> V1Deployment)."""
     version = doc["apiVersion"].rpartition("/")[2]
-    return getattr(models, version[0].upper() + version[1:] + doc["kind"])
+    model: type[BaseModel] = getattr(models, version[0].upper() + version[1:] + doc["kind"])
+    return model
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -148,19 +161,27 @@ def test_the_crds_are_upstreams_group_names_and_scope(crds: dict[str, dict[str, 
     for kind, crd in crds.items():
         spec = crd["spec"]
         assert crd["metadata"]["name"] == f"{plurals[kind]}.jumpstarter.dev"
-        assert (spec["group"], spec["scope"], spec["names"]["plural"]) == ("jumpstarter.dev", "Namespaced", plurals[kind])
+        assert (spec["group"], spec["scope"], spec["names"]["plural"]) == (
+            "jumpstarter.dev",
+            "Namespaced",
+            plurals[kind],
+        )
         (version,) = spec["versions"]
         assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
         assert version["subresources"] == {"status": {}}
         assert structural_problems(schema_of(crd)) == []
 
 
-def test_every_upstream_field_is_in_our_schemas_with_upstreams_casing(crds: dict[str, dict[str, Any]]) -> None:
+def test_every_upstream_field_is_in_our_schemas_with_upstreams_casing(
+    crds: dict[str, dict[str, Any]],
+) -> None:
     for kind, fields in UPSTREAM_FIELDS.items():
         for dotted in fields:
             assert resolve(schema_of(crds[kind]), dotted)["type"], f"{kind} {dotted}"
     exporter_status = resolve(schema_of(crds["Exporter"]), "status.exporterStatus")["enum"]
-    assert {"Unspecified", "Offline", "Available", "LeaseReady", "AfterLeaseHookFailed"} <= set(exporter_status)
+    assert {"Unspecified", "Offline", "Available", "LeaseReady", "AfterLeaseHookFailed"} <= set(
+        exporter_status
+    )
     assert resolve(schema_of(crds["Exporter"]), "spec.enabled")["default"] is True
 
 
@@ -192,8 +213,16 @@ def test_upstream_shaped_samples_are_accepted(crds: dict[str, dict[str, Any]]) -
 
 
 WRONG = [
-    ("Exporter", lambda d: d["status"]["devices"][1].update(parentUuid="x"), ".status.devices[1].parentUuid: unknown"),
-    ("Exporter", lambda d: d["status"].update(exporterStatus="AVAILABLE"), ".status.exporterStatus: 'AVAILABLE'"),
+    (
+        "Exporter",
+        lambda d: d["status"]["devices"][1].update(parentUuid="x"),
+        ".status.devices[1].parentUuid: unknown",
+    ),
+    (
+        "Exporter",
+        lambda d: d["status"].update(exporterStatus="AVAILABLE"),
+        ".status.exporterStatus: 'AVAILABLE'",
+    ),
     ("Exporter", lambda d: d["spec"].update(enabled="yes"), ".spec.enabled: expected boolean"),
     ("Exporter", lambda d: d["status"]["conditions"][0].update(status="Yes"), "conditions[0].status: 'Yes'"),
     ("Exporter", lambda d: d["status"]["conditions"][0].pop("reason"), "conditions[0].reason: required"),
@@ -203,13 +232,19 @@ WRONG = [
     ("Lease", lambda d: d["spec"].update(tags={f"t{i}": "v" for i in range(11)}), ".spec.tags: more than 10"),
     ("Lease", lambda d: d["status"].pop("ended"), ".status.ended: required"),
     ("Lease", lambda d: d["spec"].update(exporter_ref={"name": "x"}), ".spec.exporter_ref: unknown"),
-    ("ExporterAccessPolicy", lambda d: d["spec"]["policies"][0].update(priority="high"), "priority: expected integer"),
+    (
+        "ExporterAccessPolicy",
+        lambda d: d["spec"]["policies"][0].update(priority="high"),
+        "priority: expected integer",
+    ),
     ("Client", lambda d: d["spec"].update(username=["a"]), ".spec.username: expected string"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "mutate", "problem"), WRONG, ids=[w[2] for w in WRONG])
-def test_wrong_resources_are_rejected(crds: dict[str, dict[str, Any]], kind: str, mutate: Any, problem: str) -> None:
+def test_wrong_resources_are_rejected(
+    crds: dict[str, dict[str, Any]], kind: str, mutate: Any, problem: str
+) -> None:
     sample = next(d for d in yaml.safe_load_all(SAMPLES.read_text()) if d["kind"] == kind)
     body = {key: value for key, value in sample.items() if key != "metadata"}
     assert errors(schema_of(crds[kind]), body) == []
