@@ -13,15 +13,19 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import kubernetes.client as models
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ValidationError
 
+from controllerd.auth import load_or_create_key
 from controllerd.config import load_controller_config
+from jumpstarter import tls
 from routerd.config import load_router_config
 from tests.k8s_schema import cel_rules, errors, structural_problems
 
@@ -374,3 +378,37 @@ def test_every_file_the_configs_name_is_mounted(layout: str, tmp_path: Path) -> 
         # O_NOFOLLOW: the router key must be a subPath mount (a file), not a Secret volume's symlink.
         key_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == router.router_key_file)
         assert key_mount["subPath"] == "router.key"
+
+
+def test_make_secrets_writes_what_the_daemons_accept(tmp_path: Path) -> None:
+    out = tmp_path / "secrets"
+    for _ in range(2):  # a second run keeps every file
+        subprocess.run(
+            [sys.executable, str(DEPLOY / "make_secrets.py"), "jumpstarter.lab.example", str(out)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    docs = render("base")
+    _, routerd_file = config_files(docs, tmp_path)
+    text = routerd_file.read_text().replace("/etc/jumpstarter/tls/", f"{out}/tls/")
+    routerd_file.write_text(text.replace("/etc/jumpstarter/keys/", f"{out}/router/"))
+    check = subprocess.run(
+        [sys.executable, "-m", "routerd.main", "--config", str(routerd_file), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert "router key" in check.stdout and "jumpstarter.lab.example" in check.stdout
+    cert, ca = (out / "tls/tls.crt").read_bytes(), (out / "tls/ca.crt").read_bytes()
+    assert tls.signed_by(cert, ca) and tls.covers(cert, "jumpstarter.lab.example")
+    tls.check_pair(cert, (out / "tls/tls.key").read_bytes())
+    assert isinstance(load_or_create_key(str(out / "signing/signing.pem")), ec.EllipticCurvePrivateKey)
+    # Only these three directories go into the cluster: the lab CA's key is not among them.
+    secret_dirs = {
+        "tls": ["ca.crt", "tls.crt", "tls.key"],
+        "signing": ["signing.pem"],
+        "router": ["router.key"],
+    }
+    for name, files in secret_dirs.items():
+        assert sorted(p.name for p in (out / name).iterdir()) == files
+    secret_names = {"jumpstarter-tls", "jumpstarter-signing-key", "jumpstarter-router-key"}
+    used = {v["secret"]["secretName"] for spec in pods(docs) for v in spec["volumes"] if "secret" in v}
+    assert used == secret_names
