@@ -70,6 +70,17 @@ GRANTS = {
     ("jumpstarter.dev", "exporters/status"): {"get", "update", "patch"},
     ("jumpstarter.dev", "clients/status"): {"get", "update", "patch"},
     ("jumpstarter.dev", "leases/status"): {"get", "update", "patch"},
+    ("lab.jumpstarter.dev", "controllertokens"): {
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+    },
+    ("lab.jumpstarter.dev", "auditevents"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("lab.jumpstarter.dev", "controllersequences"): {"get", "list", "watch", "create", "update"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
     ("", "serviceaccounts/token"): {"create"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
@@ -93,10 +104,11 @@ def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def crds() -> dict[str, dict[str, Any]]:
+    """Upstream's four kinds (group jumpstarter.dev) by kind."""
     return {
         doc["spec"]["names"]["kind"]: doc
         for doc in render("base")
-        if doc["kind"] == "CustomResourceDefinition"
+        if doc["kind"] == "CustomResourceDefinition" and doc["spec"]["group"] == "jumpstarter.dev"
     }
 
 
@@ -187,6 +199,28 @@ def test_every_upstream_field_is_in_our_schemas_with_upstreams_casing(
         exporter_status
     )
     assert resolve(schema_of(crds["Exporter"]), "spec.enabled")["default"] is True
+
+
+def test_our_own_kinds_are_in_our_own_group() -> None:
+    ours = [
+        d
+        for d in render("base")
+        if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] != "jumpstarter.dev"
+    ]
+    assert {d["spec"]["names"]["kind"] for d in ours} == {
+        "ControllerToken",
+        "AuditEvent",
+        "ControllerSequence",
+    }
+    for crd in ours:
+        assert crd["spec"]["group"] == "lab.jumpstarter.dev" and crd["spec"]["scope"] == "Namespaced"
+        assert structural_problems(schema_of(crd)) == []
+        for column in crd["spec"]["versions"][0].get("additionalPrinterColumns", [])[:-1]:
+            assert resolve(schema_of(crd), column["jsonPath"].lstrip("."))["type"] == column["type"]
+    audit = next(schema_of(d) for d in ours if d["spec"]["names"]["kind"] == "AuditEvent")
+    event = {"spec": {"id": 7, "kind": "lease", "name": "l1", "action": "granted", "actor": "scheduler"}}
+    assert errors(audit, event) == []  # the store's record fields are kept (preserve-unknown-fields)
+    assert errors(audit, {"spec": {"action": 3}}) == [".spec.action: expected string, got int"]
 
 
 def test_printer_columns_point_at_fields_of_their_type(crds: dict[str, dict[str, Any]]) -> None:
