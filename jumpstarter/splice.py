@@ -15,7 +15,9 @@ import grpc
 from jumpstarter import frames
 from jumpstarter.v1 import router_pb2
 
-CHUNK = 64 * 1024  # the other end may be an upstream peer (PROTOCOL.md §5)
+# Up to 256 KiB per frame: the router's cost is per frame (64 KiB frames cost it twice the CPU per
+# GiB, tests/bench/bench_router.py); every peer accepts messages of at least 4 MiB (PROTOCOL.md §5).
+CHUNK = 256 * 1024
 
 
 async def splice(

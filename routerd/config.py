@@ -35,6 +35,7 @@ DEFAULT_MAX_STREAMS = 1000
 DEFAULT_MAX_STREAMS_PER_LEASE = 32
 DEFAULT_MAX_WAITING_PER_LEASE = 16
 DEFAULT_METRICS = "127.0.0.1:9103"
+MAX_WORKERS = 64
 WILDCARDS = {"0.0.0.0", "::", ""}
 
 
@@ -54,6 +55,7 @@ class RouterConfig:
     max_waiting_per_lease: int = DEFAULT_MAX_WAITING_PER_LEASE
     metrics: str | None = DEFAULT_METRICS
     metrics_allow_remote: bool = False
+    workers: int = 1  # processes sharing `listen` (SO_REUSEPORT); see routerd/workers.py
 
     @property
     def advertise_host(self) -> str | None:
@@ -130,6 +132,7 @@ ROUTER = Section(
     Field("max_streams_per_lease", number(whole=True), default=OMIT),
     Field("max_waiting_per_lease", number(whole=True), default=OMIT),
     Field("metrics", _metrics, default=OMIT),
+    Field("workers", number(whole=True, at_most=MAX_WORKERS), default=OMIT),
     what="a mapping of routerd settings",
 )
 

@@ -12,8 +12,14 @@ import asyncio
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from routerd.config import DEFAULT_CONFIG, RouterConfig, load_config
+
+if TYPE_CHECKING:
+    import grpc
+
+    from routerd.workers import WorkerSpec
 
 PROG = "jumpstarter-routerd"
 
@@ -31,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="create router_key_file if it is missing (normally the controller's key is copied there)",
     )
+    # A worker of `workers: N` (routerd/workers.py starts these).
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     from jumpstarter.log import add_arguments
 
     add_arguments(parser)
@@ -74,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{config.source}: {note}")
             print(f"{config.source}: ok")
             return 0
+        if args.worker is not None:
+            from routerd.workers import WorkerSpec
+
+            worker = WorkerSpec(args.worker, args.worker_port, args.worker_dir)
+            return asyncio.run(serve(config, False, worker))
+        if config.workers > 1:
+            from routerd.workers import supervise
+
+            prepare(config, args.create_key)  # once: the workers find the key and certificate
+            passed = ["--config", args.config, "--log-level", args.log_level, "--log-format", args.log_format]
+            return asyncio.run(supervise(config, passed))
         return asyncio.run(serve(config, args.create_key))
     except ConfigError as exc:
         return fatal(PROG, exc)
@@ -81,22 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-async def serve(config: RouterConfig, create_key: bool) -> int:
+def prepare(config: RouterConfig, create_key: bool) -> tuple[bytes, bytes, bytes]:
+    """The router key, and the TLS certificate and key (issued by the lab CA when missing)."""
     import structlog
 
     from jumpstarter import tls
-    from jumpstarter.errors import ConfigError
-    from jumpstarter.metrics import MetricsServer, new_registry, start_http
     from jumpstarter.routertoken import generate_key, load_key
-    from routerd.admission import Limits
-    from routerd.service import Router, RouterMetrics, build_server
 
     log = structlog.get_logger("routerd")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-
     if create_key and not os.path.exists(config.router_key_file):
         generate_key(config.router_key_file)
         log.warning(
@@ -125,24 +138,59 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         log.warning(
             "the certificate does not name the advertised host; clients will refuse it", advertise=host
         )
+    return key, cert_pem, key_pem
+
+
+async def serve(config: RouterConfig, create_key: bool, worker: WorkerSpec | None = None) -> int:
+    import structlog
+
+    from jumpstarter import tls
+    from jumpstarter.errors import ConfigError
+    from jumpstarter.metrics import MetricsServer, new_registry, start_http
+    from routerd.admission import Limits
+    from routerd.relay import Claims, Workers, worker_socket
+    from routerd.service import Router, RouterMetrics, build_server, build_worker_server
+
+    log = structlog.get_logger("routerd")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+    key, cert_pem, key_pem = prepare(config, create_key)
 
     registry = new_registry()
     limits = Limits(config.max_streams, config.max_streams_per_lease, config.max_waiting_per_lease)
-    router = Router(key, config.lone_peer_timeout, limits, RouterMetrics(registry))
+    claims = workers = None
+    listen, metrics_address = config.listen, config.metrics
+    if worker is not None:
+        claims, workers = Claims(worker.directory, worker.index), Workers(worker.directory)
+        listen = _join(config.listen.rpartition(":")[0].strip("[]"), worker.port)
+        if metrics_address:  # one metrics port per worker: port + index
+            metrics_host, _, metrics_port = metrics_address.rpartition(":")
+            port_k = int(metrics_port) + worker.index if int(metrics_port) else 0  # 0: any free port
+            metrics_address = f"{metrics_host}:{port_k}"
+    router = Router(key, config.lone_peer_timeout, limits, RouterMetrics(registry), claims, workers)
     server = build_server(router)
+    private: grpc.aio.Server | None = None
+    if worker is not None:
+        private = build_worker_server(router)
+        private.add_insecure_port(f"unix:{worker_socket(worker.directory, worker.index)}")
+        await private.start()
     try:
-        port = server.add_secure_port(config.listen, tls.server_credentials(cert_pem, key_pem))
+        port = server.add_secure_port(listen, tls.server_credentials(cert_pem, key_pem))
     except RuntimeError:  # grpc says only "Failed to bind" (and logs the reason itself)
         raise ConfigError(
             f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
         ) from None
     metrics: MetricsServer | None = None
-    if config.metrics:
+    if metrics_address:
         try:
-            metrics = start_http(registry, config.metrics, allow_remote=config.metrics_allow_remote)
+            metrics = start_http(registry, metrics_address, allow_remote=config.metrics_allow_remote)
         except OSError as exc:
             raise ConfigError(
-                f"{config.source}: metrics: cannot serve on {config.metrics}: {exc.strerror or exc}"
+                f"{config.source}: metrics: cannot serve on {metrics_address}: {exc.strerror or exc}"
             ) from None
         log.info("metrics", url=f"http://{_join(metrics.host, metrics.port)}/metrics")
     await server.start()
@@ -164,6 +212,10 @@ async def serve(config: RouterConfig, create_key: bool) -> int:
         router.shutdown()
         await server.stop(grace=2)
     finally:
+        if private is not None:
+            await private.stop(grace=None)
+        if workers is not None:
+            await workers.close()
         if metrics is not None:
             metrics.close()
     log.info("stopped")

@@ -19,6 +19,9 @@ Endings:
   streams or `max_waiting_per_lease` lone peers, or the router over
   `max_streams` stream ids waiting or spliced: RESOURCE_EXHAUSTED;
 - the router stops (SIGTERM): every stream ends with UNAVAILABLE "router shutting down".
+
+With several workers (routerd/relay.py) a caller whose stream id waits in another
+worker is relayed there, and the pairing above happens in that worker.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from jumpstarter.channels import server_options
 from jumpstarter.log import Throttle
 from jumpstarter.routertoken import RouterClaims, RouterTokenError, verify_claims
 from routerd.admission import Admission, Limits, Refused
+from routerd.relay import PEER_KEY, Claims, Workers, relay
 
 log = structlog.get_logger("routerd")
 
@@ -62,6 +66,9 @@ SERVER_OPTIONS = server_options(
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
 )
+
+# Workers share the listen port: the kernel spreads new connections over them.
+WORKER_OPTIONS = [(k, 1 if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS]
 
 
 class RouterMetrics:
@@ -162,8 +169,18 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 class Router:
     """The waiting table and the splices of one routerd process."""
 
-    def __init__(self, key: bytes, lone_peer_timeout: float, limits: Limits, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        lone_peer_timeout: float,
+        limits: Limits,
+        metrics: RouterMetrics,
+        claims: Claims | None = None,
+        workers: Workers | None = None,
+    ) -> None:
         self.key = key
+        self.claims = claims  # None: the only worker
+        self.workers = workers
         self.lone_peer_timeout = lone_peer_timeout
         self.admission = Admission(limits)
         self.metrics = metrics
@@ -178,10 +195,23 @@ class Router:
         method = grpc.stream_stream_rpc_method_handler(self.stream)
         return grpc.method_handlers_generic_handler(SERVICE, {"Stream": method})
 
-    async def stream(self, requests: object, context: grpc.aio.ServicerContext) -> None:
+    def worker_handler(self) -> grpc.GenericRpcHandler:
+        """`Stream` for the workers' private socket: callers relayed by another worker."""
+        method = grpc.stream_stream_rpc_method_handler(self.relayed_stream)
+        return grpc.method_handlers_generic_handler(SERVICE, {"Stream": method})
+
+    async def relayed_stream(self, requests: object, context: grpc.aio.ServicerContext) -> None:
+        await self.stream(requests, context, relayed=True)
+
+    async def stream(
+        self, requests: object, context: grpc.aio.ServicerContext, relayed: bool = False
+    ) -> None:
+        metadata = context.invocation_metadata() or ()
         address = context.peer()
+        if relayed:  # the relaying worker names the caller
+            address = next((str(v) for k, v in metadata if k == PEER_KEY), address)
         try:
-            claims = verify_claims(self.key, bearer_token(context.invocation_metadata()))
+            claims = verify_claims(self.key, bearer_token(metadata))
         except RouterTokenError as exc:
             self._count("unauthenticated")
             dropped = self.rejections.ready()  # anyone can send these: one line per interval at most
@@ -198,6 +228,11 @@ class Router:
         me = Peer(context, address)
         stream_id = claims.stream_id
         waiting = self.waiting.get(stream_id)
+        if waiting is None and self.claims is not None and not relayed:
+            owner = self.claims.claim(stream_id)
+            if owner is not None:
+                await self._relay(context, metadata, address, owner)
+                return
         try:
             side = self.admission.side(claims)
             if waiting is None:
@@ -247,6 +282,7 @@ class Router:
         finally:
             if self.waiting.get(stream_id) is entry:
                 del self.waiting[stream_id]
+                self._release(stream_id)
                 self.admission.gave_up(claims.lease)
                 self.metrics.waiting.set(len(self.waiting))
             if not partner.done():
@@ -262,6 +298,26 @@ class Router:
                 f"no peer joined this stream within {self.lone_peer_timeout:g} s",
             )
         return partner.result()
+
+    def _release(self, stream_id: str) -> None:
+        if self.claims is not None:
+            self.claims.release(stream_id)
+
+    async def _relay(
+        self,
+        context: grpc.aio.ServicerContext,
+        metadata: Iterable[tuple[str, str | bytes]],
+        address: str,
+        owner: int,
+    ) -> None:
+        """Hand this caller to the worker where its peer waits; end with that worker's status."""
+        assert self.workers is not None
+        forwarded = [(k, v) for k, v in metadata if k == "authorization" and isinstance(v, str)]
+        forwarded.append((PEER_KEY, address))
+        log.debug("stream relayed", peer=address, worker=owner)
+        code, details = await relay(context, self.workers.channel(owner), forwarded)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, details)
 
     async def _forward(self, splice: Splice, me: Peer) -> None:
         other = splice.other(me)
@@ -310,6 +366,7 @@ class Router:
     def _leave(self, splice: Splice) -> None:
         splice.handlers -= 1
         if splice.handlers == 0:
+            self._release(splice.stream_id)  # held until here: a replayed token is refused here
             self.splices.discard(splice)
             self.admission.ended(splice.lease)
             self.active -= 1
@@ -336,6 +393,13 @@ class Router:
 
 
 def build_server(router: Router) -> grpc.aio.Server:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS if router.claims is None else WORKER_OPTIONS)
     server.add_generic_rpc_handlers((router.handler(),))
+    return server
+
+
+def build_worker_server(router: Router) -> grpc.aio.Server:
+    """The server of this worker's private socket (callers relayed by the other workers)."""
+    server = grpc.aio.server(options=server_options())
+    server.add_generic_rpc_handlers((router.worker_handler(),))
     return server

@@ -1,6 +1,6 @@
 """Router benchmark: throughput and added latency of routerd against a direct unix-socket stream.
 
-    /work/venv/bin/python tests/bench/bench_router.py [--quick] [--size-mib 256] [--streams 100]
+    .venv/bin/python tests/bench/bench_router.py [--quick] [--size-mib 256] [--streams 100] [--workers N]
 
 Runs a real `jumpstarter-routerd` (TLS on loopback) and, in the same run, a
 direct gRPC RouterService.Stream server on a unix socket. The far end (sink or
@@ -8,10 +8,14 @@ echo) always lives in a separate process; the sender is this process. Prints a
 markdown table. Not a pytest test (bench_*.py is not collected).
 
 Measured:
-- one stream of SIZE MiB in 64 KiB DATA frames, then GOAWAY: time until the
-  sink's byte count comes back;
-- STREAMS concurrent streams of SIZE/… MiB each: aggregate throughput;
+- one stream of SIZE MiB in 64 KiB DATA frames (what upstream peers send), then GOAWAY:
+  time until the sink's byte count comes back, and routerd's CPU seconds per GiB;
+- the same in 256 KiB frames (what our splice sends, jumpstarter/splice.py);
+- STREAMS concurrent streams of SIZE/… MiB each, every stream on its own TLS
+  connection at both ends (as many clients and exporters would be): aggregate
+  throughput and routerd's CPU per GiB (all workers);
 - small round trips (64-byte frame echoed back): p50/p99 latency.
+With --workers N, routerd runs N worker processes sharing the port.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ from jumpstarter.v1 import router_pb2, router_pb2_grpc  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
+OUR_CHUNK = 256 * 1024  # jumpstarter/splice.py CHUNK
 DATA, GOAWAY = 0, 7
 OPTIONS = message_limits()
+SEPARATE = [*OPTIONS, ("grpc.use_local_subchannel_pool", 1)]  # a channel of its own: its own connection
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # -- child processes: nothing we start outlives us -------------------------------------------
@@ -92,9 +98,16 @@ def peak_rss_mib(pid: int, reset: bool = True) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """CPU seconds of `pid` and its live children (routerd's workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+            if int(entry) == pid or int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 # -- the far end: sink (count bytes, answer the count) or echo ---------------------------------
@@ -141,11 +154,13 @@ async def router_peers(endpoint: str, ca_path: str, mode: str) -> None:
     tokens = json.loads(sys.stdin.readline())
     with open(ca_path, "rb") as handle:
         creds = grpc.ssl_channel_credentials(root_certificates=handle.read())
-    async with grpc.aio.secure_channel(endpoint, creds, options=OPTIONS) as channel:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
+    channels = [grpc.aio.secure_channel(endpoint, creds, options=SEPARATE) for _ in tokens]
+    try:
 
-        async def one(token: str) -> None:
-            call = stub.Stream(metadata=[("authorization", f"Bearer {token}")])
+        async def one(token: str, channel: grpc.aio.Channel) -> None:
+            call = router_pb2_grpc.RouterServiceStub(channel).Stream(
+                metadata=[("authorization", f"Bearer {token}")]
+            )
 
             async def write(message: Any) -> None:
                 await call.write(
@@ -157,7 +172,10 @@ async def router_peers(endpoint: str, ca_path: str, mode: str) -> None:
             await call.code()
 
         print("ready", flush=True)
-        await asyncio.gather(*(one(t) for t in tokens))
+        await asyncio.gather(*(one(t, c) for t, c in zip(tokens, channels, strict=True)))
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 # -- the sender side (this process) -------------------------------------------------------------
@@ -179,14 +197,20 @@ class Direct(Target):
     name = "direct (unix socket)"
 
     def __init__(self, path: str) -> None:
-        self.channel = grpc.aio.insecure_channel(f"unix:{path}", options=OPTIONS)
+        self.target = f"unix:{path}"
+        self.channels: list[grpc.aio.Channel] = []
 
     async def open(self, count: int, mode: str) -> list[Any]:
-        stub = router_pb2_grpc.RouterServiceStub(self.channel)
-        return [stub.Stream(metadata=[("mode", mode)]) for _ in range(count)]
+        while len(self.channels) < count:
+            self.channels.append(grpc.aio.insecure_channel(self.target, options=SEPARATE))
+        return [
+            router_pb2_grpc.RouterServiceStub(c).Stream(metadata=[("mode", mode)])
+            for c in self.channels[:count]
+        ]
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 class ThroughRouter(Target):
@@ -198,7 +222,8 @@ class ThroughRouter(Target):
         self.endpoint = f"127.0.0.1:{port}"
         self.ca_path = ca_path
         self.key = key
-        self.channel = grpc.aio.secure_channel(self.endpoint, creds, options=OPTIONS)
+        self.creds = creds
+        self.channels: list[grpc.aio.Channel] = []
         self.peers: subprocess.Popen[bytes] | None = None
 
     async def open(self, count: int, mode: str) -> list[Any]:
@@ -214,35 +239,39 @@ class ThroughRouter(Target):
         self.peers.stdin.write(json.dumps(tokens).encode() + b"\n")
         self.peers.stdin.close()
         await asyncio.to_thread(self.peers.stdout.readline)
-        stub = router_pb2_grpc.RouterServiceStub(self.channel)
-        return [stub.Stream(metadata=[("authorization", f"Bearer {t}")]) for t in tokens]
+        while len(self.channels) < count:
+            self.channels.append(grpc.aio.secure_channel(self.endpoint, self.creds, options=SEPARATE))
+        return [
+            router_pb2_grpc.RouterServiceStub(c).Stream(metadata=[("authorization", f"Bearer {t}")])
+            for t, c in zip(tokens, self.channels, strict=False)
+        ]
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
         if self.peers is not None:
             await asyncio.to_thread(self.peers.wait)
 
 
-async def send_and_count(call: Any, size: int) -> int:
-    chunk = os.urandom(CHUNK)
-    message = router_pb2.StreamRequest(payload=chunk)
-    for _ in range(size // CHUNK):
+async def send_and_count(call: Any, size: int, chunk: int = CHUNK) -> int:
+    message = router_pb2.StreamRequest(payload=os.urandom(chunk))
+    for _ in range(size // chunk):
         await call.write(message)
     await call.write(router_pb2.StreamRequest(frame_type=GOAWAY))
     await call.done_writing()
     reply = await call.read()
     counted = int(reply.payload)
-    assert counted == size // CHUNK * CHUNK, (counted, size)
+    assert counted == size // chunk * chunk, (counted, size)
     while await call.read() is not grpc.aio.EOF:
         pass
     return counted
 
 
-async def throughput(target: Target, streams: int, size_each: int) -> float:
+async def throughput(target: Target, streams: int, size_each: int, chunk: int = CHUNK) -> float:
     """MiB/s over all streams (wall clock from the first write to the last count)."""
     calls = await target.open(streams, "sink")
     started = time.perf_counter()
-    counted = await asyncio.gather(*(send_and_count(c, size_each) for c in calls))
+    counted = await asyncio.gather(*(send_and_count(c, size_each, chunk) for c in calls))
     elapsed = time.perf_counter() - started
     return sum(counted) / MiB / elapsed
 
@@ -273,7 +302,7 @@ def percentile(samples: list[float], p: float) -> float:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def start_routerd(directory: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_routerd(directory: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     config = os.path.join(directory, "routerd.yaml")
     with open(config, "w") as handle:
         json.dump(
@@ -283,6 +312,7 @@ def start_routerd(directory: str) -> tuple[subprocess.Popen[bytes], int]:
                 "router_key_file": "router.key",
                 "metrics": None,
                 "max_streams": 10000,
+                "workers": workers,
             },
             handle,
         )
@@ -318,7 +348,7 @@ def start_routerd(directory: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def bench(args: argparse.Namespace, directory: str) -> list[tuple[str, str, str, str]]:
-    router, port = start_routerd(directory)
+    router, port = start_routerd(directory, args.workers)
     socket_path = os.path.join(directory, "direct.sock")
     server = spawn([sys.executable, __file__, "--serve-direct", socket_path], stdout=subprocess.PIPE)
     assert server.stdout is not None
@@ -335,24 +365,39 @@ async def bench(args: argparse.Namespace, directory: str) -> list[tuple[str, str
     r1 = await throughput(routed, 1, size)
     router_cpu = cpu_seconds(router.pid) - cpu0
     rss_single = peak_rss_mib(router.pid)
+    gib = args.size_mib / 1024
     rows.append(
         (
-            f"1 stream x {args.size_mib} MiB",
+            f"1 stream x {args.size_mib} MiB, 64 KiB frames",
             f"{d1:.0f} MiB/s",
             f"{r1:.0f} MiB/s",
-            f"{r1 / d1:.2f}x (router CPU {router_cpu / (args.size_mib / 1024):.1f} s/GiB)",
+            f"{r1 / d1:.2f}x (router CPU {router_cpu / gib:.2f} s/GiB)",
+        )
+    )
+    d1b = await throughput(direct, 1, size, OUR_CHUNK)
+    cpu0 = cpu_seconds(router.pid)
+    r1b = await throughput(routed, 1, size, OUR_CHUNK)
+    router_cpu = cpu_seconds(router.pid) - cpu0
+    rows.append(
+        (
+            f"1 stream x {args.size_mib} MiB, 256 KiB frames",
+            f"{d1b:.0f} MiB/s",
+            f"{r1b:.0f} MiB/s",
+            f"{r1b / d1b:.2f}x (router CPU {router_cpu / gib:.2f} s/GiB)",
         )
     )
     each = args.concurrent_mib * MiB
     dn = await throughput(direct, args.streams, each)
+    cpu0 = cpu_seconds(router.pid)
     rn = await throughput(routed, args.streams, each)
+    router_cpu = cpu_seconds(router.pid) - cpu0
     rss_many = peak_rss_mib(router.pid)
     rows.append(
         (
-            f"{args.streams} streams x {each / MiB:g} MiB, aggregate",
+            f"{args.streams} streams x {each / MiB:g} MiB, aggregate, 64 KiB frames",
             f"{dn:.0f} MiB/s",
             f"{rn:.0f} MiB/s",
-            f"{rn / dn:.2f}x",
+            f"{rn / dn:.2f}x (router CPU {router_cpu / (args.streams * each / MiB / 1024):.2f} s/GiB)",
         )
     )
     dl = await round_trips(direct, args.round_trips)
@@ -392,6 +437,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--concurrent-mib", type=int, default=4, help="MiB per concurrent stream (default 4)")
     parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1, help="routerd worker processes (default 1)")
     parser.add_argument("--serve-direct", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--router-peers", nargs=3, metavar=("ENDPOINT", "CA", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -408,7 +454,9 @@ def main() -> int:
         rows = asyncio.run(bench(args, directory))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    print(f"\nrouterd benchmark ({os.cpu_count()} CPUs, grpcio {grpc.__version__}, 64 KiB frames)\n")
+    print(
+        f"\nrouterd benchmark ({os.cpu_count()} CPUs, grpcio {grpc.__version__}, routerd workers {args.workers})\n"
+    )
     header = ("measure", "direct unix socket", "through routerd", "router / direct")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, tuple("-" * w for w in widths), *rows]:
