@@ -93,7 +93,7 @@ def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
 
 COLUMNS = {
     "clients": ["namespace", "name", "labels"],
-    "exporters": ["namespace", "name", "online", "enabled", "status", "labels"],
+    "exporters": ["namespace", "name", "online", "enabled", "status", "health", "health_reason", "labels"],
     "leases": ["namespace", "name", "client", "exporter", "selector", "ended"],
     "policies": ["namespace", "name", "exporter_selector", "client_selector", "priority", "maximum_duration"],
     "tokens": ["kind", "namespace", "name", "issued", "expires", "revoked", "jti"],
@@ -247,6 +247,31 @@ def run_release(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_maintenance(a: argparse.Namespace) -> int:
+    if a.done == (a.reason is not None):
+        raise ConfigError("give --reason TEXT to take the board out of service, or --done to put it back")
+    check_name(a.name, "exporter name")
+    result = call(
+        a.admin_socket, "exporter_maintenance", namespace=a.namespace, name=a.name, reason=a.reason, done=a.done
+    )
+    print(f"{result['name']}: {result['state']}" + (f" ({result['reason']})" if result["reason"] else ""))
+    return 0
+
+
+def run_lease_create(a: argparse.Namespace) -> int:
+    result = call(
+        a.admin_socket,
+        "create_lease",
+        namespace=a.namespace,
+        client=check_name(a.client, "client name"),
+        exporter=check_name(a.exporter, "exporter name"),
+        duration=duration_seconds(a.duration),
+    )
+    state = f"acquired {result['exporter']}" if result["ready"] else f"waiting for {result['exporter']}"
+    print(f"{result['name']} ({state}; client {result['client']})")
+    return 0
+
+
 # -- the command table ------------------------------------------------------------------------
 
 
@@ -381,6 +406,38 @@ ADMIN = Command(
             "end a lease now",
             run_release,
             args=(_kind("lease"), arg("name", help="the lease's name")),
+        ),
+        Command(
+            "exporter",
+            "board states: take a board out of service and put it back",
+            commands=(
+                Command(
+                    "maintenance",
+                    "take a board out of service with a reason (ordinary leases stop getting it), or --done",
+                    run_maintenance,
+                    args=(
+                        NAME,
+                        arg("--reason", metavar="TEXT", help="why (at most 200 printable characters)"),
+                        arg("--done", action="store_true", help="put it back in service (state: unknown)"),
+                    ),
+                ),
+            ),
+        ),
+        Command(
+            "lease",
+            "an administrator's explicit leases",
+            commands=(
+                Command(
+                    "create",
+                    "lease one board for a client whatever its state (maintenance, unhealthy), ahead of the queue",
+                    run_lease_create,
+                    args=(
+                        arg("--client", required=True, metavar="NAME", help="the client that will use it"),
+                        arg("--exporter", required=True, metavar="NAME", help="the board"),
+                        arg("--duration", default="30m", help="how long (default %(default)s)"),
+                    ),
+                ),
+            ),
         ),
     ),
 )
