@@ -19,8 +19,9 @@ import structlog
 from controllerd import audit
 from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
-from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, Unimplemented, status_of
 from controllerd.board_states import MAINTENANCE, UNKNOWN, change, check_reason
+from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, Unimplemented, status_of
+from controllerd.health_checks import HealthChecker
 from controllerd.records import AccessPolicy, Client, Exporter, Lease, uuid7
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, StorageError, Store
@@ -52,6 +53,7 @@ class Admin:
         ca_pem: bytes,
         token_ttl: float,
         lab_ca: tls.LabCA | None = None,
+        health: HealthChecker | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -59,6 +61,7 @@ class Admin:
         self.ca_pem = ca_pem
         self.token_ttl = token_ttl
         self.lab_ca = lab_ca
+        self.health = health
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "info": self.info,
             "create_client": self.create_client,
@@ -76,6 +79,7 @@ class Admin:
             "audit": self.audit_history,
             "exporter_maintenance": self.exporter_maintenance,
             "create_lease": self.create_lease,
+            "health_run": self.health_run,
         }
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -342,7 +346,9 @@ class Admin:
         exporter = await self.store.get_exporter(namespace, name)
         if done:
             if exporter.health != MAINTENANCE:
-                raise FailedPrecondition(f"exporter {namespace}/{name} is not in maintenance ({exporter.health})")
+                raise FailedPrecondition(
+                    f"exporter {namespace}/{name} is not in maintenance ({exporter.health})"
+                )
             event = change(exporter, UNKNOWN, "", ADMIN, "in-service", "MaintenanceDone")
         else:
             event = change(exporter, MAINTENANCE, reason, ADMIN, "maintenance", "Maintenance")
@@ -370,4 +376,16 @@ class Admin:
             out_of_service_ok=True,
         )
         lease = await self.scheduler.submit(lease, actor=ADMIN)
-        return {"name": lease.name, "client": client, "exporter": lease.exporter or exporter, "ready": lease.active}
+        return {
+            "name": lease.name,
+            "client": client,
+            "exporter": lease.exporter or exporter,
+            "ready": lease.active,
+        }
+
+    async def health_run(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Run a board's health check now (waits for the board if it is leased); the recorded result."""
+        namespace, name = _new_name(args, "exporter")
+        if self.health is None:
+            raise FailedPrecondition("this controller runs no health checks")
+        return await self.health.run(namespace, name, "on demand", ADMIN)

@@ -188,6 +188,9 @@ class OnlineWatch:
         self.online = online
         self.offline_after = offline_after
         self.seen: dict[tuple[str, str], bool] = {}
+        self.on_online: Callable[[Exporter], None] = lambda exporter: (
+            None
+        )  # back from offline (health checks)
 
     def offline_reason(self, exporter: Exporter) -> str:
         if exporter.status == ExporterStatus.OFFLINE:  # it said goodbye
@@ -204,6 +207,8 @@ class OnlineWatch:
                 now_online.add(key)
             before = self.seen.get(key)
             if before is not None and before != online:
+                if online:
+                    self.on_online(exporter)
                 changed.append(
                     event(
                         exporter.namespace,

@@ -114,7 +114,16 @@ def _clone(record: R) -> R:
 
 
 _JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions", "detail"}
-_BOOL_FIELDS = {"enabled", "registered", "allow_disabled", "out_of_service_ok", "released", "ended", "paused", "revoked"}
+_BOOL_FIELDS = {
+    "enabled",
+    "registered",
+    "allow_disabled",
+    "out_of_service_ok",
+    "released",
+    "ended",
+    "paused",
+    "revoked",
+}
 
 
 class SqliteStore:

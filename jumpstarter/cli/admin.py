@@ -39,7 +39,7 @@ def default_socket() -> str:
     return os.environ.get("JUMPSTARTER_ADMIN_SOCKET", DEFAULT_SOCKET)
 
 
-def call(socket: str, op: str, **args: Any) -> Any:
+def call(socket: str, op: str, rpc_timeout: float = 30, **args: Any) -> Any:
     import grpc
 
     if not os.path.exists(socket):
@@ -51,7 +51,7 @@ def call(socket: str, op: str, **args: Any) -> Any:
     with grpc.insecure_channel(f"unix:{socket}") as channel:
         method = channel.unary_unary("/jumpstarter.admin.v1.Admin/Call")
         try:
-            reply = method(json.dumps({"op": op, "args": args}).encode(), timeout=30)
+            reply = method(json.dumps({"op": op, "args": args}).encode(), timeout=rpc_timeout)
         except grpc.RpcError as exc:
             raise JumpstarterError(f"{op}: {exc.details()}") from None
     return json.loads(reply)["result"]
@@ -252,7 +252,12 @@ def run_maintenance(a: argparse.Namespace) -> int:
         raise ConfigError("give --reason TEXT to take the board out of service, or --done to put it back")
     check_name(a.name, "exporter name")
     result = call(
-        a.admin_socket, "exporter_maintenance", namespace=a.namespace, name=a.name, reason=a.reason, done=a.done
+        a.admin_socket,
+        "exporter_maintenance",
+        namespace=a.namespace,
+        name=a.name,
+        reason=a.reason,
+        done=a.done,
     )
     print(f"{result['name']}: {result['state']}" + (f" ({result['reason']})" if result["reason"] else ""))
     return 0
@@ -270,6 +275,19 @@ def run_lease_create(a: argparse.Namespace) -> int:
     state = f"acquired {result['exporter']}" if result["ready"] else f"waiting for {result['exporter']}"
     print(f"{result['name']} ({state}; client {result['client']})")
     return 0
+
+
+def run_health(a: argparse.Namespace) -> int:
+    check_name(a.name, "exporter name")
+    result = call(a.admin_socket, "health_run", rpc_timeout=a.timeout, namespace=a.namespace, name=a.name)
+    if a.output == "json":
+        print_json(result)
+    else:
+        verdict = "passed" if result["ok"] else "FAILED"
+        print(f"{result['name']}: health check {verdict} in {result['duration']:g}s; state {result['state']}")
+        if result["output"]:
+            print(result["output"])
+    return 0 if result["ok"] else 1
 
 
 # -- the command table ------------------------------------------------------------------------
@@ -419,6 +437,27 @@ ADMIN = Command(
                         NAME,
                         arg("--reason", metavar="TEXT", help="why (at most 200 printable characters)"),
                         arg("--done", action="store_true", help="put it back in service (state: unknown)"),
+                    ),
+                ),
+            ),
+        ),
+        Command(
+            "health",
+            "board health checks (the exporter config's `health:` command)",
+            commands=(
+                Command(
+                    "run",
+                    "run a board's health check now and record the result (exit 1 if it failed)",
+                    run_health,
+                    args=(
+                        NAME,
+                        arg(
+                            "--timeout",
+                            type=float,
+                            default=3600.0,
+                            help="seconds to wait (default %(default)s)",
+                        ),
+                        output_arg("table", "json"),
                     ),
                 ),
             ),
