@@ -52,9 +52,15 @@ class Board:
                 "timeout": 60,
             }
             Path(identity.config).write_text(yaml.safe_dump(document))
-        export = {"power": {"type": "power.command", "config": {"on": f"touch {self.powered}", "off": "true"}}}
-        socket = os.path.join(central.directory, f"{name}.sock")
-        central.spawn_exporterd(name, identity.config, export, socket)
+        self.config = identity.config
+        self.spawn()
+
+    def spawn(self) -> None:
+        export = {
+            "power": {"type": "power.command", "config": {"on": f"touch {self.powered}", "off": "true"}}
+        }
+        socket = os.path.join(self.central.directory, f"{self.name}.sock")
+        self.central.spawn_exporterd(f"{self.name}-{len(self.central.extra)}", self.config, export, socket)
 
     def health_run(self) -> subprocess.CompletedProcess[str]:
         return admin(self.central, "health", "run", self.name)
@@ -85,7 +91,9 @@ def wait_available(client: ControllerClient, name: str) -> None:
     wait_until(available, 60, f"exporter {name} online and available")
 
 
-def test_a_failing_check_takes_the_board_out_of_service_and_a_passing_one_returns_it(central: Central) -> None:
+def test_a_failing_check_takes_the_board_out_of_service_and_a_passing_one_returns_it(
+    central: Central,
+) -> None:
     board = Board(central, "rig-a")
     alice = central.create("client", NS, "alice")
     client = ControllerClient(load_client_config(alice.config))
@@ -158,3 +166,61 @@ def test_health_run_refuses_unknown_boards_and_boards_without_a_check(central: C
         assert json.loads(central.admin(NS, "audit", "--exporter", "rig-b", "-o", "json")) == before
     finally:
         client.close()
+
+
+def checks_of(central: Central, name: str) -> list[dict[str, Any]]:
+    events = json.loads(central.admin(NS, "audit", "--exporter", name, "-o", "json"))
+    return [e for e in events if e["action"] == "health-check"]
+
+
+def test_checks_run_by_themselves_after_every_n_leases_and_when_a_board_is_back_online() -> None:
+    central = start_central(prefix="jst-", offline_after=2.0, health_checks={"every_leases": 2})
+    try:
+        board = Board(central, "rig-c")
+        alice = central.create("client", NS, "carol")
+        client = ControllerClient(load_client_config(alice.config))
+        try:
+            wait_available(client, "rig-c")
+            Path(board.broken).touch()
+            for round_ in range(2):
+                lease = short_name(client.create_lease("board=rig-c", duration=60).name)
+                wait_until(lambda: is_true(client.get_lease(lease), "Ready"), 30, f"lease {round_} granted")
+                assert not checks_of(central, "rig-c"), "checked before the second lease"
+                client.release(lease)
+                wait_available(client, "rig-c")
+            failed = wait_until(lambda: checks_of(central, "rig-c"), 60, "a check after 2 leases", 0.5)
+            assert failed[0]["actor"] == "health" and failed[0]["detail"]["trigger"] == "after 2 leases"
+            assert exporter_row(central, "rig-c")["health"] == "unhealthy"
+
+            os.unlink(board.broken)
+            exporterd = central.extra[-1]
+            exporterd.kill()  # no goodbye: the controller finds it silent
+            exporterd.wait()
+            wait_until(
+                lambda: offline_recorded(central, "rig-c"), 30, "the controller to record the board offline"
+            )
+            board.spawn()
+            passed = wait_until(lambda: checks_of(central, "rig-c")[1:], 60, "a check once back online", 0.5)
+            assert passed[0]["detail"]["trigger"] == "back online" and passed[0]["detail"]["ok"] is True
+            assert exporter_row(central, "rig-c")["health"] == "healthy"
+        finally:
+            client.close()
+    finally:
+        close_central(central)
+
+
+def offline_recorded(central: Central, name: str) -> bool:
+    events = json.loads(central.admin(NS, "audit", "--exporter", name, "-o", "json"))
+    return any(e["action"] == "offline" for e in events)
+
+
+def test_checks_run_on_a_schedule() -> None:
+    central = start_central(prefix="jsi-", health_checks={"interval": 1, "after_offline": False})
+    try:
+        Board(central, "rig-d")
+        scheduled = wait_until(lambda: checks_of(central, "rig-d"), 60, "a scheduled check", 0.5)
+        assert scheduled[0]["actor"] == "health" and scheduled[0]["detail"]["trigger"] == "scheduled"
+        assert scheduled[0]["detail"]["ok"] is True
+        assert exporter_row(central, "rig-d")["health"] == "healthy"
+    finally:
+        close_central(central)
