@@ -344,6 +344,7 @@ class Admin:
         done = bool(args.get("done"))
         reason = "" if done else check_reason(args.get("reason"))  # checked before anything is read or stored
         exporter = await self.store.get_exporter(namespace, name)
+        previous = exporter.health
         if done:
             if exporter.health != MAINTENANCE:
                 raise FailedPrecondition(
@@ -354,6 +355,10 @@ class Admin:
             event = change(exporter, MAINTENANCE, reason, ADMIN, "maintenance", "Maintenance")
         await self.store.save_exporter(exporter, [event])
         await self.scheduler.poke()
+        if self.health is not None:
+            self.health.notifier.state_changed(exporter, previous)
+            if done:  # back in service: check it now when it declares a check
+                self.health.request(namespace, name, "maintenance done")
         return {"name": exporter.name, "state": exporter.health, "reason": exporter.health_reason}
 
     async def create_lease(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllerd.dial_limits import DEFAULT_DIAL_BURST, DEFAULT_DIAL_RATE, DEFAULT_MAX_PENDING_DIALS
+from controllerd.health_notify import NotifySettings, notify_settings
 from jumpstarter.config.schema import (
     EMPTY,
+    OMIT,
     Field,
     Section,
     boolean,
@@ -35,6 +37,7 @@ class HealthSettings:
     after_offline: bool = True  # check a board when it comes back online
     acquire_wait: float = 600.0  # seconds a check waits for a busy board
     lease_duration: float = 3600.0  # the check's own lease (released when the check ends)
+    notify: NotifySettings = field(default_factory=NotifySettings)  # told when a board changes state
 
 
 @dataclass
@@ -110,13 +113,23 @@ def _zero_or(check: Any) -> Any:
     return lambda value, where: 0 if value == 0 and not isinstance(value, bool) else check(value, where)
 
 
+def _notify(value: Any, where: Where) -> NotifySettings:
+    if not isinstance(value, dict):
+        raise where.error(f"expected a mapping with url, command and timeout, got {got(value)}")
+    try:
+        return notify_settings(value)
+    except (TypeError, ValueError) as exc:
+        raise where.error(str(exc)) from None
+
+
 HEALTH_CHECKS = Section(
     Field("interval", _zero_or(number(unit="seconds")), default=0.0),
     Field("every_leases", _zero_or(number(whole=True)), default=0),
     Field("after_offline", boolean, default=True),
     Field("acquire_wait", number(unit="seconds"), default=600.0),
     Field("lease_duration", number(unit="seconds"), default=3600.0),
-    what="a mapping with interval, every_leases, after_offline, acquire_wait, lease_duration",
+    Field("notify", _notify, default=OMIT),
+    what="a mapping with interval, every_leases, after_offline, acquire_wait, lease_duration, notify",
 )
 POSITIVE = ("offline_after", "dial_ready_wait", "token_ttl_days", "dial_rate", "audit_retention_days")
 WHOLE = ("max_pending_leases", "dial_burst", "max_pending_dials", "audit_max_records")

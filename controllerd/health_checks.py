@@ -25,6 +25,7 @@ from controllerd.auth import TokenAuthority
 from controllerd.board_states import HEALTHY, MAINTENANCE, UNHEALTHY, change
 from controllerd.config import HealthSettings
 from controllerd.errors import FailedPrecondition
+from controllerd.health_notify import Notifier
 from controllerd.records import Client, Exporter, Lease, uuid7
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, Store
@@ -93,6 +94,7 @@ class HealthChecker:
         self.auth = auth
         self.ca = base64.b64encode(ca_pem).decode()
         self.settings = settings
+        self.notifier = Notifier(settings.notify)
         self.running: set[Key] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.leases_since: dict[Key, int] = {}  # ordinary leases granted since the last check
@@ -178,6 +180,7 @@ class HealthChecker:
         self, namespace: str, name: str, outcome: CheckOutcome, trigger: str, actor: str, lease: str
     ) -> dict[str, Any]:
         exporter = await self.store.get_exporter(namespace, name)
+        previous = exporter.health
         last = outcome.output.strip().splitlines()[-1] if outcome.output.strip() else ""
         if exporter.health == MAINTENANCE:  # a check never takes a board out of maintenance
             state, reason = MAINTENANCE, exporter.health_reason
@@ -203,6 +206,7 @@ class HealthChecker:
         )
         await self.store.save_exporter(exporter, [event])
         await self.scheduler.poke()
+        self.notifier.state_changed(exporter, previous)
         log.info(
             "health check", exporter=name, namespace=namespace, ok=outcome.ok, state=state, trigger=trigger
         )

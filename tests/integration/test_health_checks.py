@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,18 @@ pytestmark = pytest.mark.timeout(180)
 NS = "health"
 
 
+NOTES = Path(tempfile.mkdtemp(prefix="jsh-notes-", dir="/tmp")) / "changes"
+NOTIFY = ["/bin/sh", "-c", f'echo "$JUMPSTARTER_BOARD $JUMPSTARTER_PREVIOUS $JUMPSTARTER_STATE" >> {NOTES}']
+
+
 @pytest.fixture(scope="module")
 def central() -> Iterator[Central]:
-    c = start_central(prefix="jsh-", health_checks={"after_offline": False})
+    c = start_central(prefix="jsh-", health_checks={"after_offline": False, "notify": {"command": NOTIFY}})
     try:
         yield c
     finally:
         close_central(c)
+        shutil.rmtree(NOTES.parent, ignore_errors=True)
 
 
 class Board:
@@ -133,6 +140,10 @@ def test_a_failing_check_takes_the_board_out_of_service_and_a_passing_one_return
         assert granted
         client.release(lease)
 
+        told = ["rig-a unknown unhealthy", "rig-a unhealthy healthy"]  # the notification command ran
+        wait_until(
+            lambda: NOTES.exists() and NOTES.read_text().splitlines() == told, 30, "notifications", 0.2
+        )
         events = json.loads(central.admin(NS, "audit", "--exporter", "rig-a", "-o", "json"))
         checks = [e for e in events if e["action"] == "health-check"]
         assert [(e["reason"], e["actor"], e["detail"]["state"]) for e in checks] == [

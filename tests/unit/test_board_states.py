@@ -110,3 +110,19 @@ def test_a_maintenance_reason_is_refused_not_trimmed(reason, problem):
     with pytest.raises(InvalidArgument, match=problem):
         check_reason(reason)
     assert check_reason("  new SD card ") == "new SD card"
+
+
+@pytest.mark.parametrize(
+    ("notify", "problem"),
+    [
+        ("{url: 'http://hooks.lab/x'}", "url: an https:// URL"),
+        ("{command: [sh, 3]}", "command: a program and its arguments"),
+        ("[x]", "expected a mapping with url, command and timeout"),
+    ],
+)
+def test_a_bad_notification_hook_is_a_config_error(tmp_path, notify, problem):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"health_checks: {{notify: {notify}}}\n")
+    with pytest.raises(ConfigError, match="health_checks.notify") as info:
+        load_controller_config(str(path))
+    assert problem in str(info.value)
