@@ -19,8 +19,10 @@ import structlog
 from controllerd import audit
 from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
+from controllerd.board_states import MAINTENANCE, UNKNOWN, change, check_reason
 from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, Unimplemented, status_of
-from controllerd.records import AccessPolicy, Client, Exporter
+from controllerd.health_checks import HealthChecker
+from controllerd.records import AccessPolicy, Client, Exporter, Lease, uuid7
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, StorageError, Store
 from jumpstarter import tls
@@ -51,6 +53,7 @@ class Admin:
         ca_pem: bytes,
         token_ttl: float,
         lab_ca: tls.LabCA | None = None,
+        health: HealthChecker | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -58,6 +61,7 @@ class Admin:
         self.ca_pem = ca_pem
         self.token_ttl = token_ttl
         self.lab_ca = lab_ca
+        self.health = health
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "info": self.info,
             "create_client": self.create_client,
@@ -73,6 +77,9 @@ class Admin:
             "rotate": self.rotate,
             "issue_server_cert": self.issue_server_cert,
             "audit": self.audit_history,
+            "exporter_maintenance": self.exporter_maintenance,
+            "create_lease": self.create_lease,
+            "health_run": self.health_run,
         }
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -330,3 +337,60 @@ class Admin:
         """The audit history matching `lease`, `exporter`, `client`, `since` (POSIX seconds), newest last."""
         events = await self.store.list_audit(query_from_args(args))
         return [dataclasses.asdict(e) for e in events]
+
+    async def exporter_maintenance(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Take a board out of service with a reason (`done`: put it back, its state unknown until checked)."""
+        namespace, name = _new_name(args, "exporter")
+        done = bool(args.get("done"))
+        reason = "" if done else check_reason(args.get("reason"))  # checked before anything is read or stored
+        exporter = await self.store.get_exporter(namespace, name)
+        previous = exporter.health
+        if done:
+            if exporter.health != MAINTENANCE:
+                raise FailedPrecondition(
+                    f"exporter {namespace}/{name} is not in maintenance ({exporter.health})"
+                )
+            event = change(exporter, UNKNOWN, "", ADMIN, "in-service", "MaintenanceDone")
+        else:
+            event = change(exporter, MAINTENANCE, reason, ADMIN, "maintenance", "Maintenance")
+        await self.store.save_exporter(exporter, [event])
+        await self.scheduler.poke()
+        if self.health is not None:
+            self.health.notifier.state_changed(exporter, previous)
+            if done:  # back in service: check it now when it declares a check
+                self.health.request(namespace, name, "maintenance done")
+        return {"name": exporter.name, "state": exporter.health, "reason": exporter.health_reason}
+
+    async def create_lease(self, args: dict[str, Any]) -> dict[str, Any]:
+        """An administrator's explicit lease of one board for a client: granted whatever the board's
+        state (maintenance, unhealthy) and ahead of ordinary leases; the client uses it by name."""
+        namespace, client = _new_name({**args, "name": args.get("client")}, "client")
+        exporter = check_name(args.get("exporter"), "exporter name")
+        duration = args.get("duration")
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0:
+            raise InvalidArgument("duration: positive seconds")
+        await self.store.get_client(namespace, client)
+        await self.store.get_exporter(namespace, exporter)
+        lease = Lease(
+            namespace,
+            uuid7(),
+            client,
+            exporter_name=exporter,
+            duration=float(duration),
+            allow_disabled=True,
+            out_of_service_ok=True,
+        )
+        lease = await self.scheduler.submit(lease, actor=ADMIN)
+        return {
+            "name": lease.name,
+            "client": client,
+            "exporter": lease.exporter or exporter,
+            "ready": lease.active,
+        }
+
+    async def health_run(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Run a board's health check now (waits for the board if it is leased); the recorded result."""
+        namespace, name = _new_name(args, "exporter")
+        if self.health is None:
+            raise FailedPrecondition("this controller runs no health checks")
+        return await self.health.run(namespace, name, "on demand", ADMIN)

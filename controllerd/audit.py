@@ -177,6 +177,10 @@ def lease_updated(
     return events
 
 
+def _nothing(exporter: Exporter) -> None:
+    pass
+
+
 class OnlineWatch:
     """Audits exporters going on- and offline, as the scheduler sees them on each pass.
 
@@ -188,6 +192,8 @@ class OnlineWatch:
         self.online = online
         self.offline_after = offline_after
         self.seen: dict[tuple[str, str], bool] = {}
+        self.been_online: set[tuple[str, str]] = set()
+        self.on_online: Callable[[Exporter], None] = _nothing  # a board back from offline (health checks)
 
     def offline_reason(self, exporter: Exporter) -> str:
         if exporter.status == ExporterStatus.OFFLINE:  # it said goodbye
@@ -200,9 +206,12 @@ class OnlineWatch:
         now_online: set[tuple[str, str]] = set()
         for key, exporter in exporters.items():
             online = self.online(exporter)
+            before = self.seen.get(key)
             if online:
                 now_online.add(key)
-            before = self.seen.get(key)
+                if before is False and key in self.been_online:  # back from offline, not its first contact
+                    self.on_online(exporter)
+                self.been_online.add(key)
             if before is not None and before != online:
                 changed.append(
                     event(
@@ -219,6 +228,7 @@ class OnlineWatch:
         if len(self.seen) > len(exporters):  # deleted exporters (their deletion is audited by admin)
             for key in [k for k in self.seen if k not in exporters]:
                 del self.seen[key]
+                self.been_online.discard(key)
         if changed:
             await self.store.append_audit(changed)
         return now_online

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from controllerd.board_states import OUT_OF_SERVICE
 from controllerd.policy import held_for
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from jumpstarter.selector import LabelIndex, parse
@@ -27,6 +28,7 @@ class Evaluation:
     candidates: list[tuple[int, Exporter]] = field(default_factory=list)  # approved, best first
     verdict: Verdict | None = None  # set when the request can never be granted
     exhausted: bool = False  # nothing usable left in this pass (the busy set only grows within one)
+    out_of_service: list[Exporter] = field(default_factory=list)  # approved, but unhealthy or in maintenance
 
     @property
     def keys(self) -> frozenset[ExporterKey]:
@@ -63,6 +65,7 @@ class Candidates:
             lease.selector,
             lease.exporter_name,
             lease.allow_disabled,
+            lease.out_of_service_ok,
             labels,
             held,
         )
@@ -121,6 +124,9 @@ class Candidates:
             return evaluation
         evaluation.candidates.sort(key=lambda pe: (-pe[0], pe[1].name))  # the order a grant picks in
         evaluation.priority = evaluation.candidates[0][0]
+        if not lease.out_of_service_ok:  # such boards are never granted: the lease waits, and says why
+            evaluation.out_of_service = [e for _, e in evaluation.candidates if e.health in OUT_OF_SERVICE]
+            evaluation.candidates = [pe for pe in evaluation.candidates if pe[1].health not in OUT_OF_SERVICE]
         return evaluation
 
     def _approve(
@@ -134,7 +140,7 @@ class Candidates:
         """Keep the candidates a policy lets this client have for `requested` seconds (held_for), each
         at its best policy's priority."""
         policies = self._policies.get(lease.namespace, [])
-        if not policies:  # no policy in the namespace: everyone may lease everything
+        if not policies or lease.out_of_service_ok:  # no policy, or the admin's own lease: everything
             evaluation.candidates = [(0, e) for e in candidates]
             return
         allowed = [

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllerd.dial_limits import DEFAULT_DIAL_BURST, DEFAULT_DIAL_RATE, DEFAULT_MAX_PENDING_DIALS
+from controllerd.health_notify import NotifySettings, notify_settings
 from jumpstarter.config.schema import (
     EMPTY,
+    OMIT,
     Field,
     Section,
+    boolean,
     got,
     list_of,
     load_document,
@@ -23,6 +26,18 @@ from jumpstarter.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/jumpstarter/controllerd.yaml"
 MAX_LEASE_DURATION_LIMIT = 3650 * 86400.0  # ten years: times stay representable in every message
+
+
+@dataclass
+class HealthSettings:
+    """When controllerd runs the boards' health checks (issue 12); 0 turns a trigger off."""
+
+    interval: float = 0.0  # seconds between scheduled checks of each board
+    every_leases: int = 0  # check a board after this many leases of it
+    after_offline: bool = True  # check a board when it comes back online
+    acquire_wait: float = 600.0  # seconds a check waits for a busy board
+    lease_duration: float = 3600.0  # the check's own lease (released when the check ends)
+    notify: NotifySettings = field(default_factory=NotifySettings)  # told when a board changes state
 
 
 @dataclass
@@ -52,6 +67,7 @@ class ControllerConfig:
     max_pending_dials: int = DEFAULT_MAX_PENDING_DIALS
     audit_retention_days: float = 90.0
     audit_max_records: int = 1_000_000  # bounds the table even if something floods it
+    health_checks: HealthSettings = field(default_factory=HealthSettings)
 
 
 def _listen(value: Any, where: Where) -> str:
@@ -90,6 +106,31 @@ TLS = Section(
     ),
     what="a mapping with cert, key, ca and ca_key",
 )
+
+
+def _zero_or(check: Any) -> Any:
+    """`check`, or 0 (off)."""
+    return lambda value, where: 0 if value == 0 and not isinstance(value, bool) else check(value, where)
+
+
+def _notify(value: Any, where: Where) -> NotifySettings:
+    if not isinstance(value, dict):
+        raise where.error(f"expected a mapping with url, command and timeout, got {got(value)}")
+    try:
+        return notify_settings(value)
+    except (TypeError, ValueError) as exc:
+        raise where.error(str(exc)) from None
+
+
+HEALTH_CHECKS = Section(
+    Field("interval", _zero_or(number(unit="seconds")), default=0.0),
+    Field("every_leases", _zero_or(number(whole=True)), default=0),
+    Field("after_offline", boolean, default=True),
+    Field("acquire_wait", number(unit="seconds"), default=600.0),
+    Field("lease_duration", number(unit="seconds"), default=3600.0),
+    Field("notify", _notify, default=OMIT),
+    what="a mapping with interval, every_leases, after_offline, acquire_wait, lease_duration, notify",
+)
 POSITIVE = ("offline_after", "dial_ready_wait", "token_ttl_days", "dial_rate", "audit_retention_days")
 WHOLE = ("max_pending_leases", "dial_burst", "max_pending_dials", "audit_max_records")
 CONTROLLER = Section(
@@ -114,6 +155,7 @@ CONTROLLER = Section(
     *(Field(key, number(whole=True), default=getattr(DEFAULTS, key)) for key in WHOLE),
     Field("admin_socket", path("a socket path"), default=DEFAULTS.admin_socket),
     Field("metrics", _metrics, default=DEFAULTS.metrics),
+    Field("health_checks", HEALTH_CHECKS, default=EMPTY, unset="null"),
     what="a mapping of controllerd settings",
 )
 
@@ -126,6 +168,7 @@ def load_controller_config(path: str) -> ControllerConfig:
         values = load_document(path, CONTROLLER, empty_ok=True)
     settings: dict[str, Any] = dict(values)
     tls = settings.pop("tls")
+    settings["health_checks"] = HealthSettings(**settings["health_checks"])
     state_dir = settings["state_dir"]
     if not settings["endpoint"]:
         import socket

@@ -51,10 +51,23 @@ def duration(seconds: float) -> Duration:
     return out
 
 
+HEALTH_LABEL, HEALTH_REASON_LABEL = "jumpstarter.dev/health", "jumpstarter.dev/health-reason"
+
+
+def wire_labels(exporter: Exporter) -> dict[str, str]:
+    """Its labels, plus its board state once known (issue 12): the protocol has no field for it."""
+    if exporter.health == "unknown":
+        return exporter.labels
+    state = {HEALTH_LABEL: exporter.health}
+    if exporter.health_reason:
+        state[HEALTH_REASON_LABEL] = exporter.health_reason
+    return {**exporter.labels, **state}
+
+
 def exporter_message(exporter: Exporter, online: bool) -> client_pb2.Exporter:
     return client_pb2.Exporter(
         name=f"namespaces/{exporter.namespace}/exporters/{exporter.name}",
-        labels=exporter.labels,
+        labels=wire_labels(exporter),
         online=online,
         status=exporter.status,  # type: ignore[arg-type]
         status_message=exporter.status_message,

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -49,6 +49,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.client_service import ClientService
     from controllerd.controller_service import ControllerService
     from controllerd.dial_limits import DialLimits
+    from controllerd.health_checks import HealthChecker
     from controllerd.hub import Hub
     from controllerd.liveness import server_keepalive_options
     from controllerd.scheduler import LeaseScheduler
@@ -133,11 +134,19 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
             f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
         ) from None
 
+    checker = HealthChecker(store, scheduler, auth, ca_pem, config.health_checks)
+    scheduler.watch.on_online = checker.came_online
     admin_server = grpc.aio.server()
     guarded(admin_server).add_generic_rpc_handlers(
         (
             Admin(
-                store, scheduler, auth, ca_pem, config.token_ttl_days * 86400, lab_ca=_lab_ca(config)
+                store,
+                scheduler,
+                auth,
+                ca_pem,
+                config.token_ttl_days * 86400,
+                lab_ca=_lab_ca(config),
+                health=checker,
             ).handler(),
         )
     )
@@ -176,7 +185,15 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         admin_socket=config.admin_socket,
         routers=config.routers,
     )
+    counted = scheduler.on_event  # metrics' counter (set above), then the health checks' lease count
+
+    def on_event(kind: str, lease: Any) -> None:
+        counted(kind, lease)
+        checker.lease_event(kind, lease)
+
+    scheduler.on_event = on_event
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    health_task = asyncio.create_task(checker.schedule_forever(), name="health-checks")
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
     )
@@ -188,6 +205,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     log.info("stopping")
     scheduler_task.cancel()
     prune_task.cancel()
+    health_task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)
     await admin_server.stop(grace=1)

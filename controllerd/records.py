@@ -69,6 +69,8 @@ class Exporter:
     last_seen: float | None = None
     registered: bool = False
     devices: list[dict[str, Any]] = field(default_factory=list)
+    health: str = "unknown"  # healthy | unhealthy | maintenance | unknown (issue 12)
+    health_reason: str = ""
     created: float = field(default_factory=now)
 
     @property
@@ -102,6 +104,9 @@ class Lease:
     tags: dict[str, str] = field(default_factory=dict)
     context: dict[str, str] = field(default_factory=dict)
     allow_disabled: bool = False
+    # an administrator's explicit lease (or a health check's): may get an out-of-service board,
+    # goes ahead of ordinary leases, no policy applies; only the admin socket sets it
+    out_of_service_ok: bool = False
     uid: str = field(default_factory=new_uid)
     created: float = field(default_factory=now)
     seq: int = 0  # request order, assigned by the store

@@ -20,6 +20,7 @@ import structlog
 
 from controllerd import audit
 from controllerd.audit import SCHEDULER
+from controllerd.board_states import out_of_service_text
 from controllerd.candidates import Candidates, Evaluation, ExporterKey
 from controllerd.errors import ResourceExhausted
 from controllerd.hub import Hub
@@ -333,7 +334,8 @@ class LeaseScheduler:
                     clients[key] = None
             queue.append((lease, candidates.evaluate(lease, clients[key])))
         self.stats["evaluated"] = candidates.evaluated
-        queue.sort(key=lambda d: (-d[1].priority, d[0].seq))
+        # an administrator's explicit (or health-check) lease goes first: it asks for one board by name
+        queue.sort(key=lambda d: (not d[0].out_of_service_ok, -d[1].priority, d[0].seq))
         return queue
 
     async def _grant_in_order(
@@ -382,8 +384,10 @@ class LeaseScheduler:
             )
 
     def _wait_reason(self, evaluation: Evaluation, plan: Plan) -> tuple[str, str]:
-        """Why the leases of `evaluation` wait: their exporters are offline, leased, or not ready."""
+        """Why the leases of `evaluation` wait: their exporters are out of service, offline, leased, or not ready."""
         candidates = [e for _, e in evaluation.candidates]
+        if not candidates:  # all it may have are unhealthy or in maintenance
+            return "OutOfService", out_of_service_text(evaluation.out_of_service)
         online = [e for e in candidates if (e.namespace, e.name) in plan.online]
         if not online:
             return "Offline", f"all {len(candidates)} matching exporters are offline"

@@ -19,6 +19,7 @@ import structlog
 
 from exporterd.controller_link import ControllerLink
 from exporterd.direct import DirectListener, serve_direct
+from exporterd.health import with_health_check
 from exporterd.tunnels import TunnelLimits
 from jumpstarter.config.exporter import BoardConfig
 from jumpstarter.errors import ConfigError
@@ -109,7 +110,7 @@ class Daemon:
     def new_session(self, status: int, name: str = "local") -> Session:
         """A session with fresh drivers from the current config (not yet started)."""
         return Session(
-            self.config.build(),
+            with_health_check(self.config.build(), self.config.health, self.path),
             labels=self.config.labels,
             motd=self.config.motd,
             status=status,  # type: ignore[arg-type]

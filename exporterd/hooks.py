@@ -10,6 +10,7 @@ non-zero exit or the timeout (SIGTERM, then SIGKILL after 5 s).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -22,8 +23,10 @@ from jumpstarter.config.exporter import HookConfig
 KILL_GRACE = 5.0
 
 
-async def run_hook(which: str, hook: HookConfig, env: dict[str, str]) -> tuple[bool, str]:
-    """Run one hook; returns (success, one-line outcome)."""
+async def run_hook(
+    which: str, hook: HookConfig, env: dict[str, str], output: collections.deque[str] | None = None
+) -> tuple[bool, str]:
+    """Run one hook; returns (success, one-line outcome). `output` (bounded) also keeps its lines."""
     log = structlog.get_logger(f"hook.{which}")
     script = hook.script
     if "\n" not in script.strip() and os.path.isfile(script.strip()):
@@ -52,7 +55,10 @@ async def run_hook(which: str, hook: HookConfig, env: dict[str, str]) -> tuple[b
     async def relay() -> None:
         assert process.stdout is not None
         while line := await process.stdout.readline():
-            log.info(line.decode("utf-8", "replace").rstrip()[:4096], hook=which)
+            text = line.decode("utf-8", "replace").rstrip()[:4096]
+            log.info(text, hook=which)
+            if output is not None:
+                output.append(text)
 
     try:
         await asyncio.wait_for(asyncio.gather(relay(), process.wait()), hook.timeout)

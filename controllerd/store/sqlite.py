@@ -74,6 +74,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_client ON audit (namespace, client);
     CREATE INDEX audit_time ON audit (time);
     """,
+    # v4: board states (issue 12); defaults keep every existing row what it was
+    """
+    ALTER TABLE exporters ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown'
+        CHECK (health IN ('healthy', 'unhealthy', 'maintenance', 'unknown'));
+    ALTER TABLE exporters ADD COLUMN health_reason TEXT NOT NULL DEFAULT ''
+        CHECK (length(health_reason) <= 1024);
+    ALTER TABLE leases ADD COLUMN out_of_service_ok INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -106,7 +114,16 @@ def _clone(record: R) -> R:
 
 
 _JSON_FIELDS = {"labels", "devices", "tags", "context", "conditions", "detail"}
-_BOOL_FIELDS = {"enabled", "registered", "allow_disabled", "released", "ended", "paused", "revoked"}
+_BOOL_FIELDS = {
+    "enabled",
+    "registered",
+    "allow_disabled",
+    "out_of_service_ok",
+    "released",
+    "ended",
+    "paused",
+    "revoked",
+}
 
 
 class SqliteStore:

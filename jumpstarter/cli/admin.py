@@ -39,7 +39,7 @@ def default_socket() -> str:
     return os.environ.get("JUMPSTARTER_ADMIN_SOCKET", DEFAULT_SOCKET)
 
 
-def call(socket: str, op: str, **args: Any) -> Any:
+def call(socket: str, op: str, rpc_timeout: float = 30, **args: Any) -> Any:
     import grpc
 
     if not os.path.exists(socket):
@@ -51,7 +51,7 @@ def call(socket: str, op: str, **args: Any) -> Any:
     with grpc.insecure_channel(f"unix:{socket}") as channel:
         method = channel.unary_unary("/jumpstarter.admin.v1.Admin/Call")
         try:
-            reply = method(json.dumps({"op": op, "args": args}).encode(), timeout=30)
+            reply = method(json.dumps({"op": op, "args": args}).encode(), timeout=rpc_timeout)
         except grpc.RpcError as exc:
             raise JumpstarterError(f"{op}: {exc.details()}") from None
     return json.loads(reply)["result"]
@@ -93,7 +93,7 @@ def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
 
 COLUMNS = {
     "clients": ["namespace", "name", "labels"],
-    "exporters": ["namespace", "name", "online", "enabled", "status", "labels"],
+    "exporters": ["namespace", "name", "online", "enabled", "status", "health", "health_reason", "labels"],
     "leases": ["namespace", "name", "client", "exporter", "selector", "ended"],
     "policies": ["namespace", "name", "exporter_selector", "client_selector", "priority", "maximum_duration"],
     "tokens": ["kind", "namespace", "name", "issued", "expires", "revoked", "jti"],
@@ -247,6 +247,49 @@ def run_release(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_maintenance(a: argparse.Namespace) -> int:
+    if a.done == (a.reason is not None):
+        raise ConfigError("give --reason TEXT to take the board out of service, or --done to put it back")
+    check_name(a.name, "exporter name")
+    result = call(
+        a.admin_socket,
+        "exporter_maintenance",
+        namespace=a.namespace,
+        name=a.name,
+        reason=a.reason,
+        done=a.done,
+    )
+    print(f"{result['name']}: {result['state']}" + (f" ({result['reason']})" if result["reason"] else ""))
+    return 0
+
+
+def run_lease_create(a: argparse.Namespace) -> int:
+    result = call(
+        a.admin_socket,
+        "create_lease",
+        namespace=a.namespace,
+        client=check_name(a.client, "client name"),
+        exporter=check_name(a.exporter, "exporter name"),
+        duration=duration_seconds(a.duration),
+    )
+    state = f"acquired {result['exporter']}" if result["ready"] else f"waiting for {result['exporter']}"
+    print(f"{result['name']} ({state}; client {result['client']})")
+    return 0
+
+
+def run_health(a: argparse.Namespace) -> int:
+    check_name(a.name, "exporter name")
+    result = call(a.admin_socket, "health_run", rpc_timeout=a.timeout, namespace=a.namespace, name=a.name)
+    if a.output == "json":
+        print_json(result)
+    else:
+        verdict = "passed" if result["ok"] else "FAILED"
+        print(f"{result['name']}: health check {verdict} in {result['duration']:g}s; state {result['state']}")
+        if result["output"]:
+            print(result["output"])
+    return 0 if result["ok"] else 1
+
+
 # -- the command table ------------------------------------------------------------------------
 
 
@@ -381,6 +424,59 @@ ADMIN = Command(
             "end a lease now",
             run_release,
             args=(_kind("lease"), arg("name", help="the lease's name")),
+        ),
+        Command(
+            "exporter",
+            "board states: take a board out of service and put it back",
+            commands=(
+                Command(
+                    "maintenance",
+                    "take a board out of service with a reason (ordinary leases stop getting it), or --done",
+                    run_maintenance,
+                    args=(
+                        NAME,
+                        arg("--reason", metavar="TEXT", help="why (at most 200 printable characters)"),
+                        arg("--done", action="store_true", help="put it back in service (state: unknown)"),
+                    ),
+                ),
+            ),
+        ),
+        Command(
+            "health",
+            "board health checks (the exporter config's `health:` command)",
+            commands=(
+                Command(
+                    "run",
+                    "run a board's health check now and record the result (exit 1 if it failed)",
+                    run_health,
+                    args=(
+                        NAME,
+                        arg(
+                            "--timeout",
+                            type=float,
+                            default=3600.0,
+                            help="seconds to wait (default %(default)s)",
+                        ),
+                        output_arg("table", "json"),
+                    ),
+                ),
+            ),
+        ),
+        Command(
+            "lease",
+            "an administrator's explicit leases",
+            commands=(
+                Command(
+                    "create",
+                    "lease one board for a client whatever its state (maintenance, unhealthy), ahead of the queue",
+                    run_lease_create,
+                    args=(
+                        arg("--client", required=True, metavar="NAME", help="the client that will use it"),
+                        arg("--exporter", required=True, metavar="NAME", help="the board"),
+                        arg("--duration", default="30m", help="how long (default %(default)s)"),
+                    ),
+                ),
+            ),
         ),
     ),
 )

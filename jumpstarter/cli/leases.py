@@ -17,6 +17,16 @@ def _status_name(value: int) -> str:
     return common_pb2.ExporterStatus.Name(value).removeprefix("EXPORTER_STATUS_").lower()  # type: ignore[arg-type]
 
 
+BOARD_STATE_LABELS = ("jumpstarter.dev/health", "jumpstarter.dev/health-reason")  # controllerd/convert.py
+
+
+def _board_state(labels: Any) -> str:
+    """STATE: healthy, unhealthy, maintenance or unknown, with the reason when there is one."""
+    state = labels.get(BOARD_STATE_LABELS[0], "unknown")
+    reason = labels.get(BOARD_STATE_LABELS[1], "")
+    return f"{state}: {reason}" if reason else state
+
+
 def cmd_get_exporters(args: argparse.Namespace) -> int:
     from jumpstarter.client.remote import short_name
 
@@ -34,11 +44,12 @@ def cmd_get_exporters(args: argparse.Namespace) -> int:
                 short_name(e.name),
                 "yes" if e.online else "no",
                 _status_name(e.status),
-                labels_cell(e.labels),
+                _board_state(e.labels),
+                labels_cell({k: v for k, v in e.labels.items() if k not in BOARD_STATE_LABELS}),
             ]
             for e in exporters
         ]
-        table(rows, ["NAME", "ONLINE", "STATUS", "LABELS"])
+        table(rows, ["NAME", "ONLINE", "STATUS", "STATE", "LABELS"])
     return 0
 
 

@@ -63,6 +63,7 @@ class BoardConfig:
     tls_ca: str = ""
     tls_insecure: bool = False
     hooks: dict[str, HookConfig] = field(default_factory=dict)
+    health: HookConfig | None = None  # the board's health check (issue 12), run like a hook
     devices: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def build(self) -> Driver:
@@ -217,6 +218,18 @@ HOOK = Section(
     Field("onFailure", choice(*ON_FAILURE), attr="on_failure", default="warn"),
     what="a mapping with 'script'",
 )
+HEALTH = Section(
+    Field("command", text("a command or script"), attr="script"),
+    Field("exec", text("a command"), default=None, unset="null"),
+    Field("timeout", number(unit="seconds"), default=300.0),
+    what="a mapping with 'command' (run against the board, like a hook) and 'timeout'",
+)
+
+
+def _health(value: Any, where: Where) -> HookConfig:
+    return HookConfig(**HEALTH.read(value, where))
+
+
 HOOKS = Section(
     Field("beforeLease", _hook, default=OMIT),
     Field("afterLease", _hook, default=OMIT),
@@ -242,6 +255,7 @@ BOARD_FIELDS = (
     Field("motd", stringified, default="", unset="falsy"),
     Field("endpoint", text("HOST:PORT"), default=None, unset="null"),
     Field("hooks", HOOKS, default=EMPTY, unset="falsy"),
+    Field("health", _health, default=None, unset="null"),
 )
 EXPORTER = Section(
     Field("kind", choice("ExporterConfig"), default="ExporterConfig"),
@@ -266,6 +280,7 @@ def board_config(name: str, path: str, values: dict[str, Any], where: Where, **e
         description=values["description"],
         motd=values["motd"],
         hooks=dict(values["hooks"]),
+        health=values["health"],
         **extra,
     )
     config.build()  # validate now: a bad tree fails at load, not at the first lease
