@@ -21,7 +21,7 @@ from controllerd.audit import ADMIN, query_from_args
 from controllerd.auth import TokenAuthority, subject
 from controllerd.board_states import MAINTENANCE, UNKNOWN, change, check_reason
 from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, Unimplemented, status_of
-from controllerd.health_checks import HealthChecker
+from controllerd.health_checks import HEALTH_CLIENT, HealthChecker
 from controllerd.records import AccessPolicy, Client, Exporter, Lease, uuid7
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, StorageError, Store
@@ -144,6 +144,8 @@ class Admin:
 
     async def create_client(self, args: dict[str, Any]) -> dict[str, Any]:
         namespace, name = _new_name(args, "client")
+        if name == HEALTH_CLIENT:  # whoever held it could use, or end, the checker's out-of-service leases
+            raise ValueError(f"client name {name!r} is reserved for the controller's health checks")
         labels = _labels(args)
         try:
             await self.store.get_client(namespace, name)

@@ -179,6 +179,14 @@ def test_health_run_refuses_unknown_boards_and_boards_without_a_check(central: C
         client.close()
 
 
+def test_nobody_can_be_given_the_health_checkers_client_identity(central: Central) -> None:
+    # its holder could dial, or release, the checker's leases on out-of-service boards
+    taken = admin(central, "create", "client", "jumpstarter-health")
+    assert taken.returncode != 0 and "reserved for the controller's health checks" in taken.stderr, taken.stderr
+    listed = json.loads(central.admin(NS, "get", "clients", "-o", "json"))
+    assert "jumpstarter-health" not in json.dumps(listed)
+
+
 def checks_of(central: Central, name: str) -> list[dict[str, Any]]:
     events = json.loads(central.admin(NS, "audit", "--exporter", name, "-o", "json"))
     return [e for e in events if e["action"] == "health-check"]
