@@ -69,6 +69,8 @@ class Exporter:
     last_seen: float | None = None
     registered: bool = False
     devices: list[dict[str, Any]] = field(default_factory=list)
+    health: str = "unknown"  # healthy | unhealthy | maintenance | unknown (issue 12)
+    health_reason: str = ""
     created: float = field(default_factory=now)
 
     @property

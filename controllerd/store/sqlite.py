@@ -74,6 +74,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_client ON audit (namespace, client);
     CREATE INDEX audit_time ON audit (time);
     """,
+    # v4: board states (issue 12); defaults keep every existing row what it was
+    """
+    ALTER TABLE exporters ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown'
+        CHECK (health IN ('healthy', 'unhealthy', 'maintenance', 'unknown'));
+    ALTER TABLE exporters ADD COLUMN health_reason TEXT NOT NULL DEFAULT ''
+        CHECK (length(health_reason) <= 1024);
+    """,
 ]
 
 
