@@ -10,8 +10,8 @@ from controllerd.dial_limits import DEFAULT_DIAL_BURST, DEFAULT_DIAL_RATE, DEFAU
 from jumpstarter.config.schema import (
     EMPTY,
     Field,
-    boolean,
     Section,
+    boolean,
     got,
     list_of,
     load_document,

@@ -137,7 +137,13 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     guarded(admin_server).add_generic_rpc_handlers(
         (
             Admin(
-                store, scheduler, auth, ca_pem, config.token_ttl_days * 86400, lab_ca=_lab_ca(config)
+                store,
+                scheduler,
+                auth,
+                ca_pem,
+                config.token_ttl_days * 86400,
+                lab_ca=_lab_ca(config),
+                dashboard_url=_dashboard_url(config),
             ).handler(),
         )
     )
@@ -180,6 +186,21 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
     )
+    dashboard = None
+    if config.dashboard is not None:
+        from controllerd.dashboard.server import start_dashboard
+
+        dashboard = await start_dashboard(
+            config.dashboard,
+            store=store,
+            scheduler=scheduler,
+            auth=auth,
+            routers=config.routers,
+            ca_pem=ca_pem,
+            cert_path=config.tls_cert,
+            key_path=config.tls_key,
+            scheduler_task=scheduler_task,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -188,6 +209,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     log.info("stopping")
     scheduler_task.cancel()
     prune_task.cancel()
+    if dashboard is not None:
+        dashboard[1].cancel()
+        await dashboard[0].stop()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)
     await admin_server.stop(grace=1)
@@ -197,6 +221,14 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         metrics_server.close()
     store.close()
     return 0
+
+
+def _dashboard_url(config: ControllerConfig) -> str:
+    if config.dashboard is None:
+        return ""
+    from controllerd.dashboard.server import dashboard_url
+
+    return dashboard_url(config.dashboard, config.endpoint)
 
 
 def _lab_ca(config: ControllerConfig) -> LabCA | None:
