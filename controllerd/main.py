@@ -172,6 +172,23 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
                 f"{config.source}: metrics: cannot serve on {config.metrics}: {exc.strerror or exc}"
             ) from None
 
+    scheduler_task: asyncio.Task[None] | None = None
+    dashboard = None
+    if config.dashboard is not None:  # bound before serving, like the metrics port: a clash is a config error
+        from controllerd.dashboard.server import start_dashboard
+
+        dashboard = await start_dashboard(
+            config.dashboard,
+            store=store,
+            scheduler=scheduler,
+            auth=auth,
+            routers=config.routers,
+            ca_pem=ca_pem,
+            cert_path=config.tls_cert,
+            key_path=config.tls_key,
+            scheduler_task=lambda: scheduler_task,
+        )
+
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -186,21 +203,6 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
     )
-    dashboard = None
-    if config.dashboard is not None:
-        from controllerd.dashboard.server import start_dashboard
-
-        dashboard = await start_dashboard(
-            config.dashboard,
-            store=store,
-            scheduler=scheduler,
-            auth=auth,
-            routers=config.routers,
-            ca_pem=ca_pem,
-            cert_path=config.tls_cert,
-            key_path=config.tls_key,
-            scheduler_task=scheduler_task,
-        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

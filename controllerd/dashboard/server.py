@@ -14,6 +14,7 @@ import contextlib
 import json
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -313,7 +314,7 @@ async def start_dashboard(
     ca_pem: bytes,
     cert_path: str,
     key_path: str,
-    scheduler_task: asyncio.Task[None],
+    scheduler_task: Callable[[], asyncio.Task[None] | None],
 ) -> tuple[DashboardServer, asyncio.Task[None]]:
     """Serve the dashboard on `settings.listen`; returns the server and its router probe task."""
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -322,9 +323,12 @@ async def start_dashboard(
     probe = RouterProbe(routers, ca_pem)
 
     def scheduler_state() -> str:
-        if not scheduler_task.done():
+        task = scheduler_task()
+        if task is None:
+            return "starting"
+        if not task.done():
             return "running"
-        return "stopped" if scheduler_task.cancelled() else f"failed: {scheduler_task.exception()}"
+        return "stopped" if task.cancelled() else f"failed: {task.exception()}"
 
     snapshots = Snapshots(store, scheduler, probe, auth.endpoint, scheduler_state)
     sessions = Sessions(auth, lifetime=settings.session_hours * 3600, max_sessions=settings.max_sessions)
