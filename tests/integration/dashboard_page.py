@@ -7,6 +7,7 @@ import base64
 import hashlib
 import http.client
 import json
+import socket
 import ssl
 import struct
 import zlib
@@ -48,6 +49,29 @@ def https(
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     finally:
         connection.close()
+
+
+def start_dashboard_central(prefix: str, **dashboard: Any) -> tuple[Any, int]:
+    """A started Central whose controllerd serves the dashboard (settings `dashboard`) on a free port,
+    once that port listens (controllerd binds it after its gRPC port, which start_central waits for)."""
+    from .central import close_central, free_port, start_central, wait_until
+
+    port = free_port()
+    router = dashboard.pop("router", True)
+    central = start_central(
+        prefix=prefix, router=router, dashboard={"listen": f"127.0.0.1:{port}", **dashboard}
+    )
+    try:
+        wait_until(lambda: _listening(port), 20, "the dashboard to listen")
+    except BaseException:
+        close_central(central)
+        raise
+    return central, port
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def login(port: int, ca: bytes, token: str, **headers: str) -> Reply:

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,12 +29,10 @@ from .central import (
     Central,
     Identity,
     close_central,
-    free_port,
     refused,
-    start_central,
     wait_until,
 )
-from .dashboard_page import Reply, chromium, https, ink, login, session_cookie
+from .dashboard_page import Reply, chromium, https, ink, login, session_cookie, start_dashboard_central
 
 DEADLINE = 60.0  # generous: the machine may be loaded; each wait ends as soon as its condition holds
 MAX_SUBSCRIBERS = 4
@@ -90,10 +89,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    port = free_port()
-    central = start_central(
-        prefix="jsdash-", dashboard={"listen": f"127.0.0.1:{port}", "max_subscribers": MAX_SUBSCRIBERS}
-    )
+    central, port = start_dashboard_central("jsdash-", max_subscribers=MAX_SUBSCRIBERS)
     try:
         board = central.create("exporter", "default", "board1", board="x")
         power = {"power": {"type": "power.command", "config": {"on": "true", "off": "true"}}}
@@ -332,7 +328,7 @@ def test_a_board_in_maintenance_shows_its_reason(lab: Lab, page: Any):
     # Set through the store (controller stopped): this branch has no maintenance command yet (issue 12 §1).
     from controllerd.store.sqlite import SqliteStore
 
-    reason = "relay replaced, back Monday"
+    reason = "relay replaced, back <b>Monday</b>"  # shown as text, never as HTML
     lab.central.stop_controller()
     store = SqliteStore(os.path.join(lab.central.state, "controller.db"))
     try:
@@ -346,3 +342,30 @@ def test_a_board_in_maintenance_shows_its_reason(lab: Lab, page: Any):
     log_in(page, lab, lab.viewer)  # a restart ends every session
     until(page, lambda d: "maintenance" in board_row(d, "board1"), "the maintenance state")
     assert reason in board_row(page, "board1")
+
+
+def test_anonymous_access_only_when_configured_and_connections_are_bounded():
+    central, port = start_dashboard_central("jsdash-anon-", router=False, anonymous=True, max_connections=3)
+    idle: list[socket.socket] = []
+    try:
+        reply = https(port, central.ca, "GET", "/api/session")
+        assert (reply.status, reply.json()["who"]) == (200, "anonymous")
+        assert https(port, central.ca, "GET", "/api/snapshot").json()["controller"]["store"] == "ok"
+
+        for _ in range(3):  # connections that never start TLS hold every slot...
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        wait_until(lambda: _refused(port, central.ca), DEADLINE, "the fourth connection to be refused")
+        for held in idle:  # ...until they go away
+            held.close()
+        wait_until(lambda: not _refused(port, central.ca), DEADLINE, "a connection to be served again")
+    finally:
+        for held in idle:
+            held.close()
+        close_central(central)
+
+
+def _refused(port: int, ca: bytes) -> bool:
+    try:
+        return https(port, ca, "GET", "/api/session").status != 200
+    except (OSError, http.client.HTTPException):
+        return True
