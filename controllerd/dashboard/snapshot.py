@@ -26,6 +26,7 @@ from jumpstarter.selector import SelectorError, parse
 FRESH = 1.0  # seconds a built snapshot is served before it is built again
 HISTORY = 60  # recent events shown
 HISTORY_KINDS = frozenset({"lease", "exporter"})
+QUEUE_SHOWN = 10  # waiting leases listed per board (the rest are counted): bounds the document
 MAX_SCOPES = 64  # namespaces cached at once (each logged-in namespace is one)
 
 
@@ -36,14 +37,20 @@ def _status_name(status: int) -> str:
         return str(status)
 
 
-def _wants(lease: Lease, board: Exporter) -> bool:
-    """Whether a waiting lease could be granted `board` (its pinned name, else its selector)."""
-    if lease.namespace != board.namespace:
+def _request(lease: Lease) -> tuple[str, str, str]:
+    """What a waiting lease asks for: leases asking the same share one match per board."""
+    return (lease.namespace, lease.exporter_name or "", "" if lease.exporter_name else lease.selector)
+
+
+def _wants(request: tuple[str, str, str], board: Exporter) -> bool:
+    """Whether a waiting request could be granted `board` (its pinned name, else its selector)."""
+    namespace, pinned, selector = request
+    if namespace != board.namespace:
         return False
-    if lease.exporter_name:
-        return lease.exporter_name == board.name
+    if pinned:
+        return pinned == board.name
     try:
-        return parse(lease.selector).matches(board.labels)
+        return parse(selector).matches(board.labels)
     except SelectorError:
         return False
 
@@ -101,8 +108,7 @@ class Snapshots:
         except Exception as exc:  # noqa: BLE001 - the page says the store failed instead of going blank
             store_state, boards, history = f"error: {exc}", [], []
         stats = self.scheduler.stats
-        return {
-            "time": time.time(),
+        return {  # no build time in it: an unchanged lab gives the same bytes, and no SSE push
             "namespace": namespace,
             "controller": {
                 "endpoint": self.endpoint,
@@ -125,9 +131,12 @@ class Snapshots:
         holders = {(le.namespace, le.exporter): le for le in leases if le.active}
         waiting = sorted((le for le in leases if le.pending), key=lambda le: (-le.priority, le.seq))
         boards = []
+        requests = [_request(le) for le in waiting]
+        distinct = list(dict.fromkeys(requests))
         for board in sorted(exporters, key=lambda e: (e.namespace, e.name)):
             lease = holders.get((board.namespace, board.name))
-            queue = [le for le in waiting if _wants(le, board)]
+            wanted = {r for r in distinct if _wants(r, board)}  # once per distinct request, not per lease
+            queue = [le for le, r in zip(waiting, requests, strict=True) if r in wanted] if wanted else []
             boards.append(
                 {
                     "namespace": board.namespace,
@@ -144,7 +153,8 @@ class Snapshots:
                     "lease": lease.name if lease else None,
                     "lease_end": lease.deadline() if lease else None,
                     "paused": lease.paused if lease else False,
-                    "queue": [_queue_entry(le, i) for i, le in enumerate(queue, 1)],
+                    "queue": [_queue_entry(le, i) for i, le in enumerate(queue[:QUEUE_SHOWN], 1)],
+                    "queue_length": len(queue),
                 }
             )
         return boards

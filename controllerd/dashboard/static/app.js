@@ -48,13 +48,14 @@ function labels(map) {
   return cell;
 }
 
-function queue(entries) {
+function queue(entries, length) {
   const list = el("ol", null, "queue");
   for (const entry of entries) {
     const item = el("li", entry.position + ". " + entry.client + " (" + entry.lease + ")");
     item.title = entry.why || "";
     list.appendChild(item);
   }
+  if (length > entries.length) list.appendChild(el("li", "… and " + (length - entries.length) + " more"));
   return list;
 }
 
@@ -73,13 +74,13 @@ function render(snapshot) {
     const tr = row([b.namespace + "/" + b.name, healthCell(b), state(b.online ? "online" : "offline", b.online ? "yes" : "no"),
       b.status + (b.enabled ? "" : " (disabled)"), labels(b.labels),
       b.holder ? b.holder + " (" + b.lease + ")" + (b.paused ? " paused" : "") : "",
-      when(b.lease_end), queue(b.queue)]);
+      when(b.lease_end), queue(b.queue, b.queue_length)]);
     tr.dataset.board = b.name;
     return tr;
   }));
   fill("history", snapshot.history.map((e) => row([when(e.time), e.kind, e.name, e.action, e.actor, e.exporter, e.client,
     e.message || e.reason])));
-  $("live").textContent = "live, updated " + when(snapshot.time);
+  $("live").textContent = "live, changed " + when(Date.now() / 1000);
 }
 
 function showLogin(message) {
