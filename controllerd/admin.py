@@ -18,11 +18,11 @@ import structlog
 
 from controllerd import audit
 from controllerd.audit import ADMIN, query_from_args
-from controllerd.auth import TokenAuthority, subject
+from controllerd.auth import VIEWER, TokenAuthority, subject
 from controllerd.board_states import MAINTENANCE, UNKNOWN, change, check_reason
 from controllerd.errors import Conflict, FailedPrecondition, InvalidArgument, Unimplemented, status_of
 from controllerd.health_checks import HEALTH_CLIENT, HealthChecker
-from controllerd.records import AccessPolicy, Client, Exporter, Lease, uuid7
+from controllerd.records import AccessPolicy, Client, Exporter, Lease, new_uid, uuid7
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import NotFound, StorageError, Store
 from jumpstarter import tls
@@ -54,6 +54,7 @@ class Admin:
         token_ttl: float,
         lab_ca: tls.LabCA | None = None,
         health: HealthChecker | None = None,
+        dashboard_url: str = "",
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -62,10 +63,12 @@ class Admin:
         self.token_ttl = token_ttl
         self.lab_ca = lab_ca
         self.health = health
+        self.dashboard_url = dashboard_url  # handed out with viewer tokens ("" when the dashboard is off)
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "info": self.info,
             "create_client": self.create_client,
             "create_exporter": self.create_exporter,
+            "create_viewer": self.create_viewer,
             "get": self.get,
             "delete": self.delete,
             "enable_exporter": self.enable_exporter,
@@ -176,6 +179,24 @@ class Admin:
         await self.store.save_exporter(exporter, [created])
         self.scheduler.hub.wake_scheduler()
         return await self._issue("Exporter", namespace, name, exporter.uid)
+
+    async def create_viewer(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A read-only dashboard identity: only its token exists (no record); gRPC refuses it."""
+        namespace, name = _new_name(args, "viewer")
+        if await self._live_viewer_tokens(namespace, name):
+            raise Conflict(f"viewer {namespace}/{name} exists (revoke it first)")
+        token, expiry = await self.auth.issue(VIEWER, namespace, name, new_uid(), self.token_ttl)
+        return {
+            "namespace": namespace,
+            "name": name,
+            "token": token,
+            "expiry": expiry,
+            "dashboard": self.dashboard_url,
+        }
+
+    async def _live_viewer_tokens(self, namespace: str, name: str) -> list[Any]:
+        prefix = subject(VIEWER, namespace, name, "")
+        return [t for t in await self.store.list_tokens() if t.subject.startswith(prefix) and not t.revoked]
 
     async def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         kind = args.get("kind")
@@ -310,8 +331,13 @@ class Admin:
             )
             return {"revoked": await self.auth.revoke(jti=jti, audit=[revoked])}
         kind = str(args.get("kind", "")).rstrip("s")
+        if kind == "viewer":  # tokens only: nothing else to delete, and the audit table has no viewers
+            namespace, name = _new_name(args, kind)
+            if not await self._live_viewer_tokens(namespace, name):
+                raise NotFound(f"viewer {namespace}/{name} has no live token")
+            return {"revoked": await self.auth.revoke(subject_prefix=subject(VIEWER, namespace, name, ""))}
         if kind not in ("client", "exporter"):
-            raise InvalidArgument("revoke needs jti, or kind (client/exporter) and name")
+            raise InvalidArgument("revoke needs jti, or kind (client/exporter/viewer) and name")
         namespace, name = _new_name(args, kind)  # bounded, before anything is looked up or stored
         await self._record(kind, namespace, name)  # NOT_FOUND: nobody to revoke, nothing to audit
         revoked = audit.event(namespace, kind, name, "revoked", ADMIN, "TokenRevoked", "every token revoked")

@@ -28,14 +28,15 @@ from jumpstarter.files import write_atomic
 
 ALGORITHM = "ES256"
 DEFAULT_TTL = 365 * 24 * 3600.0
-KINDS = ("Client", "Exporter")
+KINDS = ("Client", "Exporter")  # who may call over gRPC
+VIEWER = "Viewer"  # a dashboard-only identity: its tokens are refused by every gRPC call (not in KINDS)
 MAX_TOKEN = 16 * 1024
 MAX_KEY_FILE = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Identity:
-    kind: str  # Client | Exporter
+    kind: str  # Client | Exporter | Viewer (the dashboard only)
     namespace: str
     name: str
     uid: str
@@ -211,3 +212,23 @@ class TokenAuthority:
                 f"{md_kind.lower()} {namespace}/{name} was re-created; this token is stale",
             )
         return Identity(md_kind, namespace, name, uid, str(claims["jti"]))
+
+    async def authenticate_viewer(self, token: str) -> Identity:
+        """Who presents `token` to the dashboard: a client or a viewer, current and not revoked.
+
+        Exporter tokens are refused: an exporter has no business reading the lab's state."""
+        claims = self.verify(token.strip())
+        parts = str(claims["sub"]).split(":")
+        if len(parts) != 4 or parts[0] not in ("client", VIEWER.lower()):
+            raise PermissionDenied("the dashboard takes a client or viewer token")
+        kind, namespace, name, uid = parts
+        if kind == "client":
+            try:
+                record = await self.store.get_client(namespace, name)
+            except NotFound:
+                raise PermissionDenied(f"client {namespace}/{name} does not exist") from None
+            if record.uid != uid:
+                raise PermissionDenied(f"client {namespace}/{name} was re-created; this token is stale")
+        elif not any(t.jti == claims["jti"] for t in await self.store.list_tokens(str(claims["sub"]))):
+            raise PermissionDenied(f"viewer {namespace}/{name} does not exist")  # deleted with its tokens
+        return Identity(kind.capitalize(), namespace, name, uid, str(claims["jti"]))

@@ -41,6 +41,18 @@ class HealthSettings:
 
 
 @dataclass
+class DashboardSettings:
+    """The read-only web dashboard (controllerd/dashboard): HTTPS with the controller's own TLS pair."""
+
+    listen: str
+    anonymous: bool = False  # True: anyone who reaches the port sees the lab, no token asked
+    session_hours: float = 12.0  # a login lasts this long at most (never past its token's expiry)
+    max_sessions: int = 256
+    max_connections: int = 64
+    max_subscribers: int = 32  # live (server-sent events) pages at once
+
+
+@dataclass
 class ControllerConfig:
     source: str
     listen: str = "0.0.0.0:8082"
@@ -68,6 +80,7 @@ class ControllerConfig:
     audit_retention_days: float = 90.0
     audit_max_records: int = 1_000_000  # bounds the table even if something floods it
     health_checks: HealthSettings = field(default_factory=HealthSettings)
+    dashboard: DashboardSettings | None = None  # off unless configured
 
 
 def _listen(value: Any, where: Where) -> str:
@@ -131,6 +144,22 @@ HEALTH_CHECKS = Section(
     Field("notify", _notify, default=OMIT),
     what="a mapping with interval, every_leases, after_offline, acquire_wait, lease_duration, notify",
 )
+DASHBOARD_DEFAULTS = DashboardSettings(listen="")
+DASHBOARD = Section(
+    Field("listen", _listen),
+    Field("anonymous", boolean, default=False),
+    Field(
+        "session_hours",
+        number(at_most=24 * 30.0, too_big="at most 720 hours (30 days)"),
+        default=DASHBOARD_DEFAULTS.session_hours,
+    ),
+    *(
+        Field(key, number(whole=True, at_most=10_000), default=getattr(DASHBOARD_DEFAULTS, key))
+        for key in ("max_sessions", "max_connections", "max_subscribers")
+    ),
+    what="a mapping with listen (HOST:PORT) and optional anonymous, session_hours, max_sessions,"
+    " max_connections, max_subscribers",
+)
 POSITIVE = ("offline_after", "dial_ready_wait", "token_ttl_days", "dial_rate", "audit_retention_days")
 WHOLE = ("max_pending_leases", "dial_burst", "max_pending_dials", "audit_max_records")
 CONTROLLER = Section(
@@ -156,6 +185,7 @@ CONTROLLER = Section(
     Field("admin_socket", path("a socket path"), default=DEFAULTS.admin_socket),
     Field("metrics", _metrics, default=DEFAULTS.metrics),
     Field("health_checks", HEALTH_CHECKS, default=EMPTY, unset="null"),
+    Field("dashboard", DASHBOARD, default=None, unset="null"),
     what="a mapping of controllerd settings",
 )
 
@@ -184,6 +214,8 @@ def load_controller_config(path: str) -> ControllerConfig:
     settings["tls_ca_key"] = tls["tls_ca_key"] or os.path.join(tls_dir, "ca.key")
     settings["store"] = settings["store"] or f"sqlite://{os.path.join(state_dir, 'controller.db')}"
     settings["signing_key"] = settings["signing_key"] or os.path.join(own, "signing-key.pem")
+    if settings["dashboard"] is not None:
+        settings["dashboard"] = DashboardSettings(**settings["dashboard"])
     return ControllerConfig(source=path, **settings)
 
 

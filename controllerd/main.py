@@ -147,6 +147,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
                 config.token_ttl_days * 86400,
                 lab_ca=_lab_ca(config),
                 health=checker,
+                dashboard_url=_dashboard_url(config),
             ).handler(),
         )
     )
@@ -174,6 +175,23 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
             raise ConfigError(
                 f"{config.source}: metrics: cannot serve on {config.metrics}: {exc.strerror or exc}"
             ) from None
+
+    scheduler_task: asyncio.Task[None] | None = None
+    dashboard = None
+    if config.dashboard is not None:  # bound before serving, like the metrics port: a clash is a config error
+        from controllerd.dashboard.server import start_dashboard
+
+        dashboard = await start_dashboard(
+            config.dashboard,
+            store=store,
+            scheduler=scheduler,
+            auth=auth,
+            routers=config.routers,
+            ca_pem=ca_pem,
+            cert_path=config.tls_cert,
+            key_path=config.tls_key,
+            scheduler_task=lambda: scheduler_task,
+        )
 
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -206,6 +224,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     scheduler_task.cancel()
     prune_task.cancel()
     health_task.cancel()
+    if dashboard is not None:
+        dashboard[1].cancel()
+        await dashboard[0].stop()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)
     await admin_server.stop(grace=1)
@@ -215,6 +236,14 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         metrics_server.close()
     store.close()
     return 0
+
+
+def _dashboard_url(config: ControllerConfig) -> str:
+    if config.dashboard is None:
+        return ""
+    from controllerd.dashboard.server import dashboard_url
+
+    return dashboard_url(config.dashboard, config.endpoint)
 
 
 def _lab_ca(config: ControllerConfig) -> LabCA | None:

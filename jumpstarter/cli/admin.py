@@ -75,6 +75,14 @@ def check_name(value: str, what: str) -> str:
 def _emit_config(kind: str, result: dict[str, Any], output: str | None) -> None:
     from jumpstarter.config.client import ClientConfig, exporter_document, write_private
 
+    if kind == "viewer":  # no config file: a token to paste into the dashboard's login form
+        document = {k: result[k] for k in ("namespace", "name", "token", "dashboard")}
+        if output:
+            write_private(output, document)
+            note(f"wrote {output} (mode 0600; it holds the viewer's token)")
+        else:
+            print_yaml(document)
+        return
     ca = base64.b64encode(result["ca"].encode()).decode()
     if kind == "client":
         document = ClientConfig(
@@ -348,9 +356,9 @@ ADMIN = Command(
     commands=(
         Command(
             "create",
-            "create a client or an exporter; prints its config",
+            "create a client, an exporter or a dashboard viewer (read-only); prints its config",
             run_create,
-            args=(_kind("client", "exporter"), NAME, LABELS, CONFIG_OUT),
+            args=(_kind("client", "exporter", "viewer"), NAME, LABELS, CONFIG_OUT),
         ),
         Command(
             "get",
@@ -379,9 +387,9 @@ ADMIN = Command(
         POLICY,
         Command(
             "revoke",
-            "revoke every token of a client or exporter (takes effect at once)",
+            "revoke every token of a client, exporter or viewer (takes effect at once)",
             run_revoke,
-            args=(_kind("client", "exporter"), NAME),
+            args=(_kind("client", "exporter", "viewer"), NAME),
         ),
         Command(
             "rotate",

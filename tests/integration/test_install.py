@@ -162,7 +162,9 @@ def test_lab_host_install_puts_venv_units_rule_configs_and_group_under_destdir(
     groups = {g.split(":")[0]: g.split(":") for g in (root / "etc/group").read_text().splitlines()}
     for name in ("dialout", "plugdev", "gpio"):
         assert groups[name][3].split(",") == ["jumpstarter"], groups[name]
-    assert "jumpstarter" not in groups.get("disk", ["", "", "", ""])[3].split(","), "disk = every block device"
+    assert "jumpstarter" not in groups.get("disk", ["", "", "", ""])[3].split(","), (
+        "disk = every block device"
+    )
     assert groups["dialout"][2] == "20" and groups["root"][3] == ""  # existing groups kept, root untouched
     for target, owner, mode in [
         ("etc/jumpstarter/tokens", (uid, gid), 0o700),

@@ -35,8 +35,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 UPSTREAM_VERSION = "0.9.0"
 UPSTREAM_DISTS = (
-    "jumpstarter", "jumpstarter_cli", "jumpstarter_driver_power", "jumpstarter_driver_network",
-    "jumpstarter_driver_shell", "jumpstarter_driver_pyserial", "jumpstarter_driver_composite",
+    "jumpstarter",
+    "jumpstarter_cli",
+    "jumpstarter_driver_power",
+    "jumpstarter_driver_network",
+    "jumpstarter_driver_shell",
+    "jumpstarter_driver_pyserial",
+    "jumpstarter_driver_composite",
     "jumpstarter_driver_opendal",
 )
 HEADER = (
@@ -76,8 +81,10 @@ class Upstream:
 def upstream() -> Upstream:
     """The upstream venv, checked: fails the calling test (never skips) when it is not usable."""
     venv = Path(os.environ.get("JUMPSTARTER_UPSTREAM_VENV") or REPO / ".venv-upstream")
-    hint = (f"upstream Jumpstarter {UPSTREAM_VERSION} venv not usable at {venv}: "
-            f"run `scripts/upstream-venv {venv}` (or set JUMPSTARTER_UPSTREAM_VENV)")
+    hint = (
+        f"upstream Jumpstarter {UPSTREAM_VERSION} venv not usable at {venv}: "
+        f"run `scripts/upstream-venv {venv}` (or set JUMPSTARTER_UPSTREAM_VENV)"
+    )
     for script in ("python", "j", "jmp"):
         if not os.access(venv / "bin" / script, os.X_OK):
             pytest.fail(f"{hint} [missing bin/{script}]", pytrace=False)
@@ -91,7 +98,8 @@ def upstream() -> Upstream:
 def scrubbed_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Our environment minus anything that could point a process at the wrong code or target."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("JMP_", "JUMPSTARTER_", "PYTHON", "VIRTUAL_ENV", "_JMP_"))
     }
     env.update(COLUMNS="250", TERM="dumb", NO_COLOR="1", HOME=str(tmp_path / "home"))
@@ -100,14 +108,19 @@ def scrubbed_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout)
+def run(
+    cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def explain(result: subprocess.CompletedProcess[str]) -> str:
-    return (f"command {result.args!r} exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
-            f"\n--- stderr ---\n{result.stderr[-3000:]}")
+    return (
+        f"command {result.args!r} exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
+        f"\n--- stderr ---\n{result.stderr[-3000:]}"
+    )
 
 
 def our_cli() -> list[str]:
@@ -183,9 +196,21 @@ def our_exporterd(tmp_path: Path) -> Iterator[Callable[[str], OurExporter]]:
         socket_path = os.path.join(socket_dir, f"b{index}.sock")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "exporterd.main", "--config", str(config), "--socket", socket_path,
-                 "--log-format", "json"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                [
+                    sys.executable,
+                    "-m",
+                    "exporterd.main",
+                    "--config",
+                    str(config),
+                    "--socket",
+                    socket_path,
+                    "--log-format",
+                    "json",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
             )
         started.append(process)
         exporter = OurExporter(socket_path, process, log_path)
@@ -200,7 +225,9 @@ def our_exporterd(tmp_path: Path) -> Iterator[Callable[[str], OurExporter]]:
                 except Exception:
                     pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"exporterd did not answer GetReport within 15 s:\n{exporter.log()[-3000:]}")
+                raise AssertionError(
+                    f"exporterd did not answer GetReport within 15 s:\n{exporter.log()[-3000:]}"
+                )
             time.sleep(0.02)
 
     try:
@@ -223,7 +250,10 @@ def j(up: Upstream, exporter: OurExporter, tmp_path: Path, *args: str) -> subpro
 def test_upstream_j_power_on_off_switches_our_exporter(our_exporterd, tmp_path):
     up = upstream()
     marker = tmp_path / "board-powered"
-    exporter = our_exporterd(exporter_config("interop-power", f"""
+    exporter = our_exporterd(
+        exporter_config(
+            "interop-power",
+            f"""
         power:
           type: jumpstarter_driver_power.driver.MockPower
         relay:
@@ -231,7 +261,9 @@ def test_upstream_j_power_on_off_switches_our_exporter(our_exporterd, tmp_path):
           config:
             on: "touch '{marker}'"
             off: "rm -f '{marker}'"
-    """))
+    """,
+        )
+    )
 
     result = j(up, exporter, tmp_path, "relay", "on")
     assert result.returncode == 0, explain(result)
@@ -287,8 +319,20 @@ def test_upstream_j_shell_method_output_and_exit_code_come_through(our_exporterd
     # through the client library in the next test).
     config = tmp_path / "upstream-shell.yaml"
     config.write_text(exporter_config("upstream-shell", SHELL_EXPORT))
-    probe = run([up.jmp, "shell", "--exporter-config", str(config), "--", "bash", "-c",
-                 f"'{up.j}' sh fail; echo \"j-exit=$?\""], scrubbed_env(tmp_path), tmp_path)
+    probe = run(
+        [
+            up.jmp,
+            "shell",
+            "--exporter-config",
+            str(config),
+            "--",
+            "bash",
+            "-c",
+            f"'{up.j}' sh fail; echo \"j-exit=$?\"",
+        ],
+        scrubbed_env(tmp_path),
+        tmp_path,
+    )
     assert "failing now" in probe.stdout, explain(probe)
     theirs = int(probe.stdout.rsplit("j-exit=", 1)[1].split()[0])
     assert ours == theirs, f"`j sh fail` exits {ours} against our exporter, {theirs} against upstream's"
@@ -318,12 +362,18 @@ print("RESULT " + json.dumps(out))
 
 def test_upstream_client_library_round_trips_bytes_through_our_echo_stream(our_exporterd, tmp_path):
     up = upstream()
-    exporter = our_exporterd(exporter_config("interop-lib", textwrap.dedent("""
+    exporter = our_exporterd(
+        exporter_config(
+            "interop-lib",
+            textwrap.dedent("""
         echo:
           type: jumpstarter_driver_network.driver.EchoNetwork
         power:
           type: power.mock
-    """) + textwrap.dedent(SHELL_EXPORT)))
+    """)
+            + textwrap.dedent(SHELL_EXPORT),
+        )
+    )
     script = tmp_path / "upstream_client.py"
     script.write_text(UPSTREAM_CLIENT_SCRIPT)
 
@@ -342,12 +392,17 @@ def test_upstream_client_library_round_trips_bytes_through_our_echo_stream(our_e
 def test_upstream_j_flashes_and_dumps_through_our_storage_driver(our_exporterd, tmp_path):
     up = upstream()
     disk = tmp_path / "disk.img"
-    exporter = our_exporterd(exporter_config("interop-storage", f"""
+    exporter = our_exporterd(
+        exporter_config(
+            "interop-storage",
+            f"""
         storage:
           type: storage.file
           config:
             path: "{disk}"
-    """))
+    """,
+        )
+    )
     image = tmp_path / "image.raw"
     image.write_bytes(os.urandom(1 << 20) + b"end of image")
 
@@ -430,9 +485,22 @@ def test_our_cli_and_client_drive_an_upstream_exporter_in_jmp_shell(tmp_path):
         "fail": ["sh", "fail"],
     }
 
-    result = run([up.jmp, "shell", "--exporter-config", str(config), "--",
-                  sys.executable, str(probe), json.dumps(our_cli()), json.dumps(commands)],
-                 scrubbed_env(tmp_path), tmp_path, timeout=90)
+    result = run(
+        [
+            up.jmp,
+            "shell",
+            "--exporter-config",
+            str(config),
+            "--",
+            sys.executable,
+            str(probe),
+            json.dumps(our_cli()),
+            json.dumps(commands),
+        ],
+        scrubbed_env(tmp_path),
+        tmp_path,
+        timeout=90,
+    )
 
     assert result.returncode == 0, explain(result)
     assert "RESULT " in result.stdout, explain(result)
@@ -442,17 +510,24 @@ def test_our_cli_and_client_drive_an_upstream_exporter_in_jmp_shell(tmp_path):
     for name in ("power_on", "power_off", "describe", "mark", "greet"):
         assert out[name]["code"] == 0, f"our `jumpstarter {' '.join(commands[name])}`: {out[name]}"
     # upstream's exporter logs in the jmp process (rich omits a logger name repeated on the next line)
-    logs = [line.split("INFO", 1)[1].strip() for line in (result.stdout + result.stderr).splitlines()
-            if "INFO" in line]
+    logs = [
+        line.split("INFO", 1)[1].strip()
+        for line in (result.stdout + result.stderr).splitlines()
+        if "INFO" in line
+    ]
     assert "[driver.MockPower] power on" in logs, explain(result)
-    assert logs[logs.index("[driver.MockPower] power on") + 1] in ("power off", "[driver.MockPower] power off"), \
-        explain(result)
+    assert logs[logs.index("[driver.MockPower] power on") + 1] in (
+        "power off",
+        "[driver.MockPower] power off",
+    ), explain(result)
 
     describe = out["describe"]["stdout"]
-    for line in ("power: PowerClient [jumpstarter_driver_power.client.PowerClient]",
-                 "echo: NetworkClient [jumpstarter_driver_network.client.NetworkClient]",
-                 "sh: ShellClient [jumpstarter_driver_shell.client.ShellClient]",
-                 "greet: Say hello to someone"):
+    for line in (
+        "power: PowerClient [jumpstarter_driver_power.client.PowerClient]",
+        "echo: NetworkClient [jumpstarter_driver_network.client.NetworkClient]",
+        "sh: ShellClient [jumpstarter_driver_shell.client.ShellClient]",
+        "greet: Say hello to someone",
+    ):
         assert line in describe, f"{line!r} not in our describe output:\n{describe}"
 
     assert marker.read_text() == "marked by mark\n"
@@ -479,19 +554,25 @@ def test_our_exporterd_serves_the_same_upstream_config(our_exporterd, tmp_path):
 # -- an upstream exporter behind our controller ----------------------------------------------
 
 
-def _upstream_shell(up: Upstream, client_config: str, selector: str, command: str, tmp_path: Path,
-                    log_path: Path) -> subprocess.Popen[bytes]:
+def _upstream_shell(
+    up: Upstream, client_config: str, selector: str, command: str, tmp_path: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
     """Upstream `jmp shell` leasing through our controller, running `sh -c COMMAND` with upstream `j`."""
     env = scrubbed_env(tmp_path, PATH=f"{up.venv / 'bin'}:{os.environ.get('PATH', '')}")
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [up.jmp, "shell", "--client-config", client_config, "-l", selector, "--", "sh", "-c", command],
-            env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
-def _upstream_exporter(up: Upstream, central: Any, name: str, tmp_path: Path,
-                       log_path: Path) -> subprocess.Popen[bytes]:
+def _upstream_exporter(
+    up: Upstream, central: Any, name: str, tmp_path: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
     """Upstream `jmp run` for a new exporter NAME (label board=NAME) of our controller, with a MockPower."""
     import yaml
 
@@ -501,8 +582,12 @@ def _upstream_exporter(up: Upstream, central: Any, name: str, tmp_path: Path,
     Path(identity.config).write_text(yaml.safe_dump(document))
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [up.jmp, "run", "--exporter-config", identity.config], env=scrubbed_env(tmp_path),
-            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [up.jmp, "run", "--exporter-config", identity.config],
+            env=scrubbed_env(tmp_path),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -544,19 +629,28 @@ def test_two_clients_queued_on_an_upstream_exporter_are_served_in_order(tmp_path
         alice = central.create("client", "default", "alice")
         bob = central.create("client", "default", "bob")
         bob_peer = central.peer(bob)
-        wait_until(lambda: (e := bob_peer.get_exporter("upq")).online and e.status == 2, 60,
-                   "the upstream exporter online and available")
+        wait_until(
+            lambda: (e := bob_peer.get_exporter("upq")).online and e.status == 2,
+            60,
+            "the upstream exporter online and available",
+        )
 
         started, served = tmp_path / "alice-started", tmp_path / "bob-served"
-        first = _upstream_shell(up, alice.config, "board=upq",
-                                f"j power on && touch '{started}' && read line < '{release}'",
-                                tmp_path, tmp_path / "alice.log")
+        first = _upstream_shell(
+            up,
+            alice.config,
+            "board=upq",
+            f"j power on && touch '{started}' && read line < '{release}'",
+            tmp_path,
+            tmp_path / "alice.log",
+        )
         processes.append(first)
         wait_until(lambda: started.exists() or first.poll() is not None, 90, "alice's shell on the board")
         assert started.exists(), (tmp_path / "alice.log").read_text(errors="replace")[-3000:]
 
-        second = _upstream_shell(up, bob.config, "board=upq", f"j power off && touch '{served}'",
-                                 tmp_path, tmp_path / "bob.log")
+        second = _upstream_shell(
+            up, bob.config, "board=upq", f"j power off && touch '{served}'", tmp_path, tmp_path / "bob.log"
+        )
         processes.append(second)
 
         def bob_queued() -> bool:
@@ -604,15 +698,19 @@ def test_a_frozen_upstream_exporter_goes_offline_and_its_lease_resumes_after_sig
         exporter_log = tmp_path / "upstream-exporter.log"
         processes.append(_upstream_exporter(up, central, "upfz", tmp_path, exporter_log))
         alice = central.peer(central.create("client", "default", "alice"))
-        wait_until(lambda: (e := alice.get_exporter("upfz")).online and e.status == 2, 60,
-                   "the upstream exporter online and available")
+        wait_until(
+            lambda: (e := alice.get_exporter("upfz")).online and e.status == 2,
+            60,
+            "the upstream exporter online and available",
+        )
         lease = alice.create_lease(exporter_name="upfz", duration=300)
         wait_until(lambda: alice.get_exporter("upfz").status == 4, 60, "the upstream exporter LEASE_READY")
 
         frozen = _process_tree(processes[0].pid)
         _signal_all(frozen, signal.SIGSTOP)
-        paused = alice.wait_lease(lease.name, lambda le: is_true(le, "Paused"), "Paused=True",
-                                  offline_after + 20)
+        paused = alice.wait_lease(
+            lease.name, lambda le: is_true(le, "Paused"), "Paused=True", offline_after + 20
+        )
         assert condition(paused, "Paused").reason == "ExporterOffline"
         assert not alice.get_exporter("upfz").online
         _signal_all(frozen, signal.SIGCONT)
