@@ -18,11 +18,13 @@ from typing import Any
 from jumpstarter import names
 from jumpstarter.cli.builder import Arg, Command, arg
 from jumpstarter.cli.output import (
+    FORMATS,
     NONE,
     cell,
+    exporter_status,
     note,
     output_arg,
-    print_json,
+    print_data,
     print_yaml,
     record_table,
     table,
@@ -137,21 +139,35 @@ def run_create(a: argparse.Namespace) -> int:
 
 def run_get(a: argparse.Namespace) -> int:
     rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
-    if a.output == "json":
-        print_json(rows)
-    else:
+    if not print_data(rows, a.output):
+        for row in rows:
+            if "status" in row:
+                row["status"] = exporter_status(row["status"])
         record_table(rows, COLUMNS[a.kind])
     return 0
 
 
-def run_delete(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name))
+def _report(a: argparse.Namespace, result: Any, text: str) -> int:
+    """An admin action's result: one line for people, the controller's answer for `-o json|yaml`."""
+    if not print_data(result, a.output):
+        print(text)
     return 0
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token{'' if count == 1 else 's'}"
+
+
+def run_delete(a: argparse.Namespace) -> int:
+    result = call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)
+    return _report(
+        a, result, f"deleted {a.kind} {result['deleted']} ({_tokens(result['tokens_revoked'])} revoked)"
+    )
 
 
 def _set_enabled(a: argparse.Namespace, enabled: bool) -> int:
-    print(call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled))
-    return 0
+    result = call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled)
+    return _report(a, result, f"exporter {a.name} {'enabled' if result['enabled'] else 'disabled'}")
 
 
 def run_enable(a: argparse.Namespace) -> int:
@@ -164,8 +180,8 @@ def run_disable(a: argparse.Namespace) -> int:
 
 def run_label(a: argparse.Namespace) -> int:
     labels = _checked_labels(a.label)
-    print(call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=labels))
-    return 0
+    result = call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=labels)
+    return _report(a, result, f"exporter {a.name} labels: {cell(result['labels'])}")
 
 
 def run_policy_set(a: argparse.Namespace) -> int:
@@ -179,18 +195,24 @@ def run_policy_set(a: argparse.Namespace) -> int:
         priority=a.priority,
         maximum_duration=duration_seconds(a.max_duration) if a.max_duration else None,
     )
-    print_json(result, indent=None)
-    return 0
+    maximum = result.get("maximum_duration")
+    return _report(
+        a,
+        result,
+        f"policy {a.name} set: exporters {result.get('exporter_selector') or '*'}, "
+        f"clients {result.get('client_selector') or '*'}, priority {result.get('priority')}, "
+        f"maximum duration {f'{maximum:g}s' if maximum else 'none'}",
+    )
 
 
 def run_policy_delete(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name))
-    return 0
+    result = call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)
+    return _report(a, result, f"deleted policy {a.name}")
 
 
 def run_revoke(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name))
-    return 0
+    result = call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)
+    return _report(a, result, f"revoked {_tokens(result['revoked'])} of {a.kind} {a.name}")
 
 
 def run_rotate(a: argparse.Namespace) -> int:
@@ -233,9 +255,9 @@ def run_audit(a: argparse.Namespace) -> int:
         since=since,
         limit=a.limit,
     )
-    if a.output == "json":
-        print_json(events)
-    elif not events:
+    if print_data(events, a.output):
+        return 0
+    if not events:
         print(NONE)
     else:
         table([_audit_row(e) for e in events], [c.upper() for c in AUDIT_COLUMNS])
@@ -243,8 +265,8 @@ def run_audit(a: argparse.Namespace) -> int:
 
 
 def run_release(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name))
-    return 0
+    result = call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)
+    return _report(a, result, f"lease {a.name} {'ended' if result.get('ended') else 'released'}")
 
 
 # -- the command table ------------------------------------------------------------------------
@@ -259,6 +281,7 @@ NAME = arg("name", help="its name in the namespace")
 LABELS = arg(
     "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="selector label (repeatable)"
 )
+RESULT = output_arg("text", "json", "yaml")  # an action's outcome: a line for people, data for scripts
 CONFIG_OUT = arg("-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout")
 
 POLICY = Command(
@@ -280,10 +303,14 @@ POLICY = Command(
                 arg("--clients", default="", metavar="SELECTOR", help="client label selector (empty = all)"),
                 arg("--priority", type=int, default=0, help="higher goes first in the lease queue"),
                 arg("--max-duration", metavar="DURATION", help="longest lease allowed (e.g. 2h)"),
+                RESULT,
             ),
         ),
         Command(
-            "delete", "delete a policy", run_policy_delete, args=(arg("name", help="the policy's name"),)
+            "delete",
+            "delete a policy",
+            run_policy_delete,
+            args=(arg("name", help="the policy's name"), RESULT),
         ),
     ),
 )
@@ -316,29 +343,36 @@ ADMIN = Command(
             args=(
                 _kind(*sorted(COLUMNS)),
                 arg("--all", action="store_true", help="leases: include ended ones"),
-                output_arg("table", "json"),
+                output_arg(*FORMATS),
             ),
         ),
         Command(
             "delete",
             "delete a client or an exporter (its leases end, its tokens are revoked)",
             run_delete,
-            args=(_kind("client", "exporter"), NAME),
+            args=(_kind("client", "exporter"), NAME, RESULT),
         ),
-        Command("enable", "enable an exporter for new leases", run_enable, args=(_kind("exporter"), NAME)),
-        Command("disable", "disable an exporter for new leases", run_disable, args=(_kind("exporter"), NAME)),
+        Command(
+            "enable", "enable an exporter for new leases", run_enable, args=(_kind("exporter"), NAME, RESULT)
+        ),
+        Command(
+            "disable",
+            "disable an exporter for new leases",
+            run_disable,
+            args=(_kind("exporter"), NAME, RESULT),
+        ),
         Command(
             "label",
             "set an exporter's selector labels (replaces them)",
             run_label,
-            args=(_kind("exporter"), NAME, LABELS),
+            args=(_kind("exporter"), NAME, LABELS, RESULT),
         ),
         POLICY,
         Command(
             "revoke",
             "revoke every token of a client or exporter (takes effect at once)",
             run_revoke,
-            args=(_kind("client", "exporter"), NAME),
+            args=(_kind("client", "exporter"), NAME, RESULT),
         ),
         Command(
             "rotate",
@@ -373,14 +407,14 @@ ADMIN = Command(
                 arg("--client", metavar="NAME", help="only this client"),
                 arg("--since", metavar="TIME", help="ISO time (UTC) or a duration back from now: 10m, 2h"),
                 arg("--limit", type=int, default=1000, help="the newest N records (at most 10000)"),
-                output_arg("table", "json"),
+                output_arg(*FORMATS),
             ),
         ),
         Command(
             "release",
             "end a lease now",
             run_release,
-            args=(_kind("lease"), arg("name", help="the lease's name")),
+            args=(_kind("lease"), arg("name", help="the lease's name"), RESULT),
         ),
     ),
 )
