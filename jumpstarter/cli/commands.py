@@ -14,7 +14,9 @@ from jumpstarter.errors import ConfigError, JumpstarterError
 
 def _probe(path: str) -> str:
     if not os.access(path, os.R_OK | os.W_OK):
-        return "permission denied (join the socket's group)"
+        from jumpstarter.channels import group_name
+
+        return f"permission denied (join the socket's group: {group_name(os.stat(path).st_gid)})"
     try:
         from jumpstarter.client.connection import Connection
 
