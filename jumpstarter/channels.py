@@ -11,9 +11,9 @@ import asyncio
 import base64
 import contextlib
 import os
-import stat
 import socket
 import ssl
+import stat
 from typing import Any, TypeAlias
 
 import grpc
