@@ -110,6 +110,7 @@ def _forward_arguments(parser: argparse.ArgumentParser) -> None:
     add_forward_arguments(parser)
 
 
+LEASED_HINT = " With -l SELECTOR (or --exporter/--lease), a board leased from the controller instead."
 CMD = arg("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
 
 #: The commands that work without a board, in `--help` order.
@@ -133,9 +134,20 @@ STATIC_COMMANDS: tuple[Command, ...] = (
 BOARD_COMMANDS: tuple[Command, ...] = (
     Command("describe", "show the board's drivers, labels and methods", cmd_describe),
     Command(
-        "shell", "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board", cmd_shell, args=(CMD,)
+        "shell",
+        "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board",
+        cmd_shell,
+        args=(CMD,),
+        description="Open a shell (or run CMD) with JUMPSTARTER_HOST set to this board." + LEASED_HINT,
     ),
-    Command("run", "run CMD with JUMPSTARTER_HOST set; exit with its code", cmd_run, args=(CMD,)),
+    Command(
+        "run",
+        "run CMD with JUMPSTARTER_HOST set; exit with its code",
+        cmd_run,
+        args=(CMD,),
+        description="Run CMD with JUMPSTARTER_HOST set to this board; exit with its code "
+        "(127: CMD not found, 126: not executable)." + LEASED_HINT,
+    ),
     Command(
         "port-forward",
         "forward a local TCP port to a network driver",
@@ -211,10 +223,21 @@ def run(argv: list[str]) -> int:
                     follower.join(timeout=5)
     except JumpstarterError as exc:
         if wants_help:  # still show what works without a board
-            full_parser(None, "").print_help()
-            print(f"\n(no board commands: {exc})")
-            return 0
+            return _help_without_board(ns.command, argv, exc)
         raise
+
+
+def _help_without_board(command: str | None, argv: list[str], exc: Exception) -> int:
+    """`--help` with no board to ask: `shell`/`run` show their leased-board help, others the top level."""
+    if command in ("shell", "run"):
+        try:
+            full_parser(None, "", remote_shell=True).parse_args(argv)
+        except SystemExit as done:  # argparse printed the help
+            print(f"\n(no board on this host for `{command}` without -l: {exc})")
+            return int(done.code or 0)
+    full_parser(None, "").print_help()
+    print(f"\n(no board commands: {exc})")
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -221,7 +221,7 @@ class RemoteSession:
             if status.status == common_pb2.EXPORTER_STATUS_LEASE_READY:
                 return
             if status.status == common_pb2.EXPORTER_STATUS_BEFORE_LEASE_HOOK_FAILED:
-                raise LeaseError(f"lease {self.name}: the beforeLease hook failed: {status.message}")
+                raise LeaseError(f"lease {self.name}: {status.message or 'the beforeLease hook failed'}")
             if not backoff.sleep():
                 name = common_pb2.ExporterStatus.Name(status.status)
                 raise LeaseError(f"lease {self.name}: exporter not ready after {ready_timeout:g} s ({name})")
