@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jumpstarter.cli.admin import ADMIN
+from jumpstarter.cli.board_word import RULE
 from jumpstarter.cli.builder import Command, add_commands, arg, command_names
 from jumpstarter.cli.remote_commands import REMOTE_COMMANDS, REMOTE_SHELL_COMMANDS
 from jumpstarter.cli.target import TargetChoice
@@ -25,12 +26,17 @@ from jumpstarter.lab.cli import LAB
 
 LOGS_READY_WAIT = 2.0  # seconds `--logs` waits for the exporter to start collecting records for it
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
-EPILOG = """\
+EPILOG = (
+    """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
 or the only board of this host (sockets in $JUMPSTARTER_BOARDS_DIR, default /run/jumpstarter/boards).
 Run `jumpstarter` with no arguments to list this host's boards and detected USB hardware.
 remote boards: `jumpstarter login --token TOKEN`, then `jumpstarter shell -l board=rpi4 [-- CMD]`.
-exit codes: 0 ok, 1 driver or connection error, 2 usage or config error; run/shell exit with CMD's code."""
+exit codes: 0 ok, 1 driver or connection error, 2 usage or config error; run/shell exit with CMD's code
+(127: CMD not found, 126: CMD not executable).
+"""
+    + RULE
+)
 
 
 def global_parser(add_help: bool) -> argparse.ArgumentParser:
@@ -197,6 +203,23 @@ def run(argv: list[str]) -> int:
         if wants_remote(ns.rest):  # `shell -l SELECTOR`: a leased board, through the controller
             return _dispatch(full_parser(None, "", remote_shell=True).parse_args(argv))
 
+    from jumpstarter.cli.board_word import trailing_board
+
+    word = None if choice.given or wants_help else trailing_board(argv, ns.command, NO_TARGET)
+    if word is not None:
+        code = _on_board(argv, TargetChoice(board=word), ns.command, wants_help, board_word=True)
+        if code is not None:
+            return code
+    code = _on_board(argv, choice, ns.command, wants_help)
+    assert code is not None
+    return code
+
+
+def _on_board(
+    argv: list[str], choice: TargetChoice, command: str | None, wants_help: bool, board_word: bool = False
+) -> int | None:
+    """Run argv on the chosen board; with `board_word`, None when the last word is no board after all."""
+    from jumpstarter.cli.board_word import takes_as_board
     from jumpstarter.cli.target import open_target
     from jumpstarter.errors import JumpstarterError
 
@@ -210,6 +233,10 @@ def run(argv: list[str]) -> int:
             try:
                 root = build_tree(connection.report(), connection)
                 parser = full_parser(root, socket)
+                if board_word:
+                    if not takes_as_board(parser, argv):
+                        return None
+                    argv = argv[:-1]
                 args = parser.parse_args(argv)
                 if getattr(args, "func", None) is None:
                     parser.print_help(sys.stderr)
@@ -223,7 +250,7 @@ def run(argv: list[str]) -> int:
                     follower.join(timeout=5)
     except JumpstarterError as exc:
         if wants_help:  # still show what works without a board
-            return _help_without_board(ns.command, argv, exc)
+            return _help_without_board(command, argv, exc)
         raise
 
 
