@@ -20,6 +20,7 @@ from typing import Any
 from jumpstarter.cli.admin import ADMIN
 from jumpstarter.cli.board_word import RULE
 from jumpstarter.cli.builder import Command, add_commands, arg, command_names
+from jumpstarter.cli.completion import HIDDEN, SHELLS, cmd_completion
 from jumpstarter.cli.remote_commands import REMOTE_COMMANDS, REMOTE_SHELL_COMMANDS
 from jumpstarter.cli.target import TargetChoice
 from jumpstarter.lab.cli import LAB
@@ -134,6 +135,15 @@ STATIC_COMMANDS: tuple[Command, ...] = (
     *REMOTE_COMMANDS,
     LAB,
     Command("version", "print the version", cmd_version),
+    Command(
+        "completion",
+        "print the shell completion script: bash or zsh",
+        cmd_completion,
+        description="Print the completion script (commands, options, boards, driver methods). "
+        "The lab-host installer puts it in place; else: "
+        "`source <(jumpstarter completion bash)` in ~/.bashrc, or the zsh output as `_jumpstarter` in $fpath.",
+        args=(arg("shell", choices=list(SHELLS), help="bash or zsh"),),
+    ),
 )
 
 #: The commands of a board (with `board_root` and `board_socket` set); its drivers' commands follow.
@@ -299,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     from jumpstarter.errors import ConfigError, JumpstarterError
 
+    if argv[:1] == [HIDDEN]:  # the completion scripts ask at each Tab
+        from jumpstarter.cli.completion import complete
+
+        try:
+            print("\n".join(complete(argv[1:])))
+        except Exception:  # completion must never spill a traceback into the prompt
+            pass
+        return 0
     try:
         return run(argv)
     except KeyboardInterrupt:
