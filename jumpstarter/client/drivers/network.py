@@ -14,7 +14,7 @@ from jumpstarter.interfaces.network import NetworkInterface
 
 
 class NetworkClient(DriverClient):
-    """A network service near the board: forward a local port, pipe, address."""
+    """A network service near the board: forward a local port to it, or pipe stdin/stdout to it."""
 
     interface = NetworkInterface
 
