@@ -154,14 +154,14 @@ BOARD_COMMANDS: tuple[Command, ...] = (
         "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board",
         cmd_shell,
         args=(CMD,),
-        description="Open a shell (or run CMD) with JUMPSTARTER_HOST set to this board." + LEASED_HINT,
+        description="open a shell (or run CMD) with JUMPSTARTER_HOST set to this board." + LEASED_HINT,
     ),
     Command(
         "run",
         "run CMD with JUMPSTARTER_HOST set; exit with its code",
         cmd_run,
         args=(CMD,),
-        description="Run CMD with JUMPSTARTER_HOST set to this board; exit with its code "
+        description="run CMD with JUMPSTARTER_HOST set; exit with its code "
         "(127: CMD not found, 126: not executable)." + LEASED_HINT,
     ),
     Command(
