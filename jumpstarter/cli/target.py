@@ -52,7 +52,7 @@ class TargetOptions:
     others: str = "--config FILE or --env FILE.py"
 
 
-CLI_OPTIONS = TargetOptions()
+CLI_OPTIONS = TargetOptions(board="--board NAME, or name it last (`jumpstarter power on NAME`)")
 
 
 def resolve_socket(choice: TargetChoice, options: TargetOptions = CLI_OPTIONS) -> str | None:
