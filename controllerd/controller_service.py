@@ -341,8 +341,10 @@ class ControllerService(jumpstarter_pb2_grpc.ControllerServiceServicer):
                     f"exporter {exporter.name} is offline (the lease is paused; not ready until it returns)",
                 )
             if exporter.status in HOOK_FAILED:
+                said = exporter.status_message  # ours already says "beforeLease hook failed: ..."
                 raise FailedPrecondition(
-                    f"exporter {exporter.name}: lease hook failed: {exporter.status_message}",
+                    f"exporter {exporter.name}: "
+                    + (said if "hook failed" in said else f"lease hook failed: {said}"),
                 )
             listening = self.hub.listening(lease.namespace, lease.name)
             if exporter.status in DIALABLE and listening:

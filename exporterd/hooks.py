@@ -4,7 +4,8 @@ The script runs in a new process group with `JUMPSTARTER_HOST` set to the
 board's own socket (so `jumpstarter power on` works in it), `LEASE_NAME` and
 `CLIENT_NAME`; each output line is logged under `hook.beforeLease` /
 `hook.afterLease`, which clients receive through LogStream. Failure is a
-non-zero exit or the timeout (SIGTERM, then SIGKILL after 5 s).
+non-zero exit or the timeout (SIGTERM, then SIGKILL after 5 s); its outcome
+quotes the hook's last few output lines, so the lease's failure says why.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import structlog
 from jumpstarter.config.exporter import HookConfig
 
 KILL_GRACE = 5.0
+TAIL_LINES = 5  # a failed hook's last output lines, quoted in its outcome (the lease's failure message)
+TAIL_LINE_CHARS = 200
 
 
 async def run_hook(
@@ -52,6 +55,8 @@ async def run_hook(
     )
     assert process.stdout is not None
 
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
     async def relay() -> None:
         assert process.stdout is not None
         while line := await process.stdout.readline():
@@ -59,6 +64,8 @@ async def run_hook(
             log.info(text, hook=which)
             if output is not None:
                 output.append(text)
+            if text.strip():
+                tail.append(text.strip()[:TAIL_LINE_CHARS])
 
     try:
         await asyncio.wait_for(asyncio.gather(relay(), process.wait()), hook.timeout)
@@ -72,9 +79,14 @@ async def run_hook(
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
         log.warning("hook timed out", hook=which, timeout=hook.timeout)
-        return False, f"{which} hook timed out after {hook.timeout:g}s"
+        return False, f"{which} hook timed out after {hook.timeout:g}s" + last_output(tail)
     if process.returncode != 0:
         log.warning("hook failed", hook=which, returncode=process.returncode)
-        return False, f"{which} hook exited with {process.returncode}"
+        return False, f"{which} hook failed: exited with {process.returncode}" + last_output(tail)
     log.info("hook finished", hook=which)
     return True, f"{which} hook succeeded"
+
+
+def last_output(tail: collections.deque[str]) -> str:
+    """`; last output: a | b`: why a hook failed, in its own words (bounded), or nothing."""
+    return f"; last output: {' | '.join(tail)}" if tail else ""

@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import ssl
+import stat
 from typing import Any, TypeAlias
 
 import grpc
@@ -67,13 +68,37 @@ def describe(target: str) -> str:
 
 def check_unix(path: str) -> None:
     """Fail early with an actionable message instead of gRPC's generic UNAVAILABLE."""
-    if not os.path.exists(path):
-        raise ConnectError(f"no exporter socket at {path} (is the board's exporterd running?)")
+    try:
+        mode = os.stat(path)
+    except FileNotFoundError:
+        raise ConnectError(f"no exporter socket at {path} (is the board's exporterd running?)") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot reach {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(mode.st_mode):
+        raise ConnectError(f"{path} is {file_kind(mode.st_mode)}, not an exporter's socket")
     if not os.access(path, os.R_OK | os.W_OK):
+        group = group_name(mode.st_gid)
         raise ConnectError(
-            f"permission denied on {path}: add yourself to the socket's group"
-            " (sudo usermod -aG jumpstarter $USER, then log in again)"
+            f"permission denied on {path}: add yourself to the socket's group {group}"
+            f" (sudo usermod -aG {group} $USER, then log in again)"
         )
+
+
+def file_kind(mode: int) -> str:
+    """What a path that should be a socket is instead, in words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+def group_name(gid: int) -> str:
+    """A group's name (its number when it has none here)."""
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def default_target() -> str:

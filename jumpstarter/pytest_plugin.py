@@ -55,18 +55,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _target(config: pytest.Config) -> str:
     import os
 
-    from jumpstarter.cli.target import TargetChoice, resolve_socket
+    from jumpstarter.cli.target import TargetChoice, TargetOptions, resolve_socket
     from jumpstarter.errors import JumpstarterError
 
+    options = TargetOptions(
+        host="--jumpstarter-host PATH",
+        board="--jumpstarter-board NAME",
+        others="--jumpstarter-board NAME or --jumpstarter-selector SELECTOR",
+    )
     host = config.getoption("--jumpstarter-host") or None
     board = config.getoption("--jumpstarter-board") or None
     try:
         if host or board:
-            socket = resolve_socket(TargetChoice(host=host, board=board))
+            socket = resolve_socket(TargetChoice(host=host, board=board), options)
         elif os.environ.get("JUMPSTARTER_HOST"):
             socket = os.environ["JUMPSTARTER_HOST"]
         else:
-            socket = resolve_socket(TargetChoice())
+            socket = resolve_socket(TargetChoice(), options)
     except JumpstarterError as exc:
         pytest.exit(f"jumpstarter: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     assert socket is not None

@@ -18,11 +18,13 @@ from typing import Any
 from jumpstarter import names
 from jumpstarter.cli.builder import Arg, Command, arg
 from jumpstarter.cli.output import (
+    FORMATS,
     NONE,
     cell,
+    exporter_status,
     note,
     output_arg,
-    print_json,
+    print_data,
     print_yaml,
     record_table,
     table,
@@ -145,21 +147,35 @@ def run_create(a: argparse.Namespace) -> int:
 
 def run_get(a: argparse.Namespace) -> int:
     rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
-    if a.output == "json":
-        print_json(rows)
-    else:
+    if not print_data(rows, a.output):
+        for row in rows:
+            if "status" in row:
+                row["status"] = exporter_status(row["status"])
         record_table(rows, COLUMNS[a.kind])
     return 0
 
 
-def run_delete(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name))
+def _report(a: argparse.Namespace, result: Any, text: str) -> int:
+    """An admin action's result: one line for people, the controller's answer for `-o json|yaml`."""
+    if not print_data(result, a.output):
+        print(text)
     return 0
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token{'' if count == 1 else 's'}"
+
+
+def run_delete(a: argparse.Namespace) -> int:
+    result = call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)
+    return _report(
+        a, result, f"deleted {a.kind} {result['deleted']} ({_tokens(result['tokens_revoked'])} revoked)"
+    )
 
 
 def _set_enabled(a: argparse.Namespace, enabled: bool) -> int:
-    print(call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled))
-    return 0
+    result = call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled)
+    return _report(a, result, f"exporter {a.name} {'enabled' if result['enabled'] else 'disabled'}")
 
 
 def run_enable(a: argparse.Namespace) -> int:
@@ -172,8 +188,8 @@ def run_disable(a: argparse.Namespace) -> int:
 
 def run_label(a: argparse.Namespace) -> int:
     labels = _checked_labels(a.label)
-    print(call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=labels))
-    return 0
+    result = call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=labels)
+    return _report(a, result, f"exporter {a.name} labels: {cell(result['labels'])}")
 
 
 def run_policy_set(a: argparse.Namespace) -> int:
@@ -187,18 +203,24 @@ def run_policy_set(a: argparse.Namespace) -> int:
         priority=a.priority,
         maximum_duration=duration_seconds(a.max_duration) if a.max_duration else None,
     )
-    print_json(result, indent=None)
-    return 0
+    maximum = result.get("maximum_duration")
+    return _report(
+        a,
+        result,
+        f"policy {a.name} set: exporters {result.get('exporter_selector') or '*'}, "
+        f"clients {result.get('client_selector') or '*'}, priority {result.get('priority')}, "
+        f"maximum duration {f'{maximum:g}s' if maximum else 'none'}",
+    )
 
 
 def run_policy_delete(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name))
-    return 0
+    result = call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)
+    return _report(a, result, f"deleted policy {a.name}")
 
 
 def run_revoke(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name))
-    return 0
+    result = call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)
+    return _report(a, result, f"revoked {_tokens(result['revoked'])} of {a.kind} {a.name}")
 
 
 def run_rotate(a: argparse.Namespace) -> int:
@@ -241,9 +263,9 @@ def run_audit(a: argparse.Namespace) -> int:
         since=since,
         limit=a.limit,
     )
-    if a.output == "json":
-        print_json(events)
-    elif not events:
+    if print_data(events, a.output):
+        return 0
+    if not events:
         print(NONE)
     else:
         table([_audit_row(e) for e in events], [c.upper() for c in AUDIT_COLUMNS])
@@ -251,8 +273,8 @@ def run_audit(a: argparse.Namespace) -> int:
 
 
 def run_release(a: argparse.Namespace) -> int:
-    print(call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name))
-    return 0
+    result = call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)
+    return _report(a, result, f"lease {a.name} {'ended' if result.get('ended') else 'released'}")
 
 
 def run_maintenance(a: argparse.Namespace) -> int:
@@ -267,8 +289,11 @@ def run_maintenance(a: argparse.Namespace) -> int:
         reason=a.reason,
         done=a.done,
     )
-    print(f"{result['name']}: {result['state']}" + (f" ({result['reason']})" if result["reason"] else ""))
-    return 0
+    return _report(
+        a,
+        result,
+        f"{result['name']}: {result['state']}" + (f" ({result['reason']})" if result["reason"] else ""),
+    )
 
 
 def run_lease_create(a: argparse.Namespace) -> int:
@@ -281,16 +306,13 @@ def run_lease_create(a: argparse.Namespace) -> int:
         duration=duration_seconds(a.duration),
     )
     state = f"acquired {result['exporter']}" if result["ready"] else f"waiting for {result['exporter']}"
-    print(f"{result['name']} ({state}; client {result['client']})")
-    return 0
+    return _report(a, result, f"{result['name']} ({state}; client {result['client']})")
 
 
 def run_health(a: argparse.Namespace) -> int:
     check_name(a.name, "exporter name")
     result = call(a.admin_socket, "health_run", rpc_timeout=a.timeout, namespace=a.namespace, name=a.name)
-    if a.output == "json":
-        print_json(result)
-    else:
+    if not print_data(result, a.output):
         verdict = "passed" if result["ok"] else "FAILED"
         print(f"{result['name']}: health check {verdict} in {result['duration']:g}s; state {result['state']}")
         if result["output"]:
@@ -310,6 +332,7 @@ NAME = arg("name", help="its name in the namespace")
 LABELS = arg(
     "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="selector label (repeatable)"
 )
+RESULT = output_arg("text", "json", "yaml")  # an action's outcome: a line for people, data for scripts
 CONFIG_OUT = arg("-o", "--output", metavar="FILE", help="write the config here (mode 0600) instead of stdout")
 
 POLICY = Command(
@@ -331,10 +354,14 @@ POLICY = Command(
                 arg("--clients", default="", metavar="SELECTOR", help="client label selector (empty = all)"),
                 arg("--priority", type=int, default=0, help="higher goes first in the lease queue"),
                 arg("--max-duration", metavar="DURATION", help="longest lease allowed (e.g. 2h)"),
+                RESULT,
             ),
         ),
         Command(
-            "delete", "delete a policy", run_policy_delete, args=(arg("name", help="the policy's name"),)
+            "delete",
+            "delete a policy",
+            run_policy_delete,
+            args=(arg("name", help="the policy's name"), RESULT),
         ),
     ),
 )
@@ -367,29 +394,36 @@ ADMIN = Command(
             args=(
                 _kind(*sorted(COLUMNS)),
                 arg("--all", action="store_true", help="leases: include ended ones"),
-                output_arg("table", "json"),
+                output_arg(*FORMATS),
             ),
         ),
         Command(
             "delete",
             "delete a client or an exporter (its leases end, its tokens are revoked)",
             run_delete,
-            args=(_kind("client", "exporter"), NAME),
+            args=(_kind("client", "exporter"), NAME, RESULT),
         ),
-        Command("enable", "enable an exporter for new leases", run_enable, args=(_kind("exporter"), NAME)),
-        Command("disable", "disable an exporter for new leases", run_disable, args=(_kind("exporter"), NAME)),
+        Command(
+            "enable", "enable an exporter for new leases", run_enable, args=(_kind("exporter"), NAME, RESULT)
+        ),
+        Command(
+            "disable",
+            "disable an exporter for new leases",
+            run_disable,
+            args=(_kind("exporter"), NAME, RESULT),
+        ),
         Command(
             "label",
             "set an exporter's selector labels (replaces them)",
             run_label,
-            args=(_kind("exporter"), NAME, LABELS),
+            args=(_kind("exporter"), NAME, LABELS, RESULT),
         ),
         POLICY,
         Command(
             "revoke",
             "revoke every token of a client, exporter or viewer (takes effect at once)",
             run_revoke,
-            args=(_kind("client", "exporter", "viewer"), NAME),
+            args=(_kind("client", "exporter", "viewer"), NAME, RESULT),
         ),
         Command(
             "rotate",
@@ -424,14 +458,14 @@ ADMIN = Command(
                 arg("--client", metavar="NAME", help="only this client"),
                 arg("--since", metavar="TIME", help="ISO time (UTC) or a duration back from now: 10m, 2h"),
                 arg("--limit", type=int, default=1000, help="the newest N records (at most 10000)"),
-                output_arg("table", "json"),
+                output_arg(*FORMATS),
             ),
         ),
         Command(
             "release",
             "end a lease now",
             run_release,
-            args=(_kind("lease"), arg("name", help="the lease's name")),
+            args=(_kind("lease"), arg("name", help="the lease's name"), RESULT),
         ),
         Command(
             "exporter",
@@ -445,6 +479,7 @@ ADMIN = Command(
                         NAME,
                         arg("--reason", metavar="TEXT", help="why (at most 200 printable characters)"),
                         arg("--done", action="store_true", help="put it back in service (state: unknown)"),
+                        RESULT,
                     ),
                 ),
             ),
@@ -465,7 +500,7 @@ ADMIN = Command(
                             default=3600.0,
                             help="seconds to wait (default %(default)s)",
                         ),
-                        output_arg("table", "json"),
+                        RESULT,
                     ),
                 ),
             ),
@@ -482,6 +517,7 @@ ADMIN = Command(
                         arg("--client", required=True, metavar="NAME", help="the client that will use it"),
                         arg("--exporter", required=True, metavar="NAME", help="the board"),
                         arg("--duration", default="30m", help="how long (default %(default)s)"),
+                        RESULT,
                     ),
                 ),
             ),

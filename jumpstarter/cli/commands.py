@@ -9,12 +9,14 @@ import sys
 from typing import Any
 
 from jumpstarter.cli.target import boards_dir, local_boards
-from jumpstarter.errors import JumpstarterError
+from jumpstarter.errors import ConfigError, JumpstarterError
 
 
 def _probe(path: str) -> str:
     if not os.access(path, os.R_OK | os.W_OK):
-        return "permission denied (join the socket's group)"
+        from jumpstarter.channels import group_name
+
+        return f"permission denied (join the socket's group: {group_name(os.stat(path).st_gid)})"
     try:
         from jumpstarter.client.connection import Connection
 
@@ -75,7 +77,7 @@ def subshell(socket: str, command: list[str], interactive: bool) -> int:
         command = command[1:]
     if not command:
         if not interactive:
-            raise JumpstarterError("run needs a command: jumpstarter run -- CMD [ARGS...]")
+            raise ConfigError("run needs a command: jumpstarter run -- CMD [ARGS...]")
         command = [os.environ.get("SHELL") or "/bin/sh"]
         print(f"[jumpstarter shell: JUMPSTARTER_HOST={socket}; exit to leave]", file=sys.stderr)
     env = dict(os.environ)
@@ -84,13 +86,25 @@ def subshell(socket: str, command: list[str], interactive: bool) -> int:
     env["_JMP_SUPPRESS_DRIVER_WARNINGS"] = "1"
     try:
         return subprocess.call(command, env=env)
-    except FileNotFoundError:
-        raise JumpstarterError(f"command not found: {command[0]}") from None
+    except OSError as exc:
+        return cannot_start(command[0], exc)
+
+
+COMMAND_NOT_FOUND = 127  # what a shell answers for a command it cannot find
+NOT_EXECUTABLE = 126  # ... and for one it found but cannot execute
+
+
+def cannot_start(name: str, exc: OSError) -> int:
+    """CMD could not be started: say why on stderr and return a shell's exit code for it."""
+    if isinstance(exc, FileNotFoundError):
+        print(f"jumpstarter: {name}: command not found", file=sys.stderr)
+        return COMMAND_NOT_FOUND
+    print(f"jumpstarter: {name}: cannot execute: {exc.strerror or exc}", file=sys.stderr)
+    return NOT_EXECUTABLE
 
 
 def port_forward(root: Any, args: argparse.Namespace) -> int:
     from jumpstarter.client.drivers.network import NetworkClient, run_forward
-    from jumpstarter.errors import ConfigError
 
     client = root
     for part in args.driver.split("."):

@@ -6,16 +6,17 @@ import argparse
 import sys
 from typing import Any
 
-from jumpstarter.cli.output import labels_cell, print_messages_json, print_wait, table, when
+from jumpstarter.cli.output import (
+    exporter_status,
+    labels_cell,
+    message_dicts,
+    print_data,
+    print_wait,
+    table,
+    when,
+)
 from jumpstarter.cli.remote import controller, duration_seconds, key_values, selector_text
 from jumpstarter.errors import ConfigError
-
-
-def _status_name(value: int) -> str:
-    from jumpstarter.v1 import common_pb2
-
-    return common_pb2.ExporterStatus.Name(value).removeprefix("EXPORTER_STATUS_").lower()  # type: ignore[arg-type]
-
 
 BOARD_STATE_LABELS = ("jumpstarter.dev/health", "jumpstarter.dev/health-reason")  # controllerd/convert.py
 
@@ -33,9 +34,9 @@ def cmd_get_exporters(args: argparse.Namespace) -> int:
     selector = selector_text(args.selector)
     with controller(args) as client:
         exporters = client.list_exporters(selector)
-    if args.output == "json":
-        print_messages_json(exporters)
-    elif args.output == "name":
+    if print_data(message_dicts(exporters), args.output):
+        return 0
+    if args.output == "name":
         for exporter in exporters:
             print(short_name(exporter.name))
     else:
@@ -43,7 +44,7 @@ def cmd_get_exporters(args: argparse.Namespace) -> int:
             [
                 short_name(e.name),
                 "yes" if e.online else "no",
-                _status_name(e.status),
+                exporter_status(e.status),
                 _board_state(e.labels),
                 labels_cell({k: v for k, v in e.labels.items() if k not in BOARD_STATE_LABELS}),
             ]
@@ -91,9 +92,9 @@ def _planned_end(lease: Any) -> Any:
 def _show_leases(leases: list[Any], output: str) -> None:
     from jumpstarter.client.remote import short_name
 
-    if output == "json":
-        print_messages_json(leases)
-    elif output == "name":
+    if print_data(message_dicts(leases), output):
+        return
+    if output == "name":
         for le in leases:
             print(short_name(le.name))
     else:
@@ -124,7 +125,18 @@ def cmd_lease_create(args: argparse.Namespace) -> int:
         else:
             lease = client.create_lease(selector, args.exporter, duration, **options)
     _show_leases([lease], args.output)
-    return 0
+    return _failed(lease)
+
+
+def _failed(lease: Any) -> int:
+    """1 (with the reason on stderr) when the controller refused the lease, else 0."""
+    from jumpstarter.client.remote import lease_state, short_name
+
+    state, reason, message = lease_state(lease)
+    if state != "failed":
+        return 0
+    print(f"jumpstarter: error: lease {short_name(lease.name)} failed: {message or reason}", file=sys.stderr)
+    return 1
 
 
 def cmd_lease_list(args: argparse.Namespace) -> int:
@@ -165,10 +177,22 @@ def cmd_lease_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_lease_release(args: argparse.Namespace) -> int:
+    import grpc
+
+    from jumpstarter.client.remote import RemoteError
+
+    missing = 0
     with controller(args) as client:
         for name in args.names:
-            if client.release(name):
+            try:
+                client.delete_lease(name)
                 print(f"released {name}")
-            else:
-                print(f"{name} had already ended", file=sys.stderr)
-    return 0
+            except RemoteError as exc:
+                if exc.code == grpc.StatusCode.FAILED_PRECONDITION:  # ended already: nothing to do
+                    print(f"{name} had already ended", file=sys.stderr)
+                elif exc.code == grpc.StatusCode.NOT_FOUND:
+                    print(f"jumpstarter: error: lease {name} does not exist", file=sys.stderr)
+                    missing += 1
+                else:
+                    raise
+    return 1 if missing else 0

@@ -18,19 +18,26 @@ from collections.abc import Callable
 from typing import Any
 
 from jumpstarter.cli.admin import ADMIN
+from jumpstarter.cli.board_word import RULE
 from jumpstarter.cli.builder import Command, add_commands, arg, command_names
+from jumpstarter.cli.completion import HIDDEN, SHELLS, cmd_completion
 from jumpstarter.cli.remote_commands import REMOTE_COMMANDS, REMOTE_SHELL_COMMANDS
 from jumpstarter.cli.target import TargetChoice
 from jumpstarter.lab.cli import LAB
 
 LOGS_READY_WAIT = 2.0  # seconds `--logs` waits for the exporter to start collecting records for it
 SOURCES = {1: "driver", 2: "beforeLease", 3: "afterLease", 4: "exporter"}
-EPILOG = """\
+EPILOG = (
+    """\
 target (first match wins): --host, --board, --config, --env, --detect, $JUMPSTARTER_HOST,
 or the only board of this host (sockets in $JUMPSTARTER_BOARDS_DIR, default /run/jumpstarter/boards).
 Run `jumpstarter` with no arguments to list this host's boards and detected USB hardware.
 remote boards: `jumpstarter login --token TOKEN`, then `jumpstarter shell -l board=rpi4 [-- CMD]`.
-exit codes: 0 ok, 1 driver or connection error, 2 usage or config error; run/shell exit with CMD's code."""
+exit codes: 0 ok, 1 driver or connection error, 2 usage or config error; run/shell exit with CMD's code
+(127: CMD not found, 126: CMD not executable).
+"""
+    + RULE
+)
 
 
 def global_parser(add_help: bool) -> argparse.ArgumentParser:
@@ -110,6 +117,7 @@ def _forward_arguments(parser: argparse.ArgumentParser) -> None:
     add_forward_arguments(parser)
 
 
+LEASED_HINT = " With -l SELECTOR (or --exporter/--lease), a board leased from the controller instead."
 CMD = arg("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
 
 #: The commands that work without a board, in `--help` order.
@@ -127,15 +135,35 @@ STATIC_COMMANDS: tuple[Command, ...] = (
     *REMOTE_COMMANDS,
     LAB,
     Command("version", "print the version", cmd_version),
+    Command(
+        "completion",
+        "print the shell completion script: bash or zsh",
+        cmd_completion,
+        description="Print the completion script (commands, options, boards, driver methods). "
+        "The lab-host installer puts it in place; else: "
+        "`source <(jumpstarter completion bash)` in ~/.bashrc, or the zsh output as `_jumpstarter` in $fpath.",
+        args=(arg("shell", choices=list(SHELLS), help="bash or zsh"),),
+    ),
 )
 
 #: The commands of a board (with `board_root` and `board_socket` set); its drivers' commands follow.
 BOARD_COMMANDS: tuple[Command, ...] = (
     Command("describe", "show the board's drivers, labels and methods", cmd_describe),
     Command(
-        "shell", "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board", cmd_shell, args=(CMD,)
+        "shell",
+        "open a shell (or run CMD) with JUMPSTARTER_HOST set to this board",
+        cmd_shell,
+        args=(CMD,),
+        description="open a shell (or run CMD) with JUMPSTARTER_HOST set to this board." + LEASED_HINT,
     ),
-    Command("run", "run CMD with JUMPSTARTER_HOST set; exit with its code", cmd_run, args=(CMD,)),
+    Command(
+        "run",
+        "run CMD with JUMPSTARTER_HOST set; exit with its code",
+        cmd_run,
+        args=(CMD,),
+        description="run CMD with JUMPSTARTER_HOST set; exit with its code "
+        "(127: CMD not found, 126: not executable)." + LEASED_HINT,
+    ),
     Command(
         "port-forward",
         "forward a local TCP port to a network driver",
@@ -185,6 +213,23 @@ def run(argv: list[str]) -> int:
         if wants_remote(ns.rest):  # `shell -l SELECTOR`: a leased board, through the controller
             return _dispatch(full_parser(None, "", remote_shell=True).parse_args(argv))
 
+    from jumpstarter.cli.board_word import trailing_board
+
+    word = None if choice.given or wants_help else trailing_board(argv, ns.command, NO_TARGET)
+    if word is not None:
+        code = _on_board(argv, TargetChoice(board=word), ns.command, wants_help, board_word=True)
+        if code is not None:
+            return code
+    code = _on_board(argv, choice, ns.command, wants_help)
+    assert code is not None
+    return code
+
+
+def _on_board(
+    argv: list[str], choice: TargetChoice, command: str | None, wants_help: bool, board_word: bool = False
+) -> int | None:
+    """Run argv on the chosen board; with `board_word`, None when the last word is no board after all."""
+    from jumpstarter.cli.board_word import takes_as_board
     from jumpstarter.cli.target import open_target
     from jumpstarter.errors import JumpstarterError
 
@@ -198,6 +243,10 @@ def run(argv: list[str]) -> int:
             try:
                 root = build_tree(connection.report(), connection)
                 parser = full_parser(root, socket)
+                if board_word:
+                    if not takes_as_board(parser, argv):
+                        return None
+                    argv = argv[:-1]
                 args = parser.parse_args(argv)
                 if getattr(args, "func", None) is None:
                     parser.print_help(sys.stderr)
@@ -211,10 +260,21 @@ def run(argv: list[str]) -> int:
                     follower.join(timeout=5)
     except JumpstarterError as exc:
         if wants_help:  # still show what works without a board
-            full_parser(None, "").print_help()
-            print(f"\n(no board commands: {exc})")
-            return 0
+            return _help_without_board(command, argv, exc)
         raise
+
+
+def _help_without_board(command: str | None, argv: list[str], exc: Exception) -> int:
+    """`--help` with no board to ask: `shell`/`run` show their leased-board help, others the top level."""
+    if command in ("shell", "run"):
+        try:
+            full_parser(None, "", remote_shell=True).parse_args(argv)
+        except SystemExit as done:  # argparse printed the help
+            print(f"\n(no board on this host for `{command}` without -l: {exc})")
+            return int(done.code or 0)
+    full_parser(None, "").print_help()
+    print(f"\n(no board commands: {exc})")
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -249,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     from jumpstarter.errors import ConfigError, JumpstarterError
 
+    if argv[:1] == [HIDDEN]:  # the completion scripts ask at each Tab
+        from jumpstarter.cli.completion import complete
+
+        try:
+            print("\n".join(complete(argv[1:])))
+        except Exception:  # completion must never spill a traceback into the prompt
+            pass
+        return 0
     try:
         return run(argv)
     except KeyboardInterrupt:

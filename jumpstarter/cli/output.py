@@ -28,6 +28,41 @@ def output_arg(*choices: str) -> Arg:
     )
 
 
+#: `-o` choices of every command that lists or changes something: a table (or a line) for people, data for scripts.
+FORMATS = ("table", "json", "yaml")
+
+
+def print_data(data: Any, output: str) -> bool:
+    """Print `data` as JSON or YAML when `output` asks for it; False when a person's format is wanted."""
+    if output == "json":
+        print_json(data)
+    elif output == "yaml":
+        print_yaml(data)
+    else:
+        return False
+    return True
+
+
+def message_dicts(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """Protobuf messages as dicts with their proto field names (enums by name)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return [MessageToDict(m, preserving_proto_field_name=True) for m in messages]
+
+
+def exporter_status(value: Any) -> str:
+    """An ExporterStatus number as its name (`available`, `lease_ready`, ...); names pass through."""
+    from jumpstarter.v1 import common_pb2
+
+    if isinstance(value, str) and not value.isdigit():
+        return value.removeprefix("EXPORTER_STATUS_").lower()
+    try:
+        name = common_pb2.ExporterStatus.Name(int(value))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return str(value)
+    return name.removeprefix("EXPORTER_STATUS_").lower()
+
+
 def table(rows: Sequence[Sequence[str]], columns: Sequence[str]) -> None:
     """Print `format_table(rows, columns)`."""
     print(format_table(rows, columns))
@@ -81,13 +116,6 @@ def when(ts: Any) -> str:
 
 def print_json(data: Any, indent: int | None = 2) -> None:
     print(json.dumps(data, indent=indent))
-
-
-def print_messages_json(messages: list[Any]) -> None:
-    """Protobuf messages as a JSON list with their proto field names."""
-    from google.protobuf.json_format import MessageToDict
-
-    print_json([MessageToDict(m, preserving_proto_field_name=True) for m in messages])
 
 
 def print_yaml(document: Any) -> None:

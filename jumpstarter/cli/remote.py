@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from jumpstarter.cli.output import note, print_wait
-from jumpstarter.errors import ConfigError, JumpstarterError
+from jumpstarter.errors import ConfigError
 
 if TYPE_CHECKING:
     from jumpstarter.client.remote import ControllerClient
@@ -174,8 +174,10 @@ def _run_child(command: list[str], interactive: bool, env: dict[str, str], sessi
         )
     try:
         child = subprocess.Popen(command, env=env)
-    except FileNotFoundError:
-        raise JumpstarterError(f"command not found: {command[0]}") from None
+    except OSError as exc:
+        from jumpstarter.cli.commands import cannot_start
+
+        return cannot_start(command[0], exc)
 
     def forward(signum: int, frame: Any) -> None:
         child.send_signal(signum)

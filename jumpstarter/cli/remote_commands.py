@@ -10,14 +10,14 @@ import argparse
 
 from jumpstarter.cli import clientconfig, leases, remote
 from jumpstarter.cli.builder import Arg, Command, arg, one_of
-from jumpstarter.cli.output import output_arg
+from jumpstarter.cli.output import FORMATS, output_arg
 
 CLIENT = arg(
     "--client",
     metavar="ALIAS|FILE",
     help="client config alias or file (default: $JMP_CLIENT_CONFIG, else the current client)",
 )
-OUTPUT = output_arg("table", "json", "name")
+OUTPUT = output_arg(*FORMATS, "name")
 ALIAS = arg("alias", metavar="ALIAS", help="the client config's name")
 LEASE_NAME = arg("name", metavar="NAME", help="the lease's name")
 

@@ -43,7 +43,19 @@ class TargetChoice:
         )
 
 
-def resolve_socket(choice: TargetChoice) -> str | None:
+@dataclass(frozen=True)
+class TargetOptions:
+    """How errors name the options that pick a board (the CLI's, or the pytest plugin's own)."""
+
+    host: str = "--host PATH"
+    board: str = "--board NAME"
+    others: str = "--config FILE or --env FILE.py"
+
+
+CLI_OPTIONS = TargetOptions(board="--board NAME, or name it last (`jumpstarter power on NAME`)")
+
+
+def resolve_socket(choice: TargetChoice, options: TargetOptions = CLI_OPTIONS) -> str | None:
     """The socket of an existing exporter, or None when the target is served in-process."""
     if choice.host:
         return choice.host
@@ -64,9 +76,9 @@ def resolve_socket(choice: TargetChoice) -> str | None:
         return next(iter(boards.values()))
     if not boards:
         raise ConnectError(
-            f"no board: no exporter sockets in {boards_dir()}; use --host PATH, --config FILE or --env FILE.py"
+            f"no board: no exporter sockets in {boards_dir()}; use {options.host}, {options.others}"
         )
-    raise ConnectError(f"several boards on this host ({', '.join(boards)}): pick one with --board NAME")
+    raise ConnectError(f"several boards on this host ({', '.join(boards)}): pick one with {options.board}")
 
 
 @contextlib.contextmanager

@@ -159,6 +159,10 @@ class DriverClient:
     def method_help(self, method: str, default: str) -> str:
         return self.methods_description.get(method, default)
 
+    def offers(self, method: str) -> bool:
+        """Does the driver have `method`? True when the exporter does not list its methods (upstream)."""
+        return not self.methods_description or method in self.methods_description
+
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
         """Add this driver's subcommands; each sets `func(args) -> int | None`."""
         from jumpstarter.client.drivers.generic import add_generic_cli

@@ -18,6 +18,7 @@ each open client tree (`jumpstarter.client.restart`): the lease and tunnel stay.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import sys
@@ -54,6 +55,10 @@ from jumpstarter.v1 import common_pb2
 MONITOR_INTERVAL = 10.0  # seconds between GetLease calls while the lease is held
 HOOK_TIMEOUT = 120.0  # seconds an afterLease hook may run after EndSession
 STATUS_TIMEOUT = 10.0  # seconds one GetStatus may take: a frozen exporter must not stall the ready wait
+HOOK_EVENTS = ("hook started", "hook finished", "hook failed", "hook timed out")  # the outcome says these
+HOOK_OUTPUT = "; last output: "  # exporterd/hooks.py quotes a failed hook's last lines after this
+HOOK_LINE_CHARS = 200  # ... each cut to this length
+HOOK_LINES_WAIT = 2.0  # seconds a hook's failure waits for its output lines to be printed live
 HOOK_SOURCES = {
     common_pb2.LOG_SOURCE_BEFORE_LEASE_HOOK: "beforeLease",
     common_pb2.LOG_SOURCE_AFTER_LEASE_HOOK: "afterLease",
@@ -126,6 +131,8 @@ class RemoteSession:
         self._tunnel: Tunnel | None = None
         self._connection: Connection | None = None
         self._threads: dict[str, threading.Thread] = {}
+        self._hook_lines_shown: collections.deque[str] = collections.deque(maxlen=32)  # the newest ones
+        self._hook_shown = threading.Condition()
         self._closed = False
 
     # -- states -----------------------------------------------------------------------------
@@ -221,7 +228,7 @@ class RemoteSession:
             if status.status == common_pb2.EXPORTER_STATUS_LEASE_READY:
                 return
             if status.status == common_pb2.EXPORTER_STATUS_BEFORE_LEASE_HOOK_FAILED:
-                raise LeaseError(f"lease {self.name}: the beforeLease hook failed: {status.message}")
+                raise LeaseError(f"lease {self.name}: {self._hook_failure(status.message)}")
             if not backoff.sleep():
                 name = common_pb2.ExporterStatus.Name(status.status)
                 raise LeaseError(f"lease {self.name}: exporter not ready after {ready_timeout:g} s ({name})")
@@ -230,6 +237,17 @@ class RemoteSession:
         thread = self._threads[name] = threading.Thread(target=target, daemon=True, name=f"jmp-{name}")
         thread.start()
 
+    def _hook_failure(self, message: str) -> str:
+        """The hook's outcome, without the output lines this session already printed live (shown once)."""
+        head, quoted, tail = message.partition(HOOK_OUTPUT)
+        if quoted and self._show_hook_logs:  # the lines were logged before the status: let them arrive
+            with self._hook_shown:
+                if self._hook_shown.wait_for(
+                    lambda: set(tail.split(" | ")) <= set(self._hook_lines_shown), HOOK_LINES_WAIT
+                ):
+                    return head
+        return message or "the beforeLease hook failed"
+
     def _follow_hook_logs(self) -> None:
         """Print the exporter's hook output on stderr while the lease is held (as upstream shells do)."""
         assert self._connection is not None
@@ -237,9 +255,12 @@ class RemoteSession:
         with contextlib.suppress(JumpstarterError, ValueError, grpc.RpcError):
             for record in self._connection.logs():
                 source = HOOK_SOURCES.get(record.source)
-                if source is not None and record.message not in ("hook started", "hook finished"):
+                if source is not None and record.message not in HOOK_EVENTS:
                     sys.stderr.write(f"[{source}] {record.message}\n")
                     sys.stderr.flush()
+                    with self._hook_shown:
+                        self._hook_lines_shown.append(record.message.strip()[:HOOK_LINE_CHARS])
+                        self._hook_shown.notify_all()
 
     # -- held -------------------------------------------------------------------------------
 

@@ -138,6 +138,8 @@ def load_document(path: str, section: Section, *, empty_ok: bool = False) -> Val
     doc = load_yaml(path)
     if doc is None and empty_ok:
         doc = _located({}, 1)
+    elif doc is None:  # "got null" would leave a new user guessing
+        raise ConfigError(f"{path}: the file is empty (no YAML document in it); expected {section.what}")
     return section.read(doc, Where(path, (), getattr(doc, "line", 1)))
 
 

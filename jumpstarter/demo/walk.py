@@ -47,12 +47,24 @@ def run_demo(keep: bool = False) -> int:
                 board.power.off()
                 print(f"    switch reports the board is {'on' if board.power.call('is_on') else 'off'}")
         if keep:
-            _step("the demo lab keeps running; this shell has JUMPSTARTER_HOST set. Try:")
+            _step(
+                "the demo lab keeps running; this shell has JUMPSTARTER_HOST set and jumpstarter on PATH. Try:"
+            )
             print("    jumpstarter describe\n    jumpstarter power on\n    jumpstarter serial console")
-            env = dict(os.environ, JUMPSTARTER_HOST=lab.socket)
-            subprocess.call([os.environ.get("SHELL") or "/bin/sh"], env=env)
+            subprocess.call([os.environ.get("SHELL") or "/bin/sh"], env=shell_env(lab.socket))
     _step(f"done in {time.monotonic() - started:.2f}s; everything stopped and cleaned up")
     return 0
+
+
+def shell_env(socket: str) -> dict[str, str]:
+    """The kept demo shell's environment: the board, and this venv activated (`jumpstarter` on PATH)."""
+    env = dict(os.environ, JUMPSTARTER_HOST=socket)
+    bin_dir = os.path.dirname(sys.executable)  # the venv's bin, where pip put `jumpstarter`
+    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p)])
+    if sys.prefix != sys.base_prefix:  # what `source .venv/bin/activate` sets besides PATH
+        env["VIRTUAL_ENV"] = sys.prefix
+        env.pop("PYTHONHOME", None)
+    return env
 
 
 if __name__ == "__main__":

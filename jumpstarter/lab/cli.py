@@ -6,10 +6,12 @@ Exit codes: 0 ok, 1 supervisord unreachable or refused, 2 inventory invalid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from jumpstarter.cli.builder import Command, add_commands, arg
+from jumpstarter.cli.output import FORMATS, output_arg, print_data
 from jumpstarter.errors import ConfigError
 
 DEFAULT_INCLUDE = "/run/jumpstarter/supervisor.d/boards.conf"
@@ -136,7 +138,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"(supervisord's states as of {age:.0f} s ago, from {inventory.status_file})", file=sys.stderr)
         if age > STALE_AFTER:
             print("warning: the snapshot is stale: is jumpstarter-lab running?", file=sys.stderr)
-    print(format_statuses(board_statuses(inventory, processes, default_lookup())))
+    statuses = board_statuses(inventory, processes, default_lookup())
+    if not print_data([dataclasses.asdict(s) for s in statuses], args.output):
+        print(format_statuses(statuses))
     return 0
 
 
@@ -231,7 +235,10 @@ LAB = Command(
             ),
         ),
         Command(
-            "status", "each board: state, pid, socket, answers?", cmd_status, args=(INVENTORY, SUPERVISOR)
+            "status",
+            "each board: state, pid, socket, answers?",
+            cmd_status,
+            args=(INVENTORY, SUPERVISOR, output_arg(*FORMATS)),
         ),
         Command("check", "validate the inventory", cmd_check, args=(INVENTORY, SUPERVISOR)),
         Command("suggest", "print `match:` rules for the USB devices plugged in now", cmd_suggest),

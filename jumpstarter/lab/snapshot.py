@@ -57,9 +57,12 @@ def read_snapshot(path: str) -> tuple[dict[str, ProcessInfo], float]:
             f"{path}: no status snapshot (is jumpstarter-lab running? `systemctl status jumpstarter-lab`)"
         ) from None
     except PermissionError:
+        from jumpstarter.channels import group_name
+
+        group = group_name(os.stat(path).st_gid)
         raise ConfigError(
-            f"{path}: no permission to read the lab status; join the group: "
-            "sudo usermod -aG jumpstarter $USER (then log in again)"
+            f"{path}: no permission to read the lab status; join its group: "
+            f"sudo usermod -aG {group} $USER (then log in again)"
         ) from None
     try:
         if len(data) > MAX_SNAPSHOT:

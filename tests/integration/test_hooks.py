@@ -485,7 +485,10 @@ def test_failing_before_lease_hook_with_end_lease_reports_failure_and_the_export
     assert board.recorder is not None
     hook_ran = board.recorder.statuses().index(S.EXPORTER_STATUS_BEFORE_LEASE_HOOK)
     board.recorder.wait(S.EXPORTER_STATUS_AVAILABLE, start=hook_ran)
-    failed = ("EXPORTER_STATUS_BEFORE_LEASE_HOOK_FAILED", "beforeLease hook exited with 4")
+    failed = (
+        "EXPORTER_STATUS_BEFORE_LEASE_HOOK_FAILED",
+        "beforeLease hook failed: exited with 4; last output: no-board-today",
+    )
     assert failed in board.recorder.named(), board.recorder.named()
     # Like upstream, the failure stays visible ~1 s before the release, so that clients polling
     # GetStatus (ours every 0.1 s) can tell why they get no board:

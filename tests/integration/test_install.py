@@ -30,6 +30,8 @@ LAB_FILES = [
     "etc/udev/rules.d/99-jumpstarter.rules",
     "etc/jumpstarter/inventory.yaml",
     "etc/jumpstarter/supervisord.conf",
+    "usr/local/share/bash-completion/completions/jumpstarter",
+    "usr/local/share/zsh/site-functions/_jumpstarter",
 ]
 CENTRAL_FILES = [
     "etc/systemd/system/jumpstarter-controllerd.service",
@@ -41,6 +43,8 @@ SOURCES = {  # installed file -> its source in the checkout
     "etc/systemd/system/": "systemd/",
     "etc/udev/rules.d/": "udev/",
     "etc/jumpstarter/": "etc/",
+    "usr/local/share/bash-completion/completions/jumpstarter": "completion/jumpstarter.bash",
+    "usr/local/share/zsh/site-functions/": "completion/",
 }
 
 
@@ -51,7 +55,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ["pyproject.toml", "README.md"]:
         shutil.copy2(REPO / name, copy / name)
-    for name in ["scripts", "systemd", "udev", "etc", "jumpstarter", "exporterd", "controllerd", "routerd"]:
+    for name in ["scripts", "systemd", "udev", "etc", "completion", "jumpstarter", "exporterd", "controllerd", "routerd"]:
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
     return copy
 

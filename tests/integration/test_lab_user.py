@@ -10,6 +10,7 @@ user's group, not root) cannot reach supervisord's control socket but reads
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import stat
@@ -115,6 +116,10 @@ def test_a_board_user_reads_the_status_but_cannot_reach_supervisord(lab):
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
     assert rows["relay"][1] == "running" and rows["relay"][4] == "answers", result.stdout
     assert lab.status_file in result.stderr  # says where the states came from
+    as_json = as_board_user(lab, "status", "-o", "json")  # for scripts: the same rows as data
+    assert as_json.returncode == 0, as_json.stderr
+    (relay,) = [b for b in json.loads(as_json.stdout) if b["name"] == "relay"]
+    assert (relay["state"], relay["answer"]) == ("running", "answers"), as_json.stdout
 
     stopped = subprocess.run(
         [lab.python, "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({control!r})"],
@@ -134,3 +139,5 @@ def test_someone_outside_the_lab_group_reads_no_status(lab):
     result = as_board_user(lab, "status", groups=[])
     assert result.returncode == 1
     assert "no permission to read the lab status" in result.stderr
+    group = grp.getgrgid(os.stat(lab.status_file).st_gid).gr_name  # the file's own group, named
+    assert f"usermod -aG {group} $USER" in result.stderr, result.stderr

@@ -149,7 +149,10 @@ def test_yaml_syntax_errors_and_duplicate_keys_are_config_errors_with_a_line(tmp
 def test_an_empty_file_is_an_empty_mapping_only_when_allowed(tmp_path: Path) -> None:
     file = tmp_path / "empty.yaml"
     file.write_text("")
-    with pytest.raises(ConfigError, match=r"empty.yaml:1: expected a mapping of settings, got null"):
+    with pytest.raises(
+        ConfigError,
+        match=r"empty.yaml: the file is empty \(no YAML document in it\); expected a mapping of settings",
+    ):
         load_document(str(file), SETTINGS)
     with pytest.raises(ConfigError, match=r"empty.yaml:1: missing 'name'"):
         load_document(str(file), SETTINGS, empty_ok=True)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jumpstarter.client.base import DriverClient
+from jumpstarter.client.drivers.generic import add_call_commands, subcommands
 
 
 class CompositeClient(DriverClient):
@@ -31,6 +32,8 @@ def add_children_cli(client: DriverClient, sub: Any, reserved: frozenset[str] = 
         )
         child_parser.set_defaults(func=_usage(child_parser))
         child.add_cli(child_parser)
+        if not isinstance(child, CompositeClient):  # a group's words are its drivers, not methods
+            add_call_commands(child, subcommands(child_parser))
 
 
 def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

@@ -32,9 +32,34 @@ def print_result(result: Any) -> None:
 
 
 def add_generic_cli(client: DriverClient, parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    add_call_commands(client, sub)
+    pipe = sub.add_parser("pipe", help="connect stdin/stdout to a byte stream of the driver")
+    pipe.add_argument("method", nargs="?", default="connect")
+
+    def run_pipe(a: argparse.Namespace) -> int:
+        from jumpstarter.client.pipes import pipe_stdio
+
+        with client.stream(a.method) as stream:
+            return pipe_stdio(stream, send_input=not sys.stdin.isatty())
+
+    pipe.set_defaults(func=run_pipe)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> Any:
+    """The parser's subparsers action (added when a typed client made none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def add_call_commands(client: DriverClient, sub: Any) -> None:
+    """`call METHOD ARGS...` and `stream-call METHOD ARGS...`: every driver has them, typed or not."""
+    if "call" in sub.choices:
+        return
     methods = client.methods_description
     listing = "\n".join(f"  {name:<20} {text}" for name, text in sorted(methods.items()))
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     call = sub.add_parser(
         "call",
         help="call a method by name",
@@ -54,13 +79,3 @@ def add_generic_cli(client: DriverClient, parser: argparse.ArgumentParser) -> No
             print(json.dumps(item, sort_keys=True), flush=True)
 
     streaming.set_defaults(func=run_streaming)
-    pipe = sub.add_parser("pipe", help="connect stdin/stdout to a byte stream of the driver")
-    pipe.add_argument("method", nargs="?", default="connect")
-
-    def run_pipe(a: argparse.Namespace) -> int:
-        from jumpstarter.client.pipes import pipe_stdio
-
-        with client.stream(a.method) as stream:
-            return pipe_stdio(stream, send_input=not sys.stdin.isatty())
-
-    pipe.set_defaults(func=run_pipe)

@@ -14,7 +14,7 @@ from jumpstarter.interfaces.network import NetworkInterface
 
 
 class NetworkClient(DriverClient):
-    """A network service near the board: forward a local port, pipe, address."""
+    """A network service near the board: forward a local port to it, or pipe stdin/stdout to it."""
 
     interface = NetworkInterface
 
@@ -70,8 +70,9 @@ class NetworkClient(DriverClient):
         )
         add_forward_arguments(forward)
         forward.set_defaults(func=lambda a: run_forward(self, a))
-        address = sub.add_parser("address", help="print the service address as seen by the exporter")
-        address.set_defaults(func=lambda a: print(self.address()))
+        if self.offers("address"):  # echo/discard services have no address
+            address = sub.add_parser("address", help="print the service address as seen by the exporter")
+            address.set_defaults(func=lambda a: print(self.address()))
         pipe = sub.add_parser("pipe", help="connect stdin/stdout to one connection to the service")
 
         def run_pipe(a: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from collections.abc import Iterator
 
@@ -37,6 +36,17 @@ class PowerClient(DriverClient):
         for item in self.streamingcall("read"):
             yield PowerReading.from_value(item)
 
+    def readings(self, count: int, interval: float = 1.0) -> Iterator[PowerReading]:
+        """`count` readings (0 = forever): `read()` again, `interval` s later, when a switch sends fewer."""
+        given = 0
+        while True:
+            for reading in self.read():
+                yield reading
+                given += 1
+                if given == count:
+                    return
+            time.sleep(interval)  # the switch's stream ended: ask again at a steady pace
+
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
         sub.add_parser("on", help=self.method_help("on", "switch the board on")).set_defaults(
@@ -54,10 +64,17 @@ class PowerClient(DriverClient):
         read.add_argument(
             "-n", "--count", type=int, default=1, help="number of readings (default 1, 0 = forever)"
         )
+        read.add_argument(
+            "-i",
+            "--interval",
+            type=float,
+            default=1.0,
+            metavar="SECONDS",
+            help="pause before asking again when the switch has no more readings (default 1)",
+        )
 
         def run_read(a: argparse.Namespace) -> None:
-            readings = self.read() if a.count == 0 else itertools.islice(self.read(), a.count)
-            for r in readings:
+            for r in self.readings(a.count, a.interval):
                 print(f"{r.voltage:.3f} V  {r.current:.3f} A  {r.power:.3f} W", flush=True)
 
         read.set_defaults(func=run_read)
