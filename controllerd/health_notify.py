@@ -102,6 +102,9 @@ class Notifier:
 
 def notify_settings(value: Any) -> NotifySettings:
     """Checked `health_checks.notify` values (ValueError names the problem)."""
+    unknown = sorted(set(value) - {"url", "command", "timeout"})
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown setting (accepted: url, command, timeout)")
     url = value.get("url") or ""
     if url and not (isinstance(url, str) and url.startswith("https://") and len(url) <= 2048):
         raise ValueError("url: an https:// URL")
@@ -114,4 +117,7 @@ def notify_settings(value: Any) -> NotifySettings:
         or len(command) > 64
     ):
         raise ValueError("command: a program and its arguments (a list of text)")
-    return NotifySettings(url, command, float(value.get("timeout") or NOTIFY_TIMEOUT))
+    timeout = value.get("timeout", NOTIFY_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        raise ValueError("timeout: seconds, more than 0 and at most 300")
+    return NotifySettings(url, command, float(timeout))

@@ -118,6 +118,9 @@ def test_a_maintenance_reason_is_refused_not_trimmed(reason, problem):
         ("{url: 'http://hooks.lab/x'}", "url: an https:// URL"),
         ("{command: [sh, 3]}", "command: a program and its arguments"),
         ("[x]", "expected a mapping with url, command and timeout"),
+        ("{urll: 'https://hooks.lab/x'}", "urll: unknown setting (accepted: url, command, timeout)"),
+        ("{command: [notify-send], timeout: -1}", "timeout: seconds, more than 0 and at most 300"),
+        ("{command: [notify-send], timeout: '5'}", "timeout: seconds, more than 0 and at most 300"),
     ],
 )
 def test_a_bad_notification_hook_is_a_config_error(tmp_path, notify, problem):
