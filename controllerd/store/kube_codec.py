@@ -14,11 +14,13 @@ Encoding starts from the stored object when there is one (`base`), so what other
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import re
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from controllerd.errors import InvalidArgument
@@ -46,45 +48,61 @@ _STATUS_VALUES = {name: value for value, name in _STATUS_NAMES.items()}
 
 
 def rfc3339(ts: float | None) -> str | None:
-    """A POSIX time as RFC 3339 with microseconds (the API's MicroTime form; Time fields accept it)."""
+    """A POSIX time as RFC 3339 with nanoseconds: exact for a float time after 1974 (spacing > 1 ns),
+    and what metav1.Time / MicroTime and `format: date-time` accept."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    exact = Decimal(ts)
+    whole = int(exact.to_integral_value(rounding=ROUND_FLOOR))
+    fraction = (exact - whole).quantize(_NANO)
+    if fraction >= 1:  # rounded up to the next second
+        whole, fraction = whole + 1, fraction - 1
+    stamp = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{format(fraction, 'f')[2:]:0<9}Z"
 
 
 def from_rfc3339(text: Any) -> float | None:
-    if not text:
+    """RFC 3339 with any number of fraction digits (upstream writes whole seconds); bad text: unset."""
+    match = _RFC3339.match(str(text or ""))
+    if not match:
         return None
     try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+        when = datetime.fromisoformat(match["base"] + (match["zone"].replace("Z", "+00:00").replace("z", "+00:00")))
     except ValueError:
-        return None  # written by someone else in a form we do not read: as if unset
+        return None
+    return float(Decimal(int(when.timestamp())) + Decimal("0" + (match["fraction"] or ".0")))
 
 
+_NANO = Decimal("0.000000001")
+_RFC3339 = re.compile(r"^(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<fraction>\.\d{1,9})?(?P<zone>[Zz]|[+-]\d\d:\d\d)$")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "ms": Decimal("1e-3"),
+          "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}  # fmt: skip
 
 
 def go_duration(seconds: float | None) -> str | None:
-    """Seconds as a Go duration string (metav1.Duration), e.g. 3723.5 -> "1h2m3.5s"."""
+    """Seconds as a Go duration string (metav1.Duration), e.g. 3723.5 -> "1h2m3.5s" (to the nanosecond)."""
     if seconds is None:
         return None
-    hours, rest = divmod(seconds, 3600)
+    exact = Decimal(seconds).quantize(_NANO)
+    sign = "-" if exact < 0 else ""
+    hours, rest = divmod(abs(exact), 3600)
     minutes, secs = divmod(rest, 60)
-    text = (f"{int(hours)}h" if hours else "") + (f"{int(minutes)}m" if hours or minutes else "")
-    return text + f"{round(secs, 6):g}s"
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
+    secs_text = format(secs.normalize(), "f") if secs else "0"
+    return f"{sign}{text}{secs_text}s"
 
 
 def from_go_duration(text: Any) -> float | None:
     if not text:
         return None
     text = str(text)
-    sign = -1.0 if text.startswith("-") else 1.0
+    sign = -1 if text.startswith("-") else 1
     body = text.lstrip("+-")
     parts = _DURATION.findall(body)
     if not parts or "".join(n + u for n, u in parts) != body:
         return None
-    return sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    return sign * float(sum(Decimal(n) * _UNITS[u] for n, u in parts))
 
 
 def label_selector(text: str) -> Object:
@@ -327,11 +345,12 @@ def lease_object(record: Lease, base: Object | None) -> Object:
         labels.pop(ENDED_LABEL, None)
     annotations = _annotations(obj)
     annotations[SEQ] = str(record.seq)
-    # the exact strings: a LabelSelector or a Go duration cannot say "k=v,k=w" or 1e-7 s the same way
+    # the exact string: several selector strings give one LabelSelector ("k=v" and "k==v")
     annotations[PREFIX + "selector"] = record.selector
-    annotations[PREFIX + "times"] = json.dumps(
-        [record.duration, record.begin_time, record.end_time, record.effective_begin, record.effective_end]
-    )
+    if record.duration is not None and from_go_duration(go_duration(record.duration)) != record.duration:
+        annotations[PREFIX + "duration"] = repr(record.duration)  # finer than Go's nanoseconds
+    else:
+        annotations.pop(PREFIX + "duration", None)
     _identity(obj, record)
     _put_extras(obj, record, _LEASE)
     return obj
@@ -351,10 +370,10 @@ def lease_record(obj: Object) -> Lease:
         from_rfc3339(status.get("beginTime")),
         from_rfc3339(status.get("endTime")),
     ]
-    with _ignored():
-        exact_times = json.loads(annotations.get(PREFIX + "times") or "null")
-        if isinstance(exact_times, list) and len(exact_times) == 5:  # when they still say what the fields do
-            times = [e if _close(e, t) else t for e, t in zip(exact_times, times, strict=True)]
+    with contextlib.suppress(ValueError):
+        exact = float(annotations.get(PREFIX + "duration", "x"))
+        if times[0] is not None and abs(exact - times[0]) < 1e-6:  # still what spec.duration says
+            times[0] = exact
     seq = annotations.get(SEQ, "")
     return Lease(
         namespace=obj["metadata"]["namespace"],
@@ -386,20 +405,6 @@ def _same_selector(text: str, selector: Any) -> bool:
         return label_selector(text) == (selector or {})
     except InvalidArgument:
         return False
-
-
-def _close(exact: Any, field: float | None) -> bool:
-    if exact is None or field is None:
-        return exact is None and field is None
-    return isinstance(exact, int | float) and abs(exact - field) < 1e-3
-
-
-class _ignored:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        return kind is not None and issubclass(kind, ValueError | TypeError)
 
 
 # -- ExporterAccessPolicy -----------------------------------------------------------------

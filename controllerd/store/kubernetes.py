@@ -253,12 +253,9 @@ class KubernetesStore:
         wanted = lease.exporter if lease.active else None
         if wanted is not None and wanted != held:
             self._claim(wanted, lease.name)
-        try:
-            stored = self._write_strict(lease, base)
-        except BaseException:
-            if wanted is not None and wanted != held:
-                self._unclaim(wanted, lease.name)
-            raise
+        # A failed write leaves the claim: clearing it could race a replica granting this same
+        # lease this same exporter. A claim whose lease ended or went elsewhere is void (_holds).
+        stored = self._write_strict(lease, base)
         if held is not None and held != wanted:
             self._unclaim(held, lease.name)
         return stored

@@ -29,6 +29,7 @@ import contextlib
 import copy
 import json
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -218,6 +219,10 @@ def _selector(text: str) -> Any:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall per reply
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
