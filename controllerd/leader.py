@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,7 +101,7 @@ class LeaderElector:
             "leaseTransitions": transitions,
         }
 
-    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+    async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Forever: wait to be elected, run `lead()` while leading, cancel it when leadership is lost."""
         while True:
             while not await self._safe_try():
@@ -150,7 +150,9 @@ class LeaderElector:
             current = self.api.get(GROUP, VERSION, PLURAL, self.name)
             spec = current.get("spec") or {}
             if spec.get("holderIdentity") == self.identity:
-                current["spec"] = dict(spec, holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time())
+                current["spec"] = dict(
+                    spec, holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time()
+                )
                 self.api.replace(GROUP, VERSION, PLURAL, current)
 
         with contextlib.suppress(StorageError, NotFound):

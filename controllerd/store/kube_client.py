@@ -18,12 +18,12 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
 from controllerd.errors import Conflict, InvalidArgument, NotFound, StorageError
+from controllerd.store.kube_values import Object
 from jumpstarter.backoff import Backoff
 from jumpstarter.errors import ConfigError
 
 log = structlog.get_logger("store.kubernetes")
 
-Object = dict[str, Any]
 REQUEST_TIMEOUT = 30.0  # seconds for one API call
 WATCH_TIMEOUT = 300  # the server ends a watch after this; the informer then resumes it from its RV
 RESYNC = 60.0  # seconds between full re-lists, whatever the watch said (a missed event heals)
@@ -44,8 +44,11 @@ def parse_url(url: str) -> tuple[str, str | None, str | None]:
     query = parse_qs(parts.query, strict_parsing=False)
     unknown = set(query) - {"kubeconfig", "context"}
     if unknown:
-        raise ConfigError(f"store {url!r}: unknown option(s) {', '.join(sorted(unknown))} (kubeconfig, context)")
-    return parts.netloc, (query.get("kubeconfig") or [None])[0], (query.get("context") or [None])[0]
+        raise ConfigError(
+            f"store {url!r}: unknown option(s) {', '.join(sorted(unknown))} (kubeconfig, context)"
+        )
+    kubeconfig, context = query.get("kubeconfig"), query.get("context")
+    return parts.netloc, kubeconfig[0] if kubeconfig else None, context[0] if context else None
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> k8s.ApiClient:
@@ -92,7 +95,12 @@ class Api:
         return self._call(  # type: ignore[no-any-return]
             f"list {plural}",
             lambda: self.custom.list_namespaced_custom_object(
-                group, version, self.namespace, plural, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+                group,
+                version,
+                self.namespace,
+                plural,
+                label_selector=selector,
+                _request_timeout=REQUEST_TIMEOUT,
             ),
         )
 
@@ -113,11 +121,19 @@ class Api:
         )
         return self._call(  # type: ignore[no-any-return]
             f"update {plural}/{name}{'/status' if status else ''}",
-            lambda: method(group, version, self.namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT),
+            lambda: method(
+                group, version, self.namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT
+            ),
         )
 
-    def delete(self, group: str, version: str, plural: str, name: str, resource_version: str | None = None) -> None:
-        body = {"preconditions": {"resourceVersion": resource_version}} if resource_version else None
+    def delete(
+        self, group: str, version: str, plural: str, name: str, resource_version: str | None = None
+    ) -> None:
+        body = (
+            k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(resource_version=resource_version))
+            if resource_version
+            else None
+        )
         self._call(
             f"delete {plural}/{name}",
             lambda: self.custom.delete_namespaced_custom_object(
@@ -143,7 +159,7 @@ def _message(exc: k8s.ApiException) -> str:
     import json
 
     with contextlib.suppress(ValueError, TypeError):
-        return str(json.loads(exc.body).get("message", exc.reason))
+        return str(json.loads(exc.body or "").get("message", exc.reason))
     return str(exc.reason)
 
 

@@ -18,14 +18,28 @@ import contextlib
 import copy
 import dataclasses
 import json
-import re
-from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from controllerd.errors import InvalidArgument
-from controllerd.records import AccessPolicy, AuditEvent, Client, Condition, Exporter, ExporterStatus, Lease, TokenRecord
-from jumpstarter.selector import SelectorError, parse
+from controllerd.records import (
+    AccessPolicy,
+    AuditEvent,
+    Client,
+    Condition,
+    Exporter,
+    ExporterStatus,
+    Lease,
+    TokenRecord,
+)
+from controllerd.store.kube_values import (
+    Object,
+    from_go_duration,
+    from_rfc3339,
+    go_duration,
+    label_selector,
+    rfc3339,
+    selector_text,
+)
 
 GROUP, VERSION = "jumpstarter.dev", "v1alpha1"
 OUR_GROUP = "lab.jumpstarter.dev"
@@ -37,109 +51,12 @@ UID = "jumpstarter.dev/migrated-uid"  # upstream's: the UID used in token subjec
 ENDED_LABEL = "jumpstarter.dev/lease-ended"
 LEASE_REF = "leaseRef"
 
-Object = dict[str, Any]
 
 # Proto ExporterStatus <-> upstream's PascalCase strings (protoStatusToString).
-_STATUS_NAMES = {s.value: "".join(w.capitalize() for w in s.name.split("_")) for s in ExporterStatus}
+_STATUS_NAMES: dict[int, str] = {
+    s.value: "".join(w.capitalize() for w in s.name.split("_")) for s in ExporterStatus
+}
 _STATUS_VALUES = {name: value for value, name in _STATUS_NAMES.items()}
-
-
-# -- scalars ----------------------------------------------------------------------------
-
-
-def rfc3339(ts: float | None) -> str | None:
-    """A POSIX time as RFC 3339 with nanoseconds: exact for a float time after 1974 (spacing > 1 ns),
-    and what metav1.Time / MicroTime and `format: date-time` accept."""
-    if ts is None:
-        return None
-    exact = Decimal(ts)
-    whole = int(exact.to_integral_value(rounding=ROUND_FLOOR))
-    fraction = (exact - whole).quantize(_NANO)
-    if fraction >= 1:  # rounded up to the next second
-        whole, fraction = whole + 1, fraction - 1
-    stamp = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{format(fraction, 'f')[2:]:0<9}Z"
-
-
-def from_rfc3339(text: Any) -> float | None:
-    """RFC 3339 with any number of fraction digits (upstream writes whole seconds); bad text: unset."""
-    match = _RFC3339.match(str(text or ""))
-    if not match:
-        return None
-    try:
-        when = datetime.fromisoformat(match["base"] + (match["zone"].replace("Z", "+00:00").replace("z", "+00:00")))
-    except ValueError:
-        return None
-    return float(Decimal(int(when.timestamp())) + Decimal("0" + (match["fraction"] or ".0")))
-
-
-_NANO = Decimal("0.000000001")
-_RFC3339 = re.compile(r"^(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<fraction>\.\d{1,9})?(?P<zone>[Zz]|[+-]\d\d:\d\d)$")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "ms": Decimal("1e-3"),
-          "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}  # fmt: skip
-
-
-def go_duration(seconds: float | None) -> str | None:
-    """Seconds as a Go duration string (metav1.Duration), e.g. 3723.5 -> "1h2m3.5s" (to the nanosecond)."""
-    if seconds is None:
-        return None
-    exact = Decimal(seconds).quantize(_NANO)
-    sign = "-" if exact < 0 else ""
-    hours, rest = divmod(abs(exact), 3600)
-    minutes, secs = divmod(rest, 60)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
-    secs_text = format(secs.normalize(), "f") if secs else "0"
-    return f"{sign}{text}{secs_text}s"
-
-
-def from_go_duration(text: Any) -> float | None:
-    if not text:
-        return None
-    text = str(text)
-    sign = -1 if text.startswith("-") else 1
-    body = text.lstrip("+-")
-    parts = _DURATION.findall(body)
-    if not parts or "".join(n + u for n, u in parts) != body:
-        return None
-    return sign * float(sum(Decimal(n) * _UNITS[u] for n, u in parts))
-
-
-def label_selector(text: str) -> Object:
-    """Our selector string as a metav1.LabelSelector (`matchLabels` for the plain equalities)."""
-    try:
-        selector = parse(text)
-    except SelectorError as exc:
-        raise InvalidArgument(str(exc)) from None
-    match_labels: dict[str, str] = {}
-    expressions: list[Object] = []
-    for req in selector.requirements:
-        if req.operator == "In" and len(req.values) == 1 and req.key not in match_labels:
-            match_labels[req.key] = req.values[0]
-        else:
-            expressions.append({"key": req.key, "operator": req.operator, "values": list(req.values)})
-    out: Object = {}
-    if match_labels:
-        out["matchLabels"] = match_labels
-    if expressions:
-        out["matchExpressions"] = [{k: v for k, v in e.items() if v != []} for e in expressions]
-    return out
-
-
-def selector_text(selector: Any) -> str:
-    """A metav1.LabelSelector as our selector string (what `kubectl get -l` would take)."""
-    if not isinstance(selector, dict):
-        return ""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for e in selector.get("matchExpressions") or []:
-        key, op, values = e.get("key", ""), e.get("operator", ""), e.get("values") or []
-        if op == "Exists":
-            parts.append(key)
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-        elif op in ("In", "NotIn"):
-            parts.append(f"{key} {op.lower()} ({','.join(values)})")
-    return ",".join(parts)
 
 
 # -- common metadata ----------------------------------------------------------------------
@@ -248,7 +165,11 @@ def exporter_object(record: Exporter, base: Object | None) -> Object:
     _set(status, "lastSeen", rfc3339(record.last_seen))
     status["devices"] = [{k: v for k, v in d.items() if v is not None} for d in record.devices]
     conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Registered"]
-    registered = Condition("Registered", "True" if record.registered else "False", "Register" if record.registered else "Unregister")
+    registered = Condition(
+        "Registered",
+        "True" if record.registered else "False",
+        "Register" if record.registered else "Unregister",
+    )
     status["conditions"] = conditions + _conditions_out([registered], obj["metadata"].get("generation", 1))
     _identity(obj, record)
     _put_extras(obj, record, _EXPORTER)
@@ -259,12 +180,18 @@ def exporter_record(obj: Object) -> Exporter:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     annotations = obj["metadata"].get("annotations") or {}
     code = annotations.get(PREFIX + "exporter-status")
-    value = int(code) if code and code.isdigit() else _STATUS_VALUES.get(status.get("exporterStatus") or "", 0)
+    value = (
+        int(code) if code and code.isdigit() else _STATUS_VALUES.get(status.get("exporterStatus") or "", 0)
+    )
     registered = any(
         c.get("type") == "Registered" and c.get("status") == "True" for c in status.get("conditions") or []
     )
     devices = [
-        {"uuid": d.get("uuid", ""), "parent_uuid": d.get("parent_uuid"), "labels": dict(d.get("labels") or {})}
+        {
+            "uuid": d.get("uuid", ""),
+            "parent_uuid": d.get("parent_uuid"),
+            "labels": dict(d.get("labels") or {}),
+        }
         for d in status.get("devices") or []
     ]
     return Exporter(
@@ -413,7 +340,10 @@ def _same_selector(text: str, selector: Any) -> bool:
 def policy_object(record: AccessPolicy, base: Object | None) -> Object:
     """One of our policies is one ExporterAccessPolicy with one rule for one client selector."""
     obj = _start(base, "ExporterAccessPolicy", record.namespace, record.name)
-    rule: Object = {"priority": record.priority, "from": [{"clientSelector": label_selector(record.client_selector)}]}
+    rule: Object = {
+        "priority": record.priority,
+        "from": [{"clientSelector": label_selector(record.client_selector)}],
+    }
     if record.maximum_duration is not None:
         rule["maximumDuration"] = go_duration(record.maximum_duration)
     obj["spec"] = {"exporterSelector": label_selector(record.exporter_selector), "policies": [rule]}

@@ -29,7 +29,7 @@ import structlog
 from controllerd.errors import Conflict, InvalidArgument, NotFound, StorageError
 from controllerd.records import AccessPolicy, AuditEvent, Client, Exporter, Lease, TokenRecord
 from controllerd.store import kube_codec as codec
-from controllerd.store.kube_client import Api, Informer, StaleWrite, version_of
+from controllerd.store.kube_client import RESYNC, Api, Informer, StaleWrite, version_of
 from controllerd.store.kube_extras import Extras
 
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ class KubernetesStore:
         self.api = api
         self.namespace = api.namespace
         self.on_change: Callable[[], None] = lambda: None  # called from informer threads
-        extra = {} if resync is None else {"resync": resync}
-        self.exporters = Informer(api, G, V, "exporters", self._changed, **extra)
-        self.clients = Informer(api, G, V, "clients", self._changed, **extra)
-        self.policies = Informer(api, G, V, "exporteraccesspolicies", self._changed, **extra)
-        self.leases = Informer(api, G, V, "leases", self._changed, selector=f"{codec.ENDED_LABEL}!=true", **extra)
+        every = RESYNC if resync is None else resync
+        self.exporters = Informer(api, G, V, "exporters", self._changed, every)
+        self.clients = Informer(api, G, V, "clients", self._changed, every)
+        self.policies = Informer(api, G, V, "exporteraccesspolicies", self._changed, every)
+        self.leases = Informer(api, G, V, "leases", self._changed, every, f"{codec.ENDED_LABEL}!=true")
         self.informers = (self.exporters, self.clients, self.policies, self.leases)
         self.extras = Extras(api)
         for informer in self.informers:
@@ -75,7 +75,9 @@ class KubernetesStore:
         for informer in self.informers:
             if not informer.synced.wait(SYNC_TIMEOUT):
                 self.close()
-                raise StorageError(f"kubernetes store: could not list {informer.plural} within {SYNC_TIMEOUT:.0f}s")
+                raise StorageError(
+                    f"kubernetes store: could not list {informer.plural} within {SYNC_TIMEOUT:.0f}s"
+                )
 
     def _changed(self) -> None:
         self.on_change()
@@ -95,7 +97,9 @@ class KubernetesStore:
 
     # -- generic writes (blocking; run in a thread) ---------------------------------------
 
-    def _write(self, plural: str, informer: Informer | None, new: codec.Object, base: codec.Object | None) -> codec.Object:
+    def _write(
+        self, plural: str, informer: Informer | None, new: codec.Object, base: codec.Object | None
+    ) -> codec.Object:
         """Create, or replace the changed parts (object, then /status) of `base` by `new`."""
         if base is None:
             stored = self.api.create(G, V, plural, new)
@@ -115,7 +119,13 @@ class KubernetesStore:
             informer.put(stored)
         return stored
 
-    def _upsert(self, plural: str, informer: Informer, name: str, encode: Callable[[codec.Object | None], codec.Object]) -> None:
+    def _upsert(
+        self,
+        plural: str,
+        informer: Informer,
+        name: str,
+        encode: Callable[[codec.Object | None], codec.Object],
+    ) -> None:
         """Last writer wins on the record's fields (as SQLite's upsert); a 409 retries from the fresh object."""
         base = informer.get(name)
         for _ in range(WRITE_TRIES):
@@ -167,7 +177,11 @@ class KubernetesStore:
     async def save_exporter(self, exporter: Exporter, audit: Sequence[AuditEvent] = ()) -> None:
         self._check(exporter.namespace)
         await self._run(
-            self._upsert, "exporters", self.exporters, exporter.name, lambda base: codec.exporter_object(exporter, base)
+            self._upsert,
+            "exporters",
+            self.exporters,
+            exporter.name,
+            lambda base: codec.exporter_object(exporter, base),
         )
         await self._audit(audit)
 
@@ -188,11 +202,16 @@ class KubernetesStore:
     async def list_clients(self, namespace: str | None = None) -> list[Client]:
         if namespace not in (None, self.namespace):
             return []
-        return [codec.client_record(o) for o in sorted(self.clients.snapshot(), key=lambda o: o["metadata"]["name"])]
+        return [
+            codec.client_record(o)
+            for o in sorted(self.clients.snapshot(), key=lambda o: o["metadata"]["name"])
+        ]
 
     async def save_client(self, client: Client, audit: Sequence[AuditEvent] = ()) -> None:
         self._check(client.namespace)
-        await self._run(self._upsert, "clients", self.clients, client.name, lambda base: codec.client_object(client, base))
+        await self._run(
+            self._upsert, "clients", self.clients, client.name, lambda base: codec.client_object(client, base)
+        )
         await self._audit(audit)
 
     async def delete_client(self, namespace: str, name: str, audit: Sequence[AuditEvent] = ()) -> None:
@@ -217,7 +236,9 @@ class KubernetesStore:
         else:
             objs = (await self._run(self.api.list, G, V, "leases"))["items"]
         leases = [_remember(codec.lease_record(o), o) for o in objs]
-        return sorted((le for le in leases if not (only_active and le.ended)), key=lambda le: (le.seq, le.name))
+        return sorted(
+            (le for le in leases if not (only_active and le.ended)), key=lambda le: (le.seq, le.name)
+        )
 
     async def create_lease(self, lease: Lease, audit: Sequence[AuditEvent] = ()) -> Lease:
         self._check(lease.namespace)
@@ -314,7 +335,9 @@ class KubernetesStore:
                     return
                 status = {k: v for k, v in (obj.get("status") or {}).items() if k != codec.LEASE_REF}
                 try:
-                    self.exporters.put(self.api.replace(G, V, "exporters", dict(obj, status=status), status=True))
+                    self.exporters.put(
+                        self.api.replace(G, V, "exporters", dict(obj, status=status), status=True)
+                    )
                     return
                 except StaleWrite:
                     continue
@@ -377,4 +400,3 @@ def _meaningful(main: codec.Object) -> codec.Object:
     server = ("resourceVersion", "managedFields", "generation", "uid", "creationTimestamp", "selfLink")
     meta = {k: v for k, v in main.get("metadata", {}).items() if k not in server}
     return dict(main, metadata=meta)
-

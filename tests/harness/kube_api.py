@@ -98,12 +98,16 @@ class FakeCluster:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.revision = 0
         # (revision, type, key, object, the object before: a selector watch sees it leave or enter)
-        self.events: deque[tuple[int, str, Key, dict[str, Any], dict[str, Any] | None]] = deque(maxlen=history)
+        self.events: deque[tuple[int, str, Key, dict[str, Any], dict[str, Any] | None]] = deque(
+            maxlen=history
+        )
         self.oldest = 0  # the first revision still in the history, minus one
         self.generation = 0  # bumped by drop_watches()
         self.requests = 0
 
-    def _record(self, type_: str, key: Key, obj: dict[str, Any], before: dict[str, Any] | None = None) -> None:
+    def _record(
+        self, type_: str, key: Key, obj: dict[str, Any], before: dict[str, Any] | None = None
+    ) -> None:
         if len(self.events) == self.events.maxlen:
             self.oldest = self.events[0][0]
         self.events.append((self.revision, type_, key, copy.deepcopy(obj), before))
@@ -157,13 +161,17 @@ class FakeCluster:
         wanted = (body.get("metadata") or {}).get("resourceVersion")
         if not wanted and kind.custom:
             raise ApiError(
-                422, "Invalid", f'{kind.kind} "{key[2]}" is invalid: metadata.resourceVersion: '
-                "Invalid value: 0: must be specified for an update"
+                422,
+                "Invalid",
+                f'{kind.kind} "{key[2]}" is invalid: metadata.resourceVersion: '
+                "Invalid value: 0: must be specified for an update",
             )
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             raise ApiError(
-                409, "Conflict", f'Operation cannot be fulfilled on {key[0][2]}.{key[0][0]} "{key[2]}": '
-                "the object has been modified; please apply your changes to the latest version and try again"
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[0][2]}.{key[0][0]} "{key[2]}": '
+                "the object has been modified; please apply your changes to the latest version and try again",
             )
         obj = copy.deepcopy(current)
         if status_only:
@@ -192,8 +200,10 @@ class FakeCluster:
         wanted = ((body or {}).get("preconditions") or {}).get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             raise ApiError(
-                409, "Conflict", f'Operation cannot be fulfilled on {key[0][2]}.{key[0][0]} "{key[2]}": '
-                "Precondition failed: ResourceVersion in precondition does not match"
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[0][2]}.{key[0][0]} "{key[2]}": '
+                "Precondition failed: ResourceVersion in precondition does not match",
             )
         del self.objects[key]
         self._bump(current)
@@ -243,11 +253,15 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         match = _PATH.match(parts.path)
         if not match:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({parts.path})")
+            raise ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({parts.path})"
+            )
         gvr = (match["group"], match["version"], match["plural"])
         kind = KINDS.get(gvr)
         if kind is None or (match["sub"] and not kind.status):
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({parts.path})")
+            raise ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({parts.path})"
+            )
         ns, name = match["ns"], match["name"]
         if name is not None and ns is None:
             raise ApiError(404, "NotFound", "namespaced resources need a namespace")
@@ -280,12 +294,15 @@ class _Handler(BaseHTTPRequestHandler):
                 with cluster.lock:
                     items = copy.deepcopy(cluster.select(gvr, ns, selector))
                     version = str(cluster.revision)
-                self._send(200, {
-                    "apiVersion": f"{gvr[0]}/{gvr[1]}",
-                    "kind": f"{kind.kind}List",
-                    "metadata": {"resourceVersion": version},
-                    "items": items,
-                })
+                self._send(
+                    200,
+                    {
+                        "apiVersion": f"{gvr[0]}/{gvr[1]}",
+                        "kind": f"{kind.kind}List",
+                        "metadata": {"resourceVersion": version},
+                        "items": items,
+                    },
+                )
                 return
             body = self._body() if method in ("POST", "PUT", "DELETE") else {}
             with cluster.lock:
@@ -294,7 +311,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if not name:
                         raise ApiError(422, "Invalid", "metadata.name: Required value: name is required")
                     if (body.get("metadata") or {}).get("namespace") not in (None, ns):
-                        raise ApiError(400, "BadRequest", "the namespace of the object does not match the request")
+                        raise ApiError(
+                            400, "BadRequest", "the namespace of the object does not match the request"
+                        )
                     self._send(201, copy.deepcopy(cluster.create((gvr, ns, name), kind, body)))
                 elif key is None:
                     raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on a collection here")
@@ -316,7 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _watch(self, gvr: tuple[str, str, str], ns: str | None, selector: str, query: dict[str, list[str]]) -> None:
+    def _watch(
+        self, gvr: tuple[str, str, str], ns: str | None, selector: str, query: dict[str, list[str]]
+    ) -> None:
         cluster = self.server.cluster
         wanted = _selector(selector)
         since = (query.get("resourceVersion") or [""])[0]
@@ -328,14 +349,18 @@ class _Handler(BaseHTTPRequestHandler):
         end = time.monotonic() + timeout
 
         def ours(key: Key, obj: dict[str, Any]) -> bool:
-            return key[0] == gvr and (ns is None or key[1] == ns) and wanted.matches(
-                obj["metadata"].get("labels") or {}
+            return (
+                key[0] == gvr
+                and (ns is None or key[1] == ns)
+                and wanted.matches(obj["metadata"].get("labels") or {})
             )
 
         with cluster.lock:
             generation = cluster.generation
             if since in ("", "0"):  # start from "any": the current state as ADDED events first
-                backlog = [("ADDED", copy.deepcopy(o)) for k, o in sorted(cluster.objects.items()) if ours(k, o)]
+                backlog = [
+                    ("ADDED", copy.deepcopy(o)) for k, o in sorted(cluster.objects.items()) if ours(k, o)
+                ]
                 position = cluster.revision
             elif not since.isdigit() or int(since) < cluster.oldest:
                 gone = ApiError(410, "Expired", f"too old resource version: {since} ({cluster.oldest + 1})")

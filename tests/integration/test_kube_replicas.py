@@ -105,8 +105,14 @@ def test_the_other_replica_takes_over_when_the_leader_dies_and_nothing_is_grante
     async def add_boards() -> None:
         for name in exporters:
             await seed.save_exporter(
-                Exporter(NS, name, labels={"board": "rpi4"}, status=ExporterStatus.AVAILABLE,
-                         last_seen=time.time(), registered=True)  # fmt: skip
+                Exporter(
+                    NS,
+                    name,
+                    labels={"board": "rpi4"},
+                    status=ExporterStatus.AVAILABLE,
+                    last_seen=time.time(),
+                    registered=True,
+                )  # fmt: skip
             )
 
     asyncio.run(add_boards())
@@ -148,7 +154,9 @@ def test_the_other_replica_takes_over_when_the_leader_dies_and_nothing_is_grante
             time.sleep(0.1)
         assert double_grants(cluster.cluster) == []
         with cluster.cluster.lock:
-            holder = cluster.cluster.objects[(("coordination.k8s.io", "v1", "leases"), NS, "jumpstarter-controller")]
+            holder = cluster.cluster.objects[
+                (("coordination.k8s.io", "v1", "leases"), NS, "jumpstarter-controller")
+            ]
         assert holder["spec"]["holderIdentity"] == "replica-b"
         assert holder["spec"]["leaseTransitions"] == 1
         assert takeover < 30  # seconds (3 s lease): generous for a loaded machine
@@ -169,7 +177,7 @@ def test_the_invariant_checker_sees_a_double_grant():
             current = fake.objects[(gvr, NS, name)]
             body = dict(current, status={"exporterRef": {"name": "board-0"}, "ended": False})
             fake.replace((gvr, NS, name), _kind(), body, status_only=True)
-    assert double_grants(fake) == [f"rv 4: board-0 held by ['a', 'b']"]
+    assert double_grants(fake) == ["rv 4: board-0 held by ['a', 'b']"]
 
 
 def _kind() -> Any:

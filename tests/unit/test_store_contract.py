@@ -61,7 +61,9 @@ def test_records_read_back_as_written_and_survive_a_restart(backing):
         allow_disabled=True,
     )
     policy = AccessPolicy(NAMESPACE, "p1", "board=rpi4", "team=kernel", priority=7, maximum_duration=3600.0)
-    token = TokenRecord("5f0c3c7e-1d7b-4a3e-9a4e-2b7f5e0d9c11", client.subject, NAMESPACE, "Client", "alice", 1.5, 99.5)
+    token = TokenRecord(
+        "5f0c3c7e-1d7b-4a3e-9a4e-2b7f5e0d9c11", client.subject, NAMESPACE, "Client", "alice", 1.5, 99.5
+    )
 
     async def write(store):
         await store.save_exporter(exporter)
@@ -239,7 +241,15 @@ def test_audit_ids_keep_growing_across_pruning_and_restarts(backing):
 def test_token_records_are_listed_by_subject_and_revocations_kept(backing):
     store = backing.open()
     tokens = [
-        TokenRecord(f"00000000-0000-4000-8000-00000000000{i}", f"client:{NAMESPACE}:c{i % 2}:u", NAMESPACE, "Client", f"c{i % 2}", float(i), 1e10)
+        TokenRecord(
+            f"00000000-0000-4000-8000-00000000000{i}",
+            f"client:{NAMESPACE}:c{i % 2}:u",
+            NAMESPACE,
+            "Client",
+            f"c{i % 2}",
+            float(i),
+            1e10,
+        )
         for i in range(4)
     ]
 
@@ -247,7 +257,10 @@ def test_token_records_are_listed_by_subject_and_revocations_kept(backing):
         await store.save_tokens(tokens)
         tokens[1].revoked = tokens[2].revoked = True
         await store.save_tokens([tokens[1], tokens[2]])
-        assert [t.jti for t in await store.list_tokens(f"client:{NAMESPACE}:c1:u")] == [tokens[1].jti, tokens[3].jti]
+        assert [t.jti for t in await store.list_tokens(f"client:{NAMESPACE}:c1:u")] == [
+            tokens[1].jti,
+            tokens[3].jti,
+        ]
         assert await store.revoked_tokens() == {tokens[1].jti, tokens[2].jti}
 
     run(scenario())
