@@ -96,12 +96,12 @@ class FakeCluster:
     def __init__(self, history: int = 2000) -> None:
         self.lock = threading.Condition()
         self.objects: dict[Key, dict[str, Any]] = {}
-        self.revision = 0
+        self.revision = 1  # etcd's first revision: a list of nothing still names a version to watch from
         # (revision, type, key, object, the object before: a selector watch sees it leave or enter)
         self.events: deque[tuple[int, str, Key, dict[str, Any], dict[str, Any] | None]] = deque(
             maxlen=history
         )
-        self.oldest = 0  # the first revision still in the history, minus one
+        self.oldest = 1  # the first revision still in the history, minus one
         self.generation = 0  # bumped by drop_watches()
         self.requests = 0
 

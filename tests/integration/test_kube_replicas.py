@@ -177,7 +177,7 @@ def test_the_invariant_checker_sees_a_double_grant():
             current = fake.objects[(gvr, NS, name)]
             body = dict(current, status={"exporterRef": {"name": "board-0"}, "ended": False})
             fake.replace((gvr, NS, name), _kind(), body, status_only=True)
-    assert double_grants(fake) == ["rv 4: board-0 held by ['a', 'b']"]
+    assert double_grants(fake) == ["rv 5: board-0 held by ['a', 'b']"]
 
 
 def _kind() -> Any:
