@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from controllerd.errors import Conflict, NotFound, StorageError
-from controllerd.store.kube_client import Api
+from controllerd.hub import Hub
+from controllerd.scheduler import LeaseScheduler
+from controllerd.store import Store
+
+if TYPE_CHECKING:
+    from controllerd.store.kube_client import Api
 
 log = structlog.get_logger("leader")
 
@@ -158,3 +166,29 @@ class LeaderElector:
         with contextlib.suppress(StorageError, NotFound):
             await asyncio.to_thread(give_up)
         self.leading = False
+
+
+def replicate(
+    store: Store, hub: Hub, scheduler: LeaseScheduler, identity: str | None = None
+) -> LeaderElector | None:
+    """Wire a replica of a Kubernetes-backed controller: watches wake the scheduler and tell exporter
+    streams about lease changes made elsewhere; only the elected replica plans. None for SQLite.
+
+    Run `elector.run(scheduler.run)` instead of `scheduler.run()`; call it from the event loop."""
+    kube = sys.modules.get("controllerd.store.kubernetes")  # not imported: not a Kubernetes store
+    if kube is None or not isinstance(store, kube.KubernetesStore):
+        return None
+    loop = asyncio.get_running_loop()
+
+    def react(plural: str, obj: dict[str, Any] | None) -> None:
+        hub.wake_scheduler()
+        if plural == "leases" and obj is not None:  # granted or ended by another replica
+            exporter = ((obj.get("status") or {}).get("exporterRef") or {}).get("name")
+            if exporter:
+                hub.exporter_changed(store.namespace, exporter)
+
+    store.on_change = lambda plural, obj: loop.call_soon_threadsafe(react, plural, obj)
+    name = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    elector = LeaderElector(store.api, name)
+    scheduler.leading = lambda: elector.leading
+    return elector

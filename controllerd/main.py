@@ -50,6 +50,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.controller_service import ControllerService
     from controllerd.dial_limits import DialLimits
     from controllerd.hub import Hub
+    from controllerd.leader import replicate
     from controllerd.liveness import server_keepalive_options
     from controllerd.scheduler import LeaseScheduler
     from controllerd.store import open_store
@@ -176,7 +177,10 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         admin_socket=config.admin_socket,
         routers=config.routers,
     )
-    scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    elector = replicate(store, hub, scheduler)  # Kubernetes store: one replica schedules (leader election)
+    scheduler_task = asyncio.create_task(
+        elector.run(scheduler.run) if elector is not None else scheduler.run(), name="scheduler"
+    )
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
     )
@@ -187,6 +191,8 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     await stop.wait()
     log.info("stopping")
     scheduler_task.cancel()
+    if elector is not None:
+        await elector.release()  # the next replica takes over at once, not after the lease expires
     prune_task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)

@@ -176,8 +176,8 @@ class Informer:
     """A kind's objects in memory by name: listed, then watched from the list's resourceVersion.
 
     A watch that ends is resumed from the last event's version; `410 Gone` (history compacted)
-    or any error means a fresh list; every RESYNC seconds it lists again anyway. `on_change`
-    is called (in the informer's thread) after anything changed."""
+    or any error means a fresh list; every RESYNC seconds it lists again anyway. `on_change(plural,
+    object)` is called in the informer's thread after an event (object None after a full list)."""
 
     def __init__(
         self,
@@ -185,7 +185,7 @@ class Informer:
         group: str,
         version: str,
         plural: str,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[str, Object | None], None] = lambda plural, obj: None,
         resync: float = RESYNC,
         selector: str = "",
     ) -> None:
@@ -237,7 +237,7 @@ class Informer:
             self._gone.clear()
         self.relists += 1
         self.synced.set()
-        self.on_change()
+        self.on_change(self.plural, None)
         return str(listed["metadata"]["resourceVersion"])
 
     def _run(self) -> None:
@@ -296,4 +296,4 @@ class Informer:
                 self.objects.pop(name, None)
             else:
                 self.objects[name] = obj
-        self.on_change()
+        self.on_change(self.plural, obj)

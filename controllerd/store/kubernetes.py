@@ -62,7 +62,8 @@ class KubernetesStore:
     def __init__(self, api: Api, *, resync: float | None = None) -> None:
         self.api = api
         self.namespace = api.namespace
-        self.on_change: Callable[[], None] = lambda: None  # called from informer threads
+        # what the watches saw change (kind plural, object or None after a full list); informer threads
+        self.on_change: Callable[[str, codec.Object | None], None] = lambda plural, obj: None
         every = RESYNC if resync is None else resync
         self.exporters = Informer(api, G, V, "exporters", self._changed, every)
         self.clients = Informer(api, G, V, "clients", self._changed, every)
@@ -79,8 +80,8 @@ class KubernetesStore:
                     f"kubernetes store: could not list {informer.plural} within {SYNC_TIMEOUT:.0f}s"
                 )
 
-    def _changed(self) -> None:
-        self.on_change()
+    def _changed(self, plural: str, obj: codec.Object | None) -> None:
+        self.on_change(plural, obj)
 
     def close(self) -> None:
         for informer in self.informers:

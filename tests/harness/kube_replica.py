@@ -14,7 +14,7 @@ import asyncio
 import sys
 
 from controllerd.hub import Hub
-from controllerd.leader import LeaderElector
+from controllerd.leader import replicate
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import open_store
 from controllerd.store.kubernetes import KubernetesStore
@@ -24,10 +24,10 @@ LEASE_SECONDS = 3.0  # short, so a takeover in the test takes seconds
 
 async def replica(store: KubernetesStore, identity: str) -> None:
     hub = Hub()
-    loop = asyncio.get_running_loop()
-    store.on_change = lambda: loop.call_soon_threadsafe(hub.wake_scheduler)  # kubectl-made leases too
     scheduler = LeaseScheduler(store, hub, offline_after=3600)
-    elector = LeaderElector(store.api, identity, duration=LEASE_SECONDS, renew_deadline=2.0, retry=0.5)
+    elector = replicate(store, hub, scheduler, identity)  # what controllerd/main.py does
+    assert elector is not None
+    elector.duration, elector.renew_deadline, elector.retry = LEASE_SECONDS, 2.0, 0.5
 
     async def lead() -> None:
         print(f"LEADING {identity}", flush=True)

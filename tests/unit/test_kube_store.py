@@ -86,7 +86,7 @@ def test_an_exporter_made_with_kubectl_is_seen_and_granted_without_a_poke(api):
     async def scenario():
         hub = Hub()
         loop = asyncio.get_running_loop()
-        store.on_change = lambda: loop.call_soon_threadsafe(hub.wake_scheduler)
+        store.on_change = lambda plural, obj: loop.call_soon_threadsafe(hub.wake_scheduler)
         scheduler = LeaseScheduler(store, hub, offline_after=3600)
         await store.save_exporter(
             Exporter(NS, "offline", labels={"board": "rpi4"}, status=ExporterStatus.OFFLINE)
