@@ -92,9 +92,8 @@ class LeaseScheduler:
         )
         self._changes = 0  # lease changes made by requests
         self._planned = 0  # how many of them the latest pass started after
-        self.leading: Callable[[], bool] = lambda: (
-            True
-        )  # only the elected replica plans (controllerd/leader.py)
+        # only the elected replica plans (controllerd/leader.py sets this on the Kubernetes store)
+        self.leading: Callable[[], bool] = lambda: True
 
     # -- liveness --------------------------------------------------------------
 
