@@ -286,3 +286,40 @@ def test_the_test_api_server_follows_the_documented_rules(api):
     assert (
         event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
     )
+
+
+def test_a_replica_hears_of_grants_made_by_another_and_does_not_plan_while_following(api):
+    """replicate() (what controllerd/main.py runs): the follower's exporter streams learn of the
+    leader's grant through the watch, and the follower's own passes grant nothing."""
+    from controllerd.leader import replicate
+
+    leader, follower = open_kube(api), open_kube(api)
+
+    async def scenario():
+        hub = Hub()
+        scheduler = LeaseScheduler(follower, hub, offline_after=3600)
+        elector = replicate(follower, hub, scheduler, "follower")
+        assert elector is not None and not elector.leading
+        await leader.save_exporter(
+            Exporter(
+                NS, "e1", labels={"board": "rpi4"}, status=ExporterStatus.AVAILABLE, last_seen=time.time()
+            )
+        )
+        wait_until(lambda: follower.exporters.get("e1") is not None)
+        lease = await scheduler.submit(Lease(NS, "l1", "alice", selector="board=rpi4", duration=600))
+        await scheduler.poke()
+        assert (
+            lease.exporter is None and (await follower.get_lease(NS, "l1")).exporter is None
+        )  # stored, not planned
+        seen = hub.exporters[(NS, "e1")].version
+        wait_until(lambda: leader.leases.get("l1") is not None)
+        await LeaseScheduler(leader, Hub(), offline_after=3600).poke()  # the leader plans
+        deadline = Deadline(30)
+        while hub.exporters[(NS, "e1")].version == seen:  # the follower's streams of e1 are woken
+            assert not deadline.expired(), "the follower never heard of the grant"
+            await asyncio.sleep(0.02)
+        return await follower.get_lease(NS, "l1")
+
+    assert asyncio.run(scenario()).exporter == "e1"
+    leader.close()
+    follower.close()
