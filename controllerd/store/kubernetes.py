@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +54,44 @@ def _based_on(record: Any) -> codec.Object | None:
     return vars(record).get("_kube_object")  # type: ignore[no-any-return]
 
 
+class Decoded:
+    """Records decoded from objects, kept by name and resourceVersion: a scheduler pass reads every
+    exporter and open lease, and decoding 1,000 objects each time would be most of its cost.
+    Callers get copies (they change what they get); the copy keeps the object it came from."""
+
+    def __init__(self, decode: Callable[[codec.Object], Any], copy_record: Callable[[Any], Any]) -> None:
+        self.decode, self.copy_record = decode, copy_record
+        self.records: dict[str, tuple[str, Any]] = {}
+
+    def __call__(self, obj: codec.Object) -> Any:
+        name, version = obj["metadata"]["name"], obj["metadata"].get("resourceVersion", "")
+        cached = self.records.get(name)
+        if cached is None or cached[0] != version or not version:
+            cached = (version, _remember(self.decode(obj), obj))
+            self.records[name] = cached
+        return self.copy_record(cached[1])
+
+    def only(self, objs: list[codec.Object]) -> None:
+        """Forget records no longer listed (deleted exporters, ended leases)."""
+        names = {o["metadata"]["name"] for o in objs}
+        if len(self.records) > len(names):
+            self.records = {n: r for n, r in self.records.items() if n in names}
+
+
+def _copy_exporter(exporter: Exporter) -> Exporter:
+    copied = copy.copy(exporter)  # __dict__ and all: the stored object it was read from too
+    copied.labels = dict(exporter.labels)
+    copied.devices = [dict(d) for d in exporter.devices]
+    return copied
+
+
+def _copy_lease(lease: Lease) -> Lease:
+    copied = copy.copy(lease)
+    copied.tags, copied.context = dict(lease.tags), dict(lease.context)
+    copied.conditions = [copy.copy(c) for c in lease.conditions]
+    return copied
+
+
 def _parts(obj: codec.Object) -> tuple[codec.Object, Any]:
     main = {k: v for k, v in obj.items() if k != "status"}
     return main, obj.get("status")
@@ -71,6 +110,8 @@ class KubernetesStore:
         self.leases = Informer(api, G, V, "leases", self._changed, every, f"{codec.ENDED_LABEL}!=true")
         self.informers = (self.exporters, self.clients, self.policies, self.leases)
         self.extras = Extras(api)
+        self._exporter = Decoded(codec.exporter_record, _copy_exporter)
+        self._lease = Decoded(codec.lease_record, _copy_lease)
         for informer in self.informers:
             informer.start()
         for informer in self.informers:
@@ -167,13 +208,14 @@ class KubernetesStore:
         obj = self.exporters.get(name)
         if obj is None:
             raise NotFound(f"exporter {namespace}/{name} not found")
-        return _remember(codec.exporter_record(obj), obj)
+        return self._exporter(obj)  # type: ignore[no-any-return]
 
     async def list_exporters(self, namespace: str | None = None) -> list[Exporter]:
         if namespace not in (None, self.namespace):
             return []
         objs = sorted(self.exporters.snapshot(), key=lambda o: o["metadata"]["name"])
-        return [_remember(codec.exporter_record(o), o) for o in objs]
+        self._exporter.only(objs)
+        return [self._exporter(o) for o in objs]
 
     async def save_exporter(self, exporter: Exporter, audit: Sequence[AuditEvent] = ()) -> None:
         self._check(exporter.namespace)
@@ -227,16 +269,19 @@ class KubernetesStore:
         obj = self.leases.get(name)
         if obj is None:  # ended leases are not in the informer
             obj = await self._run(self.api.get, G, V, "leases", name)
-        return _remember(codec.lease_record(obj), obj)
+            return _remember(codec.lease_record(obj), obj)
+        return self._lease(obj)  # type: ignore[no-any-return]
 
     async def list_leases(self, namespace: str | None = None, *, only_active: bool = False) -> list[Lease]:
         if namespace not in (None, self.namespace):
             return []
         if only_active:
             objs = self.leases.snapshot()
+            self._lease.only(objs)
+            leases = [self._lease(o) for o in objs]
         else:
             objs = (await self._run(self.api.list, G, V, "leases"))["items"]
-        leases = [_remember(codec.lease_record(o), o) for o in objs]
+            leases = [_remember(codec.lease_record(o), o) for o in objs]
         return sorted(
             (le for le in leases if not (only_active and le.ended)), key=lambda le: (le.seq, le.name)
         )
@@ -347,7 +392,7 @@ class KubernetesStore:
 
     async def count_pending_leases(self, namespace: str, client: str) -> int:
         self._check(namespace)
-        leases = [codec.lease_record(o) for o in self.leases.snapshot()]
+        leases = [self._lease(o) for o in self.leases.snapshot()]
         return sum(1 for le in leases if le.pending and le.client == client)
 
     # -- policies -------------------------------------------------------------------------------
