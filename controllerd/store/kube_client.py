@@ -10,7 +10,6 @@ import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from kubernetes import client as k8s
@@ -31,24 +30,6 @@ RESYNC = 60.0  # seconds between full re-lists, whatever the watch said (a misse
 
 class StaleWrite(StorageError):
     """The object changed since it was read (another writer): nothing stored; re-read and retry."""
-
-
-def parse_url(url: str) -> tuple[str, str | None, str | None]:
-    """`kubernetes://NAMESPACE?kubeconfig=PATH&context=NAME` -> (namespace, kubeconfig, context).
-
-    Without `kubeconfig` the controller uses its pod's ServiceAccount when it runs in a cluster,
-    else the default kubeconfig (~/.kube/config or $KUBECONFIG)."""
-    parts = urlsplit(url)
-    if parts.scheme != "kubernetes" or not parts.netloc or parts.path not in ("", "/"):
-        raise ConfigError(f"store {url!r}: expected kubernetes://NAMESPACE?kubeconfig=PATH&context=NAME")
-    query = parse_qs(parts.query, strict_parsing=False)
-    unknown = set(query) - {"kubeconfig", "context"}
-    if unknown:
-        raise ConfigError(
-            f"store {url!r}: unknown option(s) {', '.join(sorted(unknown))} (kubeconfig, context)"
-        )
-    kubeconfig, context = query.get("kubeconfig"), query.get("context")
-    return parts.netloc, kubeconfig[0] if kubeconfig else None, context[0] if context else None
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> k8s.ApiClient:

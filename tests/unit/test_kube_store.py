@@ -230,6 +230,28 @@ def test_urls_and_namespaces_are_checked(api):
     store.close()
 
 
+@pytest.mark.parametrize(
+    "store, error",
+    [
+        ("kubernetes://jumpstarter", None),
+        ("kubernetes://lab?kubeconfig=/etc/k.yaml&context=kind-lab", None),
+        ("kubernetes://Lab_1", "expected kubernetes://NAMESPACE"),
+        ("kubernetes://lab?token=x", "unknown option"),
+        ("postgres://db", "expected sqlite:///PATH or kubernetes://NAMESPACE"),
+    ],
+)
+def test_controllerd_yaml_takes_a_kubernetes_store(tmp_path, store, error):
+    from controllerd import config
+
+    path = tmp_path / "controllerd.yaml"
+    path.write_text(f"store: {store!r}\n")
+    if error is None:
+        assert config.load(str(path)).store == store
+    else:
+        with pytest.raises(ConfigError, match=error):
+            config.load(str(path))
+
+
 def _request(
     api: KubeApiServer, method: str, path: str, body: Any = None, token: str | None = None
 ) -> tuple[int, Any]:
