@@ -121,6 +121,21 @@ def test_a_watch_from_a_compacted_version_gets_410_and_the_store_lists_again(api
     store.close()
 
 
+def test_a_resync_heals_a_change_whose_event_was_missed(api):
+    from controllerd.store.kube_client import Api, api_client
+
+    store = KubernetesStore(Api(api_client(api.kubeconfig, None), NS), resync=0.5)
+    kubectl_apply(api, EXPORTERS, upstream_exporter("e1"))
+    wait_until(lambda: store.exporters.get("e1") is not None)
+    with api.cluster.lock:  # changed without an event (one a watch lost): only a new list shows it
+        obj = api.cluster.objects[(EXPORTERS, NS, "e1")]
+        obj["spec"]["enabled"] = False
+        api.cluster.revision += 1
+        obj["metadata"]["resourceVersion"] = str(api.cluster.revision)
+    wait_until(lambda: asyncio.run(store.get_exporter(NS, "e1")).enabled is False)
+    store.close()
+
+
 def test_stored_objects_carry_upstreams_fields_and_the_ended_label(api):
     store = open_kube(api)
 
