@@ -213,9 +213,14 @@ class Informer:
 
     def _relist(self) -> str:
         listed = self.api.list(self.group, self.version, self.plural, self.selector)
+        at = version_of(listed)
         with self.lock:
-            self.objects = {o["metadata"]["name"]: o for o in listed.get("items") or []}
-            self._gone.clear()
+            fresh = {o["metadata"]["name"]: o for o in listed.get("items") or []}
+            for name, mine in self.objects.items():  # our own writes newer than the list stay
+                if version_of(mine) > max(at, version_of(fresh.get(name) or {})):
+                    fresh[name] = mine
+            self.objects = fresh
+            self._gone = {n: v for n, v in self._gone.items() if v > at}
         self.relists += 1
         self.synced.set()
         self.on_change(self.plural, None)
