@@ -94,8 +94,18 @@ def _listen(value: Any, where: Where) -> str:
 def _store(value: Any, where: Where) -> str:
     if not isinstance(value, str):
         raise where.error(f"expected text, got {got(value)}")
+    if value.startswith(
+        "kubernetes://"
+    ):  # upstream's CRDs in one namespace (controllerd/store/kubernetes.py)
+        from controllerd.store import kubernetes_url
+
+        try:
+            kubernetes_url(value)
+        except ConfigError as exc:
+            raise where.error(str(exc)) from None
+        return value
     if not value.startswith("sqlite://"):
-        raise where.error("expected sqlite:///PATH (the Kubernetes store is not available yet)")
+        raise where.error("expected sqlite:///PATH or kubernetes://NAMESPACE?kubeconfig=PATH&context=NAME")
     return value
 
 

@@ -51,6 +51,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.dial_limits import DialLimits
     from controllerd.health_checks import HealthChecker
     from controllerd.hub import Hub
+    from controllerd.leader import replicate
     from controllerd.liveness import server_keepalive_options
     from controllerd.scheduler import LeaseScheduler
     from controllerd.store import open_store
@@ -210,7 +211,10 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         checker.lease_event(kind, lease)
 
     scheduler.on_event = on_event
-    scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    elector = replicate(store, hub, scheduler)  # Kubernetes store: one replica schedules (leader election)
+    scheduler_task = asyncio.create_task(
+        elector.run(scheduler.run) if elector is not None else scheduler.run(), name="scheduler"
+    )
     health_task = asyncio.create_task(checker.schedule_forever(), name="health-checks")
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
@@ -222,6 +226,8 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     await stop.wait()
     log.info("stopping")
     scheduler_task.cancel()
+    if elector is not None:
+        await elector.release()  # the next replica takes over at once, not after the lease expires
     prune_task.cancel()
     health_task.cancel()
     if dashboard is not None:

@@ -93,6 +93,8 @@ class LeaseScheduler:
         )
         self._changes = 0  # lease changes made by requests
         self._planned = 0  # how many of them the latest pass started after
+        # only the elected replica plans (controllerd/leader.py sets this on the Kubernetes store)
+        self.leading: Callable[[], bool] = lambda: True
 
     # -- liveness --------------------------------------------------------------
 
@@ -266,6 +268,8 @@ class LeaseScheduler:
 
     async def _pass(self) -> float | None:
         """Take stock, expire and hold, queue, grant in order, write positions; returns the next timer."""
+        if not self.leading():  # another replica schedules; this one stores requests and serves reads
+            return None
         self._planned = self._changes  # restored by _changing() if the transaction rolls back
         self.stats["passes"] += 1
         leases, plan = await self._take_stock(self.clock())

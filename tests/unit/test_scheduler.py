@@ -1,4 +1,5 @@
-"""The lease scheduler against the real SQLite store (in a temp file)."""
+"""The lease scheduler against both real stores: SQLite (in a temp file) and Kubernetes (on the
+in-test API server, tests/harness/kube_api.py); part of the store contract suite."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from controllerd.records import AccessPolicy, Client, Exporter, ExporterStatus, 
 from controllerd.scheduler import LeaseRequestError, LeaseScheduler, resolve_times
 from controllerd.store import Conflict, open_store
 from jumpstarter.selector import parse
+from tests.unit.stores import STORES, Backing
 from tests.unit.worktrace import count_lines
 
 
@@ -22,14 +24,14 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def env(tmp_path):
-    store = open_store(f"sqlite://{tmp_path}/c.db")
-    clock = Clock()
-    hub = Hub()
-    scheduler = LeaseScheduler(store, hub, clock=clock, offline_after=60)
-    yield store, scheduler, clock, hub
-    store.close()
+@pytest.fixture(params=STORES)
+def env(request, tmp_path):
+    with Backing(request.param, tmp_path) as backing:
+        store = backing.open()
+        clock = Clock()
+        hub = Hub()
+        scheduler = LeaseScheduler(store, hub, clock=clock, offline_after=60)
+        yield store, scheduler, clock, hub
 
 
 def run(coro):
