@@ -65,7 +65,7 @@ class ControllerConfig:
     tls_ca_key: str = ""  # the lab CA's key: signs generated certificates
     store: str = ""
     signing_key: str = ""
-    router_key_file: str = "/etc/jumpstarter/router.key"
+    router_key_file: str = ""  # default: STATE_DIR/keys/router.key, where routerd looks by default
     routers: list[str] = field(default_factory=list)
     offline_after: float = 30.0  # seconds of silence before an exporter is offline
     admin_socket: str = "/run/jumpstarter-controllerd/admin.sock"
@@ -180,7 +180,7 @@ CONTROLLER = Section(
     Field("state_dir", path("a directory"), default=DEFAULTS.state_dir),
     Field("store", _store, default=None),
     Field("signing_key", path(), default=None),
-    Field("router_key_file", path(), default=DEFAULTS.router_key_file),
+    Field("router_key_file", path(), default=None),
     Field("routers", list_of(_router, "a list of HOST:PORT router endpoints"), default=[]),
     *(Field(key, number(), default=getattr(DEFAULTS, key)) for key in POSITIVE),
     Field(
@@ -224,6 +224,7 @@ def load_controller_config(path: str) -> ControllerConfig:
     settings["tls_ca_key"] = tls["tls_ca_key"] or os.path.join(tls_dir, "ca.key")
     settings["store"] = settings["store"] or f"sqlite://{os.path.join(state_dir, 'controller.db')}"
     settings["signing_key"] = settings["signing_key"] or os.path.join(own, "signing-key.pem")
+    settings["router_key_file"] = settings["router_key_file"] or os.path.join(state_dir, "keys", "router.key")
     if settings["dashboard"] is not None:
         settings["dashboard"] = DashboardSettings(**settings["dashboard"])
     return ControllerConfig(source=path, **settings)

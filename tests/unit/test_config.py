@@ -209,3 +209,15 @@ def test_inventory_controller_section_gives_every_board_its_tls_ca(tmp_path):
     bad = INVENTORY.replace("namespace: lab}", "namespace: lab, tokens: x}")
     with pytest.raises(ConfigError, match=r"controller\.tokens: unknown key"):
         load_inventory(write(tmp_path, bad, "bad.yaml"))
+
+
+def test_controller_and_router_find_the_router_key_in_the_same_place_by_default(tmp_path):
+    # a controller writing the key where routerd does not look: every stream refused
+    from controllerd.config import load_controller_config
+    from routerd.config import DEFAULT_ROUTER_KEY
+
+    config = tmp_path / "controllerd.yaml"
+    config.write_text("routers: [router.lab:8083]\n")
+    assert load_controller_config(str(config)).router_key_file == DEFAULT_ROUTER_KEY
+    config.write_text(f"routers: [router.lab:8083]\nstate_dir: {tmp_path}/state\n")
+    assert load_controller_config(str(config)).router_key_file == f"{tmp_path}/state/keys/router.key"
