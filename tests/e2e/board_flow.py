@@ -52,7 +52,11 @@ def wait_for_prompt(console) -> None:  # type: ignore[no-untyped-def]
 
 def fetch_through_port_forward(token: str) -> str:
     forward = subprocess.Popen(
-        [*CLI, "port-forward", "network", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*CLI, "port-forward", "network", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a hang below ends with every thread's stack
     )
     try:
         assert forward.stdout is not None
@@ -74,9 +78,13 @@ def fetch_through_port_forward(token: str) -> str:
         try:
             forward.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            forward.kill()
-            _, stderr = forward.communicate()
-            raise SystemExit(f"port-forward did not end within 120 s of Ctrl-C: {stderr[-2000:]}") from None
+            forward.send_signal(signal.SIGABRT)  # faulthandler prints where each thread hangs
+            try:
+                _, stderr = forward.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                forward.kill()
+                _, stderr = forward.communicate()
+            raise SystemExit(f"port-forward did not end within 120 s of Ctrl-C: {stderr[-6000:]}") from None
 
 
 def main(image: str, out_dir: str) -> dict[str, object]:
