@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import textwrap
@@ -228,6 +229,44 @@ def test_port_forward_tunnels_a_local_port_to_the_tcp_service(
     stop(process)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", local_port), timeout=2).close()
+
+
+def tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send `sig` to one thread of `pid`: how the kernel may deliver a Ctrl-C to any thread."""
+    import ctypes
+
+    number = {"x86_64": 234, "aarch64": 131}[os.uname().machine]  # SYS_tgkill
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+def test_port_forward_ends_on_ctrl_c_even_when_a_grpc_thread_receives_it(
+    exporterd, echo_server, cli_env, processes
+):
+    host, port = echo_server
+    exporter = exporterd.start(
+        exporter_config(f"""
+        ssh:
+          type: network.tcp
+          config: {{host: {host}, port: {port}}}
+    """)
+    )
+    process = subprocess.Popen(
+        [*CLI, "--host", exporter.socket, "port-forward", "ssh", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli_env,
+    )
+    processes.append(process)
+    read_until(process.stdout, "\n", timeout=10)  # listening: gRPC's threads run by now
+    others = [int(t) for t in os.listdir(f"/proc/{process.pid}/task") if int(t) != process.pid]
+    assert others, "port-forward runs no thread besides the main one"
+
+    tgkill(process.pid, others[0], signal.SIGINT)
+
+    assert process.wait(timeout=30) == 0  # the old code waited for a wake-up that never came
 
 
 def test_port_forward_to_an_unknown_driver_exits_2_naming_the_drivers(cli, board):

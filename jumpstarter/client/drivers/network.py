@@ -107,8 +107,10 @@ def run_forward(client: NetworkClient, args: argparse.Namespace) -> int:
     with client.forward(args.local_port, args.address) as (host, port):
         print(f"forwarding {host}:{port} -> {client.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
         print(port, flush=True)
-        try:
-            threading.Event().wait()
+        idle = threading.Event()
+        try:  # wake often: Ctrl-C may land on a gRPC thread, and Python's handler runs only when the
+            while not idle.wait(0.5):  # main thread next runs bytecode (a plain wait() never returns)
+                pass
         except KeyboardInterrupt:
             pass
     return 0
