@@ -193,7 +193,12 @@ def _run_child(command: list[str], interactive: bool, env: dict[str, str], sessi
     }
     session.when_ended(hang_up)
     try:
-        code = child.wait()
+        while True:  # wake often: a SIGTERM the kernel hands to a gRPC or monitor thread is handled
+            try:  # (forwarded) only when the main thread next runs bytecode; waitpid alone never returns
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -406,7 +406,8 @@ def test_ctrl_c_while_queued_withdraws_the_lease_request(lab: Lab, lab_env):
     lab.stack.wait_available(lab.alice_client, "board1")
 
 
-def test_sigterm_during_the_command_ends_it_and_releases_the_lease(lab: Lab, lab_env, tmp_path):
+@pytest.mark.parametrize("to_a_thread", [False, True], ids=["to-the-process", "to-a-grpc-thread"])
+def test_sigterm_during_the_command_ends_it_and_releases_the_lease(lab: Lab, lab_env, tmp_path, to_a_thread):
     started = tmp_path / "started"
     runner = subprocess.Popen(
         [
@@ -429,7 +430,13 @@ def test_sigterm_during_the_command_ends_it_and_releases_the_lease(lab: Lab, lab
     try:
         wait_until(started.exists, 20, "the command to start on the leased board")
         assert len(lab.alice_client.list_leases()) == 1
-        runner.terminate()  # only the CLI: it passes SIGTERM on to the command, then releases
+        if to_a_thread:  # the kernel may hand a process's signal to any of its threads
+            from .test_cli import tgkill
+
+            others = [int(t) for t in os.listdir(f"/proc/{runner.pid}/task") if int(t) != runner.pid]
+            tgkill(runner.pid, others[0], signal.SIGTERM)
+        else:
+            runner.terminate()  # only the CLI: it passes SIGTERM on to the command, then releases
         assert runner.wait(timeout=20) == 128 + signal.SIGTERM
         assert lab.alice_client.list_leases() == []
     finally:
