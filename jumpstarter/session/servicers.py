@@ -21,6 +21,7 @@ from jumpstarter import values
 from jumpstarter.driver.base import Driver
 from jumpstarter.driver.decorators import BYTESTREAM, STREAMING, UNARY
 from jumpstarter.errors import status_for
+from jumpstarter.session.blocking import stream_blocking
 from jumpstarter.session.bridge import Cancelled, LoopBridge
 from jumpstarter.session.core import OPEN_MARKER, Session, SessionSlot, fresh_uuid
 from jumpstarter.streams import ByteStream, memory_pipe
@@ -140,8 +141,9 @@ class RouterServicer:
             kind = request.get("kind")
             if kind == "driver":
                 self.session.check_ready()
-                _, opener = driver.method(str(request.get("method", "connect")), BYTESTREAM)
-                yield from self.bridge.stream_frames(opener, ((OPEN_MARKER, "1"),), requests, context)
+                exported, opener = driver.method(str(request.get("method", "connect")), BYTESTREAM)
+                serve = self.bridge.stream_frames if exported.is_async else stream_blocking
+                yield from serve(opener, ((OPEN_MARKER, "1"),), requests, context)
             elif kind == "resource":
                 yield from self._resource(driver, request, requests, context)
             else:
