@@ -66,7 +66,8 @@ class Channel:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            self._loop.call_soon_threadsafe(_release, waiter)
+            with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown): nobody waits
+                self._loop.call_soon_threadsafe(_release, waiter)
 
     # -- the thread side -------------------------------------------------
 
