@@ -136,7 +136,7 @@ class UdpNetwork(NetworkInterface, Driver):
             await protocol.aclose()
 
     @export
-    async def address(self) -> str:
+    def address(self) -> str:  # never waits: answered in the gRPC worker thread
         """udp://HOST:PORT of the service."""
         if not self.enable_address:
             raise ValueError("this exporter does not publish the service address")

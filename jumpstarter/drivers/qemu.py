@@ -361,7 +361,7 @@ class QemuPower(PowerInterface, Driver):
         await self.board.stop()
 
     @export
-    async def is_on(self) -> bool:
+    def is_on(self) -> bool:  # one attribute read: answered in the gRPC worker thread
         """Whether the virtual machine runs."""
         return self.board.running
 
