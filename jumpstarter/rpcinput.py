@@ -40,11 +40,16 @@ def _report(method: str, exc: BaseException) -> None:
         log.warning("malformed request", method=method, error=type(exc).__name__, suppressed=dropped)
 
 
-def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """`handler` with a request deserializer that turns bad bytes into INVALID_ARGUMENT."""
+def guard_handler(handler: grpc.RpcMethodHandler, method: str, sync: bool = False) -> grpc.RpcMethodHandler:
+    """`handler` with a request deserializer that turns bad bytes into INVALID_ARGUMENT.
+
+    `sync`: for grpc's synchronous server, whose handlers are plain functions and generators.
+    """
     deserialize = handler.request_deserializer
     if deserialize is None:
         return handler  # raw bytes: nothing to parse
+    if sync:
+        return _guard_sync(handler, method, deserialize)
     if handler.request_streaming:
 
         def parse_streamed(data: bytes) -> Any:
@@ -120,11 +125,68 @@ def _catching(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _guard_sync(
+    handler: grpc.RpcMethodHandler, method: str, deserialize: Callable[[bytes], Any]
+) -> grpc.RpcMethodHandler:
+    """`guard_handler` for the synchronous server: its deserializers must not raise (grpc logs a traceback)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # any parser failure is the caller's bad input
+            _report(method, exc)
+            return _Malformed(method)
+
+    def checked(requests: Any) -> Any:
+        for request in requests:
+            if isinstance(request, _Malformed):
+                raise MalformedRequest(request.message)
+            yield request
+
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    if handler.response_streaming:
+
+        def generate(request: Any, context: grpc.ServicerContext) -> Any:
+            if handler.request_streaming:
+                request = checked(request)
+            elif isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            try:
+                yield from behavior(request, context)
+            except MalformedRequest as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return make(generate, parse, handler.response_serializer)
+
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        if handler.request_streaming:
+            request = checked(request)
+        elif isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            return behavior(request, context)
+        except MalformedRequest as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    make = (
+        grpc.stream_unary_rpc_method_handler
+        if handler.request_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(call, parse, handler.response_serializer)
+
+
 class _GuardedGeneric(grpc.GenericRpcHandler):
     """A generic handler whose method handlers are guarded (wrapped once per method)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, sync: bool = False) -> None:
         self.inner = inner
+        self.sync = sync
         self.cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -136,7 +198,7 @@ class _GuardedGeneric(grpc.GenericRpcHandler):
         if cached is None or cached[0] is not handler:
             if len(self.cache) >= MAX_CACHED_METHODS:
                 self.cache.clear()  # only a catch-all handler gets here; stay bounded
-            cached = (handler, guard_handler(handler, method))
+            cached = (handler, guard_handler(handler, method, self.sync))
             self.cache[method] = cached
         return cached[1]
 
@@ -144,23 +206,24 @@ class _GuardedGeneric(grpc.GenericRpcHandler):
 class _Registry:
     """Stands in for a server while handlers are registered; everything else goes to the server."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server | grpc.Server) -> None:
         self.server = server
+        self.sync = not isinstance(server, grpc.aio.Server)
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self.server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+        self.server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h, self.sync) for h in handlers))
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
         self.server.add_registered_method_handlers(
-            service, {name: guard_handler(h, f"/{service}/{name}") for name, h in handlers.items()}
+            service, {name: guard_handler(h, f"/{service}/{name}", self.sync) for name, h in handlers.items()}
         )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.server, name)
 
 
-def guarded(server: grpc.aio.Server) -> Any:
+def guarded(server: grpc.aio.Server | grpc.Server) -> Any:
     """Register handlers through this (`add_XServicer_to_server(servicer, guarded(server))`)."""
     return _Registry(server)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Protocol
 
 CHUNK = 256 * 1024
@@ -23,6 +24,22 @@ class ByteStream(Protocol):
     async def send_eof(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class BlockingByteStream(Protocol):
+    """A byte stream served in threads (a driver's synchronous `@exportstream`): same meaning, no loop.
+
+    `receive()` and `send()` may run at once in two threads; `abort()` may come from a third
+    and must wake both (they then fail or see the end).
+    """
+
+    def receive(self) -> bytes: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def send_eof(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class PipeEnd:
@@ -96,6 +113,34 @@ class SocketStream:
         self.writer.close()
         with contextlib.suppress(OSError, asyncio.CancelledError):
             await self.writer.wait_closed()
+
+
+class SocketConnection:
+    """A `BlockingByteStream` over a connected plain socket; the opener closes it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def receive(self) -> bytes:
+        try:
+            return self.sock.recv(CHUNK)
+        except ConnectionResetError:
+            return b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):  # wakes a recv or sendall blocked in another thread
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.abort()
+        self.sock.close()
 
 
 async def forward(a: ByteStream, b: ByteStream) -> None:

@@ -29,7 +29,10 @@ class ExportedMethod:
         self.name = name
         self.kind = kind
         self.function = function
-        self.is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+        if kind == BYTESTREAM:  # a context manager: blocking only when made from a plain generator
+            self.is_async = not inspect.isgeneratorfunction(inspect.unwrap(function))
+        else:
+            self.is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
         self._binder: Binder | None = None
         self.doc = inspect.getdoc(function) or ""
 
@@ -103,6 +106,8 @@ class Driver:
                     kind = exported[name].kind
                     if kind == BYTESTREAM and inspect.isasyncgenfunction(attr):
                         attr = contextlib.asynccontextmanager(attr)
+                    elif kind == BYTESTREAM and inspect.isgeneratorfunction(attr):
+                        attr = contextlib.contextmanager(attr)
                 else:
                     continue
                 wire_names[attr_name] = name

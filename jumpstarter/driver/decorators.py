@@ -43,10 +43,14 @@ def export(fn: F | None = None, *, name: str | None = None) -> Any:
 def exportstream(fn: F) -> F:
     """Export a byte stream: an async context manager (or async generator) yielding a `ByteStream`.
 
-    Clients reach it with a session-level `RouterService.Stream` (PROTOCOL.md §5).
+    Or a plain generator yielding a `BlockingByteStream` (jumpstarter.streams): it is then served
+    in gRPC's threads without the event loop. Clients reach it with a session-level
+    `RouterService.Stream` (PROTOCOL.md §5).
     """
     if inspect.isasyncgenfunction(fn):
         fn = contextlib.asynccontextmanager(fn)  # type: ignore[assignment]
+    elif inspect.isgeneratorfunction(fn):
+        fn = contextlib.contextmanager(fn)  # type: ignore[assignment]
     elif not callable(fn):
         raise ValueError(f"@exportstream needs an async context manager function, got {fn!r}")
     setattr(fn, MARKER, BYTESTREAM)

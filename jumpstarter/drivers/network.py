@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from jumpstarter.driver import Driver, export, exportstream
 from jumpstarter.interfaces.network import NetworkInterface
-from jumpstarter.streams import PipeEnd, SocketStream
+from jumpstarter.streams import PipeEnd, SocketConnection, SocketStream
 
 CONNECT_TIMEOUT = 10.0
 
@@ -31,24 +31,25 @@ class TcpNetwork(NetworkInterface, Driver):
         self.port = int(port)
         self.enable_address = bool(enable_address)
 
+    # Blocking: served in gRPC's threads over a plain socket, no event-loop hop per frame.
     @exportstream
-    async def connect(self) -> AsyncIterator[SocketStream]:
+    def connect(self) -> Iterator[SocketConnection]:  # type: ignore[override]
         """Open one TCP connection to the service."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT
-            )
+            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
         except TimeoutError:
             raise TimeoutError(f"connecting to {self.host}:{self.port} timed out") from None
         except OSError as exc:
             raise ConnectionError(
                 f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
-        stream = SocketStream(reader, writer)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # interactive use (ssh), as asyncio does
+        stream = SocketConnection(sock)
         try:
             yield stream
         finally:
-            await stream.aclose()
+            stream.close()
 
     @export
     async def address(self) -> str:
@@ -135,7 +136,7 @@ class UdpNetwork(NetworkInterface, Driver):
             await protocol.aclose()
 
     @export
-    async def address(self) -> str:
+    def address(self) -> str:  # never waits: answered in the gRPC worker thread
         """udp://HOST:PORT of the service."""
         if not self.enable_address:
             raise ValueError("this exporter does not publish the service address")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 from jumpstarter.driver import Driver, export
@@ -22,20 +22,21 @@ class MockPower(PowerInterface, Driver):
     async def reset(self) -> None:
         await super().reset()
 
+    # Synchronous: they never wait, so they answer in the gRPC worker thread (no event-loop hop).
     @export
-    async def on(self) -> None:
+    def on(self) -> None:
         """Switch the board on."""
         self.state = True
         self.log.info("power on")  # for a mock, the log line is the observable effect
 
     @export
-    async def off(self) -> None:
+    def off(self) -> None:
         """Switch the board off."""
         self.state = False
         self.log.info("power off")
 
     @export
-    async def read(self) -> AsyncIterator[PowerReading]:
+    def read(self) -> Iterator[PowerReading]:
         """One reading: 5 V, 2 A when on, 0 A when off."""
         yield PowerReading(5.0, 2.0 if self.state else 0.0)
 
@@ -104,24 +105,25 @@ class HttpPower(PowerInterface, Driver):
             reason = getattr(exc, "reason", exc)
             raise ConnectionError(f"power switch unreachable at {safe_url}: {reason}") from None
 
+    # Synchronous: a blocking HTTP request, made in the gRPC worker thread.
     @export
-    async def on(self) -> None:
+    def on(self) -> None:
         """Switch the outlet on."""
-        await asyncio.to_thread(self._send, self.on_request)
+        self._send(self.on_request)
         self.log.info("power on")
 
     @export
-    async def off(self) -> None:
+    def off(self) -> None:
         """Switch the outlet off."""
-        await asyncio.to_thread(self._send, self.off_request)
+        self._send(self.off_request)
         self.log.info("power off")
 
     @export
-    async def is_on(self) -> bool:
+    def is_on(self) -> bool:
         """Ask the switch whether the outlet is on (needs a `state` request in the config)."""
         if self.state_request is None:
             raise NotImplementedError("this switch has no 'state' request configured")
-        text = await asyncio.to_thread(self._send, self.state_request)
+        text = self._send(self.state_request)
         pattern = self.state_request.get("on_pattern") or r"\bon\b|true|\b1\b"
         return re.search(pattern, text, re.IGNORECASE) is not None
 

@@ -17,7 +17,7 @@ import socket
 import stat
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from jumpstarter.backoff import Deadline
@@ -361,7 +361,7 @@ class QemuPower(PowerInterface, Driver):
         await self.board.stop()
 
     @export
-    async def is_on(self) -> bool:
+    def is_on(self) -> bool:  # one attribute read: answered in the gRPC worker thread
         """Whether the virtual machine runs."""
         return self.board.running
 
@@ -402,10 +402,10 @@ class QemuNetwork(TcpNetwork):
         super().__init__(host="127.0.0.1", port=0, **base)
         self.board = board
 
-    async def connect(self) -> AsyncIterator[Any]:  # type: ignore[override]
+    def connect(self) -> Iterator[Any]:  # type: ignore[override]
         """Open one TCP connection to the guest port."""
         self.board.require_running()
-        async with super().connect() as stream:  # type: ignore[attr-defined]  # @exportstream made it a CM
+        with super().connect() as stream:  # type: ignore[attr-defined]  # @exportstream made it a CM
             yield stream
 
 

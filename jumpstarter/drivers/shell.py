@@ -185,7 +185,7 @@ class Shell(ShellInterface, Driver):
         return texts
 
     @export
-    async def get_methods(self) -> list[str]:
+    def get_methods(self) -> list[str]:  # never waits: answered in the gRPC worker thread
         """The names of the configured commands."""
         return list(self.methods)
 

@@ -174,6 +174,6 @@ class StillVideo(FrameSource, VideoInterface, Driver):
         return self._still()
 
     @export
-    async def snapshot(self) -> bytes:
+    def snapshot(self) -> bytes:  # never waits: answered in the gRPC worker thread
         """The picture, as JPEG bytes."""
         return self.picture

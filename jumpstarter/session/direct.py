@@ -3,50 +3,52 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 
-from jumpstarter.session.server import Session, SessionSlot, build_server
+from jumpstarter.session.server import Session, SessionServer, SessionSlot, build_server
 
 
-class PassphraseInterceptor(grpc.aio.ServerInterceptor):
+class PassphraseInterceptor(grpc.ServerInterceptor):
     """Direct (TCP) mode: every call must carry `x-jumpstarter-passphrase` (PROTOCOL.md §3)."""
 
     def __init__(self, passphrase: str) -> None:
         self.passphrase = passphrase.encode()
 
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         import hmac
 
         given = b""
         for key, value in details.invocation_metadata or ():
             if key == "x-jumpstarter-passphrase":
                 given = value.encode() if isinstance(value, str) else value
+        handler = continuation(details)
         if given and hmac.compare_digest(given, self.passphrase):
-            return await continuation(details)
-        handler = await continuation(details)
+            return handler
         return _refusal(handler)
 
 
+def _refuse(request: Any, context: grpc.ServicerContext) -> Any:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-jumpstarter-passphrase")
+
+
+def _refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-jumpstarter-passphrase")
+    yield  # pragma: no cover
+
+
 def _refusal(handler: Any) -> Any:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-jumpstarter-passphrase")
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-jumpstarter-passphrase")
-        yield  # pragma: no cover
-
     if handler is None:
         return None
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+        return grpc.stream_stream_rpc_method_handler(_refuse_stream)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+        return grpc.unary_stream_rpc_method_handler(_refuse_stream)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+        return grpc.stream_unary_rpc_method_handler(_refuse)
+    return grpc.unary_unary_rpc_method_handler(_refuse)
 
 
 @contextlib.asynccontextmanager
@@ -55,7 +57,7 @@ async def serve_tcp(
     address: str,
     credentials: grpc.ServerCredentials | None,
     passphrase: str | None,
-) -> AsyncIterator[grpc.aio.Server]:
+) -> AsyncIterator[SessionServer]:
     """Direct mode: the session on TCP, TLS unless `credentials` is None (plaintext only when asked)."""
     interceptors = [PassphraseInterceptor(passphrase)] if passphrase else None
     server = build_server(session, interceptors)

@@ -2,12 +2,13 @@
 
     .venv/bin/python tests/bench/bench_sync_session.py [ROUNDS]
 
-A measurement prototype, not product code: it serves the benchmark config's `Session` on a
+The measurement prototype behind the move of exporterd to the thread-pool server (done: session/servicers.py);
+kept to compare. It serves the benchmark config's `Session` on a
 `grpc.server(ThreadPoolExecutor)` and answers `DriverCall` in the gRPC worker thread, either
 handing each async driver method to the session's event loop (`sync-hop`, what a threaded
 server costs with today's async drivers) or running it to completion in the worker thread
 (`sync-direct`, what a synchronous driver method would cost). Next to them, in the same run:
-exporterd as it is (grpc.aio) and upstream 0.9. Prints calls/s (median round) and server CPU
+exporterd as it is (now the thread-pool server itself) and upstream 0.9. Prints calls/s (median round) and server CPU
 per call (median round) for sequential MockPower `on` calls from the wire-level client of
 bench_exporter_vs_upstream.py.
 """
@@ -86,7 +87,7 @@ def main(rounds: int) -> None:
         process, _, report = start_exporterd(
             config, os.path.join(work, "aio.sock"), os.path.join(work, "aio.log")
         )
-        targets["exporterd (grpc.aio)"] = (process, os.path.join(work, "aio.sock"), uuid_of(report, "power"))
+        targets["exporterd"] = (process, os.path.join(work, "aio.sock"), uuid_of(report, "power"))
         for mode in ("hop", "direct"):
             sock = os.path.join(work, f"{mode}.sock")
             process = spawn([sys.executable, os.path.abspath(__file__), "--serve", config, sock, mode])

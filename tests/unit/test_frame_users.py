@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -22,7 +23,7 @@ from jumpstarter.client import wire
 from jumpstarter.client.aio_connection import AsyncConnection
 from jumpstarter.client.connection import Connection
 from jumpstarter.drivers.composite import Composite
-from jumpstarter.drivers.network import EchoNetwork
+from jumpstarter.drivers.network import EchoNetwork, TcpNetwork
 from jumpstarter.session.local import LocalServer
 from jumpstarter.splice import splice
 
@@ -145,3 +146,34 @@ def test_session_pump_feeds_the_driver_only_data_and_ends_at_goaway_or_reset(tmp
         assert echo_of(path, CLEAN)[0] == b"ab"
         _, code, details = echo_of(path, RESET)
         assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "the client reset the stream")
+    # The same through a blocking byte stream (TcpNetwork: a plain socket served in gRPC's threads).
+    with (
+        tcp_echo() as port,
+        LocalServer(lambda: Composite(children={"echo": TcpNetwork(host="127.0.0.1", port=port)})) as path,
+    ):
+        assert echo_of(path, CLEAN)[0] == b"ab"
+        _, code, details = echo_of(path, RESET)
+        assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "the client reset the stream")
+
+
+@contextlib.contextmanager
+def tcp_echo() -> Iterator[int]:
+    """A plain-socket TCP echo service on loopback (one thread per connection); its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
