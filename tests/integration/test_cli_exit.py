@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_serial_expect_exits_every_time_while_the_board_is_power_cycled(demo_lab
             argv = [*(AUDIT if audited else CLI), "--host", demo_lab.socket, "--logs"]
             process = subprocess.Popen(
                 [*argv, "serial", "expect", "login:", "-t", "60"],
-                env=cli_env,
+                env={**cli_env, "PYTHONFAULTHANDLER": "1"},  # a hang below ends with every thread's stack
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -72,10 +73,14 @@ def test_serial_expect_exits_every_time_while_the_board_is_power_cycled(demo_lab
             try:
                 out, err = process.communicate(timeout=EXIT_BOUND)
             except subprocess.TimeoutExpired:
-                process.kill()
-                out, err = process.communicate()
+                process.send_signal(signal.SIGABRT)  # faulthandler prints where each thread hangs
+                try:
+                    out, err = process.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    out, err = process.communicate()
                 raise AssertionError(
-                    f"run {run}: `serial expect` did not exit; stderr: {err[-2000:]}"
+                    f"run {run}: `serial expect` did not exit; stderr: {err[-8000:]}"
                 ) from None
             assert process.returncode == 0, f"run {run}: {err[-2000:]}"
             assert "login:" in out
