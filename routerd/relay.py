@@ -45,7 +45,7 @@ class Claims:
         return os.path.join(self.folder, hashlib.sha256(stream_id.encode()).hexdigest())
 
     def claim(self, stream_id: str) -> int | None:
-        """None when this worker now holds `stream_id`; else the index of the worker that does."""
+        """None when this worker took `stream_id` now; else the index of the worker holding it (maybe ours)."""
         path = self._path(stream_id)
         for _ in range(CLAIM_TRIES):
             try:
@@ -58,8 +58,8 @@ class Claims:
                     owner = int(handle.read())
             except (FileNotFoundError, ValueError):
                 continue
-            return None if owner == self.index else owner
-        return None  # claimed and released over and over: wait here (the peer will time out alone)
+            return owner
+        return self.index  # claimed and released over and over: wait here (the peer will time out alone)
 
     def release(self, stream_id: str) -> None:
         path = self._path(stream_id)

@@ -228,11 +228,13 @@ class Router:
         me = Peer(context, address)
         stream_id = claims.stream_id
         waiting = self.waiting.get(stream_id)
+        claimed = False  # this call took the stream id's claim (workers > 1)
         if waiting is None and self.claims is not None and not relayed:
             owner = self.claims.claim(stream_id)
-            if owner is not None:
+            if owner is not None and owner != self.claims.index:
                 await self._relay(context, metadata, address, owner)
                 return
+            claimed = owner is None
         try:
             side = self.admission.side(claims)
             if waiting is None:
@@ -242,6 +244,8 @@ class Router:
                     grpc.StatusCode.PERMISSION_DENIED, "router token is for another lease", "reused"
                 )
         except Refused as refused:
+            if claimed:  # nobody waits here (a claim we did not take may be a splice's)
+                self._release(stream_id)
             self._count(refused.outcome)
             log.warning("stream refused", peer=address, lease=claims.lease, reason=refused.message)
             await context.abort(refused.code, refused.message)

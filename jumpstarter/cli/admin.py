@@ -59,6 +59,11 @@ def call(socket: str, op: str, rpc_timeout: float = 30, **args: Any) -> Any:
     return json.loads(reply)["result"]
 
 
+def _call_named(a: argparse.Namespace, op: str, **args: Any) -> Any:
+    """`op` on the object named by `a.namespace` and `a.name`."""
+    return call(a.admin_socket, op, namespace=a.namespace, name=a.name, **args)
+
+
 def _checked_labels(items: list[str]) -> dict[str, str]:
     """`-l KEY=VALUE` options, refused here with the controller's own rules before any call."""
     try:
@@ -140,7 +145,7 @@ def run_create(a: argparse.Namespace) -> int:
     labels = _checked_labels(a.label)
     check_name(a.namespace, "namespace")
     check_name(a.name, f"{a.kind} name")
-    result = call(a.admin_socket, f"create_{a.kind}", namespace=a.namespace, name=a.name, labels=labels)
+    result = _call_named(a, f"create_{a.kind}", labels=labels)
     _emit_config(a.kind, result, a.output)
     return 0
 
@@ -167,14 +172,14 @@ def _tokens(count: int) -> str:
 
 
 def run_delete(a: argparse.Namespace) -> int:
-    result = call(a.admin_socket, "delete", kind=a.kind + "s", namespace=a.namespace, name=a.name)
+    result = _call_named(a, "delete", kind=a.kind + "s")
     return _report(
         a, result, f"deleted {a.kind} {result['deleted']} ({_tokens(result['tokens_revoked'])} revoked)"
     )
 
 
 def _set_enabled(a: argparse.Namespace, enabled: bool) -> int:
-    result = call(a.admin_socket, "enable_exporter", namespace=a.namespace, name=a.name, enabled=enabled)
+    result = _call_named(a, "enable_exporter", enabled=enabled)
     return _report(a, result, f"exporter {a.name} {'enabled' if result['enabled'] else 'disabled'}")
 
 
@@ -188,16 +193,14 @@ def run_disable(a: argparse.Namespace) -> int:
 
 def run_label(a: argparse.Namespace) -> int:
     labels = _checked_labels(a.label)
-    result = call(a.admin_socket, "label_exporter", namespace=a.namespace, name=a.name, labels=labels)
+    result = _call_named(a, "label_exporter", labels=labels)
     return _report(a, result, f"exporter {a.name} labels: {cell(result['labels'])}")
 
 
 def run_policy_set(a: argparse.Namespace) -> int:
-    result = call(
-        a.admin_socket,
+    result = _call_named(
+        a,
         "set_policy",
-        namespace=a.namespace,
-        name=a.name,
         exporter_selector=a.exporters,
         client_selector=a.clients,
         priority=a.priority,
@@ -214,17 +217,17 @@ def run_policy_set(a: argparse.Namespace) -> int:
 
 
 def run_policy_delete(a: argparse.Namespace) -> int:
-    result = call(a.admin_socket, "delete_policy", namespace=a.namespace, name=a.name)
+    result = _call_named(a, "delete_policy")
     return _report(a, result, f"deleted policy {a.name}")
 
 
 def run_revoke(a: argparse.Namespace) -> int:
-    result = call(a.admin_socket, "revoke", kind=a.kind, namespace=a.namespace, name=a.name)
+    result = _call_named(a, "revoke", kind=a.kind)
     return _report(a, result, f"revoked {_tokens(result['revoked'])} of {a.kind} {a.name}")
 
 
 def run_rotate(a: argparse.Namespace) -> int:
-    result = call(a.admin_socket, "rotate", kind=a.kind, namespace=a.namespace, name=a.name)
+    result = _call_named(a, "rotate", kind=a.kind)
     _emit_config(a.kind, result, a.output)
     return 0
 
@@ -273,7 +276,7 @@ def run_audit(a: argparse.Namespace) -> int:
 
 
 def run_release(a: argparse.Namespace) -> int:
-    result = call(a.admin_socket, "release_lease", namespace=a.namespace, name=a.name)
+    result = _call_named(a, "release_lease")
     return _report(a, result, f"lease {a.name} {'ended' if result.get('ended') else 'released'}")
 
 
@@ -281,14 +284,7 @@ def run_maintenance(a: argparse.Namespace) -> int:
     if a.done == (a.reason is not None):
         raise ConfigError("give --reason TEXT to take the board out of service, or --done to put it back")
     check_name(a.name, "exporter name")
-    result = call(
-        a.admin_socket,
-        "exporter_maintenance",
-        namespace=a.namespace,
-        name=a.name,
-        reason=a.reason,
-        done=a.done,
-    )
+    result = _call_named(a, "exporter_maintenance", reason=a.reason, done=a.done)
     return _report(
         a,
         result,
@@ -311,7 +307,7 @@ def run_lease_create(a: argparse.Namespace) -> int:
 
 def run_health(a: argparse.Namespace) -> int:
     check_name(a.name, "exporter name")
-    result = call(a.admin_socket, "health_run", rpc_timeout=a.timeout, namespace=a.namespace, name=a.name)
+    result = _call_named(a, "health_run", rpc_timeout=a.timeout)
     if not print_data(result, a.output):
         verdict = "passed" if result["ok"] else "FAILED"
         print(f"{result['name']}: health check {verdict} in {result['duration']:g}s; state {result['state']}")
