@@ -12,7 +12,7 @@ from controllerd.board_states import check_reason, out_of_service_text
 from controllerd.candidates import Candidates
 from controllerd.config import load_controller_config
 from controllerd.errors import Conflict, InvalidArgument
-from controllerd.records import Exporter, Lease
+from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from controllerd.store.sqlite import MIGRATIONS, SqliteStore
 from exporterd.health import HealthCheck, with_health_check
 from jumpstarter.config.exporter import load_exporter_config
@@ -129,3 +129,20 @@ def test_a_bad_notification_hook_is_a_config_error(tmp_path, notify, problem):
     with pytest.raises(ConfigError, match="health_checks.notify") as info:
         load_controller_config(str(path))
     assert problem in str(info.value)
+
+
+def test_a_lease_queues_at_the_priority_of_the_boards_it_can_get_not_of_one_out_of_service():
+    boards = {
+        ("lab", "fast"): Exporter("lab", "fast", labels={"b": "x", "kind": "fast"}, health="maintenance"),
+        ("lab", "slow"): Exporter("lab", "slow", labels={"b": "x"}, health="healthy"),
+    }
+    policies = [
+        AccessPolicy("lab", "fast", exporter_selector="kind=fast", priority=10),
+        AccessPolicy("lab", "all", exporter_selector="b=x", priority=1),
+    ]
+    candidates = Candidates(boards, policies, 0.0)
+    evaluation = candidates.evaluate(Lease("lab", "l1", "alice", selector="b=x"), Client("lab", "alice"))
+    assert [(p, e.name) for p, e in evaluation.candidates] == [(1, "slow")]
+    assert evaluation.priority == 1  # not 10: it cannot get `fast` while that board is in maintenance
+    only = candidates.evaluate(Lease("lab", "l2", "alice", selector="kind=fast"), Client("lab", "alice"))
+    assert only.candidates == [] and only.priority == 10  # waits for `fast`, at that board's priority
