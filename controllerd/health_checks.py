@@ -97,7 +97,7 @@ class HealthChecker:
         self.notifier = Notifier(settings.notify)
         self.running: set[Key] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.leases_since: dict[Key, int] = {}  # ordinary leases granted since the last check
+        self.leases_since: dict[Key, int] = {}  # ordinary leases ended since the last check
         self._tokens: dict[str, tuple[str, float]] = {}  # namespace -> (token, expiry)
 
     # -- one check -------------------------------------------------------------------------
@@ -242,9 +242,11 @@ class HealthChecker:
         task.add_done_callback(self.tasks.discard)
 
     def lease_event(self, kind: str, lease: Lease) -> None:
-        """(the scheduler's on_event) Count ordinary grants; every N, check the board."""
+        """(the scheduler's on_event) Count the ordinary leases a board served, as each ends; after
+        every N, check it: the board is free then and the check goes first (at the Nth grant the
+        check would wait for that lease, and give up after `acquire_wait` when it is longer)."""
         every = self.settings.every_leases
-        if kind != "granted" or not every or lease.client == HEALTH_CLIENT or lease.exporter is None:
+        if not every or not lease.ended or lease.exporter is None or lease.client == HEALTH_CLIENT:
             return
         key = (lease.namespace, lease.exporter)
         self.leases_since[key] = self.leases_since.get(key, 0) + 1

@@ -10,8 +10,9 @@ import pytest
 
 from controllerd.board_states import check_reason, out_of_service_text
 from controllerd.candidates import Candidates
-from controllerd.config import load_controller_config
+from controllerd.config import HealthSettings, load_controller_config
 from controllerd.errors import Conflict, InvalidArgument
+from controllerd.health_checks import HEALTH_CLIENT, HealthChecker
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from controllerd.store.sqlite import MIGRATIONS, SqliteStore
 from exporterd.health import HealthCheck, with_health_check
@@ -146,3 +147,21 @@ def test_a_lease_queues_at_the_priority_of_the_boards_it_can_get_not_of_one_out_
     assert evaluation.priority == 1  # not 10: it cannot get `fast` while that board is in maintenance
     only = candidates.evaluate(Lease("lab", "l2", "alice", selector="kind=fast"), Client("lab", "alice"))
     assert only.candidates == [] and only.priority == 10  # waits for `fast`, at that board's priority
+
+
+def test_every_n_leases_checks_a_board_when_the_nth_lease_ends_not_while_it_holds_the_board():
+    checker = HealthChecker(None, None, None, b"", HealthSettings(every_leases=2))  # type: ignore[arg-type]
+    asked: list[tuple[str, ...]] = []
+    checker.request = lambda *args: asked.append(args)  # type: ignore[method-assign]
+    for n in (1, 2):
+        held = Lease("lab", f"l{n}", "alice", exporter="rig")
+        checker.lease_event("granted", held)
+        assert asked == []  # the board is held: a check now would only wait for this lease
+        held.ended = True
+        checker.lease_event("released", held)
+    assert asked == [("lab", "rig", "after 2 leases")]
+    never_granted = Lease("lab", "l3", "alice", ended=True)  # expired in the queue: served nothing
+    checker.lease_event("expired", never_granted)
+    own = Lease("lab", "l4", HEALTH_CLIENT, exporter="rig", ended=True)
+    checker.lease_event("released", own)
+    assert checker.leases_since[("lab", "rig")] == 2  # neither counts
