@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
 from controllerd.board_states import check_reason, out_of_service_text
 from controllerd.candidates import Candidates
 from controllerd.config import HealthSettings, load_controller_config
+from controllerd.dashboard.routers import RouterProbe
+from controllerd.dashboard.snapshot import Snapshots
 from controllerd.errors import Conflict, InvalidArgument
 from controllerd.health_checks import HEALTH_CLIENT, HealthChecker
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
@@ -165,3 +168,20 @@ def test_every_n_leases_checks_a_board_when_the_nth_lease_ends_not_while_it_hold
     own = Lease("lab", "l4", HEALTH_CLIENT, exporter="rig", ended=True)
     checker.lease_event("released", own)
     assert checker.leases_since[("lab", "rig")] == 2  # neither counts
+
+
+def test_the_dashboard_lists_a_boards_queue_in_the_order_the_scheduler_grants_it(tmp_path):
+    store = SqliteStore(str(tmp_path / "c.db"))
+    online = SimpleNamespace(online=lambda exporter: True)
+    snapshots = Snapshots(store, online, RouterProbe([], b""), "ctl:8082")  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        await store.save_exporter(Exporter("lab", "rig", labels={"b": "x"}, health="maintenance"))
+        await store.create_lease(Lease("lab", "ordinary", "alice", selector="b=x"))
+        await store.create_lease(
+            Lease("lab", "explicit", "ops", exporter_name="rig", out_of_service_ok=True)
+        )  # asked later, granted first (scheduler._queue)
+        (board,) = await snapshots._boards(None)
+        return [entry["lease"] for entry in board["queue"]]
+
+    assert asyncio.run(scenario()) == ["explicit", "ordinary"]
