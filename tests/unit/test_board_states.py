@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 
+from controllerd import health_checks
 from controllerd.board_states import check_reason, out_of_service_text
 from controllerd.candidates import Candidates
 from controllerd.config import HealthSettings, load_controller_config
 from controllerd.dashboard.routers import RouterProbe
 from controllerd.dashboard.snapshot import Snapshots
 from controllerd.errors import Conflict, InvalidArgument
-from controllerd.health_checks import HEALTH_CLIENT, HealthChecker
+from controllerd.health_checks import HEALTH_CLIENT, CheckOutcome, HealthChecker
 from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from controllerd.store.sqlite import MIGRATIONS, SqliteStore
 from exporterd.health import HealthCheck, with_health_check
@@ -185,3 +188,21 @@ def test_the_dashboard_lists_a_boards_queue_in_the_order_the_scheduler_grants_it
         return [entry["lease"] for entry in board["queue"]]
 
     assert asyncio.run(scenario()) == ["explicit", "ordinary"]
+
+
+def test_a_running_check_never_holds_the_default_executor_the_store_and_leader_election_use(monkeypatch):
+    checker = HealthChecker(None, None, None, b"", HealthSettings())  # type: ignore[arg-type]
+    monkeypatch.setattr(health_checks, "_call_through_router", lambda *args: CheckOutcome(True, "", 0.0))
+    release = threading.Event()
+
+    async def scenario() -> CheckOutcome:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        busy = loop.run_in_executor(None, release.wait)  # the default executor is full (checks elsewhere)
+        try:
+            return await asyncio.wait_for(checker._check(None, "lease"), 5)
+        finally:
+            release.set()
+            await busy
+
+    assert asyncio.run(scenario()).ok
