@@ -122,11 +122,15 @@ class Candidates:
                 else f"no exporter matches selector {lease.selector!r}",
             )
             return evaluation
-        evaluation.candidates.sort(key=lambda pe: (-pe[0], pe[1].name))  # the order a grant picks in
-        evaluation.priority = evaluation.candidates[0][0]
+        # in the order a grant picks in
+        approved = sorted(evaluation.candidates, key=lambda pe: (-pe[0], pe[1].name))
         if not lease.out_of_service_ok:  # such boards are never granted: the lease waits, and says why
-            evaluation.out_of_service = [e for _, e in evaluation.candidates if e.health in OUT_OF_SERVICE]
-            evaluation.candidates = [pe for pe in evaluation.candidates if pe[1].health not in OUT_OF_SERVICE]
+            evaluation.out_of_service = [e for _, e in approved if e.health in OUT_OF_SERVICE]
+            evaluation.candidates = [pe for pe in approved if pe[1].health not in OUT_OF_SERVICE]
+        else:
+            evaluation.candidates = approved
+        # queued at the best priority of a board it can get (of those it waits for, when none is in service)
+        evaluation.priority = (evaluation.candidates or approved)[0][0]
         return evaluation
 
     def _approve(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,10 @@ CHILD = "health"  # the built-in driver's name in a board's tree (exporterd/heal
 TOKEN_TTL = 86400.0  # the internal client's token; a new one is issued when half of it is gone
 GRANT_POLL = 0.2  # seconds between looks at whether the check's lease was granted
 MAX_OUTPUT = 4096  # characters of a check's output kept in its result
+# A check blocks a thread for as long as it runs (minutes): on threads of its own, never the loop's
+# default executor, which the Kubernetes store and leader election wait on (a lab-wide round of
+# checks there would hold up every store write and the leader's renewal).
+CHECK_THREADS = 64
 Key = tuple[str, str]
 
 
@@ -97,8 +102,9 @@ class HealthChecker:
         self.notifier = Notifier(settings.notify)
         self.running: set[Key] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.leases_since: dict[Key, int] = {}  # ordinary leases granted since the last check
+        self.leases_since: dict[Key, int] = {}  # ordinary leases ended since the last check
         self._tokens: dict[str, tuple[str, float]] = {}  # namespace -> (token, expiry)
+        self._threads = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="health-check")
 
     # -- one check -------------------------------------------------------------------------
 
@@ -131,15 +137,18 @@ class HealthChecker:
             lease = await self.scheduler.submit(lease, actor=actor)
             try:
                 await self._granted(lease)
-                outcome = await asyncio.to_thread(
-                    _call_through_router, config, lease.name, self.settings.acquire_wait
-                )
+                outcome = await self._check(config, lease.name)
             finally:
                 held = await self.store.get_lease(namespace, lease.name)
                 await self.scheduler.release(held, "Released", "health check done", actor=ACTOR)
             return await self._record(namespace, name, outcome, trigger, actor, lease.name)
         finally:
             self.running.discard(key)
+
+    async def _check(self, config: Any, lease_name: str) -> CheckOutcome:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, _call_through_router, config, lease_name, self.settings.acquire_wait
+        )
 
     async def _granted(self, lease: Lease) -> None:
         """Wait until the check's lease has the board; FailedPrecondition (nothing recorded) if it stays busy."""
@@ -242,9 +251,11 @@ class HealthChecker:
         task.add_done_callback(self.tasks.discard)
 
     def lease_event(self, kind: str, lease: Lease) -> None:
-        """(the scheduler's on_event) Count ordinary grants; every N, check the board."""
+        """(the scheduler's on_event) Count the ordinary leases a board served, as each ends; after
+        every N, check it: the board is free then and the check goes first (at the Nth grant the
+        check would wait for that lease, and give up after `acquire_wait` when it is longer)."""
         every = self.settings.every_leases
-        if kind != "granted" or not every or lease.client == HEALTH_CLIENT or lease.exporter is None:
+        if not every or not lease.ended or lease.exporter is None or lease.client == HEALTH_CLIENT:
             return
         key = (lease.namespace, lease.exporter)
         self.leases_since[key] = self.leases_since.get(key, 0) + 1

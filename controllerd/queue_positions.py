@@ -13,6 +13,12 @@ from controllerd.candidates import Evaluation, ExporterKey
 from controllerd.records import Lease
 
 
+def queue_order(lease: Lease, priority: int) -> tuple[bool, int, int]:
+    """The order waiting leases are granted in: an administrator's explicit (or health-check) lease
+    first (it asks for one board by name), then policy priority, then request order."""
+    return (not lease.out_of_service_ok, -priority, lease.seq)
+
+
 def queue_positions(waiting: Sequence[tuple[Lease, Evaluation]]) -> list[int]:
     """The position of each of `waiting` (in queue order), counting only the leases ahead that compete."""
     groups: dict[frozenset[ExporterKey], int] = {}  # distinct candidate sets -> group number

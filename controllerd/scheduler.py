@@ -25,7 +25,7 @@ from controllerd.candidates import Candidates, Evaluation, ExporterKey
 from controllerd.errors import ResourceExhausted
 from controllerd.hub import Hub
 from controllerd.policy import PolicyDenied, held_for
-from controllerd.queue_positions import queue_positions
+from controllerd.queue_positions import queue_order, queue_positions
 from controllerd.records import Client, Exporter, ExporterStatus, Lease
 from controllerd.store import NotFound, StorageError, Store
 from controllerd.transitions import LeaseTransitions
@@ -338,8 +338,7 @@ class LeaseScheduler:
                     clients[key] = None
             queue.append((lease, candidates.evaluate(lease, clients[key])))
         self.stats["evaluated"] = candidates.evaluated
-        # an administrator's explicit (or health-check) lease goes first: it asks for one board by name
-        queue.sort(key=lambda d: (not d[0].out_of_service_ok, -d[1].priority, d[0].seq))
+        queue.sort(key=lambda d: queue_order(d[0], d[1].priority))
         return queue
 
     async def _grant_in_order(

@@ -17,6 +17,7 @@ from typing import Any
 
 from controllerd.audit import AuditQuery
 from controllerd.dashboard.routers import RouterProbe
+from controllerd.queue_positions import queue_order
 from controllerd.records import Exporter, ExporterStatus, Lease
 from controllerd.scheduler import LeaseScheduler
 from controllerd.store import Store
@@ -129,7 +130,8 @@ class Snapshots:
         exporters = await self.store.list_exporters(namespace)
         leases = await self.store.list_leases(namespace, only_active=True)
         holders = {(le.namespace, le.exporter): le for le in leases if le.active}
-        waiting = sorted((le for le in leases if le.pending), key=lambda le: (-le.priority, le.seq))
+        # in the scheduler's order (the priority is the one it wrote with the lease's Pending reason)
+        waiting = sorted((le for le in leases if le.pending), key=lambda le: queue_order(le, le.priority))
         boards = []
         requests = [_request(le) for le in waiting]
         distinct = list(dict.fromkeys(requests))

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
+from controllerd import health_checks
 from controllerd.board_states import check_reason, out_of_service_text
 from controllerd.candidates import Candidates
-from controllerd.config import load_controller_config
+from controllerd.config import HealthSettings, load_controller_config
+from controllerd.dashboard.routers import RouterProbe
+from controllerd.dashboard.snapshot import Snapshots
 from controllerd.errors import Conflict, InvalidArgument
-from controllerd.records import Exporter, Lease
+from controllerd.health_checks import HEALTH_CLIENT, CheckOutcome, HealthChecker
+from controllerd.records import AccessPolicy, Client, Exporter, Lease
 from controllerd.store.sqlite import MIGRATIONS, SqliteStore
 from exporterd.health import HealthCheck, with_health_check
 from jumpstarter.config.exporter import load_exporter_config
@@ -129,3 +136,73 @@ def test_a_bad_notification_hook_is_a_config_error(tmp_path, notify, problem):
     with pytest.raises(ConfigError, match="health_checks.notify") as info:
         load_controller_config(str(path))
     assert problem in str(info.value)
+
+
+def test_a_lease_queues_at_the_priority_of_the_boards_it_can_get_not_of_one_out_of_service():
+    boards = {
+        ("lab", "fast"): Exporter("lab", "fast", labels={"b": "x", "kind": "fast"}, health="maintenance"),
+        ("lab", "slow"): Exporter("lab", "slow", labels={"b": "x"}, health="healthy"),
+    }
+    policies = [
+        AccessPolicy("lab", "fast", exporter_selector="kind=fast", priority=10),
+        AccessPolicy("lab", "all", exporter_selector="b=x", priority=1),
+    ]
+    candidates = Candidates(boards, policies, 0.0)
+    evaluation = candidates.evaluate(Lease("lab", "l1", "alice", selector="b=x"), Client("lab", "alice"))
+    assert [(p, e.name) for p, e in evaluation.candidates] == [(1, "slow")]
+    assert evaluation.priority == 1  # not 10: it cannot get `fast` while that board is in maintenance
+    only = candidates.evaluate(Lease("lab", "l2", "alice", selector="kind=fast"), Client("lab", "alice"))
+    assert only.candidates == [] and only.priority == 10  # waits for `fast`, at that board's priority
+
+
+def test_every_n_leases_checks_a_board_when_the_nth_lease_ends_not_while_it_holds_the_board():
+    checker = HealthChecker(None, None, None, b"", HealthSettings(every_leases=2))  # type: ignore[arg-type]
+    asked: list[tuple[str, ...]] = []
+    checker.request = lambda *args: asked.append(args)  # type: ignore[method-assign]
+    for n in (1, 2):
+        held = Lease("lab", f"l{n}", "alice", exporter="rig")
+        checker.lease_event("granted", held)
+        assert asked == []  # the board is held: a check now would only wait for this lease
+        held.ended = True
+        checker.lease_event("released", held)
+    assert asked == [("lab", "rig", "after 2 leases")]
+    never_granted = Lease("lab", "l3", "alice", ended=True)  # expired in the queue: served nothing
+    checker.lease_event("expired", never_granted)
+    own = Lease("lab", "l4", HEALTH_CLIENT, exporter="rig", ended=True)
+    checker.lease_event("released", own)
+    assert checker.leases_since[("lab", "rig")] == 2  # neither counts
+
+
+def test_the_dashboard_lists_a_boards_queue_in_the_order_the_scheduler_grants_it(tmp_path):
+    store = SqliteStore(str(tmp_path / "c.db"))
+    online = SimpleNamespace(online=lambda exporter: True)
+    snapshots = Snapshots(store, online, RouterProbe([], b""), "ctl:8082")  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        await store.save_exporter(Exporter("lab", "rig", labels={"b": "x"}, health="maintenance"))
+        await store.create_lease(Lease("lab", "ordinary", "alice", selector="b=x"))
+        await store.create_lease(
+            Lease("lab", "explicit", "ops", exporter_name="rig", out_of_service_ok=True)
+        )  # asked later, granted first (scheduler._queue)
+        (board,) = await snapshots._boards(None)
+        return [entry["lease"] for entry in board["queue"]]
+
+    assert asyncio.run(scenario()) == ["explicit", "ordinary"]
+
+
+def test_a_running_check_never_holds_the_default_executor_the_store_and_leader_election_use(monkeypatch):
+    checker = HealthChecker(None, None, None, b"", HealthSettings())  # type: ignore[arg-type]
+    monkeypatch.setattr(health_checks, "_call_through_router", lambda *args: CheckOutcome(True, "", 0.0))
+    release = threading.Event()
+
+    async def scenario() -> CheckOutcome:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        busy = loop.run_in_executor(None, release.wait)  # the default executor is full (checks elsewhere)
+        try:
+            return await asyncio.wait_for(checker._check(None, "lease"), 5)
+        finally:
+            release.set()
+            await busy
+
+    assert asyncio.run(scenario()).ok
