@@ -234,8 +234,9 @@ class HealthChecker:
     # -- automatic triggers (never block the caller: each starts a task) -------------------------
 
     def request(self, namespace: str, name: str, trigger: str) -> None:
-        """Check the board soon if it declares a check, is online and is not being checked; logged, never raised."""
-        if (namespace, name) in self.running:
+        """Check the board soon if it declares a check, is online and is not being checked; logged, never raised.
+        Only the replica that schedules starts automatic checks (the others would each check too)."""
+        if (namespace, name) in self.running or not self.scheduler.leading():
             return
 
         async def check() -> None:

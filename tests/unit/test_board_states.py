@@ -206,3 +206,17 @@ def test_a_running_check_never_holds_the_default_executor_the_store_and_leader_e
             await busy
 
     assert asyncio.run(scenario()).ok
+
+
+def test_only_the_replica_that_schedules_starts_automatic_checks():
+    scheduler = SimpleNamespace(leading=lambda: False)
+    checker = HealthChecker(None, scheduler, None, b"", HealthSettings())  # type: ignore[arg-type]
+
+    async def scenario() -> int:
+        checker.request("lab", "rig", "back online")
+        started = len(checker.tasks)
+        for task in checker.tasks:
+            task.cancel()
+        return started
+
+    assert asyncio.run(scenario()) == 0  # a follower starts nothing: the leader checks once
