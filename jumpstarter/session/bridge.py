@@ -89,9 +89,7 @@ class Channel:
                 if self._closed:
                     return CLOSED
                 self._condition.wait()
-            if self._closed:
-                return CLOSED
-            item = self._items.popleft()
+            item = self._items.popleft()  # `close` empties the queue: an item means still open
             self._wake_loop()
             return item
 
