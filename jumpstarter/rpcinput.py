@@ -65,13 +65,7 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str, sync: bool = Fals
             return grpc.stream_unary_rpc_method_handler(wrapped, parse_streamed, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(wrapped, parse_streamed, handler.response_serializer)
 
-    def parse(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception as exc:  # any parser failure is the caller's bad input
-            _report(method, exc)
-            return _Malformed(method)
-
+    parse = _lenient(deserialize, method)
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _refusing(handler.unary_unary), parse, handler.response_serializer
@@ -79,6 +73,19 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str, sync: bool = Fals
     return grpc.unary_stream_rpc_method_handler(
         _refusing(handler.unary_stream), parse, handler.response_serializer
     )
+
+
+def _lenient(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    """A parser that never raises: bad bytes become a `_Malformed` the servicer wrapper answers."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # any parser failure is the caller's bad input
+            _report(method, exc)
+            return _Malformed(method)
+
+    return parse
 
 
 def _refusing(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,55 +137,49 @@ def _guard_sync(
 ) -> grpc.RpcMethodHandler:
     """`guard_handler` for the synchronous server: its deserializers must not raise (grpc logs a traceback)."""
 
-    def parse(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception as exc:  # any parser failure is the caller's bad input
-            _report(method, exc)
-            return _Malformed(method)
-
     def checked(requests: Any) -> Any:
         for request in requests:
             if isinstance(request, _Malformed):
                 raise MalformedRequest(request.message)
             yield request
 
+    def admitted(request: Any, context: grpc.ServicerContext) -> Any:
+        if handler.request_streaming:
+            return checked(request)
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return request
+
     behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     if handler.response_streaming:
 
         def generate(request: Any, context: grpc.ServicerContext) -> Any:
-            if handler.request_streaming:
-                request = checked(request)
-            elif isinstance(request, _Malformed):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             try:
-                yield from behavior(request, context)
+                yield from behavior(admitted(request, context), context)
             except MalformedRequest as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-        make = (
-            grpc.stream_stream_rpc_method_handler
-            if handler.request_streaming
-            else grpc.unary_stream_rpc_method_handler
-        )
-        return make(generate, parse, handler.response_serializer)
+        wrapped: Callable[..., Any] = generate
+    else:
 
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        if handler.request_streaming:
-            request = checked(request)
-        elif isinstance(request, _Malformed):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        try:
-            return behavior(request, context)
-        except MalformedRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(admitted(request, context), context)
+            except MalformedRequest as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    make = (
-        grpc.stream_unary_rpc_method_handler
-        if handler.request_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
-    return make(call, parse, handler.response_serializer)
+        wrapped = call
+    make = _MAKERS[handler.request_streaming, handler.response_streaming]
+    return make(wrapped, _lenient(deserialize, method), handler.response_serializer)
+
+
+#: (request streaming, response streaming) -> grpc's method handler constructor.
+_MAKERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 class _GuardedGeneric(grpc.GenericRpcHandler):

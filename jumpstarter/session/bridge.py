@@ -89,9 +89,7 @@ class Channel:
                 if self._closed:
                     return CLOSED
                 self._condition.wait()
-            if self._closed:
-                return CLOSED
-            item = self._items.popleft()
+            item = self._items.popleft()  # `close` empties the queue: an item means still open
             self._wake_loop()
             return item
 
@@ -121,6 +119,14 @@ class Channel:
                 waiter = self._waiter = self._loop.create_future()
             await waiter
 
+    def finish(self, item: Any) -> None:
+        """Any thread, never waits: `item` goes after everything queued, even when full (the producer ended)."""
+        with self._condition:
+            if not self._closed:
+                self._items.append(item)
+                self._condition.notify()
+                self._wake_loop()
+
     def close(self) -> None:
         """Any thread: drop what is queued and wake both sides."""
         with self._condition:
@@ -139,6 +145,18 @@ def _when_done(context: grpc.ServicerContext, cancel: Callable[[], Any]) -> None
     """Run `cancel` when the RPC ends (cancelled, deadline, client gone, or done); now if it already did."""
     if not context.add_callback(cancel):
         cancel()
+
+
+def _on_cancel(future: concurrent.futures.Future[None], channel: Channel) -> None:
+    """A producer cancelled on the loop by anyone but `stop` (a driver, a loop shutdown) puts no
+    END or failure: its consumer gets `Cancelled` instead of waiting for ever (and its client too,
+    e.g. for the initial metadata of a stream that never opened)."""
+
+    def done(future: concurrent.futures.Future[None]) -> None:
+        if future.cancelled():
+            channel.finish(_Failure(Cancelled()))
+
+    future.add_done_callback(done)
 
 
 class LoopBridge:
@@ -173,6 +191,7 @@ class LoopBridge:
                         await aclose()
 
         future = asyncio.run_coroutine_threadsafe(produce(), self.loop)
+        _on_cancel(future, channel)
 
         def stop() -> None:
             channel.close()
@@ -205,6 +224,7 @@ class LoopBridge:
         inbound = Channel(self.loop, STREAM_DEPTH)
         outbound = Channel(self.loop, STREAM_DEPTH)
         future = asyncio.run_coroutine_threadsafe(_serve(opener, inbound, outbound), self.loop)
+        _on_cancel(future, outbound)
 
         def stop() -> None:
             inbound.close()

@@ -40,7 +40,9 @@ def _abort(context: Context, exc: BaseException, what: str) -> None:  # context.
     context.abort(code, message)
 
 
-class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
+class _SlotServicer:
+    """Answers from the session the slot holds now (exporterd swaps in a fresh one per lease)."""
+
     def __init__(self, slot: SessionSlot, bridge: LoopBridge) -> None:
         self.slot = slot
         self.bridge = bridge
@@ -49,6 +51,8 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
     def session(self) -> Session:
         return self.slot.current
 
+
+class ExporterServicer(_SlotServicer, jumpstarter_pb2_grpc.ExporterServiceServicer):
     def GetReport(self, request: Any, context: Context) -> Any:
         return self.session.report()
 
@@ -123,24 +127,17 @@ class ExporterServicer(jumpstarter_pb2_grpc.ExporterServiceServicer):
         )
 
 
-class RouterServicer:
+class RouterServicer(_SlotServicer):
     """Session-level byte streams: driver streams and resources (PROTOCOL.md §5)."""
-
-    def __init__(self, slot: SessionSlot, bridge: LoopBridge) -> None:
-        self.slot = slot
-        self.bridge = bridge
-
-    @property
-    def session(self) -> Session:
-        return self.slot.current
 
     def Stream(self, requests: Iterator[Any], context: Context) -> Iterator[Any]:
         try:
             request = self._request(context)
-            driver = self.session.driver(str(request.get("uuid", "")))
+            session = self.session  # once: a lease swap in between must not mix two sessions
+            driver = session.driver(str(request.get("uuid", "")))
             kind = request.get("kind")
             if kind == "driver":
-                self.session.check_ready()
+                session.check_ready()
                 exported, opener = driver.method(str(request.get("method", "connect")), BYTESTREAM)
                 serve = self.bridge.stream_frames if exported.is_async else stream_blocking
                 yield from serve(opener, ((OPEN_MARKER, "1"),), requests, context)

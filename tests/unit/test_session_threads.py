@@ -18,13 +18,14 @@ import pytest
 from jumpstarter import frames
 from jumpstarter.client import wire
 from jumpstarter.client.connection import Connection
-from jumpstarter.driver import Driver, export
+from jumpstarter.driver import Driver, export, exportstream
 from jumpstarter.drivers.composite import Composite
 from jumpstarter.drivers.network import TcpNetwork
 from jumpstarter.session.local import LocalServer
 from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 DEADLINE = 30.0
+HANG = 10.0  # seconds: a call still running after this would never end
 
 
 def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -78,6 +79,18 @@ class Probe(Driver):
                 await asyncio.sleep(0.01)
         finally:
             self.cancelled.set()
+
+    @export
+    async def cancelled_midway(self) -> AsyncIterator[int]:
+        """A generator cancelled by something on the exporter (an awaited task cancelled under it)."""
+        yield 0
+        raise asyncio.CancelledError()
+
+    @exportstream
+    async def cancelled_open(self) -> AsyncIterator[object]:
+        """A byte stream whose opening is cancelled by something on the exporter."""
+        raise asyncio.CancelledError()
+        yield  # an async generator
 
 
 @pytest.fixture
@@ -133,6 +146,29 @@ def test_a_streaming_call_the_client_cancels_stops_the_async_generator(probe):
         assert first.result.number_value == 0
         call.cancel()
         wait_for(driver.cancelled.is_set, "the driver's generator to be closed")
+
+
+def test_a_streaming_call_cancelled_on_the_exporter_ends_instead_of_hanging(probe):
+    path, driver = probe
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        stub = jumpstarter_pb2_grpc.ExporterServiceStub(channel)
+        request = jumpstarter_pb2.StreamingDriverCallRequest(uuid=driver.uuid, method="cancelled_midway")
+        call = stub.StreamingDriverCall(request, timeout=HANG)
+        assert next(call).result.number_value == 0
+        with pytest.raises(grpc.RpcError) as raised:
+            next(call)
+        assert raised.value.code() == grpc.StatusCode.CANCELLED  # not DEADLINE_EXCEEDED: it ended at once
+
+
+def test_a_byte_stream_whose_opening_is_cancelled_on_the_exporter_ends_instead_of_hanging(probe):
+    path, driver = probe
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        request = {"kind": "driver", "uuid": driver.uuid, "method": "cancelled_open"}
+        call = wire.router_stream(channel)(iter(()), metadata=wire.stream_metadata(request, ()), timeout=HANG)
+        with pytest.raises(grpc.RpcError) as raised:
+            call.initial_metadata()  # a client waits here for the stream to open
+            next(call)
+        assert raised.value.code() == grpc.StatusCode.CANCELLED  # not DEADLINE_EXCEEDED: it ended at once
 
 
 @contextlib.contextmanager
