@@ -18,6 +18,14 @@ with the behaviour the Kubernetes API documents for them (API concepts: "Resourc
   synthetic ADDED events for what exists first. An RV older than the kept history gets an ERROR
   event whose Status is `410 Expired` ("too old resource version"), as the API server does.
 - resourceVersions are one cluster-wide counter (etcd's revision), strings to clients.
+- core v1 ServiceAccounts and Secrets (namespaced CRUD as above, no resourceVersion required);
+  TokenRequest (`POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`: `spec.audiences`,
+  `spec.expirationSeconds` >= 600, 404 for a missing ServiceAccount) answering a JWT whose `sub` is
+  `system:serviceaccount:NS:NAME`; and TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`):
+  authenticated only for a token this server minted, unexpired, whose ServiceAccount still exists
+  with the same uid, and (when `spec.audiences` is given) valid for one of them; `status.audiences`
+  is the intersection. Unlike a real cluster the tokens are HS256 with a key only this server holds
+  (a real one signs RS256 with keys it publishes): a consumer must use TokenReview, never verify them.
 
 Tests use `compact()` to drop the history (forcing 410 on the next watch) and `drop_watches()`
 to cut every open watch (as an API server restart or a load balancer does).
@@ -62,11 +70,18 @@ KINDS: dict[tuple[str, str, str], Kind] = {
     ("lab.jumpstarter.dev", "v1alpha1", "auditevents"): Kind("AuditEvent", False),
     ("lab.jumpstarter.dev", "v1alpha1", "controllersequences"): Kind("ControllerSequence", False),
     ("coordination.k8s.io", "v1", "leases"): Kind("Lease", False, custom=False),
+    ("", "v1", "serviceaccounts"): Kind("ServiceAccount", False, custom=False),
+    ("", "v1", "secrets"): Kind("Secret", False, custom=False),
 }
+SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
+TOKEN_REVIEWS = ("authentication.k8s.io", "v1", "tokenreviews")
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"  # what a cluster's SA tokens name as `iss`
+API_AUDIENCE = SA_ISSUER  # the audience a TokenRequest without `audiences` gets (the API server's own)
+MIN_TOKEN_SECONDS = 600  # TokenRequest refuses shorter lifetimes
 
 _PATH = re.compile(
-    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)"
-    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>status))?)?$"
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|token))?)?$"
 )
 
 
@@ -256,9 +271,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(
                 404, "NotFound", f"the server could not find the requested resource ({parts.path})"
             )
-        gvr = (match["group"], match["version"], match["plural"])
+        if match["core"]:
+            gvr = ("", "v1", match["plural"])
+        else:
+            gvr = (match["group"], match["version"], match["plural"])
         kind = KINDS.get(gvr)
-        if kind is None or (match["sub"] and not kind.status):
+        if gvr == TOKEN_REVIEWS and not match["ns"] and not match["name"]:
+            kind = Kind("TokenReview", False, custom=False)
+        sub_ok = match["sub"] is None or (
+            (match["sub"] == "status" and kind is not None and kind.status)
+            or (match["sub"] == "token" and gvr == SERVICE_ACCOUNTS)
+        )
+        if kind is None or not sub_ok:
             raise ApiError(
                 404, "NotFound", f"the server could not find the requested resource ({parts.path})"
             )
@@ -297,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(
                     200,
                     {
-                        "apiVersion": f"{gvr[0]}/{gvr[1]}",
+                        "apiVersion": "/".join(part for part in gvr[:2] if part),
                         "kind": f"{kind.kind}List",
                         "metadata": {"resourceVersion": version},
                         "items": items,
@@ -305,6 +329,15 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             body = self._body() if method in ("POST", "PUT", "DELETE") else {}
+            if gvr == TOKEN_REVIEWS or sub == "token":
+                if method != "POST":
+                    raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed here")
+                if sub == "token":
+                    assert key is not None
+                    self._send(201, self.server.tokens.request(cluster, key, body))
+                else:
+                    self._send(201, self.server.tokens.review(cluster, body))
+                return
             with cluster.lock:
                 if method == "POST" and key is None and ns is not None:
                     name = (body.get("metadata") or {}).get("name")
@@ -408,10 +441,114 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
 
+class ServiceAccountTokens:
+    """TokenRequest and TokenReview (authentication.k8s.io/v1) over this server's ServiceAccounts."""
+
+    def __init__(self) -> None:
+        self._key = uuid.uuid4().hex + uuid.uuid4().hex
+        self.reviews = 0  # how many TokenReviews were asked (tests check a cache is used)
+
+    def request(self, cluster: FakeCluster, key: Key, body: dict[str, Any]) -> dict[str, Any]:
+        import jwt
+
+        spec = body.get("spec") or {}
+        audiences = spec.get("audiences") or [API_AUDIENCE]
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+            raise ApiError(422, "Invalid", "spec.audiences: Invalid value: must be a list of strings")
+        if seconds < MIN_TOKEN_SECONDS:
+            raise ApiError(
+                422,
+                "Invalid",
+                f"spec.expirationSeconds: Invalid value: {seconds}: may not specify a duration less than 10 minutes",
+            )
+        with cluster.lock:
+            account = copy.deepcopy(cluster.get(key))
+        now = int(time.time())
+        _, ns, name = key
+        token = jwt.encode(
+            {
+                "iss": SA_ISSUER,
+                "sub": f"system:serviceaccount:{ns}:{name}",
+                "aud": audiences,
+                "iat": now,
+                "nbf": now,
+                "exp": now + seconds,
+                "kubernetes.io": {
+                    "namespace": ns,
+                    "serviceaccount": {"name": name, "uid": account["metadata"]["uid"]},
+                },
+            },
+            self._key,
+            algorithm="HS256",
+        )
+        return {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"audiences": audiences, "expirationSeconds": seconds},
+            "status": {
+                "token": token,
+                "expirationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds)),
+            },
+        }
+
+    def review(self, cluster: FakeCluster, body: dict[str, Any]) -> dict[str, Any]:
+        import jwt
+
+        spec = body.get("spec") or {}
+        token, wanted = spec.get("token"), spec.get("audiences") or []
+        if not isinstance(token, str) or not isinstance(wanted, list):
+            raise ApiError(400, "BadRequest", "spec.token must be a string, spec.audiences a list")
+        self.reviews += 1
+        answer: dict[str, Any] = {"authenticated": False, "user": {}}
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=["HS256"], options={"verify_aud": False}, issuer=SA_ISSUER
+            )
+            owner = claims["kubernetes.io"]
+            ns, name, uid = (
+                owner["namespace"],
+                owner["serviceaccount"]["name"],
+                owner["serviceaccount"]["uid"],
+            )
+            with cluster.lock:
+                account = cluster.objects.get((SERVICE_ACCOUNTS, ns, name))
+            if account is None or account["metadata"]["uid"] != uid:
+                raise ValueError("service account deleted")
+            audiences = [a for a in claims["aud"] if not wanted or a in wanted]
+            if not audiences:
+                raise ValueError("token audiences do not match")
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+            answer["error"] = f"[invalid bearer token, {exc}]"
+        else:
+            answer = {
+                "authenticated": True,
+                "user": {
+                    "username": f"system:serviceaccount:{ns}:{name}",
+                    "uid": uid,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{ns}",
+                        "system:authenticated",
+                    ],
+                },
+                "audiences": audiences,
+            }
+        return {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": answer,
+        }
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     cluster: FakeCluster
     token: str
+    tokens: ServiceAccountTokens
     closing: bool = False
 
 
@@ -432,6 +569,7 @@ class KubeApiServer:
         context.load_cert_chain(root / "tls.crt", root / "tls.key")
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.cluster, self._server.token = self.cluster, self.token
+        self.tokens = self._server.tokens = ServiceAccountTokens()
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
         self.kubeconfig = str(root / "kubeconfig")
