@@ -81,6 +81,9 @@ class ControllerConfig:
     audit_max_records: int = 1_000_000  # bounds the table even if something floods it
     health_checks: HealthSettings = field(default_factory=HealthSettings)
     dashboard: DashboardSettings | None = None  # off unless configured
+    # ServiceAccount tokens through TokenReview (controllerd/kube_identity.py): on with the Kubernetes store
+    kubernetes_identities: bool = False
+    kubernetes_identity_cache_seconds: float = 30.0  # a reviewed token's answer is reused this long at most
 
 
 def _listen(value: Any, where: Where) -> str:
@@ -196,6 +199,13 @@ CONTROLLER = Section(
     Field("metrics", _metrics, default=DEFAULTS.metrics),
     Field("health_checks", HEALTH_CHECKS, default=EMPTY, unset="null"),
     Field("dashboard", DASHBOARD, default=None, unset="null"),
+    Field("kubernetes_identities", boolean, default=None, unset="null"),
+    Field(
+        "kubernetes_identity_cache_seconds",
+        number(unit="seconds", at_most=30.0, too_big="at most 30 seconds (a deleted ServiceAccount's token"
+               " must stop working soon)"),
+        default=DEFAULTS.kubernetes_identity_cache_seconds,
+    ),
     what="a mapping of controllerd settings",
 )
 
@@ -223,6 +233,13 @@ def load_controller_config(path: str) -> ControllerConfig:
     settings["tls_ca"] = tls["tls_ca"] or os.path.join(tls_dir, "ca.crt")
     settings["tls_ca_key"] = tls["tls_ca_key"] or os.path.join(tls_dir, "ca.key")
     settings["store"] = settings["store"] or f"sqlite://{os.path.join(state_dir, 'controller.db')}"
+    kubernetes = settings["store"].startswith("kubernetes://")
+    if settings["kubernetes_identities"] and not kubernetes:
+        raise values.at("kubernetes_identities").error(
+            "ServiceAccount tokens (TokenReview) need the Kubernetes store (store: kubernetes://NAMESPACE)"
+        )
+    if settings["kubernetes_identities"] is None:  # default: on with the Kubernetes store
+        settings["kubernetes_identities"] = kubernetes
     settings["signing_key"] = settings["signing_key"] or os.path.join(own, "signing-key.pem")
     settings["router_key_file"] = settings["router_key_file"] or os.path.join(state_dir, "keys", "router.key")
     if settings["dashboard"] is not None:

@@ -93,6 +93,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     auth = TokenAuthority(store, load_or_create_key(config.signing_key), config.endpoint, config.audiences)
     await auth.load()
     auth.on_revoke = lambda r: hub.exporter_changed(r.namespace, r.name) if r.kind == "Exporter" else None
+    from controllerd.kube_identity import cluster_identities
+
+    auth.cluster = cluster_identities(config, store, auth, hub)  # ServiceAccount tokens (Kubernetes store)
 
     server = grpc.aio.server(
         options=CONTROLLER_SERVER_OPTIONS + server_keepalive_options(config.offline_after)
