@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -277,7 +276,7 @@ def test_controller_tokens_keep_working_beside_service_account_tokens(cluster: C
 
 def test_service_account_tokens_are_refused_on_sqlite(tmp_path: Path) -> None:
     path = tmp_path / "controllerd.yaml"
-    path.write_text(yaml.safe_dump({"store": f"sqlite://{tmp_path}/c.db", "kubernetes_identities": True}))
+    path.write_text(f"store: sqlite://{tmp_path}/c.db\nkubernetes_identities: true\n")
     result = subprocess.run(
         [PY, "-m", "controllerd.main", "--config", str(path), "--check"],
         capture_output=True,
@@ -286,4 +285,5 @@ def test_service_account_tokens_are_refused_on_sqlite(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert result.returncode != 0
-    assert f"{path}:2: kubernetes_identities:" in result.stderr, result.stderr
+    assert f"{path}:2: kubernetes_identities: ServiceAccount tokens" in result.stderr, result.stderr
+    assert "need the Kubernetes store" in result.stderr
