@@ -202,8 +202,11 @@ CONTROLLER = Section(
     Field("kubernetes_identities", boolean, default=None, unset="null"),
     Field(
         "kubernetes_identity_cache_seconds",
-        number(unit="seconds", at_most=30.0, too_big="at most 30 seconds (a deleted ServiceAccount's token"
-               " must stop working soon)"),
+        number(
+            unit="seconds",
+            at_most=30.0,
+            too_big="at most 30 seconds (a deleted ServiceAccount's token must stop working soon)",
+        ),
         default=DEFAULTS.kubernetes_identity_cache_seconds,
     ),
     what="a mapping of controllerd settings",

@@ -247,7 +247,6 @@ class ClusterIdentities:
             raise PermissionDenied(f"{kind.lower()} {namespace}/{name} does not exist") from None
         obj = informer.get(name) or {}
         if (obj.get("spec") or {}).get("username") != username:
-            log.warning("serviceaccount token refused: spec.username differs", kind=kind, name=name, user=username)
             raise PermissionDenied("token does not belong to the named object")
         return record.uid
 
@@ -268,7 +267,9 @@ class ClusterIdentities:
                     raise PermissionDenied(f"{who.kind.lower()} {who.name} was re-created")
             except (Unauthenticated, PermissionDenied) as exc:
                 self.live.pop(jti, None)
-                log.info("serviceaccount token refused: ending its streams", kind=who.kind, name=who.name, jti=jti)
+                log.info(
+                    "serviceaccount token refused: ending its streams", kind=who.kind, name=who.name, jti=jti
+                )
                 self.on_refused(who, str(exc))
             except (Unavailable, ResourceExhausted) as exc:  # the API server's trouble: boards stay
                 log.warning("serviceaccount token re-review failed; kept", name=who.name, error=str(exc))
@@ -283,7 +284,9 @@ def cluster_identities(
     if not config.kubernetes_identities or not isinstance(store, KubernetesStore):
         return None
     reviewer = TokenReviewer(
-        cluster_review(store.api.client), auth.audiences, cache_seconds=config.kubernetes_identity_cache_seconds
+        cluster_review(store.api.client),
+        auth.audiences,
+        cache_seconds=config.kubernetes_identity_cache_seconds,
     )
 
     def refused(who: Identity, why: str) -> None:

@@ -332,6 +332,20 @@ def test_rbac_is_least_privilege_without_wildcards(rendered: list[dict[str, Any]
         assert subjects == [("ServiceAccount", "jumpstarter-controllerd", "jumpstarter")]
 
 
+def test_tokenreview_is_granted_only_by_its_cluster_role_to_controllerd(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """TokenReview (controllerd/kube_identity.py) is cluster-scoped: one ClusterRole, bound only to
+    controllerd's ServiceAccount, and every binding names a role that is rendered with it."""
+    roles = {(d["kind"], d["metadata"]["name"]) for d in rendered if d["kind"] in ("Role", "ClusterRole")}
+    bindings = [d for d in rendered if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    for binding in bindings:
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) in roles, binding["roleRef"]
+    cluster_bindings = [b for b in bindings if b["kind"] == "ClusterRoleBinding"]
+    cluster_roles = [d for d in rendered if d["kind"] == "ClusterRole"]
+    assert [b["roleRef"]["name"] for b in cluster_bindings] == [r["metadata"]["name"] for r in cluster_roles]
+
+
 def test_pods_are_hardened_with_resources_and_probes(rendered: list[dict[str, Any]]) -> None:
     specs = pods(rendered)
     assert len(specs) == 2

@@ -87,7 +87,9 @@ def test_a_positive_answer_never_outlives_the_token() -> None:
 
 def test_the_cache_is_lru_bounded() -> None:
     asked: list[str] = []
-    reviewer = TokenReviewer(lambda token, audiences: (asked.append(token) or "u", ""), [AUDIENCE], max_entries=3)
+    reviewer = TokenReviewer(
+        lambda token, audiences: (asked.append(token) or "u", ""), [AUDIENCE], max_entries=3
+    )
 
     async def run() -> None:
         for token in ("a", "b", "c", "a", "d"):  # "a" used again: "b" is the least recent
