@@ -8,8 +8,9 @@ the cluster vouches for, exactly.
 
 Bounded: answers are cached by sha256(token) (positive at most `cache_seconds` and never past the
 token's `exp`, negative NEGATIVE_SECONDS), LRU-bounded; callers presenting the same token share one
-review; at most IN_FLIGHT reviews reach the API server at once and at most MAX_WAITING wait for a
-turn (beyond: RESOURCE_EXHAUSTED), so a flood of random tokens is not a flood on the API server.
+review; at most IN_FLIGHT reviews reach the API server at once, at most MAX_WAITING wait for a
+turn, and new tokens are reviewed at REVIEW_RATE per second after a burst of REVIEW_BURST
+(beyond: RESOURCE_EXHAUSTED), so a flood of random tokens is not a flood on the API server.
 Exporters' long streams (Status, Listen) are re-reviewed every `cache_seconds` and ended once
 refused (ServiceAccount deleted, token expired, `spec.username` changed, object deleted).
 Tokens are held in memory only, never logged or stored; Identity.jti is "sa:" + sha256[:16].
@@ -44,6 +45,8 @@ IN_FLIGHT = 4  # TokenReviews at once against the API server
 MAX_WAITING = 64  # reviews waiting for a turn; beyond, callers are told to retry
 MAX_ENTRIES = 4096  # cached answers (LRU)
 MAX_LIVE = 4096  # exporters' streams whose tokens are re-reviewed
+REVIEW_RATE = 20.0  # new (uncached) tokens reviewed per second after the burst
+REVIEW_BURST = 200  # a controller restart: this many exporters and clients reconnect at once
 NEGATIVE_SECONDS = 5.0  # a refused token is refused from the cache this long
 REVIEW_TIMEOUT = 10.0  # seconds for one TokenReview call
 REVOKED_MEMORY = 120.0  # seconds a refused stream's jti stays in auth.revoked (its streams see it)
@@ -94,6 +97,8 @@ class TokenReviewer:
         max_entries: int = MAX_ENTRIES,
         in_flight: int = IN_FLIGHT,
         max_waiting: int = MAX_WAITING,
+        rate: float = REVIEW_RATE,
+        burst: int = REVIEW_BURST,
     ) -> None:
         self.review = review
         self.audiences = list(audiences)
@@ -106,6 +111,8 @@ class TokenReviewer:
         self.turns = asyncio.Semaphore(in_flight)
         self.waiting = 0  # reviews started and not answered (in flight or waiting for a turn)
         self.reviews = 0  # TokenReviews sent (metrics, tests)
+        self.rate, self.burst = rate, burst
+        self.allowance, self.stamp = float(burst), time.monotonic()  # a token bucket of new reviews
 
     async def username(self, token: str, *, fresh: bool = False) -> str:
         """The cluster's username for `token`; Unauthenticated when it refuses it.
@@ -115,10 +122,21 @@ class TokenReviewer:
         answer = None if fresh else self._cached(key)
         if answer is None:
             shared = self.pending.get(key)
-            answer = await asyncio.shield(shared) if shared is not None else await self._ask(key, token)
+            answer = (
+                await asyncio.shield(shared) if shared is not None else await self._ask(key, token, not fresh)
+            )
         if not answer.username:
             raise Unauthenticated(f"token refused by the cluster (TokenReview): {answer.problem}")
         return answer.username
+
+    def _charge(self) -> None:
+        """One new review from the bucket (streams' re-reviews are not charged: bounded by MAX_LIVE)."""
+        now = time.monotonic()
+        self.allowance = min(float(self.burst), self.allowance + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.allowance < 1:
+            raise ResourceExhausted("too many new ServiceAccount tokens to review; try again in a moment")
+        self.allowance -= 1
 
     def _cached(self, key: str) -> Answer | None:
         answer = self.cache.get(key)
@@ -130,9 +148,11 @@ class TokenReviewer:
         self.cache.move_to_end(key)
         return answer
 
-    async def _ask(self, key: str, token: str) -> Answer:
+    async def _ask(self, key: str, token: str, charged: bool) -> Answer:
         if self.waiting >= self.max_waiting:
             raise ResourceExhausted("too many ServiceAccount tokens being reviewed; try again in a moment")
+        if charged:
+            self._charge()
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending[key] = future
         self.waiting += 1

@@ -138,6 +138,24 @@ def test_reviews_in_flight_and_waiting_are_bounded() -> None:
     assert (len(refused), len(busy)) == (50 + 15, 100 - 15)
 
 
+def test_new_tokens_are_reviewed_at_a_bounded_rate() -> None:
+    asked: list[str] = []
+    reviewer = TokenReviewer(
+        lambda token, audiences: (asked.append(token) or "u", ""), [AUDIENCE], rate=0.001, burst=3
+    )
+
+    async def run() -> None:
+        for token in ("a", "b", "c"):
+            await reviewer.username(token)
+        with pytest.raises(ResourceExhausted, match="try again"):
+            await reviewer.username("d")
+        assert await reviewer.username("a") == "u"  # answered from the cache: not charged
+        await reviewer.username("a", fresh=True)  # a stream's re-review: not charged either
+
+    asyncio.run(run())
+    assert asked == ["a", "b", "c", "a"]
+
+
 def test_an_api_failure_is_not_cached() -> None:
     answers = iter([Unavailable("down"), ("alice", "")])
 
