@@ -75,6 +75,13 @@ class Cluster:
             "spec": {"username": username},
         }
         self.custom.create_namespaced_custom_object(*CRD, NS, f"{kind.lower()}s", body)
+        wait_until(lambda: self.seen(kind, name), 30, f"controllerd to see {kind} {name} (its watch)")
+
+    def seen(self, kind: str, name: str) -> bool:
+        from jumpstarter.cli.admin import call
+
+        rows = call(self.central.admin_socket, "get", kind=f"{kind.lower()}s", namespace=NS, all=False)
+        return any(row["name"] == name for row in rows)
 
     def reviews(self) -> int:
         return self.api.tokens.reviews
