@@ -68,7 +68,9 @@ class Admin:
         self.lab_ca = lab_ca
         self.health = health
         self.dashboard_url = dashboard_url  # handed out with viewer tokens ("" when the dashboard is off)
-        self.credentials = credentials  # Kubernetes store: tokens live in Secrets (controllerd/credentials.py)
+        self.credentials = (
+            credentials  # Kubernetes store: tokens live in Secrets (controllerd/credentials.py)
+        )
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "info": self.info,
             "create_client": self.create_client,
@@ -139,7 +141,9 @@ class Admin:
         cert_pem, key_pem = tls.issue(self.lab_ca, names)
         return {"cert": cert_pem.decode(), "key": key_pem.decode(), "ca": self.lab_ca.cert_pem.decode()}
 
-    async def _issue(self, kind: str, namespace: str, name: str, uid: str, rotate: bool = False) -> dict[str, Any]:
+    async def _issue(
+        self, kind: str, namespace: str, name: str, uid: str, rotate: bool = False
+    ) -> dict[str, Any]:
         if self.credentials is not None:  # Kubernetes: the token its Secret holds (one per resource)
             token, expiry = await self.credentials.ensure(kind, name, uid, force=rotate)
         else:

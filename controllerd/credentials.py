@@ -82,11 +82,15 @@ class Credentials:
 
     def _read_secret(self, name: str) -> k8s.V1Secret | None:
         try:
-            return self._core(f"get secrets/{name}", lambda: self.core.read_namespaced_secret(name, self.namespace))
+            return self._core(
+                f"get secrets/{name}", lambda: self.core.read_namespaced_secret(name, self.namespace)
+            )
         except NotFound:
             return None
 
-    def _write_secret(self, name: str, current: k8s.V1Secret | None, token: str, owner: dict[str, Any]) -> str:
+    def _write_secret(
+        self, name: str, current: k8s.V1Secret | None, token: str, owner: dict[str, Any]
+    ) -> str:
         body = k8s.V1Secret(
             metadata=k8s.V1ObjectMeta(
                 name=name,
@@ -111,19 +115,19 @@ class Credentials:
                 f"create secrets/{name}", lambda: self.core.create_namespaced_secret(self.namespace, body)
             )
         else:  # at the version read: a concurrent writer makes this a 409, never a lost token
-            body.metadata.resource_version = current.metadata.resource_version
+            _meta(body).resource_version = _meta(current).resource_version
             stored = self._core(
                 f"update secrets/{name}",
                 lambda: self.core.replace_namespaced_secret(name, self.namespace, body),
             )
-        return str(stored.metadata.resource_version)
+        return str(_meta(stored).resource_version)
 
     def _list_secrets(self) -> dict[str, k8s.V1Secret]:
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         listed = self._core(
             "list secrets", lambda: self.core.list_namespaced_secret(self.namespace, label_selector=selector)
         )
-        return {s.metadata.name: s for s in listed.items or []}
+        return {str(_meta(s).name): s for s in listed.items or []}
 
     def _set_status(self, kind: str, name: str) -> None:
         """status.credential and status.endpoint, written at the version read (retried on a 409)."""
@@ -165,7 +169,7 @@ class Credentials:
                 lambda: self.core.create_namespaced_config_map(self.namespace, body),
             )
         else:
-            body.metadata.resource_version = current.metadata.resource_version
+            _meta(body).resource_version = _meta(current).resource_version
             self._core(
                 f"update configmaps/{CA_CONFIGMAP}",
                 lambda: self.core.replace_namespaced_config_map(CA_CONFIGMAP, self.namespace, body),
@@ -177,12 +181,14 @@ class Credentials:
     def _informer(self, kind: str) -> Informer:
         return self.store.clients if kind == "Client" else self.store.exporters
 
-    def _token_of(self, secret: k8s.V1Secret | None, kind: str, name: str, uid: str, owner_uid: str) -> str | None:
+    def _token_of(
+        self, secret: k8s.V1Secret | None, kind: str, name: str, uid: str, owner_uid: str
+    ) -> str | None:
         """The Secret's token if it is ours for this resource (signed by us, its subject and uid,
         the Secret owned by this very object); revoked and expired tokens count (see the docstring)."""
         if secret is None or not secret.data or not secret.data.get("token"):
             return None
-        if not any(ref.uid == owner_uid for ref in secret.metadata.owner_references or []):
+        if not any(ref.uid == owner_uid for ref in _meta(secret).owner_references or []):
             return None
         try:
             token = base64.b64decode(secret.data["token"], validate=True).decode()
@@ -230,6 +236,18 @@ class Credentials:
 
     # -- the reconciler ---------------------------------------------------------------------
 
+    def follow(self, leading: Callable[[], bool]) -> None:
+        """Run passes while `leading()`, and after the watches see a Client or Exporter change."""
+        self.leading = leading
+        changed = self.store.on_change
+
+        def on_change(plural: str, obj: Any) -> None:
+            changed(plural, obj)
+            if plural in ("clients", "exporters"):
+                self.poke()
+
+        self.store.on_change = on_change
+
     def poke(self) -> None:
         """From any thread (informer callbacks): a pass soon."""
         if self._loop is not None:
@@ -247,7 +265,7 @@ class Credentials:
                 status = obj.get("status") or {}
                 published = _published(obj, name_of) and status.get("endpoint") == self.auth.endpoint
                 if secret is not None and published:
-                    seen = (str(secret.metadata.resource_version), record.uid)
+                    seen = (str(_meta(secret).resource_version), record.uid)
                     if self._good.get(name_of) == seen:
                         continue
                     if self._token_of(secret, kind, name, record.uid, obj["metadata"].get("uid", "")):
@@ -295,6 +313,12 @@ class Credentials:
             except (StorageError, NotFound) as exc:
                 log.warning("credentials pass failed", error=str(exc))
             await asyncio.sleep(MIN_GAP)
+
+
+def _meta(obj: Any) -> k8s.V1ObjectMeta:
+    meta = obj.metadata
+    assert meta is not None, "the API server always answers metadata"
+    return meta  # type: ignore[no-any-return]
 
 
 def _published(obj: dict[str, Any], name_of: str) -> bool:

@@ -219,15 +219,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     )
     credentials_task = None
     if credentials is not None:  # Kubernetes store: Secrets for what kubectl creates, by the leader
-        credentials.leading = (lambda: elector.leading) if elector is not None else (lambda: True)
-        changed = store.on_change
-
-        def on_change(plural: str, obj: Any) -> None:
-            changed(plural, obj)
-            if plural in ("clients", "exporters"):
-                credentials.poke()
-
-        store.on_change = on_change  # type: ignore[attr-defined]
+        credentials.follow((lambda: elector.leading) if elector is not None else (lambda: True))
         credentials_task = asyncio.create_task(credentials.run(), name="credentials")
     health_task = asyncio.create_task(checker.schedule_forever(), name="health-checks")
     prune_task = asyncio.create_task(

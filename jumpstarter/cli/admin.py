@@ -150,28 +150,23 @@ def _audit_row(event: dict[str, Any]) -> list[str]:
 # -- handlers: one per command row ------------------------------------------------------------
 
 
-def _kube(a: argparse.Namespace) -> bool:
-    """Whether this call goes to the cluster (--kubeconfig) rather than the admin socket."""
-    if a.context and not a.kubeconfig:
-        raise ConfigError("--context needs --kubeconfig FILE")
-    return bool(a.kubeconfig)
-
-
 def run_create(a: argparse.Namespace) -> int:
     labels = _checked_labels(a.label)
     check_name(a.namespace, "namespace")
     check_name(a.name, f"{a.kind} name")
-    if _kube(a):
+    if admin_kube.wanted(a):
         return admin_kube.run_create(a, labels, _emit_config)
     if a.service_account or a.duration is not None:
-        raise ConfigError("--service-account and --duration need --kubeconfig (ServiceAccounts are the cluster's)")
+        raise ConfigError(
+            "--service-account and --duration need --kubeconfig (ServiceAccounts are the cluster's)"
+        )
     result = _call_named(a, f"create_{a.kind}", labels=labels)
     _emit_config(a.kind, result, a.output)
     return 0
 
 
 def run_get(a: argparse.Namespace) -> int:
-    if _kube(a):
+    if admin_kube.wanted(a):
         check_name(a.namespace, "namespace")
         return admin_kube.run_get(a)
     rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
@@ -195,7 +190,7 @@ def _tokens(count: int) -> str:
 
 
 def run_delete(a: argparse.Namespace) -> int:
-    if _kube(a):
+    if admin_kube.wanted(a):
         check_name(a.namespace, "namespace")
         check_name(a.name, f"{a.kind} name")
         return admin_kube.run_delete(a)
@@ -402,12 +397,7 @@ ADMIN = Command(
             help="controllerd's admin socket (default $JUMPSTARTER_ADMIN_SOCKET or %(default)s)",
         ),
         arg("-n", "--namespace", default="default", help="the namespace to act in (default: %(default)s)"),
-        arg(
-            "--kubeconfig",
-            metavar="FILE",
-            help="talk to this Kubernetes cluster instead of the admin socket (create, get, delete only)",
-        ),
-        arg("--context", metavar="NAME", help="the kubeconfig context (default: its current one)"),
+        *admin_kube.CLUSTER_ARGS,
     ),
     commands=(
         Command(
@@ -419,19 +409,7 @@ ADMIN = Command(
                 NAME,
                 LABELS,
                 CONFIG_OUT,
-                arg(
-                    "--service-account",
-                    action="store_true",
-                    help="--kubeconfig: a ServiceAccount NAME and its TokenRequest token, not a controller token",
-                ),
-                arg("--duration", metavar="DURATION", help="--service-account: token lifetime (default 8760h)"),
-                arg(
-                    "--wait",
-                    type=float,
-                    default=30.0,
-                    metavar="SECONDS",
-                    help="--kubeconfig: how long to wait for controllerd's credential (default %(default)s)",
-                ),
+                *admin_kube.CREATE_ARGS,
             ),
         ),
         Command(
@@ -451,7 +429,10 @@ ADMIN = Command(
             args=(_kind("client", "exporter"), NAME, RESULT),
         ),
         Command(
-            "enable", "enable an exporter for new leases", admin_kube.socket_only("enable", run_enable), args=(_kind("exporter"), NAME, RESULT)
+            "enable",
+            "enable an exporter for new leases",
+            admin_kube.socket_only("enable", run_enable),
+            args=(_kind("exporter"), NAME, RESULT),
         ),
         Command(
             "disable",

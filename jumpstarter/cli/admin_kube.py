@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jumpstarter.backoff import Backoff, Deadline
+from jumpstarter.cli.builder import arg
 from jumpstarter.cli.output import note, print_data, record_table
 from jumpstarter.errors import ConfigError, JumpstarterError
 
@@ -37,6 +38,38 @@ SOCKET_ONLY = (
     "this command needs the controller's admin socket, not --kubeconfig: run it on the controller,"
     " e.g. kubectl exec -n {ns} deploy/jumpstarter-controllerd -- jumpstarter admin {command} …"
 )
+
+
+CLUSTER_ARGS = (
+    arg(
+        "--kubeconfig",
+        metavar="FILE",
+        help="talk to this Kubernetes cluster instead of the admin socket (create, get, delete only)",
+    ),
+    arg("--context", metavar="NAME", help="the kubeconfig context (default: its current one)"),
+)
+CREATE_ARGS = (
+    arg(
+        "--service-account",
+        action="store_true",
+        help="--kubeconfig: a ServiceAccount NAME and its TokenRequest token, not a controller token",
+    ),
+    arg("--duration", metavar="DURATION", help="--service-account: token lifetime (default 8760h)"),
+    arg(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="--kubeconfig: how long to wait for controllerd's credential (default %(default)s)",
+    ),
+)
+
+
+def wanted(a: argparse.Namespace) -> bool:
+    """Whether this call goes to the cluster (--kubeconfig) rather than the admin socket."""
+    if a.context and not a.kubeconfig:
+        raise ConfigError("--context needs --kubeconfig FILE")
+    return bool(a.kubeconfig)
 
 
 class Cluster:
@@ -126,7 +159,7 @@ def run_create(a: argparse.Namespace, labels: dict[str, str], emit: Callable[...
         body["spec"]["username"] = username
         if cluster.get(plural, name, None) is not None:  # before the ServiceAccount: nothing to undo
             raise JumpstarterError(f"{plural}/{name}: already exists in namespace {ns}")
-        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}
+        account = cluster.k8s.V1ServiceAccount(metadata=cluster.k8s.V1ObjectMeta(name=name, namespace=ns))
         cluster.call(
             f"serviceaccounts/{name}", lambda: cluster.core.create_namespaced_service_account(ns, account)
         )
@@ -140,8 +173,10 @@ def run_create(a: argparse.Namespace, labels: dict[str, str], emit: Callable[...
             _undo_account(cluster, name)
         raise
     try:
-        result = _service_account_token(cluster, a, plural, seconds) if a.service_account else _credential(
-            cluster, a, plural
+        result = (
+            _service_account_token(cluster, a, plural, seconds)
+            if a.service_account
+            else _credential(cluster, a, plural)
         )
     except BaseException:  # a timeout or Ctrl-C: take back what this call made (stores nothing)
         with contextlib.suppress(JumpstarterError):
@@ -149,7 +184,9 @@ def run_create(a: argparse.Namespace, labels: dict[str, str], emit: Callable[...
                 f"delete {plural}/{name}",
                 lambda: cluster.custom.delete_namespaced_custom_object(
                     GROUP, VERSION, ns, plural, name,
-                    body={"preconditions": {"uid": created["metadata"]["uid"]}},
+                    body=cluster.k8s.V1DeleteOptions(
+                        preconditions=cluster.k8s.V1Preconditions(uid=created["metadata"]["uid"])
+                    ),
                 ),
             )  # fmt: skip
         if a.service_account:
@@ -206,21 +243,31 @@ def _credential(cluster: Cluster, a: argparse.Namespace, plural: str) -> dict[st
     return {"namespace": cluster.namespace, "name": a.name, "ca": _ca(cluster), **found}
 
 
-def _service_account_token(cluster: Cluster, a: argparse.Namespace, plural: str, seconds: int) -> dict[str, Any]:
+def _service_account_token(
+    cluster: Cluster, a: argparse.Namespace, plural: str, seconds: int
+) -> dict[str, Any]:
     endpoint = _wait(
         f"endpoint in {plural}/{a.name} status",
         a.wait,
         lambda: _status(cluster, plural, a.name).get("endpoint"),
         cluster.namespace,
     )
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest"}
-    request["spec"] = {"audiences": [endpoint], "expirationSeconds": seconds}  # type: ignore[assignment]
+    k8s = cluster.k8s
+    request = k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=[endpoint], expiration_seconds=seconds)
+    )
     answer = cluster.call(
         f"serviceaccounts/{a.name}/token",
         lambda: cluster.core.create_namespaced_service_account_token(a.name, cluster.namespace, request),
     )
     token = answer.status.token
-    return {"namespace": cluster.namespace, "name": a.name, "endpoint": endpoint, "token": token, "ca": _ca(cluster)}
+    return {
+        "namespace": cluster.namespace,
+        "name": a.name,
+        "endpoint": endpoint,
+        "token": token,
+        "ca": _ca(cluster),
+    }
 
 
 def _sa_seconds(text: str | None) -> int:
@@ -228,7 +275,9 @@ def _sa_seconds(text: str | None) -> int:
 
     seconds = int(duration_seconds(text or "8760h"))
     if seconds < MIN_SA_SECONDS:
-        raise ConfigError(f"--duration: at least 10m for a ServiceAccount token (TokenRequest's minimum), not {text}")
+        raise ConfigError(
+            f"--duration: at least 10m for a ServiceAccount token (TokenRequest's minimum), not {text}"
+        )
     return seconds
 
 
@@ -273,7 +322,9 @@ def run_delete(a: argparse.Namespace) -> int:
     return 0
 
 
-def socket_only(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def socket_only(
+    command: str, handler: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
     """A handler that refuses --kubeconfig with a clear pointer to the admin socket."""
 
     def run(a: argparse.Namespace) -> int:

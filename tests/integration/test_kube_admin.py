@@ -58,7 +58,11 @@ def post(api: KubeApiServer, kind: str, plural: str, name: str, **labels: str) -
     from kubernetes import config as k8s_config
 
     client = k8s_config.new_client_from_config(config_file=api.kubeconfig)
-    body = {"apiVersion": "jumpstarter.dev/v1alpha1", "kind": kind, "metadata": {"name": name, "labels": labels}}
+    body = {
+        "apiVersion": "jumpstarter.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "labels": labels},
+    }
     created: dict[str, Any] = k8s.CustomObjectsApi(client).create_namespaced_custom_object(
         *CRS, NS, plural, body
     )
@@ -86,15 +90,13 @@ def wait_credential(api: KubeApiServer, plural: str, name: str) -> str:
 
 def live_tokens(api: KubeApiServer, kind: str, name: str) -> list[dict[str, Any]]:
     with api.cluster.lock:
-        tokens = [
-            o["spec"]
-            for (gvr, _, _), o in api.cluster.objects.items()
-            if gvr[2] == "controllertokens"
-        ]
+        tokens = [o["spec"] for (gvr, _, _), o in api.cluster.objects.items() if gvr[2] == "controllertokens"]
     return [t for t in tokens if t.get("kind") == kind and t.get("name") == name and not t.get("revoked")]
 
 
-def admin_kube(api: KubeApiServer, *args: str, kubeconfig: str | None = None) -> subprocess.CompletedProcess[str]:
+def admin_kube(
+    api: KubeApiServer, *args: str, kubeconfig: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "admin", "--kubeconfig", kubeconfig or api.kubeconfig, "-n", NS, *args],
         capture_output=True,
@@ -134,10 +136,16 @@ def test_an_exporter_posted_to_the_api_gets_a_secret_and_its_exporterd_registers
     secret = core(api, "secrets", "kubectl-board-exporter")
     assert secret is not None and secret["type"] == "Opaque"
     [owner] = secret["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("Exporter", "kubectl-board", created["metadata"]["uid"])
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Exporter",
+        "kubectl-board",
+        created["metadata"]["uid"],
+    )
     assert obj(api, "exporters", "kubectl-board")["status"]["endpoint"] == central.endpoint  # type: ignore[index]
     assert len(live_tokens(api, "Exporter", "kubectl-board")) == 1  # recorded, so revocable
-    ca = wait_until(lambda: core(api, "configmaps", "jumpstarter-service-ca-cert"), DEADLINE, "the CA ConfigMap")
+    ca = wait_until(
+        lambda: core(api, "configmaps", "jumpstarter-service-ca-cert"), DEADLINE, "the CA ConfigMap"
+    )
     assert ca["data"]["ca.crt"].encode() == central.ca
     spawn_board(central, "kubectl-board", token, os.path.join(central.directory, "k.powered"))
     wait_until(lambda: registered(api, "kubectl-board"), DEADLINE, "the exporter to register", interval=0.1)
@@ -150,7 +158,9 @@ def test_admin_create_over_the_socket_and_the_reconciler_agree_on_one_token(api,
     assert len(live_tokens(api, "Client", "socket-alice")) == 1
     rotated = yaml.safe_load(central.admin(NS, "rotate", "client", "socket-alice"))
     assert rotated["token"] != identity.token
-    wait_until(lambda: secret_token(api, "socket-alice-client") == rotated["token"], DEADLINE, "the rotated Secret")
+    wait_until(
+        lambda: secret_token(api, "socket-alice-client") == rotated["token"], DEADLINE, "the rotated Secret"
+    )
     assert [t["jti"] for t in live_tokens(api, "Client", "socket-alice")] == [
         jwt.decode(rotated["token"], options={"verify_signature": False})["jti"]
     ]
@@ -194,7 +204,11 @@ def test_admin_kubeconfig_create_client_config_leases_the_board_and_powers_it_on
 
     path = tmp_path / "carol.yaml"
     path.write_text(created.stdout)
-    env = {**cli_env(), "JMP_CLIENT_CONFIG_HOME": str(tmp_path / "home"), "JUMPSTARTER_BOARDS_DIR": str(tmp_path / "nb")}
+    env = {
+        **cli_env(),
+        "JMP_CLIENT_CONFIG_HOME": str(tmp_path / "home"),
+        "JUMPSTARTER_BOARDS_DIR": str(tmp_path / "nb"),
+    }
     shell = subprocess.run(
         [*CLI, "shell", "--client", str(path), "-l", "board=cli", "--", "jumpstarter", "power", "on"],
         capture_output=True,
@@ -235,7 +249,9 @@ def test_admin_kubeconfig_service_account_mints_a_token_request_for_the_controll
     assert config["endpoint"] == central.endpoint and base64.b64decode(config["tls"]["ca"]) == central.ca
     assert obj(api, "clients", "sa-erin")["spec"]["username"] == f"system:serviceaccount:{NS}:sa-erin"  # type: ignore[index]
     assert core(api, "serviceaccounts", "sa-erin") is not None
-    review = api.tokens.review(api.cluster, {"spec": {"token": config["token"], "audiences": [central.endpoint]}})
+    review = api.tokens.review(
+        api.cluster, {"spec": {"token": config["token"], "audiences": [central.endpoint]}}
+    )
     assert review["status"]["authenticated"] is True
 
 
