@@ -16,8 +16,9 @@ as good: a revocation stands (only `rotate` or deleting the Secret replaces it).
 of a resource whose status names it is a rotation, as upstream's `admin rotate`: older tokens are
 revoked and a new one is written.
 
-Only the leader reconciles (`leading`); a pass reacts to watch events within about a second, re-checks
-everything every RESYNC seconds, and mints at most PER_PASS tokens (the rest on the next pass).
+Only the leader reconciles (`leading`); a pass reacts to watch events within about a second (checking
+only what changed: an exporter's heartbeat costs a dict lookup), re-checks everything every RESYNC
+seconds, and mints at most PER_PASS tokens per pass (the rest on the next one).
 Tokens are never logged.
 """
 
@@ -28,6 +29,7 @@ import base64
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -36,7 +38,7 @@ from kubernetes import client as k8s
 
 from controllerd import audit
 from controllerd.auth import ALGORITHM, TokenAuthority, subject
-from controllerd.errors import Conflict, NotFound, StorageError
+from controllerd.errors import Conflict, InvalidArgument, NotFound, StorageError
 from controllerd.store import kube_codec as codec
 from controllerd.store.kube_client import StaleWrite
 
@@ -51,7 +53,7 @@ PLURAL = {"Client": "clients", "Exporter": "exporters"}
 CA_CONFIGMAP = "jumpstarter-service-ca-cert"
 CA_KEY = "ca.crt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "jumpstarter-controllerd"}
-RESYNC = 30.0  # seconds between full checks (a deleted Secret is not watched)
+RESYNC = 15.0  # seconds between full checks (Secrets are not watched: a deleted one is seen here)
 MIN_GAP = 1.0  # seconds between passes: exporter heartbeats must not turn into a pass each
 PER_PASS = 50  # tokens minted per pass at most
 TRIES = 8
@@ -73,7 +75,8 @@ class Credentials:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._good: dict[str, tuple[str, str]] = {}  # Secret name -> (its resourceVersion, uid) checked good
-        self._ca_checked = -RESYNC
+        self._full_at = 0.0  # monotonic time of the last full pass
+        self._dirty: set[tuple[str, str]] = set()  # (kind, name) the watches saw change
 
     # -- blocking calls (run in threads) ------------------------------------------------------
 
@@ -217,8 +220,8 @@ class Credentials:
             if token is not None and not force:
                 await asyncio.to_thread(self._set_status, kind, name)
                 return token, float(jwt.decode(token, options={"verify_signature": False})["exp"])
-            if token is None and secret is not None and _published(owner, name_of):
-                await self._rotated(kind, name, "its Secret no longer held a valid token")
+            if token is None and _published(owner, name_of):  # deleted or spoilt: a rotation, as upstream's
+                await self._rotated(kind, name, "its Secret was deleted or changed")  # `admin rotate`
             minted, expiry = await self.auth.issue(kind, self.namespace, name, uid, self.ttl)
             try:
                 await asyncio.to_thread(self._write_secret, name_of, secret, minted, owner)
@@ -244,75 +247,99 @@ class Credentials:
         def on_change(plural: str, obj: Any) -> None:
             changed(plural, obj)
             if plural in ("clients", "exporters"):
-                self.poke()
+                self.poke(plural, obj)
 
         self.store.on_change = on_change
 
-    def poke(self) -> None:
-        """From any thread (informer callbacks): a pass soon."""
+    def poke(self, plural: str, obj: Any) -> None:
+        """From an informer thread: check that object soon (None: a fresh list, check everything)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._mark, plural, obj)
 
-    def _missing(self, secrets: dict[str, k8s.V1Secret]) -> list[tuple[str, str, str, bool]]:
-        """(kind, name, uid, secret deleted) of every resource without a good credential."""
-        out = []
-        for kind in ("Client", "Exporter"):
-            for obj in self._informer(kind).snapshot():
-                name = obj["metadata"]["name"]
-                record = codec.client_record(obj) if kind == "Client" else codec.exporter_record(obj)
-                name_of = secret_name(kind, name)
-                secret = secrets.get(name_of)
-                status = obj.get("status") or {}
-                published = _published(obj, name_of) and status.get("endpoint") == self.auth.endpoint
-                if secret is not None and published:
-                    seen = (str(_meta(secret).resource_version), record.uid)
-                    if self._good.get(name_of) == seen:
-                        continue
-                    if self._token_of(secret, kind, name, record.uid, obj["metadata"].get("uid", "")):
-                        self._good[name_of] = seen
-                        continue
-                out.append((kind, name, record.uid, secret is None and _published(obj, name_of)))
-        return out
+    def _mark(self, plural: str, obj: Any) -> None:
+        if obj is None:
+            self._full_at = 0.0
+        else:
+            self._dirty.add(("Client" if plural == "clients" else "Exporter", obj["metadata"]["name"]))
+        self._wake.set()
 
-    async def reconcile(self) -> int:
-        """One pass; how many resources are still left without a credential."""
-        if time.monotonic() - self._ca_checked >= RESYNC:
+    def _check(
+        self, kind: str, obj: dict[str, Any], secrets: dict[str, k8s.V1Secret] | None
+    ) -> Missing | None:
+        """What to do for one resource, or None when its credential is good. Without `secrets` (a
+        watch event) a credential checked good before, for this uid, is taken as still good."""
+        name = obj["metadata"]["name"]
+        uid = (codec.client_record(obj) if kind == "Client" else codec.exporter_record(obj)).uid
+        name_of = secret_name(kind, name)
+        status = obj.get("status") or {}
+        published = _published(obj, name_of)
+        if published and status.get("endpoint") == self.auth.endpoint:
+            known = self._good.get(name_of)
+            if secrets is None and known is not None and known[1] == uid:
+                return None
+            secret = secrets.get(name_of) if secrets is not None else None
+            if secret is not None:
+                seen = (str(_meta(secret).resource_version), uid)
+                if known == seen:
+                    return None
+                if self._token_of(secret, kind, name, uid, obj["metadata"].get("uid", "")):
+                    self._good[name_of] = seen
+                    return None
+        return Missing(kind, name, uid)
+
+    async def reconcile(self, full: bool) -> int:
+        """One pass over every resource (`full`) or those the watches saw change; how many are left."""
+        secrets: dict[str, k8s.V1Secret] | None = None
+        if full:
             await asyncio.to_thread(self.publish_ca)
-            self._ca_checked = time.monotonic()
-        secrets = await asyncio.to_thread(self._list_secrets)
-        self._good = {k: v for k, v in self._good.items() if k in secrets}
-        todo = self._missing(secrets)
-        for kind, name, uid, deleted in todo[:PER_PASS]:
+            secrets = await asyncio.to_thread(self._list_secrets)
+            self._good = {k: v for k, v in self._good.items() if k in secrets}
+            candidates = [(kind, o) for kind in PLURAL for o in self._informer(kind).snapshot()]
+        else:
+            dirty, self._dirty = self._dirty, set()
+            found = ((kind, self._informer(kind).get(name)) for kind, name in dirty)
+            candidates = [(kind, o) for kind, o in found if o is not None]
+        todo = [m for kind, o in candidates if (m := self._check(kind, o, secrets)) is not None]
+        for item in todo[:PER_PASS]:
             try:
-                if deleted:  # the Secret was deleted: a rotation, as upstream's `admin rotate`
-                    await self._rotated(kind, name, "its Secret was deleted")
-                await self.ensure(kind, name, uid)
+                await self.ensure(item.kind, item.name, item.uid)
+                self._good[secret_name(item.kind, item.name)] = ("", item.uid)
             except NotFound:
                 pass  # the resource was deleted meanwhile
-            except StorageError as exc:
-                log.warning("credential not written", kind=kind, name=name, error=str(exc))
+            except (StorageError, InvalidArgument, Conflict) as exc:
+                log.warning("credential not written", kind=item.kind, name=item.name, error=str(exc))
+        for item in todo[PER_PASS:]:  # the next pass, soon
+            self._dirty.add((item.kind, item.name))
         return max(0, len(todo) - PER_PASS)
 
     async def run(self) -> None:
-        """Forever: a pass after each wake-up (watch events) or RESYNC seconds, when leading."""
+        """Forever, while leading: a pass after watch events (at most one per MIN_GAP), and a full
+        one every RESYNC seconds (a deleted Secret, a missed event) and on becoming the leader."""
         self._loop = asyncio.get_running_loop()
-        was_leading = False
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC if was_leading else MIN_GAP)
+                await asyncio.wait_for(self._wake.wait(), MIN_GAP if not self.leading() else RESYNC)
             self._wake.clear()
-            leading = self.leading()
-            if leading and not was_leading:
-                self._ca_checked = -RESYNC  # a new leader checks the CA at once
-            was_leading = leading
-            if not leading:
+            if not self.leading():
+                self._full_at = 0.0  # whoever leads next starts with a full pass
                 continue
+            full = time.monotonic() - self._full_at >= RESYNC
             try:
-                if await self.reconcile():
+                if full:
+                    self._full_at = time.monotonic()
+                if await self.reconcile(full):
                     self._wake.set()
-            except (StorageError, NotFound) as exc:
+            except Exception as exc:  # noqa: BLE001 - the reconciler outlives any failure; the next pass retries
                 log.warning("credentials pass failed", error=str(exc))
+                self._full_at = 0.0
             await asyncio.sleep(MIN_GAP)
+
+
+@dataclass(frozen=True)
+class Missing:
+    kind: str
+    name: str
+    uid: str
 
 
 def _meta(obj: Any) -> k8s.V1ObjectMeta:
