@@ -39,6 +39,7 @@ from kubernetes import client as k8s
 from controllerd import audit
 from controllerd.auth import ALGORITHM, TokenAuthority, subject
 from controllerd.errors import Conflict, InvalidArgument, NotFound, StorageError
+from controllerd.health_checks import HEALTH_CLIENT
 from controllerd.store import kube_codec as codec
 from controllerd.store.kube_client import StaleWrite
 
@@ -212,6 +213,8 @@ class Credentials:
     async def ensure(self, kind: str, name: str, uid: str, *, force: bool = False) -> tuple[str, float]:
         """The resource's token, from its Secret when that holds a good one (`force`: a new one
         anyway, for rotate); writes the Secret and the status. Returns (token, expiry)."""
+        if kind == "Client" and name == HEALTH_CLIENT:
+            raise InvalidArgument(f"client name {name!r} is reserved for the controller's health checks")
         owner = await asyncio.to_thread(self.api.get, codec.GROUP, codec.VERSION, PLURAL[kind], name)
         name_of = secret_name(kind, name)
         for _ in range(TRIES):
@@ -269,6 +272,8 @@ class Credentials:
         """What to do for one resource, or None when its credential is good. Without `secrets` (a
         watch event) a credential checked good before, for this uid, is taken as still good."""
         name = obj["metadata"]["name"]
+        if kind == "Client" and name == HEALTH_CLIENT:  # its token could use or end the checker's leases
+            return None
         uid = (codec.client_record(obj) if kind == "Client" else codec.exporter_record(obj)).uid
         name_of = secret_name(kind, name)
         status = obj.get("status") or {}

@@ -28,6 +28,7 @@ from jumpstarter.errors import ConfigError, JumpstarterError
 GROUP, VERSION = "jumpstarter.dev", "v1alpha1"
 KINDS = {"client": ("Client", "clients"), "exporter": ("Exporter", "exporters")}
 CA_CONFIGMAP, CA_KEY = "jumpstarter-service-ca-cert", "ca.crt"
+HEALTH_CLIENT = "jumpstarter-health"  # controllerd's own client: it never publishes a credential for it
 MIN_SA_SECONDS = 600  # TokenRequest refuses shorter lifetimes
 COLUMNS = {
     "clients": ["namespace", "name", "credential", "labels"],
@@ -142,6 +143,8 @@ def _wait(what: str, seconds: float, ready: Callable[[], Any], namespace: str) -
 def run_create(a: argparse.Namespace, labels: dict[str, str], emit: Callable[..., None]) -> int:
     if a.kind not in KINDS:
         raise ConfigError(f"with --kubeconfig, create makes a client or an exporter, not a {a.kind}")
+    if a.kind == "client" and a.name == HEALTH_CLIENT:
+        raise ConfigError(f"client name {a.name!r} is reserved for the controller's health checks")
     if a.duration is not None and not a.service_account:
         raise ConfigError("--duration is for --service-account tokens")
     seconds = _sa_seconds(a.duration) if a.service_account else 0

@@ -182,6 +182,14 @@ def test_deleting_the_secret_rotates_the_credential(api, central):
     assert old_jti not in [t["jti"] for t in live_tokens(api, "Client", "rotated-bob")]
 
 
+def test_the_health_checks_client_made_with_kubectl_gets_no_credential(api, central):
+    post(api, "Client", "clients", "jumpstarter-health")  # the controller's own identity
+    post(api, "Client", "clients", "after-health")
+    wait_credential(api, "clients", "after-health")  # events come in order: the first one was seen
+    assert core(api, "secrets", "jumpstarter-health-client") is None
+    assert live_tokens(api, "Client", "jumpstarter-health") == []
+
+
 # -- jumpstarter admin --kubeconfig ---------------------------------------------------------------
 
 
