@@ -223,8 +223,8 @@ class Credentials:
             if token is not None and not force:
                 await asyncio.to_thread(self._set_status, kind, name)
                 return token, float(jwt.decode(token, options={"verify_signature": False})["exp"])
-            if token is None and _published(owner, name_of):  # deleted or spoilt: a rotation, as upstream's
-                await self._rotated(kind, name, "its Secret was deleted or changed")  # `admin rotate`
+            if token is None and not force and _published(owner, name_of):  # deleted or spoilt: a rotation
+                await self._rotated(kind, name, "its Secret was deleted or changed")  # as upstream's rotate
             minted, expiry = await self.auth.issue(kind, self.namespace, name, uid, self.ttl)
             try:
                 await asyncio.to_thread(self._write_secret, name_of, secret, minted, owner)

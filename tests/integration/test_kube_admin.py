@@ -240,7 +240,7 @@ def test_admin_kubeconfig_delete_removes_the_resource_and_its_secret(api, centra
     made = admin_kube(api, "create", "exporter", "gone-board")
     assert made.returncode == 0, made.stderr
     assert yaml.safe_load(made.stdout)["kind"] == "ExporterConfig"
-    deleted = admin_kube(api, "delete", "exporter", "gone-board")
+    deleted = admin_kube(api, "--context", "fake", "delete", "exporter", "gone-board")
     assert deleted.returncode == 0, deleted.stderr
     assert obj(api, "exporters", "gone-board") is None
     assert core(api, "secrets", "gone-board-exporter") is None
@@ -283,6 +283,9 @@ def test_a_missing_kubeconfig_is_refused_clearly(api, tmp_path):
     refused = admin_kube(api, "create", "client", "nobody", kubeconfig=str(tmp_path / "missing"))
     assert refused.returncode != 0
     assert "no kubeconfig file at" in refused.stderr and "Traceback" not in refused.stderr
+    refused = admin_kube(api, "--context", "nowhere", "create", "client", "nobody")
+    assert refused.returncode != 0
+    assert "nowhere" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_no_controller_times_out_with_a_hint_and_leaves_nothing(tmp_path):
