@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -28,6 +28,9 @@ from controllerd.store import NotFound, StorageError, Store
 from jumpstarter import tls
 from jumpstarter.names import check_host, check_labels, check_name, reserved
 from jumpstarter.selector import parse
+
+if TYPE_CHECKING:
+    from controllerd.credentials import Credentials
 
 log = structlog.get_logger("controllerd.admin")
 MAX_REQUEST = 1024 * 1024
@@ -55,6 +58,7 @@ class Admin:
         lab_ca: tls.LabCA | None = None,
         health: HealthChecker | None = None,
         dashboard_url: str = "",
+        credentials: Credentials | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -64,6 +68,9 @@ class Admin:
         self.lab_ca = lab_ca
         self.health = health
         self.dashboard_url = dashboard_url  # handed out with viewer tokens ("" when the dashboard is off)
+        self.credentials = (
+            credentials  # Kubernetes store: tokens live in Secrets (controllerd/credentials.py)
+        )
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "info": self.info,
             "create_client": self.create_client,
@@ -134,8 +141,13 @@ class Admin:
         cert_pem, key_pem = tls.issue(self.lab_ca, names)
         return {"cert": cert_pem.decode(), "key": key_pem.decode(), "ca": self.lab_ca.cert_pem.decode()}
 
-    async def _issue(self, kind: str, namespace: str, name: str, uid: str) -> dict[str, Any]:
-        token, expiry = await self.auth.issue(kind, namespace, name, uid, self.token_ttl)
+    async def _issue(
+        self, kind: str, namespace: str, name: str, uid: str, rotate: bool = False
+    ) -> dict[str, Any]:
+        if self.credentials is not None:  # Kubernetes: the token its Secret holds (one per resource)
+            token, expiry = await self.credentials.ensure(kind, name, uid, force=rotate)
+        else:
+            token, expiry = await self.auth.issue(kind, namespace, name, uid, self.token_ttl)
         return {
             "namespace": namespace,
             "name": name,
@@ -359,7 +371,7 @@ class Admin:
         await self.auth.revoke(
             subject_prefix=subject(kind, namespace, name, ""), audit=[rotated]
         )  # every older token
-        return await self._issue(kind.capitalize(), namespace, name, record.uid)
+        return await self._issue(kind.capitalize(), namespace, name, record.uid, rotate=True)
 
     async def audit_history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """The audit history matching `lease`, `exporter`, `client`, `since` (POSIX seconds), newest last."""

@@ -138,6 +138,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
             f"{config.source}: listen: cannot listen on {config.listen} (in use, or not an address of this host)"
         ) from None
 
+    credentials = _credentials(store, auth, ca_pem, config.token_ttl_days * 86400)
     checker = HealthChecker(store, scheduler, auth, ca_pem, config.health_checks)
     scheduler.watch.on_online = checker.came_online
     admin_server = grpc.aio.server()
@@ -152,6 +153,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
                 lab_ca=_lab_ca(config),
                 health=checker,
                 dashboard_url=_dashboard_url(config),
+                credentials=credentials,
             ).handler(),
         )
     )
@@ -218,6 +220,10 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     scheduler_task = asyncio.create_task(
         elector.run(scheduler.run) if elector is not None else scheduler.run(), name="scheduler"
     )
+    credentials_task = None
+    if credentials is not None:  # Kubernetes store: Secrets for what kubectl creates, by the leader
+        credentials.follow((lambda: elector.leading) if elector is not None else (lambda: True))
+        credentials_task = asyncio.create_task(credentials.run(), name="credentials")
     health_task = asyncio.create_task(checker.schedule_forever(), name="health-checks")
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
@@ -233,6 +239,8 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         await elector.release()  # the next replica takes over at once, not after the lease expires
     prune_task.cancel()
     health_task.cancel()
+    if credentials_task is not None:
+        credentials_task.cancel()
     if dashboard is not None:
         dashboard[1].cancel()
         await dashboard[0].stop()
@@ -245,6 +253,16 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         metrics_server.close()
     store.close()
     return 0
+
+
+def _credentials(store: Any, auth: Any, ca_pem: bytes, ttl: float) -> Any:
+    """The credentials reconciler on the Kubernetes store (controllerd/credentials.py); None on SQLite."""
+    kube = sys.modules.get("controllerd.store.kubernetes")  # not imported: not a Kubernetes store
+    if kube is None or not isinstance(store, kube.KubernetesStore):
+        return None
+    from controllerd.credentials import Credentials
+
+    return Credentials(store, auth, ca_pem, ttl)
 
 
 def _dashboard_url(config: ControllerConfig) -> str:

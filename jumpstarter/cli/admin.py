@@ -4,6 +4,14 @@ Talks to controllerd's admin socket (`--admin-socket`, default
 /run/jumpstarter-controllerd/admin.sock); access is whoever may open that
 socket (root or the controller's user). Created clients and exporters come
 out as ready-to-use upstream-format configs.
+
+With --kubeconfig FILE [--context NAME] it talks to the Kubernetes cluster
+instead (the controller's Kubernetes store): `create client|exporter NAME`
+makes the resource and prints the config once controllerd has published its
+credential (`--service-account`: a ServiceAccount token from TokenRequest),
+`get clients|exporters|leases` and `delete client|exporter NAME` act on the
+resources. Every other command needs the admin socket on the controller
+(kubectl exec into the controllerd pod).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import time
 from typing import Any
 
 from jumpstarter import names
+from jumpstarter.cli import admin_kube
 from jumpstarter.cli.builder import Arg, Command, arg
 from jumpstarter.cli.output import (
     FORMATS,
@@ -145,12 +154,21 @@ def run_create(a: argparse.Namespace) -> int:
     labels = _checked_labels(a.label)
     check_name(a.namespace, "namespace")
     check_name(a.name, f"{a.kind} name")
+    if admin_kube.wanted(a):
+        return admin_kube.run_create(a, labels, _emit_config)
+    if a.service_account or a.duration is not None:
+        raise ConfigError(
+            "--service-account and --duration need --kubeconfig (ServiceAccounts are the cluster's)"
+        )
     result = _call_named(a, f"create_{a.kind}", labels=labels)
     _emit_config(a.kind, result, a.output)
     return 0
 
 
 def run_get(a: argparse.Namespace) -> int:
+    if admin_kube.wanted(a):
+        check_name(a.namespace, "namespace")
+        return admin_kube.run_get(a)
     rows = call(a.admin_socket, "get", kind=a.kind, namespace=a.namespace, all=a.all)
     if not print_data(rows, a.output):
         for row in rows:
@@ -172,6 +190,10 @@ def _tokens(count: int) -> str:
 
 
 def run_delete(a: argparse.Namespace) -> int:
+    if admin_kube.wanted(a):
+        check_name(a.namespace, "namespace")
+        check_name(a.name, f"{a.kind} name")
+        return admin_kube.run_delete(a)
     result = _call_named(a, "delete", kind=a.kind + "s")
     return _report(
         a, result, f"deleted {a.kind} {result['deleted']} ({_tokens(result['tokens_revoked'])} revoked)"
@@ -338,7 +360,7 @@ POLICY = Command(
         Command(
             "set",
             "create or replace a policy",
-            run_policy_set,
+            admin_kube.socket_only("policy set", run_policy_set),
             args=(
                 arg("name", help="the policy's name"),
                 arg(
@@ -356,7 +378,7 @@ POLICY = Command(
         Command(
             "delete",
             "delete a policy",
-            run_policy_delete,
+            admin_kube.socket_only("policy delete", run_policy_delete),
             args=(arg("name", help="the policy's name"), RESULT),
         ),
     ),
@@ -375,13 +397,20 @@ ADMIN = Command(
             help="controllerd's admin socket (default $JUMPSTARTER_ADMIN_SOCKET or %(default)s)",
         ),
         arg("-n", "--namespace", default="default", help="the namespace to act in (default: %(default)s)"),
+        *admin_kube.CLUSTER_ARGS,
     ),
     commands=(
         Command(
             "create",
             "create a client, an exporter or a dashboard viewer (read-only); prints its config",
             run_create,
-            args=(_kind("client", "exporter", "viewer"), NAME, LABELS, CONFIG_OUT),
+            args=(
+                _kind("client", "exporter", "viewer"),
+                NAME,
+                LABELS,
+                CONFIG_OUT,
+                *admin_kube.CREATE_ARGS,
+            ),
         ),
         Command(
             "get",
@@ -400,37 +429,40 @@ ADMIN = Command(
             args=(_kind("client", "exporter"), NAME, RESULT),
         ),
         Command(
-            "enable", "enable an exporter for new leases", run_enable, args=(_kind("exporter"), NAME, RESULT)
+            "enable",
+            "enable an exporter for new leases",
+            admin_kube.socket_only("enable", run_enable),
+            args=(_kind("exporter"), NAME, RESULT),
         ),
         Command(
             "disable",
             "disable an exporter for new leases",
-            run_disable,
+            admin_kube.socket_only("disable", run_disable),
             args=(_kind("exporter"), NAME, RESULT),
         ),
         Command(
             "label",
             "set an exporter's selector labels (replaces them)",
-            run_label,
+            admin_kube.socket_only("label", run_label),
             args=(_kind("exporter"), NAME, LABELS, RESULT),
         ),
         POLICY,
         Command(
             "revoke",
             "revoke every token of a client, exporter or viewer (takes effect at once)",
-            run_revoke,
+            admin_kube.socket_only("revoke", run_revoke),
             args=(_kind("client", "exporter", "viewer"), NAME, RESULT),
         ),
         Command(
             "rotate",
             "issue a new token (older ones are revoked); prints the new config",
-            run_rotate,
+            admin_kube.socket_only("rotate", run_rotate),
             args=(_kind("client", "exporter"), NAME, CONFIG_OUT),
         ),
         Command(
             "issue-router-cert",
             "sign a certificate for a routerd on another host with the lab CA",
-            run_issue_router_cert,
+            admin_kube.socket_only("issue-router-cert", run_issue_router_cert),
             description="Write DIR/router.crt, DIR/router.key (mode 0600) and DIR/ca.crt; copy them to the"
             " router host's /var/lib/jumpstarter/tls/ (owned by the jumpstarter user) before its first start.",
             args=(
@@ -447,7 +479,7 @@ ADMIN = Command(
         Command(
             "audit",
             "the audit history: lease and exporter transitions and admin actions, oldest first",
-            run_audit,
+            admin_kube.socket_only("audit", run_audit),
             args=(
                 arg("--lease", metavar="ID", help="only this lease"),
                 arg("--exporter", metavar="NAME", help="only this exporter"),
@@ -460,7 +492,7 @@ ADMIN = Command(
         Command(
             "release",
             "end a lease now",
-            run_release,
+            admin_kube.socket_only("release", run_release),
             args=(_kind("lease"), arg("name", help="the lease's name"), RESULT),
         ),
         Command(
@@ -470,7 +502,7 @@ ADMIN = Command(
                 Command(
                     "maintenance",
                     "take a board out of service with a reason (ordinary leases stop getting it), or --done",
-                    run_maintenance,
+                    admin_kube.socket_only("exporter maintenance", run_maintenance),
                     args=(
                         NAME,
                         arg("--reason", metavar="TEXT", help="why (at most 200 printable characters)"),
@@ -487,7 +519,7 @@ ADMIN = Command(
                 Command(
                     "run",
                     "run a board's health check now and record the result (exit 1 if it failed)",
-                    run_health,
+                    admin_kube.socket_only("health run", run_health),
                     args=(
                         NAME,
                         arg(
@@ -508,7 +540,7 @@ ADMIN = Command(
                 Command(
                     "create",
                     "lease one board for a client whatever its state (maintenance, unhealthy), ahead of the queue",
-                    run_lease_create,
+                    admin_kube.socket_only("lease create", run_lease_create),
                     args=(
                         arg("--client", required=True, metavar="NAME", help="the client that will use it"),
                         arg("--exporter", required=True, metavar="NAME", help="the board"),

@@ -18,7 +18,8 @@ with the behaviour the Kubernetes API documents for them (API concepts: "Resourc
   synthetic ADDED events for what exists first. An RV older than the kept history gets an ERROR
   event whose Status is `410 Expired` ("too old resource version"), as the API server does.
 - resourceVersions are one cluster-wide counter (etcd's revision), strings to clients.
-- core v1 ServiceAccounts and Secrets (namespaced CRUD as above, no resourceVersion required);
+- deleting an object deletes what names it in `metadata.ownerReferences` (the garbage collector).
+- core v1 ServiceAccounts, Secrets and ConfigMaps (namespaced CRUD as above, no resourceVersion required);
   TokenRequest (`POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`: `spec.audiences`,
   `spec.expirationSeconds` >= 600, 404 for a missing ServiceAccount) answering a JWT whose `sub` is
   `system:serviceaccount:NS:NAME`; and TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`):
@@ -72,6 +73,7 @@ KINDS: dict[tuple[str, str, str], Kind] = {
     ("coordination.k8s.io", "v1", "leases"): Kind("Lease", False, custom=False),
     ("", "v1", "serviceaccounts"): Kind("ServiceAccount", False, custom=False),
     ("", "v1", "secrets"): Kind("Secret", False, custom=False),
+    ("", "v1", "configmaps"): Kind("ConfigMap", False, custom=False),
 }
 SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
 TOKEN_REVIEWS = ("authentication.k8s.io", "v1", "tokenreviews")
@@ -223,7 +225,14 @@ class FakeCluster:
         del self.objects[key]
         self._bump(current)
         self._record("DELETED", key, current)
+        self._collect(current["metadata"]["uid"])
         return current
+
+    def _collect(self, owner: str) -> None:
+        """The garbage collector (background propagation): what `owner` owned goes with it."""
+        for key, obj in list(self.objects.items()):
+            if any(ref.get("uid") == owner for ref in obj["metadata"].get("ownerReferences") or []):
+                self.delete(key, {})
 
     def select(self, gvr: tuple[str, str, str], ns: str | None, selector: str) -> list[dict[str, Any]]:
         wanted = _selector(selector)

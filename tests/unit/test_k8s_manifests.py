@@ -83,6 +83,8 @@ GRANTS = {
     ("lab.jumpstarter.dev", "controllersequences"): {"get", "list", "watch", "create", "update"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
     ("", "serviceaccounts/token"): {"create"},
+    ("", "secrets"): {"get", "list", "create", "update"},  # credential Secrets (controllerd/credentials.py)
+    ("", "configmaps"): {"get", "create", "update"},  # the published CA
     ("authentication.k8s.io", "tokenreviews"): {"create"},
 }
 
