@@ -27,11 +27,12 @@ _FROZEN = frozenset({str, int, float, bool, type(None)})
 def _frozen(record: logging.LogRecord) -> bool:
     """A structlog event dict of scalars only, no traceback: formatting it later gives the same text."""
     event = record.msg
-    return (
-        type(event) is dict
-        and record.exc_info is None
-        and all(type(value) in _FROZEN for value in event.values())
-    )
+    if type(event) is not dict or record.exc_info is not None:
+        return False
+    for value in event.values():  # a loop, not all(genexpr): this runs on every record
+        if type(value) not in _FROZEN:
+            return False
+    return True
 
 
 class CoalescingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
