@@ -260,10 +260,10 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def configure_from(args: Any) -> None:
-    """Apply the `add_arguments` options (daemons: lines below WARNING share writes)."""
+def configure_from(args: Any, *, coalesce: bool = False) -> None:
+    """Apply the `add_arguments` options; `coalesce` as in `configure` (exporterd: a line per driver call)."""
     configure(
         args.log_level,
         json=None if args.log_format == "auto" else args.log_format == "json",
-        coalesce=True,
+        coalesce=coalesce,
     )

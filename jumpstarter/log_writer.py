@@ -29,7 +29,7 @@ def _frozen(record: logging.LogRecord) -> bool:
     event = record.msg
     if type(event) is not dict or record.exc_info is not None:
         return False
-    for value in event.values():  # a loop, not all(genexpr): this runs on every record
+    for value in event.values():  # noqa: SIM110 (a loop, not all(genexpr): it runs on every record)
         if type(value) not in _FROZEN:
             return False
     return True

@@ -64,12 +64,21 @@ def daemon_logging() -> Iterator[Stream]:
 
 def test_the_iso_stamper_writes_structlogs_text_for_every_instant(monkeypatch: pytest.MonkeyPatch) -> None:
     stamper = IsoStamper()
-    instants = [0, 1, 999, 1000, 999_999_000, 1_000_000_000, 1_764_000_000_123_456_789, 4_102_444_799_999_999_999]
+    instants = [
+        0,
+        1,
+        999,
+        1000,
+        999_999_000,
+        1_000_000_000,
+        1_764_000_000_123_456_789,
+        4_102_444_799_999_999_999,
+    ]
     instants += [1_764_000_000_000_000_000 + n * 7_654_321_001 for n in range(2000)]  # crossing seconds
     for ns in instants:
         monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
         micros = ns // 1000
-        when = datetime.datetime.fromtimestamp(micros // 10**6, tz=datetime.timezone.utc)
+        when = datetime.datetime.fromtimestamp(micros // 10**6, tz=datetime.UTC)
         expected = when.replace(microsecond=micros % 10**6).isoformat().replace("+00:00", "Z")
         assert stamper(None, "info", {})["timestamp"] == expected  # incl. no fraction at .000000
 
