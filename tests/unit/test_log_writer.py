@@ -52,6 +52,7 @@ def daemon_logging() -> Iterator[Stream]:
     """configure() as a daemon does (coalescing), on a stream the test reads; undone afterwards."""
     stream = Stream()
     configure("INFO", json=True, stream=stream, coalesce=True)
+    logging.getLogger("coalesce-test").setLevel(logging.INFO)  # whatever other tests left on the root
     try:
         yield stream
     finally:
@@ -99,7 +100,7 @@ def test_cached_dumps_renders_exactly_what_json_dumps_does() -> None:
 
 
 def test_info_lines_share_writes_and_arrive_in_order(daemon_logging: Stream) -> None:
-    log = structlog.get_logger("driver.MockPower").bind(driver_type="power")
+    log = structlog.get_logger("coalesce-test.driver").bind(driver_type="power")
     for n in range(200):
         log.info("power on", n=n)
     wait_until(lambda: daemon_logging.text().count("\n") == 200, "200 lines on the stream")
@@ -110,30 +111,30 @@ def test_info_lines_share_writes_and_arrive_in_order(daemon_logging: Stream) -> 
         "n": 0,
         "event": "power on",
         "level": "info",
-        "logger": "driver.MockPower",
+        "logger": "coalesce-test.driver",
         "timestamp": lines[0]["timestamp"],
     }
     assert daemon_logging.writes < 200, "every line was a write of its own"
 
 
 def test_a_warning_is_written_at_once_after_the_lines_before_it(daemon_logging: Stream) -> None:
-    log = structlog.get_logger("exporterd")
+    log = structlog.get_logger("coalesce-test")
     log.info("first")
-    logging.getLogger("grpc").info("second %s", "stdlib")
+    logging.getLogger("coalesce-test.stdlib").info("second %s", "stdlib")
     log.warning("third")
     events = [json.loads(line)["event"] for line in daemon_logging.text().splitlines()]  # no waiting
     assert events == ["first", "second stdlib", "third"]
 
 
 def test_flush_writes_what_is_pending(daemon_logging: Stream) -> None:
-    structlog.get_logger("exporterd").info("stopped")
+    structlog.get_logger("coalesce-test").info("stopped")
     ours().flush()  # what logging.shutdown() does at exit
     assert '"event": "stopped"' in daemon_logging.text()
 
 
 def test_a_value_changed_after_logging_is_written_as_it_was(daemon_logging: Stream) -> None:
     seen = ["a"]
-    structlog.get_logger("exporterd").info("list", seen=seen)  # mutable: formatted at once
+    structlog.get_logger("coalesce-test").info("list", seen=seen)  # mutable: formatted at once
     seen.append("b")
     ours().flush()
     assert json.loads(daemon_logging.text())["seen"] == ["a"]
@@ -144,10 +145,11 @@ def test_deferred_formatting_gives_the_text_immediate_formatting_gives() -> None
     for coalesce in (False, True):
         stream = Stream()
         configure("INFO", json=True, stream=stream, coalesce=coalesce)
+        logging.getLogger("coalesce-test").setLevel(logging.INFO)
         handler = ours()
         try:
             assert isinstance(handler, CoalescingStreamHandler) == coalesce
-            log = structlog.get_logger("driver.MockPower").bind(driver_type="power")
+            log = structlog.get_logger("coalesce-test.driver").bind(driver_type="power")
             log.info("power on", n=1, ratio=0.5, ok=True, none=None)
             handler.flush()
         finally:
