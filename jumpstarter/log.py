@@ -8,6 +8,7 @@ like a JWT inside any text value: tokens are never logged.
 
 from __future__ import annotations
 
+import json as jsonlib  # `configure` has a `json` keyword
 import logging
 import re
 import sys
@@ -16,6 +17,8 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
 
 import structlog
+
+from jumpstarter.log_writer import CoalescingStreamHandler
 
 SECRET_KEYS = ("token", "authorization", "passphrase", "password", "secret")
 #: header.payload.signature, base64url; every JWT header starts with `{"` = `eyJ`.
@@ -77,6 +80,44 @@ class Throttle:
         return dropped
 
 
+class IsoStamper:
+    """`TimeStamper(fmt="iso", utc=True)`'s text (`2026-01-02T03:04:05.678901Z`, no fraction at .000000).
+
+    Runs on every record: the date and time of the current second are formatted once per second,
+    not a datetime built and formatted per record (~1.4 µs of the ~12 µs a logged line costs).
+    """
+
+    def __init__(self, key: str = "timestamp") -> None:
+        self.key = key
+        self._second: tuple[int, str] = (-1, "")  # (second, its text), swapped whole: thread-safe
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        second, nanos = divmod(time.time_ns(), 1_000_000_000)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        micros = nanos // 1000
+        event[self.key] = f"{cached[1]}.{micros:06d}Z" if micros else f"{cached[1]}Z"
+        return event
+
+
+class CachedDumps:
+    """`json.dumps` for `JSONRenderer(serializer=...)`: its encoder built once, not once per record.
+
+    `json.dumps` given any keyword (the renderer always passes `default`) builds a new `JSONEncoder`
+    per call; the renderer's keywords never change, so the first call's encoder serves every record.
+    """
+
+    def __init__(self) -> None:
+        self._encode: Any = None
+
+    def __call__(self, obj: Any, **kw: Any) -> str:
+        encode = self._encode
+        if encode is None:
+            encode = self._encode = jsonlib.JSONEncoder(**kw).encode
+        return cast(str, encode(obj))
+
+
 class _Formatter(structlog.stdlib.ProcessorFormatter):
     """`ProcessorFormatter` with a short path for the common record: from structlog, no traceback.
 
@@ -99,8 +140,17 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
         return super().format(record)
 
 
-def configure(level: str | int = "INFO", *, json: bool | None = None, stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging through one handler on `stream` (stdout for daemons)."""
+def configure(
+    level: str | int = "INFO",
+    *,
+    json: bool | None = None,
+    stream: TextIO | None = None,
+    coalesce: bool = False,
+) -> None:
+    """Route structlog and stdlib logging through one handler on `stream` (stdout for daemons).
+
+    `coalesce`: lines below WARNING share writes, a few ms late (log_writer.py; daemons).
+    """
     stream = stream or sys.stdout
     # Nothing we render uses the caller's frame, thread or process: skip looking them up per record
     # (the "Optimization" table of the logging HOWTO).
@@ -114,11 +164,13 @@ def configure(level: str | int = "INFO", *, json: bool | None = None, stream: Te
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        IsoStamper(),
         redact,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=CachedDumps())
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = _Formatter(
         foreign_pre_chain=shared,
@@ -129,13 +181,14 @@ def configure(level: str | int = "INFO", *, json: bool | None = None, stream: Te
             renderer,  # last: _Formatter's short path runs only this one
         ],
     )
-    handler = logging.StreamHandler(stream)
+    handler = CoalescingStreamHandler(stream) if coalesce else logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.setLevel(level if isinstance(level, int) else level.upper())
     handler.set_name("jumpstarter")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "jumpstarter"]:
         root.removeHandler(old)
+        old.flush()  # a coalescing handler's pending lines
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
     structlog.configure(
@@ -207,6 +260,10 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def configure_from(args: Any) -> None:
-    """Apply the `add_arguments` options."""
-    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")
+def configure_from(args: Any, *, coalesce: bool = False) -> None:
+    """Apply the `add_arguments` options; `coalesce` as in `configure` (exporterd: a line per driver call)."""
+    configure(
+        args.log_level,
+        json=None if args.log_format == "auto" else args.log_format == "json",
+        coalesce=coalesce,
+    )

@@ -478,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         print(f"- before: our exporterd as of {args.before}")
     print()
-    names = [n for n in ("upstream", "before", "ours", "bare", "bare-sync") if n in targets]  # the reading order
+    names = [
+        n for n in ("upstream", "before", "ours", "bare", "bare-sync") if n in targets
+    ]  # the reading order
     ratios = [r for r in ("upstream", "before") if "ours" in names and r in names]
     print("| metric | " + " | ".join(names) + " |" + "".join(f" ours / {r} |" for r in ratios))
     print("|---|" + "---:|" * (len(names) + len(ratios)))
@@ -495,6 +497,19 @@ def main(argv: list[str] | None = None) -> int:
         ours = median(rounds["ours"], test, key) if ratios else 0.0
         extra = "".join(f" {ours / median(rounds[r], test, key):.2f}× |" for r in ratios)
         print(f"| {label} | " + " | ".join(cells) + " |" + extra)
+    print()
+    for r in ratios:  # the same round's figures side by side: load drifting between rounds cancels out
+        rate = statistics.median(
+            o["unary"]["calls_per_s"] / t["unary"]["calls_per_s"]
+            for o, t in zip(rounds["ours"], rounds[r], strict=True)
+        )
+        cpu = statistics.median(
+            o["unary"]["server_us_per_call"] / t["unary"]["server_us_per_call"]
+            for o, t in zip(rounds["ours"], rounds[r], strict=True)
+        )
+        print(
+            f"- unary, ours / {r} round by round (median of per-round ratios): {rate:.2f}× calls/s, {cpu:.2f}× CPU/call"
+        )
     print()
     print(
         "spread (min–max over rounds): "

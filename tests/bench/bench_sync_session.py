@@ -7,7 +7,10 @@ kept to compare. It serves the benchmark config's `Session` on a
 `grpc.server(ThreadPoolExecutor)` and answers `DriverCall` in the gRPC worker thread, either
 handing each async driver method to the session's event loop (`sync-hop`, what a threaded
 server costs with today's async drivers) or running it to completion in the worker thread
-(`sync-direct`, what a synchronous driver method would cost). Next to them, in the same run:
+(`sync-direct`, what a synchronous driver method would cost). The prototype configures no
+log output, so MockPower's `power on` line is dropped before structlog renders it; `sync-logged`
+is `sync-direct` with exporterd's log output (daemon `configure`, JSON lines into a file): the
+difference between the prototype and the built exporterd (issue 9). Next to them, in the same run:
 exporterd as it is (now the thread-pool server itself) and upstream 0.9. Prints calls/s (median round) and server CPU
 per call (median round) for sequential MockPower `on` calls from the wire-level client of
 bench_exporter_vs_upstream.py.
@@ -35,6 +38,10 @@ def serve(config_path: str, sock: str, mode: str) -> None:
     from jumpstarter.session.server import Session, fresh_uuid
     from jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
+    if mode == "logged":  # what exporterd's configure_from does, its output into a file
+        from jumpstarter.log import configure
+
+        configure("INFO", json=True, stream=open(sock + ".log", "w"), coalesce=True)  # noqa: SIM115
     config = load_config(config_path)
     session = Session(config.build(), labels=config.labels)
     loop = asyncio.new_event_loop()
@@ -88,7 +95,7 @@ def main(rounds: int) -> None:
             config, os.path.join(work, "aio.sock"), os.path.join(work, "aio.log")
         )
         targets["exporterd"] = (process, os.path.join(work, "aio.sock"), uuid_of(report, "power"))
-        for mode in ("hop", "direct"):
+        for mode in ("hop", "direct", "logged"):
             sock = os.path.join(work, f"{mode}.sock")
             process = spawn([sys.executable, os.path.abspath(__file__), "--serve", config, sock, mode])
             targets[f"sync-{mode}"] = (process, sock, uuid_of(vs.wait_for_report(process, sock), "power"))
