@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from jumpstarter.errors import ConfigError
     from jumpstarter.log import configure_from, fatal
 
-    configure_from(args, coalesce=True)  # drivers log per call: lines share writes (log_writer.py)
+    configure_from(args)
     try:
         config = load(args)
         if args.check:

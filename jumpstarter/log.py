@@ -18,8 +18,6 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-from jumpstarter.log_writer import CoalescingStreamHandler
-
 SECRET_KEYS = ("token", "authorization", "passphrase", "password", "secret")
 #: header.payload.signature, base64url; every JWT header starts with `{"` = `eyJ`.
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -140,16 +138,10 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
         return super().format(record)
 
 
-def configure(
-    level: str | int = "INFO",
-    *,
-    json: bool | None = None,
-    stream: TextIO | None = None,
-    coalesce: bool = False,
-) -> None:
+def configure(level: str | int = "INFO", *, json: bool | None = None, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging through one handler on `stream` (stdout for daemons).
 
-    `coalesce`: lines below WARNING share writes, a few ms late (log_writer.py; daemons).
+    Every line is written (and flushed) when it is logged: a crash never loses the lines before it.
     """
     stream = stream or sys.stdout
     # Nothing we render uses the caller's frame, thread or process: skip looking them up per record
@@ -181,14 +173,13 @@ def configure(
             renderer,  # last: _Formatter's short path runs only this one
         ],
     )
-    handler = CoalescingStreamHandler(stream) if coalesce else logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.setLevel(level if isinstance(level, int) else level.upper())
     handler.set_name("jumpstarter")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "jumpstarter"]:
         root.removeHandler(old)
-        old.flush()  # a coalescing handler's pending lines
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
     structlog.configure(
@@ -260,10 +251,6 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def configure_from(args: Any, *, coalesce: bool = False) -> None:
-    """Apply the `add_arguments` options; `coalesce` as in `configure` (exporterd: a line per driver call)."""
-    configure(
-        args.log_level,
-        json=None if args.log_format == "auto" else args.log_format == "json",
-        coalesce=coalesce,
-    )
+def configure_from(args: Any) -> None:
+    """Apply the `add_arguments` options."""
+    configure(args.log_level, json=None if args.log_format == "auto" else args.log_format == "json")

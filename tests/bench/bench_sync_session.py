@@ -41,7 +41,7 @@ def serve(config_path: str, sock: str, mode: str) -> None:
     if mode == "logged":  # what exporterd's configure_from does, its output into a file
         from jumpstarter.log import configure
 
-        configure("INFO", json=True, stream=open(sock + ".log", "w"), coalesce=True)  # noqa: SIM115
+        configure("INFO", json=True, stream=open(sock + ".log", "w"))  # noqa: SIM115
     config = load_config(config_path)
     session = Session(config.build(), labels=config.labels)
     loop = asyncio.new_event_loop()

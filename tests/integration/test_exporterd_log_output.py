@@ -1,4 +1,4 @@
-"""exporterd's log output once lines share writes: every line arrives, in order, and none is lost at exit."""
+"""exporterd's log output: every line arrives, in order, and none is lost at exit (SIGTERM)."""
 
 from __future__ import annotations
 
