@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from jumpstarter.cli.admin import ADMIN
+from jumpstarter.cli.admin_commands import ADMIN
 from jumpstarter.cli.board_word import RULE
 from jumpstarter.cli.builder import Command, add_commands, arg, command_names
 from jumpstarter.cli.completion import HIDDEN, SHELLS, cmd_completion
