@@ -84,7 +84,12 @@ ADMIN = Command(
             default_from=default_socket,
             help="controllerd's admin socket (default $JUMPSTARTER_ADMIN_SOCKET or %(default)s)",
         ),
-        arg("-n", "--namespace", default="default", help="the namespace to act in (default: %(default)s)"),
+        arg(
+            "-n",
+            "--namespace",
+            default=admin_kube.DefaultNamespace("default"),
+            help="the namespace to act in (default: default; with --kubeconfig, the context's namespace if it names one)",
+        ),
         *admin_kube.CLUSTER_ARGS,
     ),
     commands=(

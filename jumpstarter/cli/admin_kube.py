@@ -41,6 +41,11 @@ SOCKET_ONLY = (
 )
 
 
+class DefaultNamespace(str):
+    """`-n`'s default ("default"): a value of its own type, so --kubeconfig can tell it was not typed
+    and use the kubeconfig context's namespace instead, as kubectl does."""
+
+
 CLUSTER_ARGS = (
     arg(
         "--kubeconfig",
@@ -89,7 +94,9 @@ class Cluster:
         self.k8s = k8s
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
-        self.namespace = namespace
+        if isinstance(namespace, DefaultNamespace):  # no -n: the context's namespace, as kubectl
+            namespace = _context_namespace(k8s_config, kubeconfig, context) or namespace
+        self.namespace = str(namespace)
 
     def call(self, what: str, call: Callable[[], Any], missing: Any = ...) -> Any:
         """`call()`; a 404 answers `missing` when given; any other failure is a clear error."""
@@ -120,6 +127,13 @@ class Cluster:
             f"delete {plural}/{name}",
             lambda: self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name),
         )
+
+
+def _context_namespace(k8s_config: Any, kubeconfig: str, context: str | None) -> str | None:
+    contexts, current = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return namespace if isinstance(namespace, str) and namespace else None
 
 
 def _cluster(a: argparse.Namespace) -> Cluster:

@@ -306,3 +306,32 @@ def test_other_admin_commands_with_kubeconfig_point_to_the_admin_socket(api):
     assert "admin socket" in refused.stderr and "kubectl exec" in refused.stderr
     helped = subprocess.run([*CLI, "admin", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert "--kubeconfig" in helped.stdout and "kubectl exec" in helped.stdout
+
+
+def test_without_n_the_kubeconfig_contexts_namespace_is_used(api, tmp_path):
+    import json
+
+    from kubernetes import client, config
+
+    custom = client.CustomObjectsApi(config.new_client_from_config(api.kubeconfig))
+    body = {"apiVersion": "jumpstarter.dev/v1alpha1", "kind": "Exporter", "metadata": {"name": "ctx-board"}}
+    custom.create_namespaced_custom_object("jumpstarter.dev", "v1alpha1", NS, "exporters", body)
+    document = json.loads(Path(api.kubeconfig).read_text())
+    document["contexts"][0]["context"]["namespace"] = NS
+    in_lab = tmp_path / "kubeconfig-lab"
+    in_lab.write_text(json.dumps(document))
+
+    def names(kubeconfig: str) -> list[str]:
+        listed = subprocess.run(
+            [*CLI, "admin", "--kubeconfig", kubeconfig, "get", "exporters", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=cli_env(),
+        )
+        assert listed.returncode == 0, listed.stderr
+        return [row["name"] for row in yaml.safe_load(listed.stdout)]
+
+    assert "ctx-board" in names(str(in_lab))  # the context names the namespace: no -n needed
+    assert "ctx-board" not in names(api.kubeconfig)  # a context without one: "default", as kubectl
