@@ -114,9 +114,7 @@ def shaped(
 
 
 def _behavior(handler: grpc.RpcMethodHandler) -> Any:
-    return (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
 
 class ReplicaInterceptor(grpc.aio.ServerInterceptor):

@@ -21,7 +21,9 @@ from jumpstarter.channels import CONTROLLER_MAX_RECEIVE, message_limits
 
 log = structlog.get_logger("replica")
 
-FORWARDED_METADATA = frozenset({"authorization", "jumpstarter-kind", "jumpstarter-namespace", "jumpstarter-name"})
+FORWARDED_METADATA = frozenset(
+    {"authorization", "jumpstarter-kind", "jumpstarter-namespace", "jumpstarter-name"}
+)
 MAX_FORWARDED = 16384  # calls in flight (exporters hold two streams each)
 KEEP_CHANNELS = 2  # the current leader's channel and the previous one (its calls are ending)
 CHANNEL_OPTIONS = [
@@ -37,7 +39,12 @@ CHANNEL_OPTIONS = [
 
 class Forwarder:
     def __init__(
-        self, gate: ReplicaGate, identity: str, ca_pem: bytes, server_name: str, max_calls: int = MAX_FORWARDED
+        self,
+        gate: ReplicaGate,
+        identity: str,
+        ca_pem: bytes,
+        server_name: str,
+        max_calls: int = MAX_FORWARDED,
     ) -> None:
         self.gate = gate
         self.identity = identity
@@ -100,7 +107,9 @@ class Forwarder:
                 (True, False): channel.stream_unary,
                 (True, True): channel.stream_stream,
             }[shape]
-            return factory(method)(request, metadata=self._metadata(context), timeout=context.time_remaining())
+            return factory(method)(
+                request, metadata=self._metadata(context), timeout=context.time_remaining()
+            )
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = None
