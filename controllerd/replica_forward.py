@@ -17,6 +17,7 @@ import grpc
 import structlog
 
 from controllerd.replica import FORWARDED_HEADER, ReplicaGate, TermOver, shaped, until
+from jumpstarter.backoff import Deadline
 from jumpstarter.channels import CONTROLLER_MAX_RECEIVE, message_limits
 
 log = structlog.get_logger("replica")
@@ -24,6 +25,7 @@ log = structlog.get_logger("replica")
 FORWARDED_METADATA = frozenset(
     {"authorization", "jumpstarter-kind", "jumpstarter-namespace", "jumpstarter-name"}
 )
+HOLD = 30.0  # seconds a call waits for a reachable leader (longer than a dead leader's claim, 15 s)
 MAX_FORWARDED = 16384  # calls in flight (exporters hold two streams each)
 KEEP_CHANNELS = 2  # the current leader's channel and the previous one (its calls are ending)
 CHANNEL_OPTIONS = [
@@ -68,6 +70,35 @@ class Forwarder:
             asyncio.get_running_loop().create_task(old.close(grace=5))
         return channel
 
+    async def _leader_channel(self, context: grpc.aio.ServicerContext) -> grpc.aio.Channel:
+        """A ready channel to the leader. While there is none (an election; a dead leader's claim
+        running out), the call waits for the next one, up to HOLD seconds or its deadline: a caller
+        that gives up after a few quick retries (upstream's exporter) then sees a takeover as a pause."""
+        left = context.time_remaining()
+        deadline = Deadline(HOLD if left is None else min(HOLD, left))
+        while True:
+            term = self.gate.term()
+            ready = None
+            try:
+                holder, address = self._route()
+                channel = self._channel(address)
+                ready = asyncio.ensure_future(channel.channel_ready())
+                why = f"the leading controller replica {holder} at {address} is unreachable; retry"
+            except UnavailableLeader as exc:
+                why = str(exc)
+            waits: set[asyncio.Future[Any]] = {term} if ready is None else {term, ready}
+            done, _ = await asyncio.wait(
+                waits, timeout=deadline.remaining(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if ready is not None:
+                if ready in done:
+                    return channel
+                ready.cancel()
+            if self.gate.elector.leading:  # this replica took over: the caller's retry is served here
+                raise UnavailableLeader("this controller replica leads now; retry")
+            if term not in done:
+                raise UnavailableLeader(why)
+
     def _route(self) -> tuple[str, str]:
         """(holder, address) of the leader, or UnavailableLeader."""
         leader = self.gate.elector.leader
@@ -98,9 +129,8 @@ class Forwarder:
         """A handler of `like`'s shape that forwards `method` to the leader."""
         shape = (like.request_streaming, like.response_streaming)
 
-        def open_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _, address = self._route()
-            channel = self._channel(address)
+        async def open_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            channel = await self._leader_channel(context)
             factory = {
                 (False, False): channel.unary_unary,
                 (False, True): channel.unary_stream,
@@ -115,7 +145,7 @@ class Forwarder:
             call = None
             try:
                 with self._slot():
-                    call = open_call(request, context)
+                    call = await open_call(request, context)
                     return await call
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), exc.details() or "")
@@ -130,7 +160,7 @@ class Forwarder:
             term = self.gate.term()
             try:
                 with self._slot():
-                    call = open_call(request, context)
+                    call = await open_call(request, context)
                     async for item in until(call, term):
                         yield item
             except grpc.aio.AioRpcError as exc:
