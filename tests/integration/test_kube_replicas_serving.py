@@ -31,6 +31,7 @@ from jumpstarter.config.client import load_client_config
 from tests.harness.kube_api import FakeCluster, KubeApiServer
 
 from .conftest import stop, unused_tcp_port
+from .test_upstream_interop import explain, scrubbed_env, upstream
 
 PY = sys.executable
 CLI = [PY, "-m", "jumpstarter.cli.main"]
@@ -250,3 +251,58 @@ def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_de
     on = jmp(env, "shell", "--client", alice_b, "-l", "board=x", "--", "jumpstarter", "power", "on")
     assert on.returncode == 0, on.stderr + r.log("controllerd-b")[-3000:]
     assert flag_b.exists(), "no new lease after the takeover"
+
+
+def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, tmp_path):
+    """Upstream 0.9 at both ends: its exporter on the replica that does not lead, its `jmp shell`
+    on the leader, then on the other replica too."""
+    r = replicas
+    up = upstream()
+    document = r.create("exporter", "upboard", "b", "-lboard=upstream")
+    document["export"] = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
+    config = os.path.join(r.directory, "upboard-upstream.yaml")
+    Path(config).write_text(yaml.safe_dump(document))
+    r.create("client", "alice", "a")
+    alice_a, alice_b = r.client_config("alice", "a"), r.client_config("alice", "b")
+    log_path = tmp_path / "upstream-exporter.log"
+    with open(log_path, "wb") as log:
+        exporter = subprocess.Popen(
+            [up.jmp, "run", "--exporter-config", config],
+            env=scrubbed_env(tmp_path),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        poll(lambda: available(alice_a, "upboard"), 60, "the upstream exporter online on the leader")
+        for client, said in ((alice_a, 1), (alice_b, 2)):
+            result = subprocess.run(
+                [
+                    up.jmp,
+                    "shell",
+                    "--client-config",
+                    client,
+                    "-l",
+                    "board=upstream",
+                    "--",
+                    up.j,
+                    "power",
+                    "on",
+                ],
+                env=scrubbed_env(tmp_path),
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, explain(result) + log_path.read_text(errors="replace")[-3000:]
+            poll(
+                lambda said=said: log_path.read_text(errors="replace").count("power on") >= said,
+                30,
+                "the upstream exporter's log",
+            )
+            poll(lambda: available(alice_a, "upboard"), 60, "the upstream exporter free again")
+    finally:
+        stop(exporter)
