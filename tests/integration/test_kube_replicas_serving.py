@@ -306,3 +306,31 @@ def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, t
             poll(lambda: available(alice_a, "upboard"), 60, "the upstream exporter free again")
     finally:
         stop(exporter)
+
+
+def test_a_leader_overtaken_while_frozen_ends_its_streams_and_its_exporter_reaches_the_new_one(
+    replicas, tmp_path
+):
+    """SIGSTOP the leader until the other replica takes over, then SIGCONT it: it must stop serving
+    its exporter's streams itself (the new leader holds the lease state now), so the exporter
+    reconnects, is forwarded to the new leader, and a lease on it works through the new leader."""
+    r = replicas
+    env = cli_env(str(tmp_path))
+    flag = tmp_path / "on-a.powered"
+    r.start_exporter("board-on-a", "a", "x", str(flag))  # connected to the leader, directly
+    r.create("client", "alice", "b")
+    alice_b = r.client_config("alice", "b")
+    poll(lambda: available(alice_b, "board-on-a"), 60, "board-on-a online")
+
+    leader = r.processes["controllerd-a"]
+    os.kill(leader.pid, signal.SIGSTOP)
+    try:
+        poll(lambda: r.holder() == "replica-b", 90, "replica b to take over from the frozen leader")
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    poll(lambda: "stopped leading" in r.log("controllerd-a"), 60, "replica a to notice it no longer leads")
+    poll(lambda: available(alice_b, "board-on-a"), 90, "board-on-a back, through a, on the new leader")
+    on = jmp(env, "shell", "--client", alice_b, "-l", "board=x", "--", "jumpstarter", "power", "on")
+    assert on.returncode == 0, on.stderr + r.log("controllerd-b")[-3000:]
+    assert flag.exists(), "no lease on the old leader's exporter after the takeover"
+    assert r.holder() == "replica-b"
