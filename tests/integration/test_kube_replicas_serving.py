@@ -220,6 +220,14 @@ def available(config: str, name: str) -> bool:
     return exporter is not None and exporter.online and exporter.status == 2 and not busy
 
 
+def status(config: str, name: str) -> int:
+    client = ControllerClient(load_client_config(config))
+    try:
+        return int(client.get_exporter(name).status)
+    finally:
+        client.close()
+
+
 def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_death(replicas, tmp_path):
     r = replicas
     env = cli_env(str(tmp_path))
@@ -311,9 +319,10 @@ def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, t
 def test_a_leader_overtaken_while_frozen_ends_its_streams_and_its_exporter_reaches_the_new_one(
     replicas, tmp_path
 ):
-    """SIGSTOP the leader until the other replica takes over, then SIGCONT it: it must stop serving
-    its exporter's streams itself (the new leader holds the lease state now), so the exporter
-    reconnects, is forwarded to the new leader, and a lease on it works through the new leader."""
+    """A lease is active, its exporter listening on the leader; SIGSTOP the leader until the other
+    replica takes over, then SIGCONT it: it must end the streams it served (the new leader holds
+    the Listen queues now), so the exporter listens again, through it, on the new leader, and the
+    client dials its lease there."""
     r = replicas
     env = cli_env(str(tmp_path))
     flag = tmp_path / "on-a.powered"
@@ -321,6 +330,13 @@ def test_a_leader_overtaken_while_frozen_ends_its_streams_and_its_exporter_reach
     r.create("client", "alice", "b")
     alice_b = r.client_config("alice", "b")
     poll(lambda: available(alice_b, "board-on-a"), 60, "board-on-a online")
+    created = jmp(
+        env, "lease", "create", "--client", alice_b, "--exporter", "board-on-a", "--duration", "10m", "--wait",
+        "-o", "json",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    lease = json.loads(created.stdout)[0]["name"].rsplit("/", 1)[-1]
+    poll(lambda: status(alice_b, "board-on-a") == 4, 30, "the exporter listening, LEASE_READY")
 
     leader = r.processes["controllerd-a"]
     os.kill(leader.pid, signal.SIGSTOP)
@@ -329,8 +345,7 @@ def test_a_leader_overtaken_while_frozen_ends_its_streams_and_its_exporter_reach
     finally:
         os.kill(leader.pid, signal.SIGCONT)
     poll(lambda: "stopped leading" in r.log("controllerd-a"), 60, "replica a to notice it no longer leads")
-    poll(lambda: available(alice_b, "board-on-a"), 90, "board-on-a back, through a, on the new leader")
-    on = jmp(env, "shell", "--client", alice_b, "-l", "board=x", "--", "jumpstarter", "power", "on")
+    on = jmp(env, "shell", "--client", alice_b, "--lease", lease, "--", "jumpstarter", "power", "on")
     assert on.returncode == 0, on.stderr + r.log("controllerd-b")[-3000:]
-    assert flag.exists(), "no lease on the old leader's exporter after the takeover"
+    assert flag.exists(), "the lease's exporter was not reached through the new leader"
     assert r.holder() == "replica-b"
