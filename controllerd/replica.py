@@ -180,10 +180,12 @@ def advertised_address(listen: str, environ: dict[str, str]) -> str | None:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def interceptors(elector: LeaderElector | None, ca_pem: bytes, server_name: str) -> list[ReplicaInterceptor]:
-    """The server interceptor of a replicated (Kubernetes) controller; none for SQLite."""
+def interceptors(
+    elector: LeaderElector | None, ca_pem: bytes, server_name: str
+) -> list[ReplicaInterceptor] | None:
+    """The server interceptor of a replicated (Kubernetes) controller; None for SQLite (no interception)."""
     if elector is None:
-        return []
+        return None
     from controllerd.replica_forward import Forwarder
 
     gate = ReplicaGate(elector)
