@@ -263,7 +263,7 @@ def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_de
 
 def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, tmp_path):
     """Upstream 0.9 at both ends: its exporter on the replica that does not lead, its `jmp shell`
-    on the leader, then on the other replica too."""
+    on the leader, then on the other replica too; then the leader dies and both carry on on b."""
     r = replicas
     up = upstream()
     document = r.create("exporter", "upboard", "b", "-lboard=upstream")
@@ -312,6 +312,24 @@ def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, t
                 "the upstream exporter's log",
             )
             poll(lambda: available(alice_a, "upboard"), 60, "the upstream exporter free again")
+
+        # the leader dies: upstream's exporter (a few quick retries, then it gives up) rides the
+        # takeover out on replica b, whose calls wait for the new leader instead of failing at once
+        os.kill(r.processes["controllerd-a"].pid, signal.SIGKILL)
+        poll(lambda: r.holder() == "replica-b", 90, "replica b to take over")
+        poll(lambda: available(alice_b, "upboard"), 90, "the upstream exporter online on the new leader")
+        assert exporter.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        result = subprocess.run(
+            [up.jmp, "shell", "--client-config", alice_b, "-l", "board=upstream", "--", up.j, "power", "off"],
+            env=scrubbed_env(tmp_path),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, explain(result) + log_path.read_text(errors="replace")[-3000:]
+        poll(lambda: "power off" in log_path.read_text(errors="replace"), 30, "the upstream exporter's log")
     finally:
         stop(exporter)
 
