@@ -97,6 +97,7 @@ class Forwarder:
             if self.gate.elector.leading:  # this replica took over: the caller's retry is served here
                 raise UnavailableLeader("this controller replica leads now; retry")
             if term not in done:
+                log.warning("no reachable controller leader to forward to", reason=why)
                 raise UnavailableLeader(why)
 
     def _route(self) -> tuple[str, str]:
