@@ -55,6 +55,7 @@ class Forwarder:
         self.max_calls = max_calls
         self.active = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.pop(address, None)
@@ -67,7 +68,9 @@ class Forwarder:
         self._channels[address] = channel  # most recently used last
         while len(self._channels) > KEEP_CHANNELS:
             old = self._channels.pop(next(iter(self._channels)))
-            asyncio.get_running_loop().create_task(old.close(grace=5))
+            closing = asyncio.get_running_loop().create_task(old.close(grace=5))
+            self._closing.add(closing)  # held until done: the loop keeps only weak references to tasks
+            closing.add_done_callback(self._closing.discard)
         return channel
 
     async def _leader_channel(self, context: grpc.aio.ServicerContext) -> grpc.aio.Channel:

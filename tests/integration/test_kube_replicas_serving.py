@@ -26,6 +26,7 @@ import yaml
 
 from jumpstarter import routertoken, tls
 from jumpstarter.backoff import Deadline
+from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
 from jumpstarter.client.remote import ControllerClient, RemoteError
 from jumpstarter.config.client import load_client_config
 from tests.harness.kube_api import FakeCluster, KubeApiServer
@@ -228,6 +229,23 @@ def status(config: str, name: str) -> int:
         client.close()
 
 
+def raw_list_exporters(r: Replicas, client: str, replica: str, *extra: tuple[str, str]) -> list[Any]:
+    """ListExporters with the client's PROTOCOL.md §3 metadata plus `extra`, on one replica."""
+    document = yaml.safe_load(Path(os.path.join(r.directory, f"{client}.yaml")).read_text())
+    metadata = (
+        ("authorization", f"Bearer {document['token']}"),
+        ("jumpstarter-kind", "Client"),
+        ("jumpstarter-namespace", NS),
+        ("jumpstarter-name", client),
+        *extra,
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(r.cert).read_bytes())
+    with grpc.secure_channel(r.address(replica), credentials) as channel:
+        stub = client_pb2_grpc.ClientServiceStub(channel)
+        request = client_pb2.ListExportersRequest(parent=f"namespaces/{NS}")
+        return list(stub.ListExporters(request, metadata=metadata, timeout=30).exporters)
+
+
 def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_death(replicas, tmp_path):
     r = replicas
     env = cli_env(str(tmp_path))
@@ -252,6 +270,14 @@ def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_de
     assert off.returncode == 0, off.stderr
     assert not flag_b.exists()
     assert r.holder() == "replica-a"
+    # a call claiming to come from another replica is never forwarded again (no forwarding loops)
+    with pytest.raises(grpc.RpcError) as refused:
+        raw_list_exporters(r, "alice", "b", ("x-jumpstarter-forwarded-by", "replica-a"))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no longer leads" in (refused.value.details() or "")
+    assert raw_list_exporters(
+        r, "alice", "a", ("x-jumpstarter-forwarded-by", "replica-b")
+    )  # the leader serves it
 
     os.kill(r.processes["controllerd-a"].pid, signal.SIGKILL)
     poll(lambda: r.holder() == "replica-b", 90, "replica b to take over")
