@@ -90,13 +90,15 @@ class Forwarder:
             except UnavailableLeader as exc:
                 why = str(exc)
             waits: set[asyncio.Future[Any]] = {term} if ready is None else {term, ready}
-            done, _ = await asyncio.wait(
-                waits, timeout=deadline.remaining(), return_when=asyncio.FIRST_COMPLETED
-            )
-            if ready is not None:
-                if ready in done:
-                    return channel
-                ready.cancel()
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=deadline.remaining(), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:  # also when the caller goes away meanwhile: no wait outlives its call
+                if ready is not None and not ready.done():
+                    ready.cancel()
+            if ready is not None and ready in done:
+                return channel
             if self.gate.elector.leading:  # this replica took over: the caller's retry is served here
                 raise UnavailableLeader("this controller replica leads now; retry")
             if term not in done:

@@ -280,8 +280,13 @@ def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_de
     )  # the leader serves it
 
     os.kill(r.processes["controllerd-a"].pid, signal.SIGKILL)
+    killed = time.monotonic()
     poll(lambda: r.holder() == "replica-b", 90, "replica b to take over")
+    took_over = time.monotonic() - killed
     poll(lambda: available(alice_b, "board-on-b"), 90, "board-on-b back online on the new leader")
+    print(
+        f"takeover {took_over:.1f}s, exporter available again {time.monotonic() - killed:.1f}s after SIGKILL"
+    )
     on = jmp(env, "shell", "--client", alice_b, "-l", "board=x", "--", "jumpstarter", "power", "on")
     assert on.returncode == 0, on.stderr + r.log("controllerd-b")[-3000:]
     assert flag_b.exists(), "no new lease after the takeover"
