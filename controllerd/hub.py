@@ -1,4 +1,5 @@
-"""In-memory signalling between the controller's RPCs (single process, like upstream).
+"""In-memory signalling between the controller's RPCs, in one process: with several replicas
+(Kubernetes store), the leader's; the others forward these RPCs to it (controllerd/replica.py).
 
 - exporter watches: the `Status` stream of an exporter wakes up when its lease state changes;
 - announced leases: the lease each exporter was last told about, so that every stream of it

@@ -7,6 +7,8 @@ replace at the resourceVersion just read, so two candidates never both win. A ca
 expiry by its own monotonic clock from when it last saw the record change (never by comparing
 the holder's clock to its own), and a leader that cannot renew within `renew_deadline` stops
 leading before its claim can have expired for the others (renew_deadline < duration).
+The holder also advertises where its gRPC port is (annotation ADDRESS_ANNOTATION): the other
+replicas forward calls there (controllerd/replica.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = structlog.get_logger("leader")
 
 GROUP, VERSION, PLURAL = "coordination.k8s.io", "v1", "leases"
 LEASE_NAME = "jumpstarter-controller"
+ADDRESS_ANNOTATION = "jumpstarter.dev/leader-address"
 
 
 def _micro_time() -> str:
@@ -51,12 +54,16 @@ class LeaderElector:
         duration: float = 15.0,
         renew_deadline: float = 10.0,
         retry: float = 2.0,
+        address: str | None = None,
     ) -> None:
         if not 0 < retry < renew_deadline < duration:
             raise ValueError("leader election needs 0 < retry < renew_deadline < duration")
         self.api, self.identity, self.name = api, identity, name
         self.duration, self.renew_deadline, self.retry = duration, renew_deadline, retry
         self.leading = False
+        self.address = address  # host:port the other replicas reach this one at (None: not advertised)
+        self.leader: tuple[str, str | None] | None = None  # (holder, its address) last seen; None: nobody
+        self.on_change: Callable[[], None] = lambda: None  # leading or leader changed (on the loop)
         self._observed: tuple[Any, ...] | None = None  # (holder, renewTime, transitions) last seen
         self._observed_at = 0.0  # monotonic time it was seen to change
 
@@ -75,8 +82,10 @@ class LeaderElector:
                 "metadata": {"name": self.name, "namespace": self.api.namespace},
                 "spec": self._spec(now, now, 0),
             }
+            self._advertise(body)
             try:
                 self.api.create(GROUP, VERSION, PLURAL, body)
+                self.leader = (self.identity, self.address)
                 return True
             except Conflict:  # another candidate created it first
                 return False
@@ -86,6 +95,8 @@ class LeaderElector:
         if record != self._observed:
             self._observed, self._observed_at = record, time.monotonic()
         duration = float(spec.get("leaseDurationSeconds") or self.duration)
+        annotations = (current.get("metadata") or {}).get("annotations") or {}
+        self.leader = (holder, annotations.get(ADDRESS_ANNOTATION)) if holder else None
         if holder and holder != self.identity and time.monotonic() < self._observed_at + duration:
             return False  # held by a live leader
         transitions = int(spec.get("leaseTransitions") or 0)
@@ -93,12 +104,22 @@ class LeaderElector:
             current["spec"] = dict(spec, **self._spec(spec.get("acquireTime") or now, now, transitions))
         else:
             current["spec"] = self._spec(now, now, transitions + 1)
+        self._advertise(current)
         try:
             self.api.replace(GROUP, VERSION, PLURAL, current)
         except StorageError:  # a 409: someone else wrote first; or the API is unreachable
             return False
         self._observed, self._observed_at = None, time.monotonic()
+        self.leader = (self.identity, self.address)
         return True
+
+    def _advertise(self, body: dict[str, Any]) -> None:
+        metadata = body.setdefault("metadata", {})
+        annotations = dict(metadata.get("annotations") or {})
+        annotations.pop(ADDRESS_ANNOTATION, None)  # never leave the previous holder's address
+        if self.address:
+            annotations[ADDRESS_ANNOTATION] = self.address
+        metadata["annotations"] = annotations
 
     def _spec(self, acquired: str, renewed: str, transitions: int) -> dict[str, Any]:
         return {
@@ -115,12 +136,14 @@ class LeaderElector:
             while not await self._safe_try():
                 await asyncio.sleep(self.retry)
             self.leading = True
+            self.on_change()
             log.info("elected leader", identity=self.identity, lease=self.name)
             task = asyncio.create_task(lead())
             try:
                 await self._renew_until_lost(task)
             finally:
                 self.leading = False
+                self.on_change()
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -143,11 +166,15 @@ class LeaderElector:
         return self._observed is not None and self._observed[0] not in ("", self.identity)
 
     async def _safe_try(self) -> bool:
+        before = self.leader
         try:
             return await self._try()
         except (StorageError, NotFound) as exc:
             log.warning("leader election: API call failed", error=str(exc))
             return False
+        finally:
+            if self.leader != before:
+                self.on_change()
 
     async def release(self) -> None:
         """On a clean shutdown: give the lease up at once so another replica need not wait it out."""
@@ -161,6 +188,7 @@ class LeaderElector:
                 current["spec"] = dict(
                     spec, holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time()
                 )
+                ((current.get("metadata") or {}).get("annotations") or {}).pop(ADDRESS_ANNOTATION, None)
                 self.api.replace(GROUP, VERSION, PLURAL, current)
 
         with contextlib.suppress(StorageError, NotFound):
@@ -169,7 +197,11 @@ class LeaderElector:
 
 
 def replicate(
-    store: Store, hub: Hub, scheduler: LeaseScheduler, identity: str | None = None
+    store: Store,
+    hub: Hub,
+    scheduler: LeaseScheduler,
+    identity: str | None = None,
+    address: str | None = None,
 ) -> LeaderElector | None:
     """Wire a replica of a Kubernetes-backed controller: watches wake the scheduler and tell exporter
     streams about lease changes made elsewhere; only the elected replica plans. None for SQLite.
@@ -189,6 +221,6 @@ def replicate(
 
     store.on_change = lambda plural, obj: loop.call_soon_threadsafe(react, plural, obj)
     name = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-    elector = LeaderElector(store.api, name)
+    elector = LeaderElector(store.api, name, address=address)
     scheduler.leading = lambda: elector.leading
     return elector

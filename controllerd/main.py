@@ -53,6 +53,7 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     from controllerd.hub import Hub
     from controllerd.leader import replicate
     from controllerd.liveness import server_keepalive_options
+    from controllerd.replica import advertised_address, interceptors
     from controllerd.scheduler import LeaseScheduler
     from controllerd.store import open_store
     from jumpstarter import routertoken, tls
@@ -97,8 +98,11 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
 
     auth.cluster = cluster_identities(config, store, auth, hub)  # ServiceAccount tokens (Kubernetes store)
 
+    # Kubernetes store: one replica schedules (leader election) and serves; the others forward to it
+    elector = replicate(store, hub, scheduler, address=advertised_address(config.listen, dict(os.environ)))
     server = grpc.aio.server(
-        options=CONTROLLER_SERVER_OPTIONS + server_keepalive_options(config.offline_after)
+        interceptors=interceptors(elector, ca_pem, host),
+        options=CONTROLLER_SERVER_OPTIONS + server_keepalive_options(config.offline_after),
     )
     # malformed requests: INVALID_ARGUMENT, no traceback in the log; calls served in arrival order
     registry = ArrivalOrder(guarded(server))
@@ -216,7 +220,6 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
         checker.lease_event(kind, lease)
 
     scheduler.on_event = on_event
-    elector = replicate(store, hub, scheduler)  # Kubernetes store: one replica schedules (leader election)
     scheduler_task = asyncio.create_task(
         elector.run(scheduler.run) if elector is not None else scheduler.run(), name="scheduler"
     )

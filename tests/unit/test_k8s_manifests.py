@@ -364,7 +364,7 @@ def test_pods_are_hardened_with_resources_and_probes(rendered: list[dict[str, An
     routerd = one(rendered, "StatefulSet", "jumpstarter-routerd")["spec"]["template"]["spec"]
     assert routerd["automountServiceAccountToken"] is False  # routerd never calls the API server
     controllerd = one(rendered, "Deployment", "jumpstarter-controllerd")
-    assert controllerd["spec"]["replicas"] == 1  # until Dials reach an exporter on another replica
+    assert controllerd["spec"]["replicas"] == 2  # the leader serves, the other forwards (controllerd/replica.py)
     assert controllerd["spec"]["template"]["spec"]["serviceAccountName"] == "jumpstarter-controllerd"
 
 

@@ -144,3 +144,41 @@ def test_a_leader_cut_off_from_the_api_stops_leading_before_another_takes_over(a
 def test_timings_are_checked():
     with pytest.raises(ValueError, match="retry < renew_deadline < duration"):
         LeaderElector(None, "x", duration=5, renew_deadline=6, retry=1)  # type: ignore[arg-type]
+
+
+def test_the_leader_advertises_its_address_and_the_others_see_who_leads_where(api):
+    """The other replicas forward calls to the address in the Lease (controllerd/replica.py): the
+    holder writes its own, a release clears it, a new holder replaces it; `on_change` says so."""
+    a, b = elector(api, "a"), elector(api, "b")
+    a.address, b.address = "10.0.0.1:8082", "[fd00::2]:8082"
+    changes: list[tuple[bool, object]] = []
+    b.on_change = lambda: changes.append((b.leading, b.leader))
+
+    def annotation() -> str | None:
+        with api.cluster.lock:
+            annotations = api.cluster.objects[LEASE]["metadata"].get("annotations") or {}
+        return annotations.get("jumpstarter.dev/leader-address")
+
+    async def scenario():
+        async def lead() -> None:
+            await asyncio.Event().wait()
+
+        running_a = asyncio.create_task(a.run(lead))
+        await until(lambda: a.leading)
+        assert a.leader == ("a", "10.0.0.1:8082") and annotation() == "10.0.0.1:8082"
+        running_b = asyncio.create_task(b.run(lead))
+        await until(lambda: b.leader == ("a", "10.0.0.1:8082"))
+        running_a.cancel()
+        await asyncio.gather(running_a, return_exceptions=True)
+        a.leading = True
+        await a.release()
+        released = annotation()
+        await until(lambda: b.leading)
+        running_b.cancel()
+        return released
+
+    released = asyncio.run(scenario())
+    assert released is None  # nobody leads: no stale address to forward to
+    assert annotation() == "[fd00::2]:8082" and b.leader == ("b", "[fd00::2]:8082")
+    assert changes[0] == (False, ("a", "10.0.0.1:8082"))
+    assert (True, ("b", "[fd00::2]:8082")) in changes  # then (False, …) when its task is cancelled
