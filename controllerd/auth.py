@@ -8,6 +8,7 @@ refused. Every token has a `jti`; revoking it takes effect at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -16,18 +17,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
+import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controllerd.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from controllerd.records import AuditEvent, TokenRecord
-from controllerd.store import NotFound, Store
+from controllerd.store import NotFound, StorageError, Store
 from jumpstarter.errors import ConfigError
 from jumpstarter.files import write_atomic
 
 if TYPE_CHECKING:
     from controllerd.kube_identity import ClusterIdentities
+
+log = structlog.get_logger("controllerd.auth")
 
 ALGORITHM = "ES256"
 DEFAULT_TTL = 365 * 24 * 3600.0
@@ -35,6 +39,7 @@ KINDS = ("Client", "Exporter")  # who may call over gRPC
 VIEWER = "Viewer"  # a dashboard-only identity: its tokens are refused by every gRPC call (not in KINDS)
 MAX_TOKEN = 16 * 1024
 MAX_KEY_FILE = 64 * 1024
+REVOCATION_SYNC = 2.0  # seconds: how late a revocation made on another replica can take effect here
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,26 @@ class TokenAuthority:
 
     async def load(self) -> None:
         self.revoked = await self.store.revoked_tokens()
+
+    async def sync_revocations(self) -> int:
+        """Take in revocations another replica stored (Kubernetes store); returns how many were new.
+
+        Each replica keeps the revoked set in memory: one revoked through another pod's admin socket
+        reaches this one only through the store. Open streams of the new ones end (`on_revoke`)."""
+        fresh = [r for r in await self.store.list_tokens() if r.revoked and r.jti not in self.revoked]
+        for record in fresh:
+            self.revoked.add(record.jti)
+            self.on_revoke(record)
+        return len(fresh)
+
+    async def sync_revocations_forever(self, every: float = REVOCATION_SYNC) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if count := await self.sync_revocations():
+                    log.info("revocations made on another replica taken in", tokens=count)
+            except StorageError as exc:  # the API server away: the next round tries again
+                log.warning("cannot read revocations from the store", error=str(exc))
 
     async def issue(
         self, kind: str, namespace: str, name: str, uid: str, ttl: float = DEFAULT_TTL

@@ -227,6 +227,9 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     if credentials is not None:  # Kubernetes store: Secrets for what kubectl creates, by the leader
         credentials.follow((lambda: elector.leading) if elector is not None else (lambda: True))
         credentials_task = asyncio.create_task(credentials.run(), name="credentials")
+    revocations_task = None
+    if elector is not None:  # several replicas: each takes in the revocations the others stored
+        revocations_task = asyncio.create_task(auth.sync_revocations_forever(), name="revocations")
     health_task = asyncio.create_task(checker.schedule_forever(), name="health-checks")
     prune_task = asyncio.create_task(
         prune_forever(store, config.audit_retention_days, config.audit_max_records), name="audit-prune"
@@ -244,6 +247,8 @@ async def serve(config) -> int:  # type: ignore[no-untyped-def]
     health_task.cancel()
     if credentials_task is not None:
         credentials_task.cancel()
+    if revocations_task is not None:
+        revocations_task.cancel()
     if dashboard is not None:
         dashboard[1].cancel()
         await dashboard[0].stop()

@@ -26,8 +26,8 @@ import yaml
 
 from jumpstarter import routertoken, tls
 from jumpstarter.backoff import Deadline
-from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
 from jumpstarter.client.remote import ControllerClient, RemoteError
+from jumpstarter.client.v1 import client_pb2, client_pb2_grpc
 from jumpstarter.config.client import load_client_config
 from tests.harness.kube_api import FakeCluster, KubeApiServer
 
@@ -398,3 +398,50 @@ def test_a_leader_overtaken_while_frozen_ends_its_streams_and_its_exporter_reach
     assert on.returncode == 0, on.stderr + r.log("controllerd-b")[-3000:]
     assert flag.exists(), "the lease's exporter was not reached through the new leader"
     assert r.holder() == "replica-b"
+
+
+def test_a_revocation_on_either_replica_is_enforced_by_both(replicas):
+    """Each replica keeps the revoked tokens in memory: one revoked through the other pod's admin
+    socket (kubectl exec picks any pod) must still be refused by the leader, which serves every
+    forwarded call, and by the other replica, which answers reads itself."""
+    r = replicas
+    r.create("client", "mallory", "a")
+    r.create("client", "trent", "a")
+    assert raw_list_exporters(r, "mallory", "a") == []  # accepted by both, before
+    assert raw_list_exporters(r, "trent", "b") == []
+
+    def refused(client: str, replica: str) -> bool:
+        try:
+            raw_list_exporters(r, client, replica)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc
+            return True
+        return False
+
+    r.admin("b", "revoke", "client", "mallory")  # on the replica that does not lead
+    poll(lambda: refused("mallory", "a"), 60, "the leader to refuse a token revoked on replica b")
+    assert refused("mallory", "b")
+
+    r.admin("a", "revoke", "client", "trent")  # on the leader; b answers ListLeases itself
+    poll(lambda: refused("trent", "b"), 60, "replica b to refuse a token revoked on the leader")
+
+    def reads_refused() -> bool:
+        document = yaml.safe_load(Path(os.path.join(r.directory, "trent.yaml")).read_text())
+        metadata = (
+            ("authorization", f"Bearer {document['token']}"),
+            ("jumpstarter-kind", "Client"),
+            ("jumpstarter-namespace", NS),
+            ("jumpstarter-name", "trent"),
+        )
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(r.cert).read_bytes())
+        with grpc.secure_channel(r.address("b"), credentials) as channel:
+            stub = client_pb2_grpc.ClientServiceStub(channel)
+            try:
+                stub.ListLeases(
+                    client_pb2.ListLeasesRequest(parent=f"namespaces/{NS}"), metadata=metadata, timeout=30
+                )
+            except grpc.RpcError as exc:
+                return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+        return False
+
+    poll(reads_refused, 60, "replica b's own reads to refuse a token revoked on the leader")
