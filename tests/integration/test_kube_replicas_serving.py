@@ -292,6 +292,32 @@ def test_exporters_and_clients_on_either_replica_meet_and_survive_the_leaders_de
     assert flag_b.exists(), "no new lease after the takeover"
 
 
+def upstream_power(
+    up: Any, tmp_path: Path, client_config: str, action: str
+) -> subprocess.CompletedProcess[str]:
+    """Upstream's `jmp shell -l board=upstream -- j power ACTION` with `client_config`."""
+    return subprocess.run(
+        [
+            up.jmp,
+            "shell",
+            "--client-config",
+            client_config,
+            "-l",
+            "board=upstream",
+            "--",
+            up.j,
+            "power",
+            action,
+        ],
+        env=scrubbed_env(tmp_path),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, tmp_path):
     """Upstream 0.9 at both ends: its exporter on the replica that does not lead, its `jmp shell`
     on the leader, then on the other replica too; then the leader dies and both carry on on b."""
@@ -316,26 +342,7 @@ def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, t
     try:
         poll(lambda: available(alice_a, "upboard"), 60, "the upstream exporter online on the leader")
         for client, said in ((alice_a, 1), (alice_b, 2)):
-            result = subprocess.run(
-                [
-                    up.jmp,
-                    "shell",
-                    "--client-config",
-                    client,
-                    "-l",
-                    "board=upstream",
-                    "--",
-                    up.j,
-                    "power",
-                    "on",
-                ],
-                env=scrubbed_env(tmp_path),
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            result = upstream_power(up, tmp_path, client, "on")
             assert result.returncode == 0, explain(result) + log_path.read_text(errors="replace")[-3000:]
             poll(
                 lambda said=said: log_path.read_text(errors="replace").count("power on") >= said,
@@ -350,15 +357,7 @@ def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, t
         poll(lambda: r.holder() == "replica-b", 90, "replica b to take over")
         poll(lambda: available(alice_b, "upboard"), 90, "the upstream exporter online on the new leader")
         assert exporter.poll() is None, log_path.read_text(errors="replace")[-3000:]
-        result = subprocess.run(
-            [up.jmp, "shell", "--client-config", alice_b, "-l", "board=upstream", "--", up.j, "power", "off"],
-            env=scrubbed_env(tmp_path),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = upstream_power(up, tmp_path, alice_b, "off")
         assert result.returncode == 0, explain(result) + log_path.read_text(errors="replace")[-3000:]
         poll(lambda: "power off" in log_path.read_text(errors="replace"), 30, "the upstream exporter's log")
     finally:
