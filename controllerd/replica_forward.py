@@ -73,10 +73,13 @@ class Forwarder:
             closing.add_done_callback(self._closing.discard)
         return channel
 
-    async def _leader_channel(self, context: grpc.aio.ServicerContext) -> grpc.aio.Channel:
-        """A ready channel to the leader. While there is none (an election; a dead leader's claim
-        running out), the call waits for the next one, up to HOLD seconds or its deadline: a caller
-        that gives up after a few quick retries (upstream's exporter) then sees a takeover as a pause."""
+    async def _leader_channel(
+        self, context: grpc.aio.ServicerContext
+    ) -> tuple[grpc.aio.Channel, asyncio.Future[None]]:
+        """A ready channel to the leader, and the term it leads in (a stream through it ends with
+        that term). While there is none (an election; a dead leader's claim running out), the call
+        waits for the next one, up to HOLD seconds or its deadline: a caller that gives up after a
+        few quick retries (upstream's exporter) then sees a takeover as a pause."""
         left = context.time_remaining()
         deadline = Deadline(HOLD if left is None else min(HOLD, left))
         while True:
@@ -98,7 +101,7 @@ class Forwarder:
                 if ready is not None and not ready.done():
                     ready.cancel()
             if ready is not None and ready in done:
-                return channel
+                return channel, term
             if self.gate.elector.leading:  # this replica took over: the caller's retry is served here
                 raise UnavailableLeader("this controller replica leads now; retry")
             if term not in done:
@@ -135,23 +138,26 @@ class Forwarder:
         """A handler of `like`'s shape that forwards `method` to the leader."""
         shape = (like.request_streaming, like.response_streaming)
 
-        async def open_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            channel = await self._leader_channel(context)
+        async def open_call(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> tuple[Any, asyncio.Future[None]]:
+            channel, term = await self._leader_channel(context)
             factory = {
                 (False, False): channel.unary_unary,
                 (False, True): channel.unary_stream,
                 (True, False): channel.stream_unary,
                 (True, True): channel.stream_stream,
             }[shape]
-            return factory(method)(
+            call = factory(method)(
                 request, metadata=self._metadata(context), timeout=context.time_remaining()
             )
+            return call, term
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = None
             try:
                 with self._slot():
-                    call = await open_call(request, context)
+                    call, _ = await open_call(request, context)
                     return await call
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), exc.details() or "")
@@ -163,10 +169,11 @@ class Forwarder:
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = None
-            term = self.gate.term()
             try:
                 with self._slot():
-                    call = await open_call(request, context)
+                    # the term the channel's leader leads in, not the one the call came in: a call
+                    # held through an election would otherwise end as soon as it reached the new leader
+                    call, term = await open_call(request, context)
                     async for item in until(call, term):
                         yield item
             except grpc.aio.AioRpcError as exc:
