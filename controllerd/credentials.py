@@ -41,7 +41,7 @@ from controllerd.auth import ALGORITHM, TokenAuthority, subject
 from controllerd.errors import Conflict, InvalidArgument, NotFound, StorageError
 from controllerd.health_checks import HEALTH_CLIENT
 from controllerd.store import kube_codec as codec
-from controllerd.store.kube_client import StaleWrite
+from controllerd.store.kube_client import REQUEST_TIMEOUT, StaleWrite
 
 if TYPE_CHECKING:
     from controllerd.store.kube_client import Informer
@@ -81,14 +81,15 @@ class Credentials:
 
     # -- blocking calls (run in threads) ------------------------------------------------------
 
-    def _core(self, what: str, call: Callable[[], Any]) -> Any:
-        return self.api._call(what, call)  # the one mapping of API errors to ours
+    def _core(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`method(*args, **kwargs)` of CoreV1Api, bounded in time as the store's own calls are."""
+        return self.api._call(  # the one mapping of API errors to ours
+            what, lambda: method(*args, **kwargs, _request_timeout=REQUEST_TIMEOUT)
+        )
 
     def _read_secret(self, name: str) -> k8s.V1Secret | None:
         try:
-            return self._core(
-                f"get secrets/{name}", lambda: self.core.read_namespaced_secret(name, self.namespace)
-            )
+            return self._core(f"get secrets/{name}", self.core.read_namespaced_secret, name, self.namespace)
         except NotFound:
             return None
 
@@ -116,20 +117,23 @@ class Credentials:
         )
         if current is None:
             stored = self._core(
-                f"create secrets/{name}", lambda: self.core.create_namespaced_secret(self.namespace, body)
+                f"create secrets/{name}", self.core.create_namespaced_secret, self.namespace, body
             )
         else:  # at the version read: a concurrent writer makes this a 409, never a lost token
             _meta(body).resource_version = _meta(current).resource_version
             stored = self._core(
                 f"update secrets/{name}",
-                lambda: self.core.replace_namespaced_secret(name, self.namespace, body),
+                self.core.replace_namespaced_secret,
+                name,
+                self.namespace,
+                body,
             )
         return str(_meta(stored).resource_version)
 
     def _list_secrets(self) -> dict[str, k8s.V1Secret]:
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         listed = self._core(
-            "list secrets", lambda: self.core.list_namespaced_secret(self.namespace, label_selector=selector)
+            "list secrets", self.core.list_namespaced_secret, self.namespace, label_selector=selector
         )
         return {str(_meta(s).name): s for s in listed.items or []}
 
@@ -157,7 +161,9 @@ class Credentials:
         try:
             current = self._core(
                 f"get configmaps/{CA_CONFIGMAP}",
-                lambda: self.core.read_namespaced_config_map(CA_CONFIGMAP, self.namespace),
+                self.core.read_namespaced_config_map,
+                CA_CONFIGMAP,
+                self.namespace,
             )
         except NotFound:
             current = None
@@ -170,13 +176,18 @@ class Credentials:
         if current is None:
             self._core(
                 f"create configmaps/{CA_CONFIGMAP}",
-                lambda: self.core.create_namespaced_config_map(self.namespace, body),
+                self.core.create_namespaced_config_map,
+                self.namespace,
+                body,
             )
         else:
             _meta(body).resource_version = _meta(current).resource_version
             self._core(
                 f"update configmaps/{CA_CONFIGMAP}",
-                lambda: self.core.replace_namespaced_config_map(CA_CONFIGMAP, self.namespace, body),
+                self.core.replace_namespaced_config_map,
+                CA_CONFIGMAP,
+                self.namespace,
+                body,
             )
         log.info("published the CA", configmap=CA_CONFIGMAP)
 
