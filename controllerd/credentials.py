@@ -11,8 +11,10 @@ The token is the controller's own (TokenAuthority.issue): recorded and revocable
 One token per resource: `ensure` is the only way in, for this reconciler and for `jumpstarter admin
 create|rotate` over the socket; a Secret that already holds a good token is used, not replaced, and
 the loser of a race to create the Secret revokes the token it minted (never handed out).
-A good token is one this controller signed for this resource's uid. Revoked or expired ones count
-as good: a revocation stands (only `rotate` or deleting the Secret replaces it). Deleting the Secret
+A good token is one this controller signed for this resource's uid and that is not about to expire.
+A revoked one counts as good: a revocation stands (only `rotate` or deleting the Secret replaces it).
+One that expires within RENEW of its lifetime (or has expired) is renewed, as upstream rewrites a token
+that no longer validates: a new token goes into the Secret and the old one is left to expire. Deleting the Secret
 of a resource whose status names it is a rotation, as upstream's `admin rotate`: older tokens are
 revoked and a new one is written.
 
@@ -58,6 +60,8 @@ RESYNC = 15.0  # seconds between full checks (Secrets are not watched: a deleted
 MIN_GAP = 1.0  # seconds between passes: exporter heartbeats must not turn into a pass each
 PER_PASS = 50  # tokens minted per pass at most
 TRIES = 8
+MAX_RENEW = 7 * 24 * 3600.0  # a token is renewed this long before it expires at most...
+RENEW = 0.1  # ...or this part of its lifetime before, whichever is shorter
 ACTOR = "credentials"  # who rotated, in the audit history
 
 
@@ -75,7 +79,8 @@ class Credentials:
         self.leading: Callable[[], bool] = lambda: True
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._good: dict[str, tuple[str, str]] = {}  # Secret name -> (its resourceVersion, uid) checked good
+        # Secret name -> (its resourceVersion, uid, when to renew) of a credential checked good
+        self._good: dict[str, tuple[str, str, float]] = {}
         self._full_at = 0.0  # monotonic time of the last full pass
         self._dirty: set[tuple[str, str]] = set()  # (kind, name) the watches saw change
 
@@ -200,7 +205,7 @@ class Credentials:
         self, secret: k8s.V1Secret | None, kind: str, name: str, uid: str, owner_uid: str
     ) -> str | None:
         """The Secret's token if it is ours for this resource (signed by us, its subject and uid,
-        the Secret owned by this very object); revoked and expired tokens count (see the docstring)."""
+        the Secret owned by this very object), whether revoked or expiring (`ensure` and `_check` judge those)."""
         if secret is None or not secret.data or not secret.data.get("token"):
             return None
         if not any(ref.uid == owner_uid for ref in _meta(secret).owner_references or []):
@@ -231,11 +236,18 @@ class Credentials:
         for _ in range(TRIES):
             secret = await asyncio.to_thread(self._read_secret, name_of)
             token = self._token_of(secret, kind, name, uid, owner["metadata"]["uid"])
-            if token is not None and not force:
+            expires = _expiry(token) if token is not None else 0.0
+            if token is not None and not force and time.time() < self.renew_at(expires):
                 await asyncio.to_thread(self._set_status, kind, name)
-                return token, float(jwt.decode(token, options={"verify_signature": False})["exp"])
+                return token, expires
             if token is None and not force and _published(owner, name_of):  # deleted or spoilt: a rotation
                 await self._rotated(kind, name, "its Secret was deleted or changed")  # as upstream's rotate
+            elif token is not None and not force:  # expiring: a new one; the old one runs out by itself
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+                why = f"its token expire{'d' if expires <= time.time() else 's'} at {when}"
+                await self.store.append_audit(
+                    [audit.event(self.namespace, kind.lower(), name, "renewed", ACTOR, "TokenRenewed", why)]
+                )
             minted, expiry = await self.auth.issue(kind, self.namespace, name, uid, self.ttl)
             try:
                 await asyncio.to_thread(self._write_secret, name_of, secret, minted, owner)
@@ -246,6 +258,10 @@ class Credentials:
             log.info("credential written", kind=kind, name=name, secret=name_of)
             return minted, expiry
         raise StaleWrite(f"secrets/{name_of}: kept changing; no credential written")
+
+    def renew_at(self, expires: float) -> float:
+        """When a token that expires at `expires` is renewed."""
+        return expires - min(MAX_RENEW, RENEW * self.ttl)
 
     async def _rotated(self, kind: str, name: str, why: str) -> None:
         event = audit.event(self.namespace, kind.lower(), name, "rotated", ACTOR, "TokenRotated", why)
@@ -291,15 +307,18 @@ class Credentials:
         published = _published(obj, name_of)
         if published and status.get("endpoint") == self.auth.endpoint:
             known = self._good.get(name_of)
-            if secrets is None and known is not None and known[1] == uid:
+            fresh = known is not None and time.time() < known[2]
+            if secrets is None and fresh and known is not None and known[1] == uid:
                 return None
             secret = secrets.get(name_of) if secrets is not None else None
             if secret is not None:
                 seen = (str(_meta(secret).resource_version), uid)
-                if known == seen:
+                if fresh and known is not None and known[:2] == seen:
                     return None
-                if self._token_of(secret, kind, name, uid, obj["metadata"].get("uid", "")):
-                    self._good[name_of] = seen
+                token = self._token_of(secret, kind, name, uid, obj["metadata"].get("uid", ""))
+                renew = self.renew_at(_expiry(token)) if token is not None else 0.0
+                if token is not None and time.time() < renew:
+                    self._good[name_of] = (*seen, renew)
                     return None
         return Missing(kind, name, uid)
 
@@ -318,8 +337,8 @@ class Credentials:
         todo = [m for kind, o in candidates if (m := self._check(kind, o, secrets)) is not None]
         for item in todo[:PER_PASS]:
             try:
-                await self.ensure(item.kind, item.name, item.uid)
-                self._good[secret_name(item.kind, item.name)] = ("", item.uid)
+                _, expires = await self.ensure(item.kind, item.name, item.uid)
+                self._good[secret_name(item.kind, item.name)] = ("", item.uid, self.renew_at(expires))
             except NotFound:
                 pass  # the resource was deleted meanwhile
             except (StorageError, InvalidArgument, Conflict) as exc:
@@ -362,6 +381,11 @@ def _meta(obj: Any) -> k8s.V1ObjectMeta:
     meta = obj.metadata
     assert meta is not None, "the API server always answers metadata"
     return meta  # type: ignore[no-any-return]
+
+
+def _expiry(token: str) -> float:
+    """A token's `exp` (already verified as ours by `_token_of`)."""
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
 
 
 def _published(obj: dict[str, Any], name_of: str) -> bool:

@@ -182,6 +182,41 @@ def test_deleting_the_secret_rotates_the_credential(api, central):
     assert old_jti not in [t["jti"] for t in live_tokens(api, "Client", "rotated-bob")]
 
 
+def test_an_expiring_credential_is_renewed_and_the_old_token_left_to_run_out():
+    """A token close to its expiry (the last tenth of its lifetime) is replaced in the Secret, as
+    upstream rewrites a token that no longer validates; the old one is not revoked (it runs out)."""
+    with KubeApiServer(FakeCluster(history=1_000_000)) as short:
+        # 17 s tokens: renewed after ~15.5 s, at the next full pass (every 15 s)
+        central = start_central(
+            "jskren-",
+            router=False,
+            store=f"kubernetes://{NS}?kubeconfig={short.kubeconfig}",
+            token_ttl_days=0.0002,
+        )
+        try:
+            post(short, "Client", "clients", "short-lived")
+            first = wait_credential(short, "clients", "short-lived")
+            renewed = wait_until(
+                lambda: (token := secret_token(short, "short-lived-client")) != first and token,
+                90,
+                "the credential to be renewed",
+                interval=0.5,
+            )
+            claims = [jwt.decode(t, options={"verify_signature": False}) for t in (first, renewed)]
+            assert claims[1]["exp"] > claims[0]["exp"]
+            live = [t["jti"] for t in live_tokens(short, "Client", "short-lived")]
+            assert claims[0]["jti"] in live and claims[1]["jti"] in live  # the old one was not revoked
+            with short.cluster.lock:
+                events = [
+                    o["spec"] for (gvr, _, _), o in short.cluster.objects.items() if gvr[2] == "auditevents"
+                ]
+            assert any(e.get("action") == "renewed" and e.get("name") == "short-lived" for e in events), (
+                events
+            )
+        finally:
+            close_central(central)
+
+
 def test_the_health_checks_client_made_with_kubectl_gets_no_credential(api, central):
     post(api, "Client", "clients", "jumpstarter-health")  # the controller's own identity
     post(api, "Client", "clients", "after-health")
