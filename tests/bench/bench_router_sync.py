@@ -274,6 +274,7 @@ def main() -> int:
     parser.add_argument("--no-latency", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        br._die_with_parent()
         kind, port_file = args.serve
         directory = os.path.dirname(port_file)
         cert, key = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
