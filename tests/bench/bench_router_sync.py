@@ -7,6 +7,7 @@ with bench_router.py's measures (sender in this process, far ends in another):
 - `routerd`: the real daemon (tokens, admission, metrics, logging);
 - `bare aio`: a bare grpc.aio splice pairing on the authorization value, one copy task per
   direction (routerd's `_copy` without the bookkeeping);
+- `bare aio-ro`: `bare aio` with routerd's server options (keepalive settings);
 - `bare sync`: the same on grpc.server: each caller's handler thread yields the other
   caller's requests as its own responses (blocking reads, no event loop);
 and `+latency`: the same with `("grpc.optimization_target", "latency")`.
@@ -96,9 +97,7 @@ def serve_sync(port_file: str, cert: str, key: str, latency: bool) -> None:
         SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(splice.stream)}
     )
     extra = [("grpc.optimization_target", "latency")] if latency else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=THREADS), options=server_options(*extra)
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=server_options(*extra))
     server.add_generic_rpc_handlers((handler,))
     port = server.add_secure_port("127.0.0.1:0", _credentials(cert, key))
     server.start()
@@ -141,12 +140,18 @@ class AioPairing:
         await both[1].wait()
 
 
-async def serve_aio(port_file: str, cert: str, key: str, latency: bool) -> None:
+async def serve_aio(
+    port_file: str, cert: str, key: str, latency: bool, routerd_options: bool = False
+) -> None:
     splice = AioPairing()
     handler = grpc.method_handlers_generic_handler(
         SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(splice.stream)}
     )
     extra = [("grpc.optimization_target", "latency")] if latency else []
+    if routerd_options:  # routerd's keepalive settings on top
+        from routerd.service import SERVER_OPTIONS
+
+        extra = [*SERVER_OPTIONS[len(server_options()) :], *extra]
     server = grpc.aio.server(options=server_options(*extra))
     server.add_generic_rpc_handlers((handler,))
     port = server.add_secure_port("127.0.0.1:0", _credentials(cert, key))
@@ -185,9 +190,7 @@ def start_bare(directory: str, kind: str, latency: bool) -> tuple[subprocess.Pop
         return process, int(handle.read())
 
 
-async def measure(
-    target: br.Target, pid: int, args: argparse.Namespace
-) -> dict[str, float]:
+async def measure(target: br.Target, pid: int, args: argparse.Namespace) -> dict[str, float]:
     size = args.size_mib * br.MiB
     gib = args.size_mib / 1024
     out: dict[str, float] = {}
@@ -207,10 +210,12 @@ async def measure(
 
 async def run(args: argparse.Namespace, directory: str) -> None:
     router, router_port = br.start_routerd(directory)
-    cert, key = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
+    cert = os.path.join(directory, "tls.crt")
     token_key = routertoken.load_key(os.path.join(directory, "router.key"))
     socket_path = os.path.join(directory, "direct.sock")
-    direct_server = br.spawn([sys.executable, br.__file__, "--serve-direct", socket_path], stdout=subprocess.PIPE)
+    direct_server = br.spawn(
+        [sys.executable, br.__file__, "--serve-direct", socket_path], stdout=subprocess.PIPE
+    )
     assert direct_server.stdout is not None
     await asyncio.to_thread(direct_server.stdout.readline)
     servers: dict[str, tuple[br.Target, int]] = {
@@ -242,8 +247,10 @@ def table(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) 
         f" {args.size_mib} MiB single streams, {args.streams} x {args.concurrent_mib} MiB, {args.round_trips}"
         " round trips)\n"
     )
-    print("| server | 1 stream 64 KiB | 1 stream 256 KiB | CPU s/GiB 64k / 256k | "
-          f"{args.streams} streams | CPU s/GiB | 64 B RTT p50 / p99 |")
+    print(
+        "| server | 1 stream 64 KiB | 1 stream 256 KiB | CPU s/GiB 64k / 256k | "
+        f"{args.streams} streams | CPU s/GiB | 64 B RTT p50 / p99 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in results:
         p50, p99 = med(name, "p50"), med(name, "p99")
@@ -262,14 +269,18 @@ def table(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--concurrent-mib", type=int, default=1)
     parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kinds", nargs="*", default=["aio", "sync"])
-    parser.add_argument("--latency", action="store_true", help="also each bare splice with optimization_target")
+    parser.add_argument(
+        "--latency", action="store_true", help="also each bare splice with optimization_target"
+    )
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT_FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--no-latency", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,7 +292,7 @@ def main() -> int:
         if kind == "sync":
             serve_sync(port_file, cert, key, args.latency)
         else:
-            asyncio.run(serve_aio(port_file, cert, key, args.latency))
+            asyncio.run(serve_aio(port_file, cert, key, args.latency, kind == "aio-ro"))
         return 0
     directory = tempfile.mkdtemp(prefix="jsbrs-", dir="/tmp")
     try:
