@@ -11,7 +11,8 @@ with bench_router.py's measures (sender in this process, far ends in another):
 - `bare sync`: the same on grpc.server: each caller's handler thread yields the other
   caller's requests as its own responses (blocking reads, no event loop);
 and `+latency`: the same with `("grpc.optimization_target", "latency")`.
-Each round measures every server once, in turn; medians over rounds are printed.
+Each round measures every server once, in an order rotated from round to round; medians over
+rounds are printed.
 Not a pytest test (bench_*.py is not collected).
 """
 
@@ -228,8 +229,11 @@ async def run(args: argparse.Namespace, directory: str) -> None:
             name = f"bare {kind}" + (" +latency" if latency else "")
             servers[name] = (br.ThroughRouter(port, cert, token_key), process.pid)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    names = list(servers)
     for round_ in range(args.rounds):
-        for name, (target, pid) in servers.items():
+        shift = round_ % len(names)  # each server takes every place in the order: no order effect
+        for name in names[shift:] + names[:shift]:
+            target, pid = servers[name]
             results[name].append(await measure(target, pid, args))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     for target, _ in servers.values():
