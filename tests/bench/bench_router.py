@@ -67,7 +67,10 @@ def _die_with_parent() -> None:
 
 
 def spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(argv, preexec_fn=_die_with_parent, cwd=ROOT, **kw)
+    # No preexec_fn: running Python between fork and exec in a process with gRPC threads made the
+    # far-end process fail now and then (a stream then waited for its peer forever); our own
+    # children call _die_with_parent() themselves, routerd is stopped at exit.
+    process = subprocess.Popen(argv, cwd=ROOT, **kw)
     _children.append(process)
     return process
 
@@ -238,7 +241,8 @@ class ThroughRouter(Target):
         assert self.peers.stdin is not None and self.peers.stdout is not None
         self.peers.stdin.write(json.dumps(tokens).encode() + b"\n")
         self.peers.stdin.close()
-        await asyncio.to_thread(self.peers.stdout.readline)
+        if (await asyncio.to_thread(self.peers.stdout.readline)).strip() != b"ready":
+            raise SystemExit("the far-end process failed to start")
         while len(self.channels) < count:
             self.channels.append(grpc.aio.secure_channel(self.endpoint, self.creds, options=SEPARATE))
         return [
@@ -441,6 +445,8 @@ def main() -> int:
     parser.add_argument("--serve-direct", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--router-peers", nargs=3, metavar=("ENDPOINT", "CA", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_direct or args.router_peers:
+        _die_with_parent()
     if args.serve_direct:
         asyncio.run(serve_direct(args.serve_direct))
         return 0
