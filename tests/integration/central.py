@@ -666,9 +666,9 @@ class StubExporter:
 
     def close(self) -> None:
         self.auto = False
-        for listener in self.listeners.values():
+        self.close_status()  # first: the status thread opens Listens (auto mode) until it has ended
+        for listener in list(self.listeners.values()):
             listener.cancel()
-        self.close_status()
         self.channel.close()
 
 
