@@ -26,3 +26,9 @@ def test_ci_runs_the_readme_test_command_as_its_last_line():
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert lines[-1] == readme_commands()[1]
+
+
+def test_the_readme_quotes_ci_run_whole():
+    """The README shows `.ci/run` in full, so a reader sees it runs the test command and nothing else."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert (ROOT / ".ci/run").read_text() in blocks
