@@ -752,3 +752,25 @@ def get_report(
             return stub.GetReport(empty_pb2.Empty(), timeout=10)
     finally:
         tunnel.close()
+
+
+class Scope:
+    """One namespace of a Central: its clients and stub exporters, closed (newest first) by `close`."""
+
+    def __init__(self, central: Central, namespace: str) -> None:
+        self.central, self.ns = central, namespace
+        self.closers: list[Callable[[], Any]] = []
+
+    def client(self, name: str, **labels: str) -> Peer:
+        peer = self.central.peer(self.central.create("client", self.ns, name, **labels))
+        self.closers.append(peer.close)
+        return peer
+
+    def exporter(self, name: str, **labels: str) -> StubExporter:
+        stub = StubExporter(self.central, self.central.create("exporter", self.ns, name, **labels))
+        self.closers.append(stub.close)
+        return stub.start()
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()

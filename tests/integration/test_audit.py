@@ -34,6 +34,7 @@ from .central import (
     start_central,
     wait_until,
 )
+from .central import Scope as SharedScope
 
 OFFLINE_AFTER = 2.0
 pytestmark = pytest.mark.timeout(90)
@@ -48,21 +49,7 @@ def central() -> Iterator[Central]:
         close_central(c)
 
 
-class Scope:
-    def __init__(self, central: Central, namespace: str) -> None:
-        self.central, self.ns = central, namespace
-        self.closers: list[Any] = []
-
-    def client(self, name: str) -> Peer:
-        peer = self.central.peer(self.central.create("client", self.ns, name))
-        self.closers.append(peer.close)
-        return peer
-
-    def exporter(self, name: str, **labels: str) -> StubExporter:
-        stub = StubExporter(self.central, self.central.create("exporter", self.ns, name, **labels)).start()
-        self.closers.append(stub.close)
-        return stub
-
+class Scope(SharedScope):
     def audit(self, *args: str) -> list[dict[str, Any]]:
         return json.loads(self.central.admin(self.ns, "audit", *args, "-o", "json"))  # type: ignore[no-any-return]
 
@@ -77,8 +64,7 @@ def scope(central: Central, request: pytest.FixtureRequest) -> Iterator[Scope]:
     try:
         yield s
     finally:
-        for close in reversed(s.closers):
-            close()
+        s.close()
 
 
 def test_a_lease_life_appears_in_admin_audit_in_order_with_its_actors(scope: Scope):

@@ -20,7 +20,7 @@ from .central import (
     ROOT,
     Central,
     Peer,
-    StubExporter,
+    Scope,
     close_central,
     condition,
     is_true,
@@ -40,22 +40,10 @@ def central() -> Iterator[Central]:
         close_central(c)
 
 
-class Lab:
+class Lab(Scope):
     """One namespace of `central`: its clients and boards, closed after the test."""
 
-    def __init__(self, central: Central, namespace: str) -> None:
-        self.central, self.ns = central, namespace
-        self.closers: list[Any] = []
-
-    def client(self, name: str) -> Peer:
-        peer = self.central.peer(self.central.create("client", self.ns, name))
-        self.closers.append(peer.close)
-        return peer
-
-    def board(self, name: str, **labels: str) -> StubExporter:
-        stub = StubExporter(self.central, self.central.create("exporter", self.ns, name, **labels)).start()
-        self.closers.append(stub.close)
-        return stub
+    board = Scope.exporter
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`jumpstarter admin -n NS ARGS…` whatever its exit status."""
@@ -92,8 +80,7 @@ def lab(central: Central, request: pytest.FixtureRequest) -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        for close in reversed(lab.closers):
-            close()
+        lab.close()
 
 
 def pending_message(peer: Peer, lease: str, text: str) -> Any:

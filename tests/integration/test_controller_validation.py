@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -27,6 +27,7 @@ from .central import (
     ROOT,
     Central,
     Peer,
+    Scope,
     StubExporter,
     close_central,
     condition,
@@ -49,29 +50,6 @@ def central() -> Iterator[Central]:
         yield c
     finally:
         close_central(c)
-
-
-class Scope:
-    """One namespace's clients and stub exporters, closed at the end of the test."""
-
-    def __init__(self, central: Central, namespace: str) -> None:
-        self.central = central
-        self.ns = namespace
-        self.closers: list[Callable[[], Any]] = []
-
-    def client(self, name: str, **labels: str) -> Peer:
-        peer = self.central.peer(self.central.create("client", self.ns, name, **labels))
-        self.closers.append(peer.close)
-        return peer
-
-    def exporter(self, name: str, **labels: str) -> StubExporter:
-        stub = StubExporter(self.central, self.central.create("exporter", self.ns, name, **labels))
-        self.closers.append(stub.close)
-        return stub.start()
-
-    def close(self) -> None:
-        for close in reversed(self.closers):
-            close()
 
 
 @pytest.fixture
