@@ -3,7 +3,6 @@ exporterd stack: logging in, live updates, a board's maintenance reason, refusal
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os

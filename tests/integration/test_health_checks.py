@@ -183,7 +183,9 @@ def test_nobody_can_be_given_the_health_checkers_client_identity(central: Centra
     # its holder could dial, or release, the checker's leases on out-of-service boards
     before = central.admin(NS, "get", "clients", "-o", "json")  # the checker's own may exist already
     taken = admin(central, "create", "client", "jumpstarter-health")
-    assert taken.returncode != 0 and "reserved for the controller's health checks" in taken.stderr, taken.stderr
+    assert taken.returncode != 0 and "reserved for the controller's health checks" in taken.stderr, (
+        taken.stderr
+    )
     assert central.admin(NS, "get", "clients", "-o", "json") == before
 
 

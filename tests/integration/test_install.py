@@ -55,7 +55,17 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ["pyproject.toml", "README.md"]:
         shutil.copy2(REPO / name, copy / name)
-    for name in ["scripts", "systemd", "udev", "etc", "completion", "jumpstarter", "exporterd", "controllerd", "routerd"]:
+    for name in [
+        "scripts",
+        "systemd",
+        "udev",
+        "etc",
+        "completion",
+        "jumpstarter",
+        "exporterd",
+        "controllerd",
+        "routerd",
+    ]:
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
     return copy
 

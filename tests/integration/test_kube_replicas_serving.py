@@ -32,7 +32,7 @@ from jumpstarter.config.client import load_client_config
 from tests.harness.kube_api import FakeCluster, KubeApiServer
 
 from .conftest import stop, unused_tcp_port
-from .test_upstream_interop import explain, scrubbed_env, upstream
+from .test_upstream_interop import explain, scrubbed_env, upstream, upstream_jmp_run
 
 PY = sys.executable
 CLI = [PY, "-m", "jumpstarter.cli.main"]
@@ -330,15 +330,7 @@ def test_upstream_exporter_and_upstream_client_on_different_replicas(replicas, t
     r.create("client", "alice", "a")
     alice_a, alice_b = r.client_config("alice", "a"), r.client_config("alice", "b")
     log_path = tmp_path / "upstream-exporter.log"
-    with open(log_path, "wb") as log:
-        exporter = subprocess.Popen(
-            [up.jmp, "run", "--exporter-config", config],
-            env=scrubbed_env(tmp_path),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    exporter = upstream_jmp_run(up, config, tmp_path, log_path)
     try:
         poll(lambda: available(alice_a, "upboard"), 60, "the upstream exporter online on the leader")
         for client, said in ((alice_a, 1), (alice_b, 2)):

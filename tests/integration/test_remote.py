@@ -32,7 +32,7 @@ from jumpstarter.client.remote import ControllerClient, RemoteError, lease_state
 from jumpstarter.config.client import load_client_config
 
 from .conftest import PipeCollector, read_until, stop, unused_tcp_port
-from .test_upstream_interop import explain, scrubbed_env, upstream
+from .test_upstream_interop import explain, scrubbed_env, upstream, upstream_jmp_run
 
 PY = sys.executable
 CLI = [PY, "-m", "jumpstarter.cli.main"]
@@ -628,15 +628,7 @@ def test_our_shell_leases_an_upstream_exporter_registered_with_our_controller(la
         "upboard", {"board": "upstream"}, {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
     )
     log_path = tmp_path / "upstream-exporter.log"
-    with open(log_path, "wb") as log:
-        exporter = subprocess.Popen(
-            [up.jmp, "run", "--exporter-config", config],
-            env=scrubbed_env(tmp_path),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    exporter = upstream_jmp_run(up, config, tmp_path, log_path)
     try:
         lab.stack.wait_available(lab.alice_client, "upboard", timeout=30)
         result = jmp(
@@ -667,15 +659,7 @@ def test_upstream_exporter_and_upstream_jmp_shell_work_through_our_controller_an
         "upboth", {"board": "upboth"}, {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
     )
     log_path = tmp_path / "upstream-exporter.log"
-    with open(log_path, "wb") as log:
-        exporter = subprocess.Popen(
-            [up.jmp, "run", "--exporter-config", config],
-            env=scrubbed_env(tmp_path),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    exporter = upstream_jmp_run(up, config, tmp_path, log_path)
     try:
         lab.stack.wait_available(lab.alice_client, "upboth", timeout=30)
         result = subprocess.run(

@@ -591,9 +591,14 @@ def _upstream_exporter(
     document = yaml.safe_load(Path(identity.config).read_text())
     document["export"] = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
     Path(identity.config).write_text(yaml.safe_dump(document))
+    return upstream_jmp_run(up, identity.config, tmp_path, log_path)
+
+
+def upstream_jmp_run(up: Upstream, config: str, tmp_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Upstream's exporter, `jmp run --exporter-config CONFIG`, its output into `log_path`."""
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [up.jmp, "run", "--exporter-config", identity.config],
+            [up.jmp, "run", "--exporter-config", config],
             env=scrubbed_env(tmp_path),
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
