@@ -106,14 +106,14 @@ class TokenAuthority:
         self.cluster: ClusterIdentities | None = None  # ServiceAccount tokens (TokenReview), Kubernetes only
 
     async def load(self) -> None:
-        self.revoked = await self.store.revoked_tokens()
+        self.revoked = {record.jti for record in await self.store.revoked_tokens()}
 
     async def sync_revocations(self) -> int:
         """Take in revocations another replica stored (Kubernetes store); returns how many were new.
 
         Each replica keeps the revoked set in memory: one revoked through another pod's admin socket
         reaches this one only through the store. Open streams of the new ones end (`on_revoke`)."""
-        fresh = [r for r in await self.store.list_tokens() if r.revoked and r.jti not in self.revoked]
+        fresh = [r for r in await self.store.revoked_tokens() if r.jti not in self.revoked]
         for record in fresh:
             self.revoked.add(record.jti)
             self.on_revoke(record)

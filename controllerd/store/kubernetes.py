@@ -428,8 +428,8 @@ class KubernetesStore:
     async def list_tokens(self, subject: str | None = None) -> list[TokenRecord]:
         return await self._run(self.extras.list_tokens, subject)
 
-    async def revoked_tokens(self) -> set[str]:
-        return {t.jti for t in await self._run(self.extras.list_tokens, None, True)}
+    async def revoked_tokens(self) -> list[TokenRecord]:
+        return await self._run(self.extras.list_tokens, None, True)  # selected by the API server
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> None:
         await self._run(self.extras.append_audit, list(events))

@@ -439,8 +439,9 @@ class SqliteStore:
             ).fetchall()
         return [self._decode(TokenRecord, r) for r in rows]
 
-    async def revoked_tokens(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT jti FROM tokens WHERE revoked = 1").fetchall()}
+    async def revoked_tokens(self) -> list[TokenRecord]:
+        rows = self.db.execute("SELECT * FROM tokens WHERE revoked = 1 ORDER BY issued").fetchall()
+        return [self._decode(TokenRecord, r) for r in rows]
 
     # -- audit -------------------------------------------------------------------
 
