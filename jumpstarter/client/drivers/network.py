@@ -105,10 +105,11 @@ def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_forward(client: NetworkClient, args: argparse.Namespace) -> int:
     with client.forward(args.local_port, args.address) as (host, port):
-        print(f"forwarding {host}:{port} -> {client.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
-        print(port, flush=True)
         idle = threading.Event()
-        try:  # wake often: Ctrl-C may land on a gRPC thread, and Python's handler runs only when the
+        try:  # from before the port is announced: a Ctrl-C right after it still ends with 0
+            print(f"forwarding {host}:{port} -> {client.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
+            print(port, flush=True)
+            # wake often: Ctrl-C may land on a gRPC thread, and Python's handler runs only when the
             while not idle.wait(0.5):  # main thread next runs bytecode (a plain wait() never returns)
                 pass
         except KeyboardInterrupt:
